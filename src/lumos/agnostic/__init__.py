@@ -1,0 +1,1 @@
+"""Model-agnostic explanations for any predict function: maskers, LIME, Shapley values."""

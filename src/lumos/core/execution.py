@@ -1,0 +1,76 @@
+"""Shared execution: batching of internal samples, progress bars, explicit randomness.
+
+Every method that evaluates a model on many internal samples (integration steps, noise draws,
+masks, windows, coalitions) runs them through :func:`chunks` under a ``batch_size`` and shows a
+progress bar through :func:`progress_bar` when the work is long. Randomness comes only from
+:func:`rng` / :func:`torch_generator`, built from an explicit ``seed``: never the global RNG.
+Results never depend on the batch size: random draws are made before batching.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Iterator
+
+import numpy as np
+
+__all__ = ["chunks", "progress_bar", "rng", "torch_generator", "check_batch_size", "DEFAULT_BATCH_SIZE"]
+
+DEFAULT_BATCH_SIZE = 64
+# Work shorter than this many chunks gets no bar even on a terminal.
+_MIN_CHUNKS_FOR_BAR = 4
+
+
+def check_batch_size(batch_size: int | None, name: str = "batch_size") -> int:
+    """Validate ``batch_size`` (``None`` means the default)."""
+    if batch_size is None:
+        return DEFAULT_BATCH_SIZE
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"{name} must be a positive int; got {batch_size!r}")
+    return int(batch_size)
+
+
+def progress_bar(total: int, desc: str = "", progress: bool | None = None, unit: str = "it"):
+    """A tqdm bar. ``progress=None`` shows it only on a terminal; ``False`` never; ``True`` always."""
+    from tqdm.auto import tqdm
+
+    if progress is None:
+        disable = not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+    else:
+        disable = not progress
+    return tqdm(total=total, desc=desc, disable=disable, leave=False, unit=unit, dynamic_ncols=True)
+
+
+def chunks(total: int, batch_size: int | None, desc: str = "", progress: bool | None = None,
+           unit: str = "it") -> Iterator[slice]:
+    """Yield slices covering ``range(total)`` in pieces of at most ``batch_size``.
+
+    Shows a progress bar (see :func:`progress_bar`) when there are several chunks.
+    """
+    bs = check_batch_size(batch_size)
+    n_chunks = -(-total // bs) if total else 0
+    show = progress if progress is not None else (None if n_chunks >= _MIN_CHUNKS_FOR_BAR else False)
+    with progress_bar(total, desc, show, unit) as bar:
+        for start in range(0, total, bs):
+            stop = min(start + bs, total)
+            yield slice(start, stop)
+            bar.update(stop - start)
+
+
+def rng(seed: int | np.random.Generator | None) -> np.random.Generator:
+    """A numpy Generator from an explicit seed (or a Generator passed through)."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise ValueError(f"seed must be an int, a numpy Generator or None; got {seed!r}")
+    return np.random.default_rng(seed)
+
+
+def torch_generator(seed: int | None, device="cpu"):
+    """A torch.Generator seeded explicitly; ``seed=None`` draws a fresh seed from the OS."""
+    import torch
+
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1)[0])
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g

@@ -1,0 +1,277 @@
+"""The one result type of lumos.
+
+Every method returns an :class:`Explanation`. It holds the attribution values with the shape of
+what was explained, the explained inputs, the target, the explained scalar per sample and the
+parameters that produced it. It slices like the batch, saves to ``.npz`` + JSON (never pickle) and
+draws itself through :mod:`lumos.display`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["Explanation", "load"]
+
+_FORMAT = "lumos.explanation/1"
+
+
+def _to_numpy(x: Any) -> np.ndarray | None:
+    if x is None:
+        return None
+    if hasattr(x, "detach"):  # torch tensor, without importing torch here
+        x = x.detach().cpu().numpy()
+    elif hasattr(x, "to_numpy"):  # pandas
+        x = x.to_numpy()
+    return np.asarray(x)
+
+
+@dataclass(eq=False)
+class Explanation:
+    """Attributions for a batch of samples, with everything needed to interpret them.
+
+    Parameters
+    ----------
+    values : ndarray, shape (batch, ...)
+        The attribution of each input element (or feature, token, superpixel...). Raw numbers:
+        never normalised, clipped or rectified; display does that.
+    inputs : ndarray, shape (batch, ...), optional
+        The explained inputs (for tabular data, the feature matrix).
+    target : ndarray of int, shape (batch,), optional
+        The explained class per sample, when the target is a class index. ``None`` for callable
+        targets and scalar outputs (``meta["target"]`` then describes it).
+    output : ndarray, shape (batch,), optional
+        The explained scalar f(x) per sample.
+    baseline_output : ndarray, shape (batch,), optional
+        f at the reference the method compares to: f(baseline) for integrated gradients and
+        DeepLIFT, the base value E[f] for Shapley values, so that ``baseline_output + values.sum()``
+        can be checked against ``output``.
+    method : str
+        The registry name of the method.
+    params : dict
+        The parameters the method was called with (JSON-serialisable where possible).
+    meta : dict
+        Anything else: completeness gap, standard errors, seeds, the layer used, number of model
+        evaluations. Entries named in ``sample_keys`` hold one row per sample and are sliced with
+        the batch.
+    feature_names : list of str, optional
+        Names of the features of a tabular or text explanation (last axis of ``values``).
+    sample_keys : iterable of str
+        The ``meta`` keys whose leading axis is the batch.
+    """
+
+    values: np.ndarray
+    inputs: np.ndarray | None = None
+    target: np.ndarray | None = None
+    output: np.ndarray | None = None
+    baseline_output: np.ndarray | None = None
+    method: str = ""
+    params: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    feature_names: list[str] | None = None
+    sample_keys: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.values = _to_numpy(self.values)
+        if self.values.ndim == 0:
+            raise ValueError("Explanation.values must have a batch axis; got a scalar.")
+        self.inputs = _to_numpy(self.inputs) if self.inputs is not None else None
+        self.target = _to_numpy(self.target)
+        self.output = _to_numpy(self.output)
+        self.baseline_output = _to_numpy(self.baseline_output)
+        self.sample_keys = tuple(self.sample_keys)
+        n = len(self.values)
+        for name in ("inputs", "target", "output", "baseline_output"):
+            arr = getattr(self, name)
+            if arr is not None and arr.ndim > 0 and len(arr) != n:
+                raise ValueError(
+                    f"Explanation.{name} has {len(arr)} rows but values has {n}: "
+                    "every per-sample field must share the batch axis."
+                )
+        for key in self.sample_keys:
+            if key not in self.meta:
+                raise ValueError(f"sample key {key!r} is not in meta")
+            self.meta[key] = _to_numpy(self.meta[key])
+            if len(self.meta[key]) != n:
+                raise ValueError(f"meta[{key!r}] has {len(self.meta[key])} rows, expected {n}")
+        if self.feature_names is not None:
+            self.feature_names = [str(f) for f in self.feature_names]
+
+    # ------------------------------------------------------------------ batch behaviour
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.values, dtype=dtype)
+
+    def __getitem__(self, index) -> "Explanation":
+        """Slice along the batch: ``expl[0]``, ``expl[2:5]``, ``expl[mask]``, ``expl[[0, 3]]``."""
+        if isinstance(index, (int, np.integer)):
+            index = slice(int(index), int(index) + 1 if int(index) != -1 else None)
+        if isinstance(index, tuple):
+            raise IndexError("Explanation slices along the batch only; index values directly.")
+
+        def take(a):
+            return None if a is None or np.ndim(a) == 0 else a[index]
+
+        meta = dict(self.meta)
+        for key in self.sample_keys:
+            meta[key] = self.meta[key][index]
+        return Explanation(
+            values=self.values[index],
+            inputs=take(self.inputs),
+            target=take(self.target),
+            output=take(self.output),
+            baseline_output=take(self.baseline_output),
+            method=self.method,
+            params=dict(self.params),
+            meta=meta,
+            feature_names=self.feature_names,
+            sample_keys=self.sample_keys,
+        )
+
+    def __repr__(self) -> str:
+        parts = [f"method={self.method!r}", f"values{tuple(self.values.shape)}"]
+        if self.target is not None:
+            parts.append(f"target={np.asarray(self.target).tolist()[:8]}")
+        return f"Explanation({', '.join(parts)})"
+
+    # ------------------------------------------------------------------ checks
+    @property
+    def completeness_gap(self) -> np.ndarray | None:
+        """``|sum(values) - (output - baseline_output)|`` per sample, where both outputs exist."""
+        if self.output is None or self.baseline_output is None:
+            return None
+        total = self.values.reshape(len(self), -1).sum(axis=1)
+        return np.abs(total - (self.output - self.baseline_output))
+
+    # ------------------------------------------------------------------ display
+    def plot(self, *args, **kwargs):
+        """Draw the explanation through :mod:`lumos.display` (imports matplotlib lazily)."""
+        from ..display import plot_explanation
+
+        return plot_explanation(self, *args, **kwargs)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save to ``path`` (a ``.npz`` file; a JSON side file ``path.json`` holds the rest).
+
+        If ``path`` has no ``.npz`` suffix it is treated as a folder and ``explanation.npz`` and
+        ``explanation.json`` are written inside it. Returns the path of the ``.npz`` file.
+        Nothing is pickled: arrays go to ``.npz`` (``allow_pickle=False``), the rest to JSON.
+        """
+        path = Path(path)
+        if path.suffix != ".npz":
+            path.mkdir(parents=True, exist_ok=True)
+            path = path / "explanation.npz"
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {"values": self.values}
+        for name in ("inputs", "target", "output", "baseline_output"):
+            arr = getattr(self, name)
+            if arr is not None:
+                if arr.dtype == object:
+                    raise TypeError(f"Explanation.{name} holds Python objects and cannot be saved")
+                arrays[name] = arr
+        meta_json, meta_arrays = _split_meta(self.meta)
+        for key, arr in meta_arrays.items():
+            arrays["meta__" + key] = arr
+        doc = {
+            "format": _FORMAT,
+            "method": self.method,
+            "params": _jsonable(self.params),
+            "meta": meta_json,
+            "meta_arrays": sorted(meta_arrays),
+            "feature_names": self.feature_names,
+            "sample_keys": list(self.sample_keys),
+        }
+        np.savez_compressed(path, **arrays)
+        path.with_suffix(".json").write_text(json.dumps(doc, indent=2))
+        return path
+
+
+def load(path: str | os.PathLike) -> Explanation:
+    """Load an :class:`Explanation` written by :meth:`Explanation.save` (no pickle involved)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "explanation.npz"
+    if path.suffix != ".npz":
+        path = path.with_suffix(".npz")
+    if not path.exists():
+        raise FileNotFoundError(f"no saved explanation at {path}")
+    doc = json.loads(path.with_suffix(".json").read_text())
+    if doc.get("format") != _FORMAT:
+        raise ValueError(f"{path.with_suffix('.json')} is not a lumos explanation ({doc.get('format')!r})")
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = dict(doc["meta"])
+    for key in doc["meta_arrays"]:
+        meta[key] = arrays.pop("meta__" + key)
+    return Explanation(
+        values=arrays["values"],
+        inputs=arrays.get("inputs"),
+        target=arrays.get("target"),
+        output=arrays.get("output"),
+        baseline_output=arrays.get("baseline_output"),
+        method=doc["method"],
+        params=doc["params"],
+        meta=meta,
+        feature_names=doc["feature_names"],
+        sample_keys=doc["sample_keys"],
+    )
+
+
+def _split_meta(meta: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Arrays (anything of more than a few numbers) go to the npz; the rest to JSON."""
+    js, arrs = {}, {}
+    for key, value in meta.items():
+        arr = _to_numpy(value) if hasattr(value, "detach") or isinstance(value, np.ndarray) else None
+        if arr is not None and arr.dtype != object:
+            arrs[key] = arr
+        else:
+            js[key] = _jsonable(value)
+    return js, arrs
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.size <= 10_000 else f"<array {value.shape}>"
+    if hasattr(value, "detach"):
+        t = value.detach().cpu()
+        return t.tolist() if t.numel() <= 10_000 else f"<tensor {tuple(t.shape)}>"
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def concatenate(explanations: Sequence[Explanation]) -> Explanation:
+    """Join explanations of the same method along the batch."""
+    if not explanations:
+        raise ValueError("concatenate needs at least one explanation")
+    first = explanations[0]
+
+    def cat(name):
+        arrs = [getattr(e, name) for e in explanations]
+        return None if any(a is None for a in arrs) else np.concatenate(arrs)
+
+    meta = dict(first.meta)
+    for key in first.sample_keys:
+        meta[key] = np.concatenate([e.meta[key] for e in explanations])
+    return Explanation(
+        values=cat("values"), inputs=cat("inputs"), target=cat("target"), output=cat("output"),
+        baseline_output=cat("baseline_output"), method=first.method, params=dict(first.params),
+        meta=meta, feature_names=first.feature_names, sample_keys=first.sample_keys,
+    )
+

@@ -1,0 +1,123 @@
+"""The method registry behind :func:`lumos.explain` and :func:`lumos.methods`.
+
+A method registers itself in its own module with :func:`register`. The registry discovers the
+method modules by walking the method packages on first use, so adding a method touches only its
+own file.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Any, Callable
+
+__all__ = ["register", "get_method", "methods", "explain", "MethodInfo"]
+
+# Packages whose modules hold registered methods (walked recursively on first use).
+_METHOD_PACKAGES = ("lumos.attribution", "lumos.agnostic")
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """One row of the registry."""
+
+    name: str
+    family: str
+    description: str
+    func: Callable
+    models: str  # "torch" (needs a torch module) or "any" (works on any predict function)
+
+    def __str__(self) -> str:
+        return f"{self.name:<24} {self.family:<14} {self.description}"
+
+
+_REGISTRY: dict[str, MethodInfo] = {}
+_DISCOVERED = False
+
+
+def register(name: str, family: str, description: str, models: str = "torch") -> Callable:
+    """Decorator: register ``func(model, inputs, target=None, **params) -> Explanation``."""
+
+    def deco(func: Callable) -> Callable:
+        if name in _REGISTRY and _REGISTRY[name].func is not func:
+            existing = _REGISTRY[name].func
+            if (existing.__module__, existing.__qualname__) != (func.__module__, func.__qualname__):
+                raise RuntimeError(f"method {name!r} is registered twice")
+        _REGISTRY[name] = MethodInfo(name, family, description, func, models)
+        return func
+
+    return deco
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    for pkg_name in _METHOD_PACKAGES:
+        pkg = importlib.import_module(pkg_name)
+        for mod in pkgutil.walk_packages(pkg.__path__, prefix=pkg_name + "."):
+            if not mod.name.rsplit(".", 1)[-1].startswith("_"):
+                importlib.import_module(mod.name)
+    _DISCOVERED = True
+
+
+def get_method(name: str) -> MethodInfo:
+    """Look a method up by name, with a suggestion when the name is unknown."""
+    _discover()
+    if not isinstance(name, str):
+        raise TypeError(f"method must be a string name; got {type(name).__name__}")
+    key = name.strip().lower().replace("-", "_").replace(" ", "_")
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise ValueError(
+        f"method: unknown method {name!r}.{hint} Known methods: {', '.join(sorted(_REGISTRY))}"
+    )
+
+
+class MethodTable(list):
+    """A list of :class:`MethodInfo` that prints as a table."""
+
+    def __str__(self) -> str:
+        head = f"{'method':<24} {'family':<14} description"
+        return "\n".join([head, "-" * len(head)] + [str(m) for m in self])
+
+    def _repr_pretty_(self, p, cycle):  # IPython
+        p.text(str(self))
+
+
+def methods(family: str | None = None) -> MethodTable:
+    """All registered methods (optionally of one family), sorted by family then name."""
+    _discover()
+    rows = sorted(_REGISTRY.values(), key=lambda m: (m.family, m.name))
+    if family is not None:
+        rows = [m for m in rows if m.family == family]
+    return MethodTable(rows)
+
+
+def explain(model: Any, inputs: Any, method: str = "integrated_gradients", target: Any = None,
+            **params: Any):
+    """Explain ``model`` at ``inputs`` with ``method``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module or callable
+        A torch module for gradient/propagation methods; any predict function (or scikit-learn
+        estimator) for model-agnostic methods.
+    inputs : Tensor, ndarray or DataFrame, shape (batch, ...)
+        The samples to explain.
+    method : str, default "integrated_gradients"
+        A name from :func:`lumos.methods`.
+    target : int, sequence of int, "predicted", callable or None
+        The scalar per sample to explain; see :mod:`lumos.core.targets`.
+    **params
+        The method's own parameters (``batch_size``, ``seed``, ``progress``, ``at=`` ...).
+
+    Returns
+    -------
+    Explanation
+    """
+    info = get_method(method)
+    return info.func(model, inputs, target=target, **params)

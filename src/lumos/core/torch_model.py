@@ -1,0 +1,333 @@
+"""The torch model adapter: input checks, layers by dotted name, and the promise to leave the
+model exactly as found.
+
+Methods for torch models run inside :func:`torch_call`, which validates the inputs, resolves the
+target on the model's output, and restores the model (training flags, ``requires_grad``, hooks)
+on exit, also when the method raises half-way.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from .explanation import Explanation
+from .targets import Target, resolve_target
+
+__all__ = [
+    "ModelGuard", "torch_call", "Prepared", "as_tensor", "get_module", "layers", "model_device",
+    "check_not_compiled", "gradient",
+]
+
+_HOOK_DICTS = (
+    "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called",
+    "_state_dict_hooks", "_load_state_dict_pre_hooks",
+)
+
+
+class ModelGuard:
+    """Snapshot a module's mutable state and restore it on exit.
+
+    Restores each submodule's ``training`` flag, each parameter's ``requires_grad`` and ``.grad``,
+    and removes any hook that was added while the guard was active (on any submodule). Parameter
+    and buffer *values* are not copied (methods never write them); code that must change them
+    temporarily (batch-norm folding) restores them itself.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self) -> "ModelGuard":
+        mods = list(self.model.modules())
+        self._training = [(m, m.training) for m in mods]
+        self._params = [(p, p.requires_grad, p.grad) for p in self.model.parameters()]
+        self._hooks = [(m, {d: set(getattr(m, d, {}).keys()) for d in _HOOK_DICTS}) for m in mods]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for m, flag in self._training:
+            m.training = flag
+        for p, req, grad in self._params:
+            p.requires_grad_(req)
+            p.grad = grad
+        for m, before in self._hooks:
+            for d, keys in before.items():
+                hooks = getattr(m, d, None)
+                if hooks is None:
+                    continue
+                for k in [k for k in hooks.keys() if k not in keys]:
+                    del hooks[k]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def check_not_compiled(model: Any, method: str) -> None:
+    """Methods that change backward rules on operations cannot see inside compiled code."""
+    compiled = isinstance(model, torch.jit.ScriptModule) or type(model).__name__ == "OptimizedModule"
+    if compiled:
+        raise TypeError(
+            f"model: {method} changes how gradients pass through each ReLU/linear operation, which "
+            "cannot be seen inside a TorchScript or torch.compile model (it would silently return "
+            "the plain gradient). Pass the original nn.Module, or use a method that needs no rules "
+            "(saliency, integrated_gradients, occlusion...)."
+        )
+
+
+def as_tensor(inputs: Any, device: torch.device | None = None, name: str = "inputs",
+              dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Convert ``inputs`` to a float tensor on ``device`` (a copy: the user's tensor is never touched).
+
+    Raises a ValueError naming ``name`` for non-numeric, empty, NaN or Inf inputs.
+    """
+    if isinstance(inputs, torch.Tensor):
+        t = inputs.detach()
+    else:
+        try:
+            arr = np.asarray(inputs)
+        except Exception as e:  # pragma: no cover - exotic objects
+            raise TypeError(f"{name} must be a tensor or array; got {type(inputs).__name__}") from e
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise TypeError(f"{name} must be numeric; got dtype {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.ndim == 0 or t.shape[0] == 0:
+        raise ValueError(f"{name} must have a non-empty batch axis; got shape {tuple(t.shape)}")
+    if dtype is None:
+        dtype = t.dtype if t.is_floating_point() else torch.float32
+    t = t.to(device=device if device is not None else t.device, dtype=dtype).clone()
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        bad = (~torch.isfinite(t)).sum().item()
+        raise ValueError(f"{name} contains {bad} NaN or Inf values; explanations need finite inputs")
+    return t
+
+
+def _first_conv(model: nn.Module):
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return m
+        if isinstance(m, (nn.Linear, nn.Embedding, nn.RNNBase, nn.MultiheadAttention)):
+            return None
+    return None
+
+
+def check_input_shape(model: nn.Module, x: torch.Tensor, name: str = "inputs") -> None:
+    """Catch the silent cases: a conv net given an unbatched image, or the wrong channel count."""
+    conv = _first_conv(model)
+    if conv is None:
+        return
+    nd = next(d for cls, d in ((nn.Conv1d, 1), (nn.Conv2d, 2), (nn.Conv3d, 3)) if isinstance(conv, cls))
+    want = "(batch, channels" + ", length" * (nd == 1) + ", height, width" * (nd == 2) + ", depth, height, width" * (nd == 3) + ")"
+    if x.ndim != nd + 2:
+        raise ValueError(
+            f"{name} must have shape {want} for this model (its first layer is a {type(conv).__name__}); "
+            f"got shape {tuple(x.shape)}. A single image needs a batch axis: inputs[None]."
+        )
+    if x.shape[1] != conv.in_channels:
+        raise ValueError(
+            f"{name} has {x.shape[1]} channels but the model's first layer expects {conv.in_channels}; "
+            f"got shape {tuple(x.shape)}"
+        )
+
+
+def forward(model: nn.Module, x: torch.Tensor, name: str = "inputs") -> torch.Tensor:
+    """Call the model, turning a deep torch error on bad input into one that names ``name``."""
+    try:
+        out = model(x)
+    except (RuntimeError, ValueError, IndexError) as e:
+        raise ValueError(
+            f"the model could not be evaluated on {name} of shape {tuple(x.shape)}: {e}"
+        ) from e
+    if not isinstance(out, torch.Tensor):
+        if hasattr(out, "logits"):
+            out = out.logits
+        elif isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+            out = out[0]
+        else:
+            raise TypeError(f"model must return a tensor; got {type(out).__name__}")
+    if out.ndim == 0 or out.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"model returned shape {tuple(out.shape)} for {x.shape[0]} samples; the first axis of "
+            "the output must be the batch"
+        )
+    return out
+
+
+def gradient(model: nn.Module, x: torch.Tensor, target: Target, rows=None,
+             create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of the selected target scalar of each row with respect to ``x``.
+
+    Returns ``(grad, scalars)``, both detached; ``grad`` has the shape of ``x``.
+    Raises ValueError when the output does not depend on the input.
+    """
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = forward(model, x)
+        s = target.select(out, rows)
+        if not s.requires_grad:
+            raise ValueError(
+                "model: its output does not depend on the input (no gradient path from inputs to "
+                "the target); check that the model uses its input and is not detached"
+            )
+        (g,) = torch.autograd.grad(s.sum(), x, allow_unused=True, create_graph=create_graph)
+    if g is None:
+        raise ValueError("model: its output does not depend on the input (the gradient is undefined)")
+    return (g if create_graph else g.detach()), s.detach()
+
+
+def get_module(model: nn.Module, name: str, arg: str = "at") -> nn.Module:
+    """The submodule with dotted name ``name``; a clear error with suggestions otherwise."""
+    if isinstance(name, nn.Module):
+        for n, m in model.named_modules():
+            if m is name:
+                return m
+        raise ValueError(f"{arg}: the given module is not part of the model")
+    if not isinstance(name, str):
+        raise TypeError(f"{arg} must be a dotted module name (str); got {type(name).__name__}")
+    named = dict(model.named_modules())
+    if name in named:
+        return named[name]
+    close = difflib.get_close_matches(name, [n for n in named if n], n=4, cutoff=0.4)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise ValueError(f"{arg}: the model has no layer named {name!r}.{hint} "
+                     "lumos.layers(model, inputs) lists the layers with their output shapes.")
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    kind: str
+    output_shape: tuple | None
+    n_params: int
+
+    def __str__(self) -> str:
+        return f"{self.name:<28} {self.kind:<20} {str(self.output_shape):<22} {self.n_params}"
+
+
+class LayerTable(list):
+    def __str__(self) -> str:
+        head = f"{'layer':<28} {'type':<20} {'output shape':<22} params"
+        return "\n".join([head, "-" * len(head)] + [str(r) for r in self])
+
+
+def layers(model: nn.Module, inputs: Any = None) -> LayerTable:
+    """List the model's layers by dotted name, with their output shapes when ``inputs`` is given.
+
+    Shapes are recorded with one forward pass under ``torch.no_grad``; the model is left as found.
+    """
+    shapes: dict[str, tuple] = {}
+    if inputs is not None:
+        with ModelGuard(model):
+            x = as_tensor(inputs, model_device(model))
+            def record(name):
+                def hook(mod, inp, out):
+                    shapes.setdefault(name, tuple(out.shape) if isinstance(out, torch.Tensor) else None)
+                return hook
+
+            for name, m in model.named_modules():
+                if name:
+                    m.register_forward_hook(record(name))
+            with torch.no_grad():
+                forward(model, x)
+    return LayerTable(
+        LayerInfo(name, type(m).__name__, shapes.get(name),
+                  sum(p.numel() for p in m.parameters(recurse=False)))
+        for name, m in model.named_modules() if name
+    )
+
+
+@dataclass
+class Prepared:
+    """What every torch method starts from: a checked input, the output there, the target."""
+
+    model: nn.Module
+    x: torch.Tensor            # (n, ...) float, on the model's device, detached copy
+    output: torch.Tensor       # model output at x, detached
+    target: Target
+    scalar: torch.Tensor       # (n,) explained scalar at x
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.x)
+
+    def explanation(self, values, method: str, params: dict, meta: dict | None = None,
+                    baseline_output=None, sample_meta: dict | None = None,
+                    inputs=None) -> Explanation:
+        """Build the :class:`Explanation`; ``sample_meta`` holds per-sample arrays."""
+        m = dict(self.meta)
+        m.update(meta or {})
+        m.update(sample_meta or {})
+        return Explanation(
+            values=values, inputs=self.x if inputs is None else inputs,
+            target=self.target.indices, output=self.scalar,
+            baseline_output=baseline_output, method=method, params=_clean_params(params), meta=m,
+            sample_keys=tuple((sample_meta or {}).keys()),
+        )
+
+
+def _clean_params(params: dict) -> dict:
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, torch.Tensor):
+            out[k] = f"<tensor {tuple(v.shape)}>" if v.numel() > 16 else v.tolist()
+        elif callable(v) and not isinstance(v, type):
+            out[k] = getattr(v, "__name__", repr(v))
+        else:
+            out[k] = v
+    return out
+
+
+_RANDOM_IN_TRAINING = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
+@contextlib.contextmanager
+def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
+               rules: bool = False) -> Iterator[Prepared]:
+    """Validate, resolve the target, and guard the model for the duration of a method.
+
+    Parameters
+    ----------
+    rules : bool
+        The method changes backward rules on operations; compiled models are refused.
+    """
+    if not isinstance(model, nn.Module):
+        if callable(model):
+            raise TypeError(
+                f"model: {method} needs a torch.nn.Module (it uses gradients or layers); got "
+                f"{type(model).__name__}. For a black-box predict function use a model-agnostic "
+                "method (occlusion, lime, kernel_shap...)."
+            )
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    if rules:
+        check_not_compiled(model, method)
+    if any(m.training and isinstance(m, _RANDOM_IN_TRAINING) for m in model.modules()):
+        warnings.warn(
+            "model is in training mode: dropout and batch-norm statistics make the explanation "
+            "random and batch-dependent. Call model.eval() first (lumos leaves the mode as found).",
+            stacklevel=3,
+        )
+    with ModelGuard(model):
+        x = as_tensor(inputs, model_device(model))
+        if not x.is_floating_point():  # pragma: no cover - as_tensor casts ints to float
+            raise TypeError("inputs must be floating point for gradient methods")
+        check_input_shape(model, x)
+        with torch.no_grad():
+            out = forward(model, x)
+        if not torch.isfinite(out).all():
+            raise ValueError("model returned NaN or Inf on inputs; explanations need finite outputs")
+        tgt = resolve_target(target, out)
+        with torch.no_grad():
+            scalar = tgt.select(out)
+        yield Prepared(model, x, out, tgt, scalar.detach(), meta={"target": tgt.description})

@@ -1,0 +1,1 @@
+"""lumos.rules"""
