@@ -1,0 +1,113 @@
+"""CAM, the original class-activation map (Zhou et al., 2016)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...core.execution import chunks
+from ...core.registry import register
+from ...core.torch_model import torch_call
+from ._base import FAMILY, Layer, capture, finish, resolve_layer, weighted_sum
+
+__all__ = ["cam"]
+
+_SUGGEST = ("Use method='gradcam', which works on any CNN and at any layer (on a GAP -> linear "
+            "network it equals cam divided by the number of positions).")
+
+
+def _final_linear(out: torch.Tensor, calls: list) -> tuple[nn.Linear, torch.Tensor] | None:
+    """The nn.Linear whose output is the model output, with its input; None if there is none."""
+    for mod, inp, lin_out in reversed(calls):
+        if lin_out is out or (lin_out.numel() == out.numel()
+                              and torch.equal(lin_out.reshape(out.shape), out)):
+            return mod, inp
+    return None
+
+
+def _check_gap_linear(out, a, calls, layer: Layer):
+    found = _final_linear(out, calls)
+    if found is None:
+        raise ValueError(
+            "method: cam needs a network that ends in global average pooling and one linear layer "
+            "(the class score must be an nn.Linear of the pooled activations), but this model's "
+            f"output is not produced by an nn.Linear layer. {_SUGGEST}"
+        )
+    lin, inp = found
+    pooled = a.flatten(2).mean(2)
+    scale = max(1.0, float(pooled.abs().max()))
+    same = (inp.ndim == 2 and inp.shape == pooled.shape
+            and torch.allclose(inp, pooled, rtol=1e-4, atol=1e-5 * scale))
+    if not same:
+        raise ValueError(
+            "method: cam needs a network that ends in global average pooling and one linear layer, "
+            f"read at the pooled layer; the final linear layer's input (shape "
+            f"{tuple(inp.shape)}) is not the spatial mean of layer {layer.name!r} (shape "
+            f"{tuple(a.shape)}), so CAM's weights do not apply there. {_SUGGEST}"
+        )
+    return lin
+
+
+@register("cam", FAMILY, "CAM: final linear weights on the globally pooled layer "
+          "(Zhou et al., 2016; GAP -> linear networks)")
+def cam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any = None,
+        batch_size: int | None = None, progress: bool | None = None):
+    """Class activation map: the final linear layer's class weights applied to the pooled layer.
+
+    Zhou, Khosla, Lapedriza, Oliva & Torralba (2016), "Learning Deep Features for Discriminative
+    Localization". For a network ``y_c = sum_k W_ck mean_ij A_kij + b_c`` (global average pooling,
+    then one linear layer), the map is ``M_c = sum_k W_ck A_k`` and ``mean_ij M_c + b_c = y_c``
+    exactly. The structure is checked numerically on every batch (the final ``nn.Linear``'s input
+    must be the spatial mean of the layer's output), so functional pooling (``x.mean((2, 3))``)
+    works too; any other network gets an error that suggests ``gradcam``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    inputs : Tensor or ndarray, shape (batch, channels, *spatial)
+    target : int, sequence of int, "predicted" or None
+        The class per sample (CAM reads the class's weights; a callable target needs ``gradcam``).
+    at : str, nn.Module or None, default None
+        The pooled layer; None takes the last layer with a spatial output.
+    batch_size : int, optional
+        Samples per forward pass (default 64).
+    progress : bool, optional
+
+    Returns
+    -------
+    Explanation
+        ``values`` (batch, 1, *input_spatial): ``M_c`` upsampled to the input (signed).
+        ``meta["layer_map"]`` (batch, 1, *layer_spatial): ``M_c``; ``meta["bias"]`` (batch,):
+        ``b_c``, so that ``layer_map.mean() + bias == output``; ``meta["channel_weights"]``:
+        ``W_c``.
+    """
+    with torch_call(model, inputs, target, method="cam") as p:
+        if p.target.fn is not None:
+            raise ValueError(
+                "target: cam explains a class score through the final linear layer's weights; a "
+                "callable target needs method='gradcam' (or gradcam_pp, layercam, scorecam)"
+            )
+        layer = resolve_layer(model, p.x, at, "cam")
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        maps, weights, biases = [], [], []
+        for sl in chunks(p.n, batch_size, desc="cam", progress=progress):
+            calls: list = []
+
+            def record(mod, inp, out):
+                if inp and isinstance(inp[0], torch.Tensor):
+                    calls.append((mod, inp[0].detach(), out))
+
+            out, a = capture(model, p.x[sl], layer, {m: record for m in linears})
+            lin = _check_gap_linear(out, a, calls, layer)
+            idx = p.target.indices
+            cls = (torch.zeros(sl.stop - sl.start, dtype=torch.long) if idx is None
+                   else torch.as_tensor(idx[sl], dtype=torch.long))
+            cls = cls.to(a.device)
+            w = lin.weight.detach()[cls].to(a.dtype)
+            b = (lin.bias.detach()[cls] if lin.bias is not None else torch.zeros_like(cls, dtype=a.dtype))
+            maps.append(weighted_sum(w, a))
+            weights.append(w)
+            biases.append(b.to(a.dtype))
+        return finish(p, layer, torch.cat(maps), "cam", {}, None,
+                      {"channel_weights": torch.cat(weights), "bias": torch.cat(biases)})

@@ -1,0 +1,552 @@
+"""Class-activation maps: closed forms, naive float64 references, batching, targets, layers, errors,
+and the pointing game on the shipped demo model."""
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lumos
+from conftest import SmallCNN, assert_same_state, model_state
+from lumos.attribution.cam import find_spatial_layers
+
+CAM_METHODS = ["cam", "gradcam", "gradcam_pp", "layercam", "scorecam", "guided_gradcam"]
+HAS_GUIDED = importlib.util.find_spec("lumos.attribution.guided_backprop") is not None
+
+
+def _needs(method):
+    if method == "guided_gradcam" and not HAS_GUIDED:
+        pytest.skip("guided backprop (lumos.attribution.guided_backprop) is not available yet")
+
+
+# ---------------------------------------------------------------------------------- models
+class PoolCNN(nn.Module):
+    """conv-relu-maxpool-conv-relu-GAP-linear: the layer map (6x6) is coarser than the input."""
+
+    def __init__(self, n_classes=4, inplace=False):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(inplace=inplace), nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(inplace=inplace),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(8, n_classes)
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+    def split(self, layer: int):
+        """(prefix, suffix) around features[layer], for hook-free references."""
+        def suffix(a):
+            return self.classifier(self.pool(self.features[layer + 1:](a)).flatten(1))
+        return self.features[:layer + 1], suffix
+
+
+class FunctionalGAP(nn.Module):
+    """GAP written as a mean, not a module: CAM must still recognise the structure."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 3, padding=1)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv(x)).mean((2, 3)))
+
+
+class FlattenNet(nn.Module):
+    """Not GAP: conv-relu-flatten-linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(4 * 12 * 12, 3)
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv(x)).flatten(1))
+
+
+class TwoHeadNet(SmallCNN):
+    """GAP followed by two linear layers: CAM's weights do not apply."""
+
+    def __init__(self):
+        super().__init__(n_classes=6)
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(6, 3))
+
+    def forward(self, x):
+        return self.head(super().forward(x))
+
+
+class ReusedReLU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.act = nn.ReLU()  # called twice
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.act(self.c2(self.act(self.c1(x)))).mean((2, 3)))
+
+
+class Residual(nn.Module):
+    def __init__(self, ch):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x) + x)  # the block's output is made by no child module
+
+
+class NestedNet(nn.Module):
+    def __init__(self, residual=False):
+        super().__init__()
+        block2 = Residual(4) if residual else nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+        self.features = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), block2)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+class SegNet(nn.Module):
+    """Fully convolutional: output (batch, classes, H, W)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Conv2d(6, 6, 3, padding=1), nn.ReLU())
+        self.head = nn.Conv2d(6, 3, 1)
+
+    def forward(self, x):
+        return F.interpolate(self.head(self.body(x)), size=x.shape[2:], mode="nearest")
+
+
+class Signal1D(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv1d(2, 5, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2),
+                                      nn.Conv1d(5, 6, 3, padding=1), nn.ReLU())
+        self.classifier = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).mean(2))
+
+
+def _seeded(cls, *args, seed=0, **kw):
+    torch.manual_seed(seed)
+    return cls(*args, **kw).eval()
+
+
+@pytest.fixture
+def pool_cnn():
+    return _seeded(PoolCNN)
+
+
+@pytest.fixture
+def imgs():
+    g = torch.Generator().manual_seed(3)
+    return torch.rand(5, 3, 12, 12, generator=g)
+
+
+def _lm(e):
+    return torch.as_tensor(e.meta["layer_map"])
+
+
+# ---------------------------------------------------------------------------------- references
+def _ref_grad(suffix, a, target):
+    """Per-sample d target / d A in float64, one sample at a time (no hooks)."""
+    grads, scores = [], []
+    for i in range(len(a)):
+        ai = a[i:i + 1].detach().clone().requires_grad_(True)
+        s = suffix(ai)[0, target[i]]
+        (g,) = torch.autograd.grad(s, ai)
+        grads.append(g[0]), scores.append(s.detach())
+    return torch.stack(grads), torch.stack(scores)
+
+
+def _upsample_ref(m, size):
+    """Independent bilinear reference (scikit-image, pixel centres aligned, edge-clamped)."""
+    from skimage.transform import resize
+
+    return np.stack([resize(mi, size, order=1, mode="edge", anti_aliasing=False) for mi in m])
+
+
+# ---------------------------------------------------------------------------------- closed forms
+def test_cam_and_gradcam_identity_on_gap_linear(pool_cnn, imgs):
+    """On GAP -> linear, dS/dA_kij = W_ck / Z, so Grad-CAM = CAM / Z exactly (Z = 6*6 = 36)."""
+    m, x = pool_cnn.double(), imgs.double()
+    t = [0, 1, 2, 3, 1]
+    c = lumos.explain(m, x, "cam", target=t)
+    g = lumos.explain(m, x, "gradcam", target=t)
+    assert c.meta["layer"] == g.meta["layer"] == "features.4"
+    assert c.meta["layer_map"].shape == (5, 1, 6, 6) and c.values.shape == (5, 1, 12, 12)
+    z = 36
+    np.testing.assert_allclose(g.meta["layer_map"] * z, c.meta["layer_map"], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(g.values * z, c.values, rtol=1e-12, atol=1e-12)
+    # Grad-CAM weights are W_c / Z; CAM weights are W_c.
+    w = m.classifier.weight.detach().numpy()[t]
+    np.testing.assert_allclose(c.meta["channel_weights"], w, rtol=1e-14)
+    np.testing.assert_allclose(g.meta["channel_weights"], w / z, rtol=1e-12)
+
+
+def test_cam_closed_form_and_completeness(pool_cnn, imgs):
+    """M_c = sum_k W_ck A_k, and mean(M_c) + b_c = y_c exactly."""
+    m, x = pool_cnn.double(), imgs.double()
+    e = lumos.explain(m, x, "cam", target="predicted")
+    a = m.features(x).detach()
+    pred = m(x).argmax(1)
+    ref = torch.einsum("nk,nkhw->nhw", m.classifier.weight[pred].detach(), a)
+    np.testing.assert_allclose(e.meta["layer_map"][:, 0], ref.numpy(), rtol=1e-12, atol=1e-13)
+    total = e.meta["layer_map"].mean((1, 2, 3)) + e.meta["bias"]
+    np.testing.assert_allclose(total, e.output, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(e.target, pred.numpy())
+
+
+def test_gradcam_pp_closed_form_on_gap_linear(pool_cnn, imgs):
+    """With g_k = W_ck / Z constant over positions, alpha = 1 / (2 + g_k sum A_k) and
+    w_k = Z ReLU(g_k) / (2 + g_k sum A_k). (Not equal to Grad-CAM: the exp(S) derivation keeps the
+    denominator even when S is linear in A.)"""
+    m, x = pool_cnn.double(), imgs.double()
+    t = [3, 2, 1, 0, 0]
+    e = lumos.explain(m, x, "gradcam_pp", target=t)
+    a = m.features(x).detach()
+    z = 36
+    g = m.classifier.weight.detach()[t] / z                      # (n, K)
+    sa = a.sum((2, 3))
+    w = z * g.clamp(min=0) / (2 + g * sa)
+    np.testing.assert_allclose(e.meta["channel_weights"], w.numpy(), rtol=1e-11, atol=1e-14)
+    ref = torch.einsum("nk,nkhw->nhw", w, a)
+    np.testing.assert_allclose(e.meta["layer_map"][:, 0], ref.numpy(), rtol=1e-11, atol=1e-13)
+    # Negative-weight channels drop out entirely (the ReLU on the gradient).
+    assert (e.meta["channel_weights"][g.numpy() < 0] == 0).all()
+
+
+def test_gradcam_pp_matches_paper_formula_with_exp_score():
+    """The paper's general alpha from the 2nd/3rd derivatives of Y = exp(S), computed by autograd,
+    with a non-linear (ReLU conv) suffix: ours times exp(S) equals the paper's map."""
+    torch.manual_seed(4)
+    pre = nn.Conv2d(3, 2, 3, padding=1).double()
+    post = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU()).double()
+    fc = nn.Linear(3, 2).double()
+    model = nn.Sequential(pre, nn.ReLU(), nn.MaxPool2d(2), post, nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), fc).eval()
+    x = torch.rand(2, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    e = lumos.explain(model, x, "gradcam_pp", target=[0, 1], at="2")
+    for i, c in enumerate([0, 1]):
+        a = model[:3](x[i:i + 1]).detach().requires_grad_(True)
+
+        def y_of(a_):
+            return torch.exp(model[3:](a_)[0, c])
+
+        (d1,) = torch.autograd.grad(y_of(a), a, create_graph=True)
+        flat = a.reshape(-1)
+        d2 = torch.zeros_like(flat)
+        d3 = torch.zeros_like(flat)
+        for j in range(flat.numel()):
+            (h,) = torch.autograd.grad(d1.reshape(-1)[j], a, create_graph=True)
+            d2[j] = h.reshape(-1)[j]
+            (t3,) = torch.autograd.grad(h.reshape(-1)[j], a, retain_graph=True)
+            d3[j] = t3.reshape(-1)[j]
+        d2, d3 = d2.reshape(a.shape), d3.reshape(a.shape)
+        sa = a.detach().sum((2, 3), keepdim=True)
+        den = 2 * d2 + sa * d3
+        alpha = torch.where(den != 0, d2 / torch.where(den != 0, den, 1), 0)
+        w = (alpha * d1.detach().clamp(min=0)).sum((2, 3))
+        paper = torch.einsum("k,khw->hw", w[0], a[0]).detach()
+        s = model(x[i:i + 1])[0, c].detach()
+        np.testing.assert_allclose(e.meta["layer_map"][i, 0] * torch.exp(s).item(), paper.numpy(),
+                                   rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("layer", [0, 1, 4])
+def test_gradcam_and_layercam_match_float64_reference_at_any_layer(pool_cnn, imgs, layer):
+    m, x = pool_cnn.double(), imgs.double()
+    t = [0, 1, 2, 3, 2]
+    prefix, suffix = m.split(layer)
+    a = prefix(x).detach()
+    g, _ = _ref_grad(suffix, a, t)
+    gc = lumos.explain(m, x, "gradcam", target=t, at=f"features.{layer}")
+    lc = lumos.explain(m, x, "layercam", target=t, at=f"features.{layer}")
+    ref_gc = (g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True)
+    ref_lc = (g.clamp(min=0) * a).sum(1, keepdim=True)
+    np.testing.assert_allclose(gc.meta["layer_map"], ref_gc.numpy(), rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(lc.meta["layer_map"], ref_lc.numpy(), rtol=1e-10, atol=1e-13)
+    assert gc.meta["layer"] == f"features.{layer}" and gc.meta["layer_auto"] is False
+    # values: the same map upsampled bilinearly (pixel centres aligned) to the input.
+    np.testing.assert_allclose(gc.values[:, 0], _upsample_ref(ref_gc[:, 0].numpy(), (12, 12)),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_maps_are_raw_and_signed(pool_cnn, imgs):
+    """No ReLU and no scaling inside: Grad-CAM of a mixed target has both signs."""
+    e = lumos.explain(pool_cnn, imgs, "gradcam", target=lambda o: o[:, 0] - o[:, 1], at="features.0")
+    assert (e.values < 0).any() and (e.values > 0).any()
+    assert np.abs(e.values).max() != pytest.approx(1.0)
+
+
+def _scorecam_reference(model, x, layer_fn, target, baseline=0.0, channels=None, softmax=True):
+    """One masked forward per channel per image in float64 (the straightforward loop)."""
+    out = []
+    with torch.no_grad():
+        for i in range(len(x)):
+            a = layer_fn(x[i:i + 1])[0]
+            ks = range(a.shape[0]) if channels is None else channels
+            b = torch.full_like(x[i:i + 1], baseline)
+
+            def f(inp):
+                o = model(inp)
+                o = torch.softmax(o, 1) if softmax else o
+                return o[0, target[i]]
+
+            fb = f(b)
+            w = torch.zeros(a.shape[0], dtype=x.dtype)
+            for k in ks:
+                up = F.interpolate(a[k][None, None], size=x.shape[2:], mode="bilinear",
+                                   align_corners=False)
+                if up.max() > up.min():
+                    mask = (up - up.min()) / (up.max() - up.min())
+                    w[k] = f(b + (x[i:i + 1] - b) * mask) - fb
+            scale = 1.0 if channels is None else a.shape[0] / len(channels)
+            out.append((scale * w[:, None, None] * a).sum(0))
+    return torch.stack(out)[:, None]
+
+
+def test_scorecam_matches_naive_reference(pool_cnn, imgs):
+    m, x = pool_cnn.double(), imgs.double()
+    t = [1, 0, 3, 2, 1]
+    e = lumos.explain(m, x, "scorecam", target=t, batch_size=7)
+    ref = _scorecam_reference(m, x, m.features, t)
+    assert e.meta["score"] == "softmax"
+    np.testing.assert_allclose(e.meta["layer_map"], ref.numpy(), rtol=1e-10, atol=1e-13)
+    # raw scores and a baseline blend
+    e2 = lumos.explain(m, x, "scorecam", target=t, score="raw", baseline=0.5)
+    ref2 = _scorecam_reference(m, x, m.features, t, baseline=0.5, softmax=False)
+    np.testing.assert_allclose(e2.meta["layer_map"], ref2.numpy(), rtol=1e-10, atol=1e-13)
+
+
+def test_scorecam_batch_size_and_seeded_channel_subset(pool_cnn, imgs):
+    m, x = pool_cnn.double(), imgs.double()
+    runs = [lumos.explain(m, x, "scorecam", batch_size=bs, n_channels=5, seed=11) for bs in (1, 7, 64)]
+    for r in runs[1:]:
+        np.testing.assert_allclose(r.values, runs[0].values, rtol=1e-12, atol=1e-14)
+    ch = runs[0].meta["channels"]
+    assert len(ch) == 5 and ch == sorted(set(ch))
+    assert (runs[0].meta["channel_weights"][:, [k for k in range(8) if k not in ch]] == 0).all()
+    ref = _scorecam_reference(m, x, m.features, runs[0].target, channels=ch)
+    np.testing.assert_allclose(runs[0].meta["layer_map"], ref.numpy(), rtol=1e-10, atol=1e-13)
+    other = lumos.explain(m, x, "scorecam", n_channels=5, seed=12)
+    assert other.meta["channels"] != ch
+    # The forward passes skipped for constant channels are counted honestly.
+    assert runs[0].meta["n_forward"] <= 5 * 5
+
+
+# ---------------------------------------------------------------------------------- batching & targets
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_batch_equals_per_image_with_per_sample_targets(pool_cnn, imgs, method):
+    _needs(method)
+    t = [2, 0, 3, 1, 2]
+    before = model_state(pool_cnn)
+    x0 = imgs.clone()
+    batch = lumos.explain(pool_cnn, imgs, method, target=t, batch_size=2)
+    assert_same_state(before, model_state(pool_cnn))
+    assert torch.equal(imgs, x0)
+    np.testing.assert_array_equal(batch.target, t)
+    for i in range(len(imgs)):
+        one = lumos.explain(pool_cnn, imgs[i:i + 1], method, target=t[i])
+        np.testing.assert_allclose(batch.values[i:i + 1], one.values, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(batch.meta["layer_map"][i:i + 1], one.meta["layer_map"],
+                                   rtol=1e-5, atol=1e-6)
+    expected = (5, 3, 12, 12) if method == "guided_gradcam" else (5, 1, 12, 12)
+    assert batch.values.shape == expected
+    # slicing keeps the per-sample meta aligned
+    assert batch[3].meta["layer_map"].shape == (1, 1, 6, 6)
+
+
+def test_callable_target_is_linear_for_gradcam(pool_cnn, imgs):
+    """Grad-CAM is linear in the target: map(y1 - 2 y0) = map(y1) - 2 map(y0)."""
+    e = lumos.explain(pool_cnn, imgs, "gradcam", target=lambda o: o[:, 1] - 2 * o[:, 0])
+    e1 = lumos.explain(pool_cnn, imgs, "gradcam", target=1)
+    e0 = lumos.explain(pool_cnn, imgs, "gradcam", target=0)
+    np.testing.assert_allclose(e.meta["layer_map"], e1.meta["layer_map"] - 2 * e0.meta["layer_map"],
+                               rtol=1e-5, atol=1e-6)
+    assert e.target is None and e.meta["target"] == "<lambda>"
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam_pp", "layercam", "scorecam"])
+def test_segmentation_region_target(method):
+    """A callable target explains a segmentation region's score (output (n, classes, H, W))."""
+    m = _seeded(SegNet).double()
+    x = torch.rand(3, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    region = torch.zeros(8, 8, dtype=torch.float64)
+    region[2:5, 3:7] = 1
+
+    def region_score(o):
+        return (o[:, 2] * region).sum((1, 2))
+
+    # auto: the last spatial layer is the 1x1 head; read the map at the body's last ReLU instead
+    assert lumos.explain(m, x[:1], "gradcam", target=region_score).meta["layer"] == "head"
+    e = lumos.explain(m, x, method, target=region_score, at="body.4")
+    assert e.values.shape == (3, 1, 8, 8) and e.meta["layer_map"].shape == (3, 1, 4, 4)
+    if method == "scorecam":
+        assert e.meta["score"] == "raw"
+        return
+    a = m.body(x).detach()
+    grads = []
+    for i in range(3):
+        ai = a[i:i + 1].clone().requires_grad_(True)
+        o = F.interpolate(m.head(ai), size=(8, 8), mode="nearest")
+        (gi,) = torch.autograd.grad(region_score(o).sum(), ai)
+        grads.append(gi)
+    g = torch.cat(grads)
+    combine = {"gradcam": lambda: (g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True),
+               "layercam": lambda: (g.clamp(min=0) * a).sum(1, keepdim=True)}
+    if method in combine:
+        np.testing.assert_allclose(e.meta["layer_map"], combine[method]().numpy(), rtol=1e-10,
+                                   atol=1e-13)
+
+
+def test_one_dimensional_signals():
+    m = _seeded(Signal1D).double()
+    x = torch.rand(4, 2, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    t = [0, 1, 2, 0]
+    e = lumos.explain(m, x, "gradcam", target=t)
+    assert e.meta["layer"] == "features.4" and e.values.shape == (4, 1, 20)
+    assert e.meta["layer_map"].shape == (4, 1, 10)
+    c = lumos.explain(m, x, "cam", target=t)
+    np.testing.assert_allclose(e.meta["layer_map"] * 10, c.meta["layer_map"], rtol=1e-12)
+    ref = F.interpolate(torch.as_tensor(e.meta["layer_map"]), size=20, mode="linear",
+                        align_corners=False)
+    np.testing.assert_allclose(e.values, ref.numpy(), rtol=1e-12)
+
+
+def test_inplace_relu_after_the_layer():
+    """A ReLU(inplace=True) after the chosen conv must neither fail nor corrupt the activation."""
+    m_in, m_out = _seeded(PoolCNN, inplace=True).double(), _seeded(PoolCNN).double()
+    x = torch.rand(3, 3, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    assert (m_out.features[:4](x) < 0).any()  # so a rectified copy would show
+    for method in ("gradcam", "scorecam", "layercam"):
+        a = lumos.explain(m_in, x, method, target=1, at="features.3")
+        b = lumos.explain(m_out, x, method, target=1, at="features.3")
+        np.testing.assert_allclose(a.values, b.values, rtol=1e-12, atol=1e-14)
+
+
+# ---------------------------------------------------------------------------------- layers
+def test_auto_layer_choice():
+    assert lumos.explain(_seeded(SmallCNN), torch.rand(2, 3, 8, 8), "gradcam").meta["layer"] == "features.3"
+    # a container returning its last child's tensor: the innermost module is named
+    e = lumos.explain(_seeded(NestedNet), torch.rand(2, 3, 8, 8), "gradcam")
+    assert e.meta["layer"] == "features.1.1" and e.meta["layer_auto"] is True
+    assert e.params["at"] is None and e.meta["layer_shape"] == [4, 8, 8]
+    # a residual block whose output no child makes: the block itself
+    e = lumos.explain(_seeded(NestedNet, residual=True), torch.rand(2, 3, 8, 8), "gradcam")
+    assert e.meta["layer"] == "features.1"
+    # a reused module is never chosen automatically
+    m = _seeded(ReusedReLU)
+    assert lumos.explain(m, torch.rand(2, 3, 8, 8), "gradcam").meta["layer"] == "c2"
+    assert find_spatial_layers(m, torch.rand(1, 3, 8, 8)) == ["c1", "c2"]
+
+
+def test_cam_with_functional_gap():
+    m = _seeded(FunctionalGAP).double()
+    x = torch.rand(3, 3, 9, 9, dtype=torch.float64)
+    c = lumos.explain(m, x, "cam", target=2)
+    g = lumos.explain(m, x, "gradcam", target=2)
+    assert c.meta["layer"] == g.meta["layer"] == "act"
+    np.testing.assert_allclose(g.meta["layer_map"] * 81, c.meta["layer_map"], rtol=1e-12, atol=1e-14)
+
+
+def test_errors_name_the_argument(pool_cnn, imgs):
+    with pytest.raises(ValueError, match=r"at: the model has no layer named 'features\.9'.*Did you mean"):
+        lumos.explain(pool_cnn, imgs, "gradcam", at="features.9")
+    with pytest.raises(ValueError, match=r"at: layer 'classifier' has output shape \('batch', 4\).*not spatial"):
+        lumos.explain(pool_cnn, imgs, "gradcam", at="classifier")
+    with pytest.raises(ValueError, match=r"at: layer 'pool'.*not spatial.*features\.4"):
+        lumos.explain(pool_cnn, imgs, "scorecam", at="pool")
+    with pytest.raises(TypeError, match="at must be a dotted layer name"):
+        lumos.explain(pool_cnn, imgs, "gradcam", at=3)
+    with pytest.raises(ValueError, match=r"at: layer 'act' runs 2 times"):
+        lumos.explain(_seeded(ReusedReLU), imgs, "gradcam", at="act")
+    flat = _seeded(nn.Sequential, nn.Linear(6, 3))
+    with pytest.raises(ValueError, match="inputs must have shape"):
+        lumos.explain(flat, torch.rand(4, 6), "gradcam")
+    with pytest.raises(ValueError, match="score='softmax' needs a class-index target"):
+        lumos.explain(pool_cnn, imgs, "scorecam", target=lambda o: o[:, 0], score="softmax")
+    with pytest.raises(ValueError, match="n_channels must be an int in 1..8"):
+        lumos.explain(pool_cnn, imgs, "scorecam", n_channels=9)
+    with pytest.raises(ValueError, match="baseline of shape"):
+        lumos.explain(pool_cnn, imgs, "scorecam", baseline=torch.zeros(2, 5))
+    # a module passed as at= is named in meta
+    e = lumos.explain(pool_cnn, imgs, "gradcam", at=pool_cnn.features[1])
+    assert e.meta["layer"] == "features.1" and e.params["at"] == "features.1"
+
+
+@pytest.mark.parametrize("model_cls, at", [(FlattenNet, None), (TwoHeadNet, None), (PoolCNN, "features.3"),
+                                           (FunctionalGAP, "conv")])
+def test_cam_refuses_non_gap_networks_and_suggests_gradcam(model_cls, at):
+    m = _seeded(model_cls)
+    x = torch.rand(2, 3, 12, 12)
+    before = model_state(m)
+    with pytest.raises(ValueError, match=r"cam needs a network that ends in global average pooling "
+                                         r"and one linear layer.*method='gradcam'"):
+        lumos.explain(m, x, "cam", at=at)
+    assert_same_state(before, model_state(m))
+    lumos.explain(m, x, "gradcam", at=at)  # and gradcam works there
+
+
+def test_cam_refuses_callable_targets(pool_cnn, imgs):
+    with pytest.raises(ValueError, match="target: cam explains a class score.*gradcam"):
+        lumos.explain(pool_cnn, imgs, "cam", target=lambda o: o[:, 0])
+
+
+# ---------------------------------------------------------------------------------- model state
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_model_left_as_found_also_on_error(pool_cnn, imgs, method):
+    _needs(method)
+    m = pool_cnn
+    m.features[0].weight.requires_grad_(False)
+    m.classifier.weight.grad = torch.ones_like(m.classifier.weight)
+    m.features.train()  # mixed training flags must survive too
+    before = model_state(m)
+    lumos.explain(m, imgs, method, target=1, at="features.4")
+    assert_same_state(before, model_state(m))
+    calls = [0]
+
+    def flaky(o):  # passes the target checks, then fails inside the method's own passes
+        calls[0] += 1
+        if calls[0] > 2:
+            raise RuntimeError("boom")
+        return o[:, 0]
+
+    if method != "cam":
+        with pytest.raises(RuntimeError, match="boom"):
+            lumos.explain(m, imgs, method, target=flaky, score="raw") if method == "scorecam" else \
+                lumos.explain(m, imgs, method, target=flaky)
+        assert_same_state(before, model_state(m))
+    with pytest.raises(ValueError):
+        lumos.explain(m, imgs, method, at="classifier")
+    assert_same_state(before, model_state(m))
+
+
+def test_save_and_load_keep_the_layer_map(pool_cnn, imgs, tmp_path):
+    e = lumos.explain(pool_cnn, imgs, "gradcam")
+    back = lumos.load(e.save(tmp_path / "g.npz"))
+    np.testing.assert_array_equal(back.meta["layer_map"], e.meta["layer_map"])
+    assert back.meta["layer"] == "features.4" and back.values.shape == e.values.shape
+
+
+def test_guided_gradcam_is_guided_backprop_times_upsampled_gradcam(pool_cnn, imgs):
+    _needs("guided_gradcam")
+    from lumos.attribution.guided_backprop import guided_backprop
+
+    t = [0, 3, 1, 2, 0]
+    e = lumos.explain(pool_cnn, imgs, "guided_gradcam", target=t)
+    gb = guided_backprop(pool_cnn, imgs, target=t)
+    gc = lumos.explain(pool_cnn, imgs, "gradcam", target=t)
+    np.testing.assert_allclose(e.values, gb.values * gc.values, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(e.meta["gradcam"], gc.values, rtol=1e-6, atol=1e-9)
+    assert e.values.shape == imgs.shape
