@@ -1,0 +1,52 @@
+"""Guided backpropagation (Springenberg, Dosovitskiy, Brox & Riedmiller, 2015)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..core.registry import register
+from ..rules.engine import propagate
+from ..rules.relu import GUIDED
+
+__all__ = ["guided_backprop"]
+
+
+@register("guided_backprop", "propagation",
+          "Gradient with negative gradients stopped at every ReLU (Springenberg et al., 2015)")
+def guided_backprop(model: torch.nn.Module, inputs: Any, target: Any = None, *,
+                    batch_size: int | None = None, progress: bool | None = None):
+    """Guided backpropagation: the gradient, with only positive gradient passed back through
+    each ReLU, and only where its input was positive.
+
+    Springenberg, Dosovitskiy, Brox & Riedmiller (2015), "Striving for Simplicity: The All
+    Convolutional Net". The rule attaches to ReLU *operations* (``nn.ReLU`` in place or not,
+    ``F.relu``, ``torch.relu``, ``x.relu()``, ``x.relu_()``, ``x.clamp(min=0)``), so a module used
+    twice or a functional ReLU is handled like any other. Every other operation keeps its gradient;
+    on a network without ReLUs the map is the plain gradient.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Not compiled (TorchScript or ``torch.compile`` models raise a TypeError: their ReLUs cannot
+        be seen).
+    inputs : Tensor or ndarray, shape (batch, ...)
+    target : int, sequence of int, "predicted", callable or None
+    batch_size : int, optional
+        Samples per forward/backward pass (default: 64).
+    progress : bool, optional
+
+    Returns
+    -------
+    Explanation
+        ``values`` has the shape of ``inputs`` (raw, signed). ``meta["plain_ops"]`` lists the
+        non-linear operations without a guided rule that passed their plain gradient.
+    """
+    p, values, sessions = propagate(model, inputs, target, GUIDED, method="guided_backprop",
+                                    batch_size=batch_size, progress=progress)
+    return p.explanation(values, "guided_backprop", {}, meta=_meta(sessions))
+
+
+def _meta(sessions) -> dict:
+    return {"n_relu": sessions[0].counts.get("relu", 0),
+            "plain_ops": sorted(set().union(*(s.plain_ops for s in sessions)))}

@@ -1,0 +1,556 @@
+"""The rules engine: change how gradients pass through *operations*, not modules.
+
+Guided backprop, DeconvNet, LRP and DeepLIFT all keep the forward pass and change the backward
+pass of some operations (ReLU, linear, convolution, pooling, addition...). Hooking modules (what
+peers do) misses ``F.relu``, ``torch.relu``, ``x.relu()``, ``x + skip``, a module called twice and
+any layer outside a fixed list. Here a :class:`torch.overrides.TorchFunctionMode` sees every torch
+call made during the forward pass, classifies it (:data:`KINDS`), and lets a :class:`Composite`
+pick a :class:`Rule` for it; the rule computes the same forward value through a custom
+``autograd.Function`` whose backward is the rule. While a rule runs, the mode is off, so the
+``torch.relu`` inside ``F.relu`` (inside ``nn.ReLU``) is transformed exactly once.
+
+>>> from lumos import rules
+>>> with rules.apply(model, rules.GUIDED) as session:
+...     out = model(x)                 # only the forward pass inside the block
+>>> grad = torch.autograd.grad(out[:, c].sum(), x)[0]
+
+In-place operations (``relu_``, ``+=``, ``ReLU(inplace=True)``) are executed out of place under a
+rule, because rules keep the tensors their backward needs; the returned value is the same. When
+this happened, the methods compare the output with a plain forward pass and raise if a discarded
+in-place result changed it.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ..core.execution import chunks
+from ..core.targets import resolve_target
+from ..core.torch_model import (
+    ModelGuard, Prepared, as_tensor, check_input_shape, check_not_compiled, forward, model_device,
+)
+
+__all__ = [
+    "KINDS", "OpCall", "Rule", "Composite", "Session", "apply", "UnsupportedOperationError",
+    "classify", "func_name", "propagate", "check_visible",
+]
+
+
+class UnsupportedOperationError(TypeError):
+    """An operation on the path from input to output that the active rules cannot handle."""
+
+
+# --------------------------------------------------------------------------- classification
+# Each torch callable the mode may see is mapped to a kind. Several callables share a kind
+# (F.relu, torch.relu, Tensor.relu, relu_ ...); the rules are written per kind.
+_NAMES: dict[str, tuple[str, ...]] = {
+    "relu": ("relu", "relu_"),
+    "clamp": ("clamp", "clamp_", "clamp_min", "clamp_min_", "clip", "clip_"),
+    "activation": (
+        "sigmoid", "sigmoid_", "tanh", "tanh_", "gelu", "silu", "mish", "elu", "elu_", "selu",
+        "selu_", "celu", "celu_", "leaky_relu", "leaky_relu_", "softplus", "hardtanh", "hardtanh_",
+        "relu6", "hardsigmoid", "hardswish", "logsigmoid", "softsign", "tanhshrink", "threshold",
+        "threshold_", "rrelu", "prelu",
+    ),
+    "linear": ("linear",),
+    "conv": ("conv1d", "conv2d", "conv3d"),
+    "conv_transpose": ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d"),
+    "matmul": ("matmul", "mm", "bmm", "__matmul__", "__rmatmul__"),
+    "batch_norm": ("batch_norm",),
+    "avg_pool": ("avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+                 "adaptive_avg_pool2d", "adaptive_avg_pool3d"),
+    "sum": ("sum", "mean"),
+    "max_pool": ("max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d",
+                 "adaptive_max_pool2d", "adaptive_max_pool3d", "max_pool1d_with_indices",
+                 "max_pool2d_with_indices", "max_pool3d_with_indices",
+                 "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices",
+                 "adaptive_max_pool3d_with_indices"),
+    "add": ("add", "add_", "__add__", "__radd__", "__iadd__"),
+    "sub": ("sub", "sub_", "subtract", "__sub__", "__rsub__", "rsub", "__isub__"),
+    "mul": ("mul", "mul_", "multiply", "__mul__", "__rmul__", "__imul__"),
+    "div": ("div", "div_", "divide", "true_divide", "__truediv__", "__itruediv__", "__div__"),
+    "neg": ("neg", "neg_", "negative", "__neg__"),
+    "softmax": ("softmax", "log_softmax", "softmin"),
+    "norm": ("layer_norm", "group_norm", "instance_norm", "local_response_norm", "rms_norm"),
+    # Pure data movement: every output element is one input element (or a sum of copies), so the
+    # plain gradient moves relevance and multipliers correctly for every method.
+    "struct": (
+        "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "permute", "transpose",
+        "swapaxes", "swapdims", "movedim", "moveaxis", "t", "squeeze", "unsqueeze", "contiguous",
+        "clone", "expand", "expand_as", "broadcast_to", "cat", "concat", "concatenate", "stack",
+        "hstack", "vstack", "split", "chunk", "unbind", "narrow", "select", "__getitem__",
+        "index_select", "gather", "take_along_dim", "to", "float", "double", "half", "bfloat16",
+        "type", "type_as", "detach", "flip", "roll", "repeat", "tile", "pad", "dropout",
+        "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
+        "identity", "squeeze_", "unsqueeze_", "t_", "transpose_", "tensor_split",
+        "unsafe_split", "split_with_sizes", "expand_copy", "ravel", "atleast_1d", "atleast_2d",
+        "atleast_3d", "cpu", "cuda",
+    ),
+}
+
+KINDS: dict[Any, str] = {}
+
+
+def _build_kinds() -> None:
+    spaces = [torch, torch.Tensor, F, torch._C._nn, torch._C._VariableFunctions]
+    for kind, names in _NAMES.items():
+        for name in names:
+            for sp in spaces:
+                fn = getattr(sp, name, None)
+                if fn is None or not callable(fn) or isinstance(fn, type):
+                    continue
+                try:
+                    KINDS.setdefault(fn, kind)
+                except TypeError:  # pragma: no cover - unhashable callables
+                    pass
+
+
+_build_kinds()
+
+_FUNC_NAMES: dict[Any, str] = {}
+
+
+def func_name(func: Any) -> str:
+    """A readable name for a torch callable: ``torch.relu``, ``Tensor.add``, ``F.conv2d``."""
+    if func in _FUNC_NAMES:
+        return _FUNC_NAMES[func]
+    name = getattr(func, "__name__", None) or repr(func)
+    qual = getattr(func, "__qualname__", "") or ""
+    mod = getattr(func, "__module__", None) or ""
+    if qual.startswith(("TensorBase.", "Tensor.")):
+        out = "Tensor." + name
+    elif mod == "torch.nn.functional" or "boolean_dispatch" in qual:
+        out = "F." + name if name != "fn" else "F.(max_pool)"
+    elif mod.startswith("torch._C._nn"):
+        out = "F." + name
+    else:
+        out = "torch." + name
+    try:
+        _FUNC_NAMES[func] = out
+    except TypeError:  # pragma: no cover
+        pass
+    return out
+
+
+def _is_inplace(func: Any, kwargs: dict) -> bool:
+    name = getattr(func, "__name__", "") or ""
+    return (name.endswith("_") and not name.endswith("__")) or name.startswith("__i") or bool(
+        kwargs.get("inplace", False))
+
+
+def _first_tensor(args, kwargs) -> torch.Tensor | None:
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a
+    for key in ("input", "self"):
+        if isinstance(kwargs.get(key), torch.Tensor):
+            return kwargs[key]
+    return None
+
+
+def _any_grad(args, kwargs) -> bool:
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            if a.requires_grad:
+                return True
+        elif isinstance(a, (list, tuple)):
+            if any(isinstance(t, torch.Tensor) and t.requires_grad for t in a):
+                return True
+    return any(isinstance(v, torch.Tensor) and v.requires_grad for v in kwargs.values())
+
+
+def _out_needs_grad(out) -> bool:
+    if isinstance(out, torch.Tensor):
+        return out.requires_grad
+    if isinstance(out, (list, tuple)):
+        return any(isinstance(t, torch.Tensor) and t.requires_grad for t in out)
+    return False
+
+
+def _clamp_is_relu(func, args, kwargs) -> bool:
+    """``clamp(x, min=0)`` / ``clamp_min(x, 0)`` with no upper bound is a ReLU."""
+    name = getattr(func, "__name__", "")
+    lo = args[1] if len(args) > 1 else kwargs.get("min")
+    hi = None if name.startswith("clamp_min") else (args[2] if len(args) > 2 else kwargs.get("max"))
+    return (isinstance(lo, (int, float)) and not isinstance(lo, bool) and lo == 0 and hi is None)
+
+
+def classify(func: Any, args: tuple = (), kwargs: dict | None = None) -> str | None:
+    """The kind of a torch call (``"relu"``, ``"conv"``, ``"add"``, ``"struct"`` ...) or ``None``."""
+    kind = KINDS.get(func)
+    if kind == "clamp":
+        return "relu" if _clamp_is_relu(func, args, kwargs or {}) else "activation"
+    if kind is None and getattr(func, "__name__", "") == "__get__":
+        return "struct"  # attribute access (x.T, x.data, x.shape ...)
+    return kind
+
+
+# --------------------------------------------------------------------------- calls and rules
+@dataclass
+class OpCall:
+    """One operation met during the forward pass, as a rule and a composite see it.
+
+    Attributes
+    ----------
+    kind : str
+        The operation kind (see :data:`KINDS`): ``"relu"``, ``"linear"``, ``"conv"``, ``"add"``...
+    func, args, kwargs
+        The torch call itself; ``run()`` evaluates it unchanged.
+    module_name : str
+        Dotted name of the innermost module whose forward made the call (``""`` for the root).
+    module : nn.Module or None
+    index : int
+        Order of this call among the calls handed to the composite in this forward pass.
+    first : bool
+        This is the first linear/convolution operation of the forward pass (the input layer).
+    inplace : bool
+        The call was in place (``relu_``, ``+=``, ``inplace=True``); rules run it out of place.
+    """
+
+    kind: str
+    func: Any
+    args: tuple
+    kwargs: dict
+    module_name: str = ""
+    module: nn.Module | None = None
+    index: int = 0
+    first: bool = False
+    inplace: bool = False
+    session: "Session | None" = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return func_name(self.func)
+
+    @property
+    def where(self) -> str:
+        return f"{self.name} in module {self.module_name or '<root>'!r}" + (
+            f" ({type(self.module).__name__})" if self.module is not None else "")
+
+    @property
+    def input(self) -> torch.Tensor:
+        t = _first_tensor(self.args, self.kwargs)
+        if t is None:  # pragma: no cover - classified ops always take a tensor
+            raise TypeError(f"{self.name}: no tensor argument")
+        return t
+
+    def run(self, *args, **kwargs):
+        """Evaluate the original operation (with replaced arguments when given)."""
+        if args or kwargs:
+            return self.func(*args, **kwargs)
+        return self.func(*self.args, **self.kwargs)
+
+    def run_out_of_place(self):
+        """The original operation, computed out of place (in-place calls return a new tensor)."""
+        if not self.inplace:
+            return self.run()
+        kw = dict(self.kwargs)
+        if "inplace" in kw:
+            kw["inplace"] = False
+            return self.func(*self.args, **kw)
+        args = list(self.args)
+        args[0] = args[0].clone()  # the in-place method then writes into a copy
+        return self.func(*args, **kw)
+
+
+class Rule:
+    """How one operation passes gradients (or relevance, or multipliers) backward.
+
+    A rule is called with the :class:`OpCall` instead of the operation and returns the operation's
+    output, computed through a custom ``autograd.Function`` whose backward is the rule.
+    """
+
+    def __call__(self, call: OpCall):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+
+class Composite:
+    """Decides which rule applies to each operation.
+
+    Parameters
+    ----------
+    rules : dict
+        Maps an operation kind (``"relu"``, ``"conv"``...) to a :class:`Rule` (or ``None`` for the
+        plain gradient).
+    strict : bool, default False
+        Operations of unknown kind that carry gradient raise :class:`UnsupportedOperationError`
+        (relevance and multipliers would be silently wrong through them). When False they use their
+        plain gradient and are listed in ``session.plain_ops``.
+    needs_names : bool, default False
+        Track the module each call comes from (forward hooks, removed afterwards); needed by
+        composites that choose by module name and for error messages.
+    name : str
+        Shown in reprs and metadata.
+    """
+
+    def __init__(self, rules: dict[str, Rule | None] | None = None, *, strict: bool = False,
+                 needs_names: bool = False, name: str = "composite"):
+        self.rules = dict(rules or {})
+        self.strict = strict
+        self.needs_names = needs_names
+        self.name = name
+
+    def rule_for(self, call: OpCall) -> Rule | None:
+        """The rule for ``call``; ``None`` runs the operation unchanged (plain gradient)."""
+        return self.rules.get(call.kind)
+
+    def unsupported(self, call: OpCall) -> str | None:
+        """A message when ``call`` cannot be handled (checked before :meth:`rule_for`)."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class Session:
+    """What happened during one forward pass under a composite (returned by :func:`apply`)."""
+
+    def __init__(self, model: nn.Module | None, composite: Composite, method: str):
+        self.model = model
+        self.composite = composite
+        self.method = method
+        self.counts: dict[str, int] = {}      # kind -> calls handed to the composite
+        self.plain_ops: set[str] = set()      # unknown operations that kept their plain gradient
+        self.inplace_replaced = False
+        self.n_calls = 0
+        self.first_seen = False
+        self.stack: list[tuple[str, nn.Module]] = []
+        self.records: list = []               # filled by rules that log per-layer information
+        self.state: dict = {}                 # free space for rules (pairs, canonisation ...)
+
+    def _where(self) -> tuple[str, nn.Module | None]:
+        return self.stack[-1] if self.stack else ("", None)
+
+    def dispatch(self, func, args, kwargs):
+        if not torch.is_grad_enabled():
+            return func(*args, **kwargs)
+        kind = classify(func, args, kwargs)
+        if kind == "struct":
+            return func(*args, **kwargs)
+        if kind is None:
+            out = func(*args, **kwargs)
+            if _out_needs_grad(out) and _any_grad(args, kwargs):
+                name = func_name(func)
+                if self.composite.strict:
+                    mname, mod = self._where()
+                    where = f" in module {mname or '<root>'!r}" if self.composite.needs_names else ""
+                    raise UnsupportedOperationError(
+                        f"model: {self.method} has no rule for the operation {name}{where}, met on "
+                        "the path from the input to the output; its plain gradient would give a "
+                        "silently wrong result. Supported: linear, convolution, pooling, batch "
+                        "norm (eval), addition, element-wise products, ReLU-type activations and "
+                        "reshaping. Rewrite that step with supported operations or use a "
+                        "gradient method (saliency, integrated_gradients)."
+                    )
+                self.plain_ops.add(name)
+            return out
+        if not _any_grad(args, kwargs):
+            return func(*args, **kwargs)
+        mname, mod = self._where()
+        first = False
+        if kind in ("linear", "conv", "conv_transpose", "matmul") and not self.first_seen:
+            first = self.first_seen = True
+        call = OpCall(kind, func, args, kwargs, mname, mod, self.n_calls, first,
+                      _is_inplace(func, kwargs), self)
+        self.n_calls += 1
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        msg = self.composite.unsupported(call)
+        if msg:
+            raise UnsupportedOperationError(f"model: {self.method}: {msg} ({call.where})")
+        rule = self.composite.rule_for(call)
+        if rule is None:
+            if kind in ("activation", "softmax", "norm"):
+                self.plain_ops.add(call.name)  # a non-linearity without a rule: plain gradient
+            return func(*args, **kwargs)
+        if call.inplace:
+            self.inplace_replaced = True
+        return rule(call)
+
+
+class _RuleMode(TorchFunctionMode):
+    def __init__(self, session: Session):
+        super().__init__()
+        self.session = session
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        # The mode is popped while this runs: calls made by rules are not seen again.
+        return self.session.dispatch(func, args, kwargs or {})
+
+
+def check_visible(model: Any, method: str) -> None:
+    """Refuse models whose operations the mode cannot see (TorchScript, torch.compile)."""
+    check_not_compiled(model, method)
+    if isinstance(model, nn.Module):
+        for name, m in model.named_modules():
+            if isinstance(m, torch.jit.ScriptModule) or type(m).__name__ == "OptimizedModule":
+                raise TypeError(
+                    f"model: its submodule {name!r} is compiled ({type(m).__name__}); {method} "
+                    "changes how gradients pass through each operation, which cannot be seen "
+                    "inside compiled code (it would silently return a wrong map). Use the "
+                    "original nn.Module."
+                )
+
+
+@contextlib.contextmanager
+def apply(model: nn.Module | None, composite: Composite, *, method: str = "rules") -> Iterator[Session]:
+    """Apply ``composite`` to every operation of the forward passes run inside the block.
+
+    Parameters
+    ----------
+    model : nn.Module or None
+        Checked for compiled parts; when the composite chooses by module name, each submodule gets
+        a forward hook for the duration of the block (removed on exit, also on error).
+    composite : Composite
+        The rules (for example ``rules.GUIDED``, ``rules.DECONV`` or an LRP composite).
+    method : str
+        Named in error messages.
+
+    Yields
+    ------
+    Session
+        Counts of the operations seen, the plain-gradient operations, per-layer records.
+
+    Notes
+    -----
+    Only the forward pass belongs inside the block; the backward pass may run after it.
+    """
+    if model is not None:
+        check_visible(model, method)
+    session = Session(model, composite, method)
+    handles = []
+    if model is not None and composite.needs_names:
+        for name, m in model.named_modules():
+            handles.append(m.register_forward_pre_hook(_push(session, name)))
+            handles.append(m.register_forward_hook(_pop(session), always_call=True))
+    try:
+        with _RuleMode(session):
+            yield session
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _push(session: Session, name: str):
+    def hook(module, args):
+        session.stack.append((name, module))
+    return hook
+
+
+def _pop(session: Session):
+    def hook(module, args, output):
+        if session.stack:
+            session.stack.pop()
+    return hook
+
+
+# --------------------------------------------------------------------------- running a method
+_RANDOM_IN_TRAINING = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
+def _select_grad(target, out: torch.Tensor, rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(d s / d out, s)`` for the target scalar ``s`` of each row (a small autograd graph)."""
+    o = out.detach().requires_grad_(True)
+    with torch.enable_grad():
+        s = target.select(o, rows)
+        if not s.requires_grad:
+            raise ValueError("target: the selected scalar does not depend on the model output")
+        (g,) = torch.autograd.grad(s.sum(), o)
+    return g, s.detach()
+
+
+def check_same_output(out: torch.Tensor, expected: torch.Tensor, method: str) -> None:
+    """The forward pass under the rules must reproduce the model's output."""
+    scale = expected.abs().max().item() + 1e-12
+    diff = (out.detach() - expected).abs().max().item()
+    if diff > 1e-4 * scale + 1e-6:
+        raise RuntimeError(
+            f"model: its output under the {method} rules differs from its plain output (max "
+            f"difference {diff:.3g}). An in-place operation whose result the model discards "
+            "(e.g. a bare `x.relu_()`) cannot be run under rules; use the returned value "
+            "(`x = x.relu()`)."
+        )
+
+
+def propagate(model: Any, inputs: Any, target: Any, composite: Composite, *, method: str,
+              start: str = "gradient", batch_size: int | None = None,
+              progress: bool | None = None) -> tuple[Prepared, torch.Tensor, list[Session]]:
+    """Validate, guard the model, and backpropagate the target through ``composite``.
+
+    One forward pass under the rules per chunk (the target is resolved on its output) and one
+    backward pass. ``start="gradient"`` starts the backward pass from ``d target / d output``
+    (guided backprop, DeconvNet); ``start="relevance"`` from ``output * d target / d output``
+    (LRP: the one-hot output times the explained logit).
+
+    Returns
+    -------
+    (Prepared, Tensor, list of Session)
+        The prepared call (output, target, scalar), the propagated map of the inputs' shape, and
+        the session of each chunk.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model: {method} needs a torch.nn.Module (it changes backward rules of its "
+            f"operations); got {type(model).__name__}"
+        )
+    check_visible(model, method)
+    if start not in ("gradient", "relevance"):  # pragma: no cover - internal
+        raise ValueError(f"start must be 'gradient' or 'relevance'; got {start!r}")
+    if any(m.training and isinstance(m, _RANDOM_IN_TRAINING) for m in model.modules()):
+        warnings.warn(
+            "model is in training mode: dropout and batch-norm statistics make the explanation "
+            "random and batch-dependent. Call model.eval() first (lumos leaves the mode as found).",
+            stacklevel=3,
+        )
+    with ModelGuard(model):
+        x = as_tensor(inputs, model_device(model))
+        check_input_shape(model, x)
+        n = len(x)
+        slices = list(chunks(n, batch_size, desc=method, progress=progress))
+        tgt = None
+        if len(slices) > 1:  # resolve the target on the whole batch first ("predicted", ranges)
+            with torch.no_grad():
+                outs = [forward(model, x[sl]) for sl in slices]
+            tgt = resolve_target(target, torch.cat(outs))
+        values = torch.empty_like(x)
+        outputs, scalars, sessions = [], [], []
+        for sl in slices:
+            xg = x[sl].detach().requires_grad_(True)
+            with torch.enable_grad():
+                with apply(model, composite, method=method) as session:
+                    out = forward(model, xg)
+                if not torch.isfinite(out).all():
+                    raise ValueError("model returned NaN or Inf on inputs; explanations need finite outputs")
+                if session.inplace_replaced:
+                    with torch.no_grad():
+                        check_same_output(out, forward(model, x[sl]), method)
+                if tgt is None:
+                    tgt = resolve_target(target, out.detach())
+                rows = torch.arange(sl.start, sl.stop)
+                g, s = _select_grad(tgt, out, rows)
+                init = g if start == "gradient" else g * out.detach()
+                if not out.requires_grad:
+                    raise ValueError(
+                        "model: its output does not depend on the input (no gradient path from "
+                        "inputs to the target)"
+                    )
+                (v,) = torch.autograd.grad(out, xg, grad_outputs=init, allow_unused=True)
+            if v is None:
+                raise ValueError("model: its output does not depend on the input")
+            values[sl] = v.detach()
+            outputs.append(out.detach())
+            scalars.append(s)
+            sessions.append(session)
+        output = torch.cat(outputs)
+        prepared = Prepared(model, x, output, tgt, torch.cat(scalars), meta={"target": tgt.description})
+        return prepared, values, sessions
