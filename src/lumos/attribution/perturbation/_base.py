@@ -1,0 +1,342 @@
+"""The shared machinery of the perturbation methods.
+
+A perturbation method hides parts of the input and watches the explained score. Everything that
+is not its mathematics lives here:
+
+- :func:`perturbation_call` validates the inputs and the target and yields a :class:`Run` that
+  scores stacks of perturbed inputs. For a torch module it runs inside
+  :func:`lumos.core.torch_model.torch_call` (no gradients, the model left as found); for any other
+  callable (a predict function, a scikit-learn estimator) it goes through
+  :class:`lumos.core.blackbox.BlackBox`, which gets the perturbed rows in the type of the user's
+  inputs (tensor, array or DataFrame).
+- :meth:`Run.evaluate` builds the perturbed inputs chunk by chunk (vectorised, never all copies at
+  once) and evaluates each chunk of ``batch_size`` rows in one model call.
+- :func:`axes_spec` reads per-axis shapes (windows, strides, mask grids), :func:`make_fill`
+  builds what hidden elements are replaced with.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...core.blackbox import as_blackbox
+from ...core.execution import check_batch_size, chunks, rng
+from ...core.explanation import Explanation
+from ...core.targets import resolve_target
+from ...core.torch_model import Prepared, _clean_params, as_tensor, forward, torch_call
+
+__all__ = ["Run", "perturbation_call", "axes_spec", "make_fill", "gaussian_blur", "FILLS"]
+
+FILLS = ("zero", "mean", "blur", "noise")
+
+
+class Run:
+    """A model seen as ``f(perturbed inputs) -> explained scalar per row``.
+
+    Attributes
+    ----------
+    x : Tensor, shape (n, ...)
+        The explained inputs (a float copy; for torch models on the model's device).
+    scalar : Tensor of float64, shape (n,)
+        The explained scalar at ``x``.
+    n_evals : int
+        Rows evaluated by the model so far, the ``n`` rows at ``x`` included.
+    """
+
+    def __init__(self, x: torch.Tensor, scalar: torch.Tensor, score: Callable, build_explanation: Callable,
+                 meta: dict):
+        self.x = x
+        self.scalar = scalar.to(torch.float64)
+        self._score = score
+        self._build_explanation = build_explanation
+        self.meta = meta
+        self.n_evals = len(x)
+
+    @property
+    def n(self) -> int:
+        return len(self.x)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def score(self, xb: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Explained scalar (float64, on ``x``'s device) of each perturbed row; ``rows[k]`` is its sample."""
+        s = self._score(xb, rows)
+        self.n_evals += len(xb)
+        return s
+
+    def evaluate(self, total: int, build: Callable[[slice], tuple], batch_size: int | None,
+                 progress: bool | None = None, desc: str = "",
+                 consume: Callable | None = None) -> torch.Tensor:
+        """Score ``total`` perturbed rows, built and evaluated ``batch_size`` at a time.
+
+        ``build(sl)`` returns ``(xb, rows, ctx)`` for the flat perturbation indices ``sl``;
+        ``consume(sl, scores, ctx)``, when given, sees every chunk's scores (for accumulating
+        maps on the fly). Returns the scores of all rows, shape (total,), float64.
+        """
+        out = torch.empty(total, dtype=torch.float64, device=self.x.device)
+        for sl in chunks(total, batch_size, desc=desc, progress=progress, unit="input"):
+            xb, rows, ctx = build(sl)
+            s = self.score(xb, rows)
+            out[sl] = s
+            if consume is not None:
+                consume(sl, s, ctx)
+        return out
+
+    def explanation(self, values, method: str, params: dict, meta: dict | None = None,
+                    sample_meta: dict | None = None) -> Explanation:
+        m = dict(self.meta)
+        m.update(meta or {})
+        m["n_evals"] = int(self.n_evals)
+        return self._build_explanation(values, method, params, m, sample_meta or {})
+
+
+@contextlib.contextmanager
+def perturbation_call(model: Any, inputs: Any, target: Any, *, method: str) -> Iterator[Run]:
+    """Validate ``inputs`` and ``target`` for a perturbation method and yield a :class:`Run`.
+
+    A torch module is evaluated under ``torch.no_grad`` inside :func:`torch_call` (the model is
+    left as found, also on error); anything else callable is wrapped in :class:`BlackBox`.
+    """
+    if isinstance(model, nn.Module):
+        with torch_call(model, inputs, target, method=method) as p:
+            yield _torch_run(p)
+        return
+    if not callable(model) and not hasattr(model, "predict"):
+        raise TypeError(
+            "model must be a torch.nn.Module, a predict function that scores a batch, or a "
+            f"scikit-learn estimator; got {type(model).__name__}"
+        )
+    yield _blackbox_run(model, inputs, target)
+
+
+def _torch_run(p: Prepared) -> Run:
+    model, target = p.model, p.target
+
+    def score(xb, rows):
+        with torch.no_grad():
+            out = forward(model, xb, name="perturbed inputs")
+            return target.select(out, rows).to(torch.float64)
+
+    def build(values, method, params, meta, sample_meta):
+        return p.explanation(values, method, params, meta=meta, sample_meta=sample_meta)
+
+    return Run(p.x, p.scalar, score, build, dict(p.meta))
+
+
+def _blackbox_run(model: Any, inputs: Any, target: Any) -> Run:
+    columns = None
+    if hasattr(inputs, "columns") and hasattr(inputs, "dtypes"):  # a DataFrame
+        columns = [str(c) for c in inputs.columns]
+        try:
+            arr = inputs.to_numpy(dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise TypeError(
+                "inputs: perturbation methods replace feature values by numbers, so every column "
+                "of the DataFrame must be numeric (encode categories first)"
+            ) from e
+        x, kind, np_dtype = as_tensor(arr), "frame", np.float64
+    elif isinstance(inputs, torch.Tensor):
+        x, kind, np_dtype = as_tensor(inputs), "tensor", None
+    else:
+        arr = np.asarray(inputs)
+        np_dtype = arr.dtype if arr.dtype.kind == "f" else np.float64
+        x, kind = as_tensor(inputs, dtype=torch.float64 if arr.dtype.kind != "f" else None), "array"
+    bb = as_blackbox(model, inputs if kind == "frame" else None)
+
+    def to_user(xb: torch.Tensor):
+        # The model gets what the user gave: tensors stay tensors, arrays come back as arrays
+        # of the user's float dtype, DataFrames are rebuilt by BlackBox from the columns.
+        return xb if kind == "tensor" else xb.detach().cpu().numpy().astype(np_dtype, copy=False)
+
+    output = bb(to_user(x))
+    tgt = resolve_target(target, output)
+    scalar = torch.as_tensor(np.asarray(tgt.select(output), dtype=np.float64), device=x.device)
+
+    def score(xb, rows):
+        out = bb(to_user(xb))
+        s = np.asarray(tgt.select(out, rows.cpu().numpy()), dtype=np.float64)
+        return torch.as_tensor(s, device=xb.device)
+
+    meta = {"target": tgt.description, "model_output": bb.score_name}
+
+    def build(values, method, params, meta, sample_meta):
+        m = dict(meta)
+        m.update(sample_meta)
+        return Explanation(
+            values=values, inputs=x, target=tgt.indices, output=scalar, method=method,
+            params=_clean_params(params), meta=m, feature_names=columns,
+            sample_keys=tuple(sample_meta.keys()),
+        )
+
+    return Run(x, scalar, score, build, meta)
+
+
+# ---------------------------------------------------------------------------- shapes per axis
+def axes_spec(spec: Any, sample_shape: Sequence[int], name: str, allow_none: bool = True
+              ) -> tuple[int | None, ...]:
+    """Read a per-axis size (window, stride, mask grid) for samples of ``sample_shape``.
+
+    An ``int`` k means k along every axis of a 1-D sample, and ``(None, k, k, ...)`` for samples
+    with 3 or more axes (images ``(C, H, W)``, volumes: the leading channel axis is covered whole).
+    A tuple gives one entry per sample axis; ``None`` means "the whole axis" (the mask is shared
+    along it). For samples of 3+ axes a tuple one shorter leaves out the channel axis. 2-D samples
+    are ambiguous (``(channels, length)`` signals vs ``(tokens, dim)`` embeddings) and need a tuple.
+    """
+    nd = len(sample_shape)
+    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+        if nd == 1:
+            spec = (int(spec),)
+        elif nd >= 3:
+            spec = (None,) + (int(spec),) * (nd - 1)
+        else:
+            raise ValueError(
+                f"{name}: samples of shape {tuple(sample_shape)} are 2-D; give a tuple, e.g. "
+                f"(None, {spec}) for a (channels, length) signal or ({spec}, None) for "
+                "(tokens, dim) embeddings (None covers the whole axis)"
+            )
+    if not isinstance(spec, (tuple, list)):
+        raise ValueError(f"{name} must be an int or a tuple of ints/None, one per input axis; got {spec!r}")
+    spec = tuple(spec)
+    if nd >= 3 and len(spec) == nd - 1:
+        spec = (None,) + spec
+    if len(spec) != nd:
+        raise ValueError(
+            f"{name} has {len(spec)} entries but samples have {nd} axes (shape "
+            f"{tuple(sample_shape)}); give one entry per axis, None for a whole axis"
+        )
+    out = []
+    for a, (v, size) in enumerate(zip(spec, sample_shape)):
+        if v is None:
+            if not allow_none:
+                raise ValueError(f"{name}: entry {a} is None; give an int per axis")
+            out.append(None)
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name}: entry {a} must be a positive int or None; got {v!r}")
+        out.append(int(v))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------- fills
+def gaussian_blur(x: torch.Tensor, sigma: float | Sequence[float], axes: Sequence[int]) -> torch.Tensor:
+    """A Gaussian-blurred copy of ``x`` (n, ...) along sample ``axes`` (0 = first sample axis).
+
+    Uses :func:`scipy.ndimage.gaussian_filter` (mirror padding at the borders), computed once per call.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    sig = [0.0] * x.ndim
+    sigmas = [float(sigma)] * len(axes) if np.isscalar(sigma) else [float(s) for s in sigma]
+    for a, s in zip(axes, sigmas):
+        sig[a + 1] = s
+    arr = x.detach().cpu().numpy()
+    out = gaussian_filter(arr.astype(np.float64), sigma=sig, mode="reflect")
+    return torch.as_tensor(out, dtype=x.dtype, device=x.device)
+
+
+def make_fill(fill: Any, x: torch.Tensor, *, blur_axes: Sequence[int], sigma: float | Sequence[float] = 5.0,
+              data: Any = None, seed: int | None = 0) -> tuple[torch.Tensor, str]:
+    """What hidden elements are replaced with: a tensor of the shape of ``x`` (n, ...).
+
+    Parameters
+    ----------
+    fill : {"zero", "mean", "blur", "noise"}, float, or array/Tensor
+        ``"zero"`` (or ``0``), a constant, ``"mean"`` (the per-element mean of ``data`` over its
+        first axis: a dataset mean image), ``"blur"`` (a Gaussian-blurred copy of each input,
+        std ``sigma`` along ``blur_axes``), ``"noise"`` (one fixed Gaussian noise draw per sample
+        with that sample's mean and std, from ``seed``), or an array broadcastable to one sample
+        (a mean image, a per-channel mean of shape (C, 1, 1)) or to the whole batch.
+    Returns ``(fill tensor, description)``.
+    """
+    n, shape = len(x), tuple(x.shape[1:])
+    if isinstance(fill, str):
+        if fill not in FILLS:
+            raise ValueError(f"fill must be one of {FILLS}, a number or an array; got {fill!r}")
+        if fill == "zero":
+            return torch.zeros_like(x), "zero"
+        if fill == "blur":
+            sig = [sigma] * len(blur_axes) if np.isscalar(sigma) else list(sigma)
+            if any((not np.isfinite(s)) or s <= 0 for s in sig):
+                raise ValueError(f"sigma must be positive; got {sigma!r}")
+            return gaussian_blur(x, sigma, blur_axes), f"blur(sigma={sigma})"
+        if fill == "noise":
+            flat = x.detach().reshape(n, -1).to(torch.float64).cpu().numpy()
+            mu = flat.mean(1)
+            sd = flat.std(1) if flat.shape[1] > 1 else np.ones(n)
+            z = rng(seed).standard_normal(flat.shape)
+            noise = (mu[:, None] + sd[:, None] * z).reshape(x.shape)
+            return torch.as_tensor(noise, dtype=x.dtype, device=x.device), f"noise(seed={seed})"
+        if data is None:
+            raise ValueError(
+                "fill='mean' needs data=: a dataset (samples along the first axis) whose mean "
+                "replaces hidden elements; or pass the mean itself as fill="
+            )
+        d = as_tensor(data, x.device, name="data", dtype=x.dtype)
+        if tuple(d.shape[1:]) != shape:
+            raise ValueError(f"data must have samples of shape {shape} like inputs; got {tuple(d.shape)}")
+        return d.mean(0, keepdim=True).expand_as(x).clone(), "mean"
+    if isinstance(fill, bool):
+        raise ValueError("fill must be a string, a number or an array; got a bool")
+    if isinstance(fill, (int, float, np.integer, np.floating)):
+        if not np.isfinite(fill):
+            raise ValueError(f"fill must be finite; got {fill!r}")
+        return torch.full_like(x, float(fill)), f"constant({float(fill):g})"
+    f = as_tensor(fill, x.device, name="fill", dtype=x.dtype)
+    try:
+        out = torch.broadcast_to(f, x.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"fill of shape {tuple(f.shape)} broadcasts neither to one sample {shape} nor to the "
+            f"inputs {tuple(x.shape)}"
+        ) from None
+    return out.clone(), "array"
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+    return int(value)
+
+
+def spatial_axes(sample_shape: Sequence[int]) -> list[int]:
+    """The axes a blur runs along when nothing says otherwise: all but a leading channel axis of
+    3+-D samples (images, volumes); every axis of 1-D and 2-D samples."""
+    nd = len(sample_shape)
+    return list(range(1, nd)) if nd >= 3 else list(range(nd))
+
+
+def upsample(grid: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(m, *g) -> (m, *size) by (bi/tri)linear interpolation (half-pixel centres)."""
+    modes = {1: "linear", 2: "bilinear", 3: "trilinear"}
+    d = grid.ndim - 1
+    if d not in modes:
+        raise ValueError(f"masks can vary along at most 3 axes; got {d} (set the others to None)")
+    return torch.nn.functional.interpolate(grid[:, None], size=tuple(size), mode=modes[d],
+                                           align_corners=False)[:, 0]
+
+
+def expand_mask(mask: torch.Tensor, spec: Sequence[int | None]) -> torch.Tensor:
+    """A mask over the masked axes (m, *L_masked) -> (m, *[L or 1 per sample axis]) to broadcast."""
+    shape = [mask.shape[0]]
+    it = iter(mask.shape[1:])
+    for v in spec:
+        shape.append(1 if v is None else next(it))
+    return mask.reshape(shape)
+
+
+def checkpoints(total: int, smallest: int = 16) -> list[int]:
+    """Checkpoints total, total/2, total/4, ... down to ``smallest`` (ascending, unique)."""
+    cps = [total]
+    while cps[-1] // 2 >= smallest:
+        cps.append(cps[-1] // 2)
+    return sorted(set(cps))
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)

@@ -1,0 +1,178 @@
+"""Sliding-window occlusion (Zeiler & Fergus, 2014), with several window sizes and soft fills."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ...core.registry import register
+from ._base import axes_spec, make_fill, perturbation_call
+
+__all__ = ["occlusion", "window_positions"]
+
+
+def window_positions(length: int, window: int, stride: int) -> np.ndarray:
+    """Start indices of the windows along one axis of ``length`` elements.
+
+    Windows start at ``0, stride, 2*stride, ...`` while they fit; when the last one stops short of
+    the end, one more window aligned with the end is added, so every element is covered.
+    """
+    starts = list(range(0, length - window + 1, stride))
+    if starts[-1] != length - window:
+        starts.append(length - window)
+    return np.asarray(starts, dtype=np.int64)
+
+
+def _as_list(spec: Any) -> list:
+    """Several window sizes are a list; one window is an int or a tuple."""
+    return list(spec) if isinstance(spec, list) else [spec]
+
+
+@register("occlusion", "perturbation",
+          "Sliding-window occlusion: score drop when a window is hidden (Zeiler & Fergus, 2014)",
+          models="any")
+def occlusion(model: Any, inputs: Any, target: Any = None, *, window: Any = 8, stride: Any = None,
+              fill: Any = "zero", sigma: float = 5.0, data: Any = None, seed: int = 0,
+              batch_size: int | None = None, progress: bool | None = None):
+    """Occlusion: how much the explained score drops when a window of the input is hidden.
+
+    Zeiler & Fergus (2014), "Visualizing and Understanding Convolutional Networks". For each
+    window position ``w`` the input is copied with the window replaced by ``fill``, and
+
+    ``values[e] = mean over the windows w covering e of ( f(x) - f(x with w filled) )``
+
+    (for one window size; the same normalisation as Captum's ``Occlusion``). With several window
+    sizes, each size gives such a map and ``values`` is their **mean over sizes** (each size
+    weighs the same whatever its number of windows); the per-size maps are in
+    ``meta["maps_per_window"]``. A window of one element and stride one is exactly single-feature
+    ablation: ``values[e] = f(x) - f(x with e filled)``.
+
+    The perturbed copies are built chunk by chunk and evaluated ``batch_size`` at a time (one
+    model call per chunk, not per window); the model only needs to return scores, so any predict
+    function works.
+
+    Parameters
+    ----------
+    model : torch.nn.Module or callable
+        A torch module, or any function that scores a batch (it receives perturbed inputs of the
+        same type as ``inputs``), or a scikit-learn estimator.
+    inputs : Tensor, ndarray or DataFrame, shape (batch, ...)
+        Images (batch, C, H, W), signals (batch, L) or (batch, C, L), token embeddings
+        (batch, T, D), tabular rows (batch, F)...
+    target : int, sequence, "predicted", callable or None
+    window : int, tuple, or list of those, default 8
+        Window shape per sample axis (see :func:`~lumos.attribution.perturbation._base.axes_spec`):
+        an int ``k`` is ``(None, k, k)`` on images (all channels at once) and ``(k,)`` on 1-D
+        samples; ``None`` in a tuple covers the whole axis. A *list* gives several window sizes
+        to combine, e.g. ``[4, 8, 16]``.
+    stride : int, tuple, or list of those, optional
+        Step per axis; default half the window (at least 1) along each axis. A list gives one
+        stride per window size.
+    fill : {"zero", "mean", "blur", "noise"}, float or array, default "zero"
+        What hides a window: zeros, a constant, the dataset mean (``fill="mean"`` with ``data=``),
+        a Gaussian-blurred copy of the input (std ``sigma`` along the axes windows slide on), a
+        fixed noise draw (``seed``), or an array broadcastable to a sample (a mean image).
+    sigma : float, default 5.0
+        Blur standard deviation in elements, for ``fill="blur"``.
+    data : array, optional
+        A dataset whose mean is the fill for ``fill="mean"``.
+    seed : int, default 0
+        Seed of the noise for ``fill="noise"``.
+    batch_size : int, optional
+        Perturbed inputs per model call (default 64).
+    progress : bool, optional
+        Progress bar (default: on a terminal for long work).
+
+    Returns
+    -------
+    Explanation
+        ``values`` has the shape of ``inputs``. ``meta``: ``n_evals`` (model rows evaluated),
+        ``n_windows`` per size, ``fill``; ``maps_per_window`` (batch, sizes, ...) for several sizes.
+    """
+    windows = _as_list(window)
+    strides = _as_list(stride) if stride is not None else [None] * len(windows)
+    if len(strides) != len(windows):
+        raise ValueError(f"stride: give one stride per window size ({len(windows)}); got {len(strides)}")
+    if not windows:
+        raise ValueError("window: give at least one window shape")
+    with perturbation_call(model, inputs, target, method="occlusion") as run:
+        x, n, shape = run.x, run.n, run.sample_shape
+        nd, dev = len(shape), x.device
+        sizes, positions = [], []
+        moving: set[int] = set()
+        for w_spec, s_spec in zip(windows, strides):
+            w = axes_spec(w_spec, shape, "window")
+            w = tuple(L if v is None else v for v, L in zip(w, shape))
+            for a, (v, L) in enumerate(zip(w, shape)):
+                if v > L:
+                    raise ValueError(
+                        f"window {tuple(w)} is larger than the input along axis {a} "
+                        f"(samples have shape {shape})"
+                    )
+            if s_spec is None:
+                s = tuple(max(1, v // 2) for v in w)
+            else:
+                s = axes_spec(s_spec, shape, "stride")
+                s = tuple(max(1, v) if sv is None else sv for sv, v in zip(s, w))
+            starts = [window_positions(L, v, sv) for L, v, sv in zip(shape, w, s)]
+            moving.update(a for a, v in enumerate(w) if v < shape[a])
+            sizes.append((w, s))
+            positions.append(starts)
+        fill_t, fill_desc = make_fill(fill, x, blur_axes=sorted(moving) or list(range(nd)),
+                                      sigma=sigma, data=data, seed=seed)
+
+        # Every window of every size, flattened: start and extent per axis.
+        all_start, all_size = [], []
+        for (w, _), starts in zip(sizes, positions):
+            grid = np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, nd)
+            all_start.append(grid)
+            all_size.append(np.broadcast_to(np.asarray(w), grid.shape))
+        start_t = torch.as_tensor(np.concatenate(all_start), device=dev)
+        size_t = torch.as_tensor(np.concatenate(all_size), device=dev)
+        n_win = len(start_t)
+        aranges = [torch.arange(L, device=dev) for L in shape]
+
+        def build(sl):
+            k = torch.arange(sl.start, sl.stop, device=dev)
+            rows, j = k // n_win, k % n_win
+            st, sz = start_t[j], size_t[j]
+            mask = None
+            for a in range(nd):
+                ind = (aranges[a][None] >= st[:, a, None]) & (aranges[a][None] < (st + sz)[:, a, None])
+                view = [len(k)] + [1] * nd
+                view[a + 1] = shape[a]
+                ind = ind.reshape(view)
+                mask = ind if mask is None else mask & ind
+            return torch.where(mask, fill_t[rows], x[rows]), rows, None
+
+        scores = run.evaluate(n * n_win, build, batch_size, progress, desc="occlusion")
+        drop = (run.scalar[:, None] - scores.reshape(n, n_win))
+
+        maps, offset = [], 0
+        for (w, _), starts in zip(sizes, positions):
+            counts = [len(p) for p in starts]
+            m = int(np.prod(counts))
+            d = drop[:, offset:offset + m].reshape(n, *counts)
+            ones = torch.ones(counts, dtype=torch.float64, device=dev)
+            total, cover = d, ones
+            for a in range(nd):
+                # indicator[p, e] = window p along axis a covers element e; contracting the
+                # position axes one at a time sums the drops of all windows covering e.
+                st = torch.as_tensor(starts[a], device=dev)
+                ind = ((aranges[a][None] >= st[:, None]) & (aranges[a][None] < st[:, None] + w[a])).double()
+                total = torch.tensordot(total, ind, dims=([1], [0]))
+                cover = torch.tensordot(cover, ind, dims=([0], [0]))
+            maps.append(total / cover)
+            offset += m
+        stacked = torch.stack(maps, 1)
+        values = stacked.mean(1).to(x.dtype)
+        meta = {"n_windows": [int(np.prod([len(p) for p in st])) for st in positions],
+                "windows": [list(w) for w, _ in sizes], "strides": [list(s) for _, s in sizes],
+                "fill": fill_desc}
+        sample_meta = {"maps_per_window": stacked.to(x.dtype)} if len(sizes) > 1 else {}
+        params = {"window": window if not isinstance(window, tuple) else list(window),
+                  "stride": stride if not isinstance(stride, tuple) else list(stride),
+                  "fill": fill if isinstance(fill, (str, int, float)) else "array",
+                  "sigma": sigma, "seed": seed}
+        return run.explanation(values, "occlusion", params, meta=meta, sample_meta=sample_meta)
