@@ -1,0 +1,406 @@
+"""LIME: a sparse, locally weighted linear surrogate of any model.
+
+Ribeiro, Singh & Guestrin (2016), "'Why Should I Trust You?': Explaining the Predictions of Any
+Classifier". Tables, images (superpixels) and texts (words).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..core.blackbox import BlackBox
+from ..core.execution import chunks
+from ..core.explanation import Explanation
+from ..core.registry import register
+from ..core.targets import resolve_target
+from ._game import Game, clean_params, row_generators
+from ._surrogate import SELECTIONS, fit_surrogate
+from ._tabular import TabularData, _is_frame, is_tabular
+from .maskers import Masker, default_masker, table_fields
+
+__all__ = ["lime"]
+
+_DISCRETIZERS = ("quartile", "decile", "entropy", None)
+
+
+@register("lime", "surrogate",
+          "LIME: K-Lasso local linear surrogate on perturbed samples (tables, images, texts)",
+          models="any")
+def lime(model: Any, inputs: Any, target: Any = None, *, data: Any = None,
+         masker: Masker | None = None, n_samples: int | None = None, n_features: int | None = None,
+         selection: str = "lars", discretizer: str | None = "quartile", labels: Any = None,
+         categorical: Sequence | None = None, feature_names: Sequence[str] | None = None,
+         kernel_width: float | None = None, sample_around_instance: bool = True,
+         alpha: float = 1.0, stability: int = 0, seed: int | None = 0, output: str = "auto",
+         batch_size: int | None = None, progress: bool | None = None) -> Explanation:
+    """Explain each sample by a weighted linear model fitted on perturbed copies of it.
+
+    The samples and their *interpretable representation* (the surrogate's features) are:
+
+    - **tables** (``data`` = training data): each column is redrawn from its training
+      distribution (its empirical marginal, which is LIME's "pick a bin by frequency, then a value
+      in the bin"), and the representation is 1 where the sample falls in the same bin as the
+      explained value (numeric columns discretised by ``discretizer``) or has the same category;
+      with ``discretizer=None`` numeric columns are drawn from ``x + sd * N(0, 1)``
+      (``sample_around_instance``) or ``mean + sd * N(0, 1)`` and represented by
+      ``(z - x) / sd``, so the coefficient divided by ``sd`` is the local slope
+      (``meta["slopes"]``);
+    - **images**: superpixels kept or filled (uniformly random on/off, as LIME), via the masker;
+    - **texts**: a random number of words removed, via the masker.
+
+    Proximity weights are LIME's: ``sqrt(exp(-d² / width²))`` with the Euclidean distance in the
+    representation for tables (width ``0.75 sqrt(d)``), the cosine distance for images (width
+    0.25) and 100 × the cosine distance for texts (width 25). The first sample is the input itself.
+    The surrogate is scikit-learn's ``Ridge(alpha)`` with ``sample_weight`` on at most
+    ``n_features`` features chosen by the LARS/Lasso path (K-Lasso, ``"lars"``), forward selection
+    or the largest ridge weights. Sampling is vectorised for all samples at once and the model
+    sees large batches; ``seed`` fixes the result.
+
+    Parameters
+    ----------
+    model : callable, scikit-learn estimator or pipeline, booster or torch module
+    inputs : DataFrame or array (n, d), image batch, or list of str
+    target : int, sequence of int, "predicted", callable or None
+    data : DataFrame or array, optional
+        Training data of a table (required for tables unless a ``masker`` is given).
+    masker : Masker, optional
+        For images and texts (default: SLIC superpixels with mean fill; word deletion). For a
+        table, a :class:`~lumos.agnostic.maskers.TabularMasker` switches to coalition sampling
+        over its background instead of LIME's distribution sampling.
+    n_samples : int, optional
+        Perturbed samples per explained input (default 5000 for tables and texts, 1000 for images).
+    n_features : int, optional
+        Most features in the surrogate (K). ``None``: all.
+    selection : {"lars", "forward", "highest_weights", "none"}, default "lars"
+        How the K features are chosen.
+    discretizer : {"quartile", "decile", "entropy", None}, default "quartile"
+        Bins of numeric columns: training quartiles or deciles, or the thresholds of a depth-3
+        decision tree of each column against ``labels`` (entropy for class labels; the model's
+        predicted class on ``data`` when ``labels`` is not given). ``None``: continuous mode.
+    labels : array, optional
+        Training labels for the entropy discretizer.
+    categorical, feature_names
+        Column kinds and names of an array (a DataFrame's are read from it).
+    kernel_width : float, optional
+        Width of the proximity kernel (defaults above).
+    sample_around_instance : bool, default True
+        Continuous mode: draw around the explained input (LIME's default draws around the mean).
+    alpha : float, default 1.0
+        Ridge penalty of the surrogate.
+    stability : int, default 0
+        Extra runs with seeds ``seed + 1 ..``: ``meta["stability"]`` (n,) is the mean pairwise
+        Jaccard index of the selected features across the ``1 + stability`` runs (the K largest
+        |coefficients| when no K is set, K = min(10, d)) and ``meta["selection_frequency"]``
+        (n, d) how often each feature was selected.
+    seed : int, default 0
+    output, batch_size, progress
+        Scoring function of an estimator, model rows per call, progress bar.
+
+    Returns
+    -------
+    Explanation
+        ``values`` the surrogate's coefficients (n, d) for tables (0 for features not selected;
+        layouts for images and texts in :mod:`lumos.agnostic.maskers`), ``meta["intercept"]``,
+        ``meta["r2"]`` (weighted R², the local fidelity), ``meta["local_prediction"]``,
+        ``meta["selected"]``, ``meta["conditions"]`` for tables.
+    """
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}; got {selection!r}")
+    if discretizer not in _DISCRETIZERS:
+        raise ValueError(f"discretizer must be one of {_DISCRETIZERS}; got {discretizer!r}")
+    if n_features is not None and (isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)) or n_features < 1):
+        raise ValueError(f"n_features must be a positive int or None; got {n_features!r}")
+    if n_samples is not None and (isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 2):
+        raise ValueError(f"n_samples must be an int >= 2; got {n_samples!r}")
+    if not isinstance(stability, (int, np.integer)) or stability < 0:
+        raise ValueError(f"stability must be a non-negative int; got {stability!r}")
+    if kernel_width is not None and not kernel_width > 0:
+        raise ValueError(f"kernel_width must be positive; got {kernel_width!r}")
+    if not alpha >= 0:
+        raise ValueError(f"alpha must be >= 0; got {alpha!r}")
+    params = dict(n_samples=n_samples, n_features=n_features, selection=selection,
+                  discretizer=discretizer, kernel_width=kernel_width,
+                  sample_around_instance=sample_around_instance, alpha=alpha,
+                  stability=stability, seed=seed, output=output)
+    seeds = [None if seed is None else int(seed) + r for r in range(1 + int(stability))]
+    if is_tabular(inputs) and masker is None:
+        if data is None:
+            raise ValueError("data: lime on a table needs the training data (data=X_train) to draw "
+                             "perturbed samples from, or masker=TabularMasker(X_train)")
+        return _lime_tabular(model, inputs, target, data, n_samples or 5000, n_features, selection,
+                             discretizer, labels, categorical, feature_names, kernel_width,
+                             sample_around_instance, alpha, seeds, output, batch_size, progress, params)
+    if data is not None and masker is None:
+        raise ValueError("data= is for tables; for images and texts pass masker=")
+    return _lime_masked(model, inputs, target, masker, n_samples, n_features, selection,
+                        kernel_width, alpha, seeds, output, batch_size, progress, params)
+
+
+# ---------------------------------------------------------------------- shared
+def _kernel(d2: np.ndarray, width: float) -> np.ndarray:
+    return np.sqrt(np.exp(-d2 / width ** 2))
+
+
+def _fit_all(reps, ys, ws, x0s, k, selection, alpha) -> list[dict]:
+    return [fit_surrogate(R, y, w, x0, k, selection, alpha) for R, y, w, x0 in zip(reps, ys, ws, x0s)]
+
+
+def _stability(fits_by_seed: list[list[dict]], k: int | None) -> tuple[np.ndarray, np.ndarray]:
+    n = len(fits_by_seed[0])
+    d = len(fits_by_seed[0][0]["coef"])
+    kk = min(10, d) if k is None else k
+    stab = np.empty(n)
+    freq = np.zeros((n, d))
+    for i in range(n):
+        sets = []
+        for fits in fits_by_seed:
+            f = fits[i]
+            if k is None:
+                top = np.argsort(-np.abs(f["coef"]), kind="stable")[:kk]
+                sel = np.zeros(d, bool)
+                sel[top] = True
+            else:
+                sel = f["selected"]
+            sets.append(sel)
+            freq[i] += sel
+        jac = [np.sum(a & b) / max(1, np.sum(a | b)) for a_i, a in enumerate(sets) for b in sets[a_i + 1:]]
+        stab[i] = float(np.mean(jac)) if jac else 1.0
+    return stab, freq / len(fits_by_seed)
+
+
+def _result_meta(fits: list[dict]) -> dict:
+    return {
+        "intercept": np.array([f["intercept"] for f in fits]),
+        "r2": np.array([f["r2"] for f in fits]),
+        "local_prediction": np.array([f["local_prediction"] for f in fits]),
+    }
+
+
+# ---------------------------------------------------------------------- tables
+class _TabularSampler:
+    """LIME's sampling of tables, vectorised over explained rows and samples."""
+
+    def __init__(self, table: TabularData, train: np.ndarray, discretizer: str | None,
+                 labels: np.ndarray | None, sample_around_instance: bool, seed):
+        self.table = table
+        self.train = train
+        self.discretizer = discretizer
+        self.around = sample_around_instance
+        num = ~table.categorical
+        self.mean = np.nanmean(train, 0)
+        sd = np.nanstd(train, 0)
+        self.sd = np.where((sd > 0) & num, sd, 1.0)
+        self.edges: dict[int, np.ndarray] = {}
+        if discretizer is not None:
+            for j in np.flatnonzero(num):
+                self.edges[j] = self._edges(train[:, j], discretizer, labels, seed)
+
+    @staticmethod
+    def _edges(col: np.ndarray, how: str, labels, seed) -> np.ndarray:
+        col_ok = col[np.isfinite(col)]
+        if how in ("quartile", "decile"):
+            qs = [25, 50, 75] if how == "quartile" else list(range(10, 100, 10))
+            return np.unique(np.percentile(col_ok, qs))
+        from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+        ok = np.isfinite(col)
+        lab = labels[ok]
+        if lab.dtype.kind in "f" and len(np.unique(lab)) > 20:
+            tree = DecisionTreeRegressor(max_depth=3, random_state=0)
+        else:
+            tree = DecisionTreeClassifier(criterion="entropy", max_depth=3, random_state=0)
+        tree.fit(col_ok[:, None], lab)
+        t = tree.tree_.threshold[tree.tree_.feature >= 0]
+        return np.unique(t) if len(t) else np.unique(np.percentile(col_ok, [50]))
+
+    def bins(self, Z: np.ndarray, j: int) -> np.ndarray:
+        # bin k holds values in (edge[k-1], edge[k]]: LIME's "a < x <= b"
+        return np.searchsorted(self.edges[j], Z, side="left")
+
+    def sample(self, X: np.ndarray, S: int, gens: list[np.random.Generator]):
+        """``(samples (n, S, d), representation (n, S, d), x representation (n, d), d² (n, S))``;
+        row ``i`` draws from ``gens[i]`` (its result does not depend on the other rows)."""
+        n, d = X.shape
+        table = self.table
+        # every column redrawn from its training marginal (bin by frequency, value in the bin)
+        pick = np.stack([g.integers(0, len(self.train), size=(S, d)) for g in gens])
+        Zs = self.train[pick, np.arange(d)]
+        if self.discretizer is None:
+            noise = np.stack([g.standard_normal((S, d)) for g in gens])
+            centre = X[:, None, :] if self.around else self.mean
+            cont = centre + noise * self.sd
+            num = ~table.categorical
+            Zs[..., num] = cont[..., num]
+        Zs[:, 0, :] = X  # the first sample is the input itself
+        rep = np.empty_like(Zs)
+        x0 = np.ones((n, d))
+        for j in range(d):
+            if table.categorical[j]:
+                rep[..., j] = Zs[..., j] == X[:, None, j]
+            elif self.discretizer is not None:
+                rep[..., j] = self.bins(Zs[..., j], j) == self.bins(X[:, None, j], j)
+            else:
+                rep[..., j] = (Zs[..., j] - X[:, None, j]) / self.sd[j]
+                x0[:, j] = 0.0
+        diff = rep - x0[:, None, :]
+        d2 = np.sum(diff * diff, axis=2)
+        return Zs, rep, x0, d2
+
+    def conditions(self, X: np.ndarray) -> np.ndarray:
+        n, d = X.shape
+        names = self.table.names
+        shown = self.table.describe(X)
+        out = np.empty((n, d), dtype=object)
+        for j in range(d):
+            if self.table.categorical[j] or self.discretizer is None:
+                out[:, j] = [f"{names[j]} = {v}" for v in shown[:, j]]
+                continue
+            e = self.edges[j]
+            b = self.bins(X[:, j], j)
+            for i in range(n):
+                k = b[i]
+                if k == 0:
+                    out[i, j] = f"{names[j]} <= {e[0]:.4g}"
+                elif k == len(e):
+                    out[i, j] = f"{names[j]} > {e[-1]:.4g}"
+                else:
+                    out[i, j] = f"{e[k - 1]:.4g} < {names[j]} <= {e[k]:.4g}"
+        return out.astype(str)
+
+
+def _lime_tabular(model, inputs, target, data, S, k, selection, discretizer, labels, categorical,
+                  feature_names, kernel_width, around, alpha, seeds, output, batch_size, progress,
+                  params) -> Explanation:
+    if _is_frame(data) != _is_frame(inputs):
+        raise ValueError("inputs and data must both be DataFrames or both arrays")
+    table = TabularData.from_data(data, inputs, categorical=categorical, feature_names=feature_names)
+    train = table.encode(data, name="data")
+    X = table.encode(inputs)
+    f = BlackBox(model, output=output, batch_size=batch_size if batch_size is not None else 16384)
+    out = f(table.decode(X))
+    tgt = resolve_target(target, out)
+    fx = np.asarray(tgt.select(out), dtype=np.float64)
+    if discretizer == "entropy" and labels is None:
+        pred = f(table.decode(train))
+        labels = pred.argmax(1) if pred.ndim == 2 and pred.shape[1] > 1 else pred.reshape(len(pred))
+    if labels is not None:
+        labels = np.asarray(labels)
+        if len(labels) != len(train):
+            raise ValueError(f"labels has {len(labels)} entries but data has {len(train)} rows")
+    sampler = _TabularSampler(table, train, discretizer, labels, around, seeds[0])
+    n, d = X.shape
+    width = kernel_width if kernel_width is not None else 0.75 * np.sqrt(d)
+    fits_by_seed = []
+    n_evals = np.ones(n, dtype=np.int64)
+    # rows in blocks of a few million sampled cells: bounded memory, still large model batches
+    block = max(1, 4_000_000 // (S * d))
+    for sd in seeds:
+        gens = row_generators(sd, n)
+        fits: list[dict] = []
+        for b0 in range(0, n, block):
+            Xb = X[b0:b0 + block]
+            nb = len(Xb)
+            Zs, rep, x0, d2 = sampler.sample(Xb, S, gens[b0:b0 + nb])
+            flat = Zs.reshape(nb * S, d)
+            rows = np.repeat(np.arange(b0, b0 + nb), S)
+            y = np.empty(nb * S)
+            for sl in chunks(nb * S, f.batch_size, desc="lime", progress=progress, unit="sample"):
+                y[sl] = tgt.select(f(table.decode(flat[sl])), rows[sl])
+            fits += _fit_all(rep, y.reshape(nb, S), _kernel(d2, width), x0, k, selection, alpha)
+        n_evals += S
+        fits_by_seed.append(fits)
+    fits = fits_by_seed[0]
+    values = np.stack([f_["coef"] for f_ in fits])
+    fields = table_fields(table, X)
+    meta = {"target": tgt.description, "score": f.score_name, "modality": "tabular",
+            "kernel_width": float(width), "representation": "continuous" if discretizer is None else "binary"}
+    meta.update(fields["meta"])
+    smeta = dict(fields["sample_meta"])
+    smeta.update(_result_meta(fits))
+    smeta["selected"] = np.stack([f_["selected"] for f_ in fits])
+    smeta["conditions"] = sampler.conditions(X)
+    smeta["n_evals"] = n_evals
+    if discretizer is None:
+        smeta["slopes"] = np.where(table.categorical, np.nan, values / sampler.sd)
+        meta["scale"] = sampler.sd
+    if len(seeds) > 1:
+        smeta["stability"], smeta["selection_frequency"] = _stability(fits_by_seed, k)
+    meta.update(smeta)
+    return Explanation(values=values, inputs=X, target=tgt.indices, output=fx, method="lime",
+                       params=clean_params(params), meta=meta, feature_names=table.names,
+                       sample_keys=tuple(smeta))
+
+
+# ---------------------------------------------------------------------- images, texts, maskers
+def _lime_masked(model, inputs, target, masker, S, k, selection, kernel_width, alpha, seeds,
+                 output, batch_size, progress, params) -> Explanation:
+    masker = default_masker(inputs, masker, None, "lime")
+    game = Game(model, inputs, target, masker, None, output, batch_size, method="lime",
+                progress=progress)
+    modality = game.data.modality
+    if S is None:
+        S = 1000 if modality == "image" else 5000
+    n, Mmax = game.n, game.data.max_features
+    fits_by_seed = []
+    for sd in seeds:
+        gens = row_generators(sd, n)
+        Zall = np.zeros((n, S, Mmax), bool)
+        for i in range(n):
+            gen = gens[i]
+            M = int(game.M[i])
+            if modality == "text":
+                # LIME's text sampling: remove a uniform number (1..M) of distinct words
+                n_off = gen.integers(1, M + 1, size=S)
+                order = np.argsort(gen.random((S, M)), axis=1)
+                z = np.argsort(order, axis=1) >= n_off[:, None]
+            else:
+                z = gen.random((S, M)) < 0.5
+            z[0] = True
+            Zall[i, :, :M] = z
+        rows = np.repeat(np.arange(n), S)
+        y = game.value(rows, Zall.reshape(n * S, Mmax), desc="lime").reshape(n, S)
+        reps, ws, x0s = [], [], []
+        for i in range(n):
+            M = int(game.M[i])
+            Z = Zall[i, :, :M].astype(np.float64)
+            on = Z.sum(1)
+            cos = 1.0 - np.where(on > 0, on / np.sqrt(np.maximum(on, 1) * M), 0.0)
+            if modality == "text":
+                dist, width = cos * 100, kernel_width or 25.0
+            elif modality == "image":
+                dist, width = cos, kernel_width or 0.25
+            else:
+                dist, width = np.sqrt(M - on), kernel_width or 0.75 * np.sqrt(M)
+            reps.append(Z)
+            ws.append(_kernel(dist ** 2, width))
+            x0s.append(np.ones(M))
+        fits_by_seed.append(_fit_all(reps, list(y), ws, x0s, k, selection, alpha))
+    fits = fits_by_seed[0]
+    coef = np.zeros((n, Mmax))
+    selected = np.zeros((n, Mmax), bool)
+    for i, f_ in enumerate(fits):
+        M = int(game.M[i])
+        coef[i, :M] = f_["coef"]
+        selected[i, :M] = f_["selected"]
+    smeta = _result_meta(fits)
+    if len(seeds) > 1:
+        stab, freq = _stability_ragged(fits_by_seed, k, game.M, Mmax)
+        smeta["stability"] = stab
+        feature_meta = {"selected": selected, "selection_frequency": freq}
+    else:
+        feature_meta = {"selected": selected}
+    return game.explanation(coef, "lime", params, baseline=None,
+                            meta={"representation": "binary"}, sample_meta=smeta,
+                            feature_meta=feature_meta)
+
+
+def _stability_ragged(fits_by_seed, k, Ms, Mmax):
+    n = len(Ms)
+    stab = np.empty(n)
+    freq = np.zeros((n, Mmax))
+    for i in range(n):
+        s, fr = _stability([[fits[i]] for fits in fits_by_seed], k)
+        stab[i] = s[0]
+        freq[i, : int(Ms[i])] = fr[0]
+    return stab, freq

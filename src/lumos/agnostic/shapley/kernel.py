@@ -1,0 +1,160 @@
+"""KernelSHAP: Shapley values of any model by a weighted linear regression on sampled coalitions.
+
+Lundberg & Lee (2017), "A Unified Approach to Interpreting Model Predictions"; the design follows
+Covert & Lee (2021), "Improving KernelSHAP" (paired sampling, standard errors, convergence
+detection) and Musco & Witter (2024), "Provably Accurate Shapley Value Estimation via Leverage
+Score Sampling" (sampling sizes uniformly, without replacement).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from ...core.registry import register
+from .._game import Game
+from ..maskers import Masker
+from ._common import PairedSampler, check_budget, kernel_solve, row_generators, stop_ratio
+
+__all__ = ["kernel_shap"]
+
+
+@register("kernel_shap", "shapley",
+          "KernelSHAP: paired leverage sampling, exact efficiency, standard errors, auto-stop",
+          models="any")
+def kernel_shap(model: Any, inputs: Any, target: Any = None, *, background: Any = None,
+                masker: Masker | None = None, budget: int | None = None, tol: float = 0.01,
+                max_budget: int = 20_000, seed: int | None = 0, output: str = "auto",
+                batch_size: int | None = None, progress: bool | None = None):
+    """Shapley values by KernelSHAP, estimated to a requested precision.
+
+    The Shapley values are the solution of a weighted least-squares problem over all coalitions
+    (Lundberg & Lee, 2017); KernelSHAP solves it on a sample. This implementation
+
+    - draws coalitions in complementary pairs (S and its complement), stratified by size with the
+      same number of pairs per size (the regression's leverage scores; Musco & Witter, 2024),
+      without replacement, enumerating every size that fits; pairing makes the estimate *exact*
+      for models with at most pairwise interactions;
+    - solves the efficiency constraint ``sum(phi) = f(x) - E[f]`` exactly (never by a penalty);
+    - keeps every feature: no silent truncation to a few features (shap's ``l1_reg`` default);
+    - reports a standard error per value (stratified jackknife over pairs) and, unless a
+      ``budget`` is given, keeps sampling (doubling, or as the standard errors predict) until
+      ``max(se) / (max(phi) - min(phi)) < tol``, or until every coalition is evaluated (then the
+      values are exact and the standard errors 0).
+
+    Measured on a 16-feature gradient-boosting model with a 10-row background (see
+    ``benchmarks/bench_agnostic.py``): a median relative L2 error of about 0.01 with 256 coalitions,
+    where shap's KernelExplainer default (2080 coalitions, 10 features kept) reaches 0.04.
+
+    Parameters
+    ----------
+    model : callable, scikit-learn estimator or pipeline, XGBoost/LightGBM model, torch module
+        Scores a batch: a table (DataFrame/array), images or a list of texts.
+    inputs : DataFrame, array (n, d), image batch or list of str
+        The samples to explain.
+    target : int, sequence of int, "predicted", callable or None
+        The explained scalar per sample (see :mod:`lumos.core.targets`); ``None`` explains the
+        predicted class of a classifier and the output of a regressor.
+    background : DataFrame or array, optional
+        Background data for a table (at most 100 rows are kept, sampled; use ``masker=
+        TabularMasker(data, summary="kmeans")`` for a k-means summary).
+    masker : Masker, optional
+        How features are removed (default: the background for tables, SLIC superpixels with mean
+        fill for images, word deletion for texts).
+    budget : int, optional
+        Coalitions per sample (each evaluated on every background row). ``None``: automatic stop.
+    tol : float, default 0.01
+        Automatic stop when ``max(se) / (max(phi) - min(phi)) < tol``.
+    max_budget : int, default 20000
+        Most coalitions per sample in automatic mode (a warning says when ``tol`` was not met).
+    seed : int, default 0
+        Seed of the coalition sampling (each sample gets its own stream).
+    output : {"auto", "predict_proba", "decision_function", "predict"}
+        Scoring function of an estimator (recorded in ``meta["score"]``).
+    batch_size : int, optional
+        Model rows per call.
+    progress : bool, optional
+        Progress bar (default: on a terminal, for long work).
+
+    Returns
+    -------
+    Explanation
+        ``values`` (n, d) for tables (see :mod:`lumos.agnostic.maskers` for images and texts),
+        ``baseline_output`` the base value ``E_b f(b)``, ``meta["stderr"]`` (n, d) standard errors,
+        ``meta["n_coalitions"]`` and ``meta["n_evals"]`` (n,) model rows per sample,
+        ``meta["converged"]`` (n,).
+    """
+    budget = check_budget(budget)
+    max_budget = check_budget(max_budget, "max_budget")
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise ValueError(f"tol must be a positive number; got {tol!r}")
+    game = Game(model, inputs, target, masker, background, output, batch_size,
+                method="kernel_shap", progress=progress)
+    base = game.empty_value()
+    n, Mmax = game.n, game.data.max_features
+    gens = row_generators(seed, n)
+    samplers = [PairedSampler(int(M), g) for M, g in zip(game.M, gens)]
+    ys: list[np.ndarray] = [np.zeros(0) for _ in range(n)]
+    phi = np.zeros((n, Mmax))
+    se = np.zeros((n, Mmax))
+    ratio = np.full(n, np.inf)
+    done = np.zeros(n, bool)
+    # start: the given budget, or a first round of 2M + 2 coalitions (at least 64)
+    want = np.array([
+        min(s.total_coalitions, budget if budget is not None else max(64, 2 * s.M + 2))
+        for s in samplers
+    ])
+    if budget is not None and np.any(want < np.minimum(2 * game.M, [s.total_coalitions for s in samplers])):
+        small = int(game.M.max())
+        warnings.warn(f"budget={budget} is below 2·M = {2 * small} coalitions: the regression is "
+                      "underdetermined and the standard errors are not estimable", stacklevel=2)
+    while True:
+        active = np.flatnonzero(~done)
+        if len(active) == 0:
+            break
+        rows, Zs, owners = [], [], []
+        for i in active:
+            Z = samplers[i].grow(int(want[i]))
+            pad = np.zeros((len(Z), Mmax), bool)
+            pad[:, : samplers[i].M] = Z
+            Zs.append(pad)
+            rows.append(np.full(len(Z), i))
+        Z = np.concatenate(Zs) if Zs else np.zeros((0, Mmax), bool)
+        r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        v = game.value(r, Z, desc="kernel_shap")
+        for i in active:
+            s = samplers[i]
+            ys[i] = np.concatenate([ys[i], v[r == i]])
+            M = s.M
+            total = game.fx[i] - base[i]
+            if s.n_coalitions == 0:  # one feature: efficiency alone gives the value
+                p, e = np.array([total] * M) / M, np.zeros(M)
+            else:
+                p, e = kernel_solve(s.Z, ys[i] - base[i], s.weights(), total,
+                                    s.stratum, s.n, s.N)
+            if s.complete:
+                e = np.zeros(M)
+            phi[i, :M], se[i, :M] = p, e
+            ratio[i] = stop_ratio(p, e) if s.complete or np.all(np.isfinite(e)) else np.inf
+            if budget is not None or s.complete or ratio[i] < tol or s.n_coalitions >= max_budget:
+                done[i] = True
+            else:
+                m = s.n_coalitions
+                grow = (ratio[i] / tol) ** 2 * 1.2 if np.isfinite(ratio[i]) else 2.0
+                want[i] = int(min(max_budget, s.total_coalitions, m * min(4.0, max(1.5, grow))))
+    converged = np.array([s.complete or ratio[i] < tol for i, s in enumerate(samplers)])
+    if budget is None and not converged.all():
+        warnings.warn(
+            f"kernel_shap: {int((~converged).sum())} of {n} samples did not reach tol={tol} within "
+            f"max_budget={max_budget} coalitions (worst max(se)/range = {ratio.max():.3g}); "
+            "raise max_budget or tol (meta['stderr'] has the standard errors)", stacklevel=2)
+    n_coal = np.array([s.n_coalitions for s in samplers])
+    return game.explanation(
+        phi, "kernel_shap",
+        {"budget": budget, "tol": tol, "max_budget": max_budget, "seed": seed, "output": output},
+        baseline=base,
+        meta={"estimator": "paired leverage-stratified KernelSHAP, exact efficiency, jackknife se"},
+        sample_meta={"n_coalitions": n_coal, "converged": converged, "stop_ratio": ratio},
+        feature_meta={"stderr": se},
+    )
