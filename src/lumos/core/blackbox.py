@@ -88,6 +88,8 @@ class BlackBox:
             return model.predict, "predict"
         if callable(model):
             return model, getattr(model, "__name__", type(model).__name__)
+        if hasattr(model, "predict"):  # a fitted booster without the scikit-learn interface
+            return _booster_predict(model), "predict"
         raise TypeError(
             "model must be a callable that scores a batch, a scikit-learn estimator or a torch "
             f"module; got {type(model).__name__}"
@@ -131,6 +133,18 @@ def _to_numpy(out) -> np.ndarray:
     if hasattr(out, "to_numpy"):
         return out.to_numpy()
     return np.asarray(out)
+
+
+def _booster_predict(model):
+    """``xgboost.Booster`` predicts on a DMatrix; ``lightgbm.Booster`` and others on arrays."""
+    if type(model).__module__.split(".")[0] != "xgboost":
+        return model.predict
+    import xgboost
+
+    def predict(X):
+        return model.predict(xgboost.DMatrix(X, enable_categorical=hasattr(X, "columns")))
+
+    return predict
 
 
 def _torch_predict(model):
