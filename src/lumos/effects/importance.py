@@ -1,0 +1,313 @@
+"""Permutation feature importance.
+
+Breiman (2001), "Random Forests"; model-agnostic form: Fisher, Rudin & Dominici (2019), "All
+Models are Wrong, but Many are Useful" (model reliance). The importance of a feature (or a group
+of columns, permuted together so their joint distribution is kept) is how much the score gets
+worse when its values are shuffled across rows, breaking its link with the target. Repeats with
+fresh permutations give the spread.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ..core.execution import chunks
+from ..core.execution import rng as make_rng
+from ._common import ScalarModel, Table, as_table, check_positive_int, feature_index, subsample
+
+__all__ = ["permutation_importance", "PermutationImportance"]
+
+_GREATER = ("score", "accuracy", "auc", "precision", "recall", "r2", "likelihood", "gain")
+_SMALLER = ("error", "loss", "deviance", "brier", "mse", "mae", "rmse")
+
+
+@dataclass(eq=False)
+class PermutationImportance:
+    """Permutation importance of features or groups of columns.
+
+    Attributes
+    ----------
+    feature_names : list of str
+        One name per permuted feature or group (a group is named by its key, or its columns
+        joined with ``+``).
+    groups : dict of str to list of str
+        The columns permuted together under each name.
+    importances : ndarray, shape (F, n_repeats)
+        Score drop per repeat, signed so that larger means more important whatever the metric's
+        direction: ``baseline - permuted`` when greater is better, ``permuted - baseline`` for a
+        loss.
+    baseline_score : float
+        The metric on the unpermuted data.
+    permuted_scores : ndarray, shape (F, n_repeats)
+    metric : str
+    greater_is_better : bool
+    n_repeats : int
+    target, output_name : str
+    n_evals : int
+        Rows the model evaluated.
+    params : dict
+    """
+
+    feature_names: list[str]
+    groups: dict
+    importances: np.ndarray
+    baseline_score: float
+    permuted_scores: np.ndarray
+    metric: str
+    greater_is_better: bool
+    n_repeats: int
+    target: str
+    output_name: str
+    n_evals: int
+    params: dict = field(default_factory=dict)
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Mean importance over the repeats, shape (F,)."""
+        return self.importances.mean(axis=1)
+
+    @property
+    def std(self) -> np.ndarray:
+        """Standard deviation over the repeats (ddof=1; 0 for a single repeat), shape (F,)."""
+        if self.n_repeats < 2:
+            return np.zeros(len(self.feature_names))
+        return self.importances.std(axis=1, ddof=1)
+
+    def ranking(self) -> list[str]:
+        """Feature names from most to least important (by mean)."""
+        return [self.feature_names[i] for i in np.argsort(-self.mean, kind="stable")]
+
+    def to_frame(self):
+        """One row per feature/group, most important first: ``mean``, ``std``, ``min``, ``max``."""
+        import pandas as pd
+
+        df = pd.DataFrame({"feature": self.feature_names, "mean": self.mean, "std": self.std,
+                           "min": self.importances.min(1), "max": self.importances.max(1)})
+        return df.sort_values("mean", ascending=False, kind="stable").reset_index(drop=True)
+
+    def plot(self, ax=None, **kwargs):
+        """Horizontal bars (mean) with the spread over repeats. See
+        :class:`lumos.display.effects.ImportanceDisplay`."""
+        from ..display.effects import ImportanceDisplay
+
+        return ImportanceDisplay.from_result(self).plot(ax=ax, **kwargs)
+
+
+def _groups(table: Table, features: Any) -> dict[str, list[int]]:
+    if features is None:
+        return {name: [j] for j, name in enumerate(table.names)}
+    if isinstance(features, Mapping):
+        items = list(features.items())
+    else:
+        if isinstance(features, (str, int, np.integer)):
+            features = [features]
+        items = []
+        for f in features:
+            if isinstance(f, (list, tuple)):
+                items.append(("+".join(table.names[feature_index(table, c)] for c in f), f))
+            else:
+                items.append((None, f))
+    out: dict[str, list[int]] = {}
+    for key, cols in items:
+        cols = [cols] if isinstance(cols, (str, int, np.integer)) else list(cols)
+        if not cols:
+            raise ValueError(f"features: group {key!r} has no columns")
+        idx = [feature_index(table, c) for c in cols]
+        name = str(key) if key is not None else table.names[idx[0]]
+        if name in out:
+            raise ValueError(f"features: {name!r} is named twice")
+        out[name] = sorted(set(idx))
+    return out
+
+
+def _direction(metric: Callable, greater_is_better: bool | None) -> bool:
+    if greater_is_better is not None:
+        return bool(greater_is_better)
+    name = getattr(metric, "__name__", "").lower()
+    if any(s in name for s in _SMALLER):
+        return False
+    if any(s in name for s in _GREATER):
+        return True
+    raise ValueError(
+        f"greater_is_better: cannot tell whether a higher {name or 'metric'} is better; pass "
+        "greater_is_better=True (a score) or False (a loss)"
+    )
+
+
+def _is_estimator(model: Any) -> bool:
+    return hasattr(model, "fit") and hasattr(model, "predict")
+
+
+def permutation_importance(model: Any, X: Any, y: Any, *, metric: str | Callable | None = None,
+                           features: Any = None, n_repeats: int = 5, greater_is_better: bool | None = None,
+                           target: Any = None, max_rows: int | None = None, seed: Any = 0,
+                           output: str = "auto", batch_size: int | None = None,
+                           progress: bool | None = None) -> PermutationImportance:
+    """Permutation importance of each feature or group of columns, with its spread over repeats.
+
+    Breiman (2001); Fisher, Rudin & Dominici (2019).
+
+    Parameters
+    ----------
+    model : callable, scikit-learn estimator/pipeline, xgboost/lightgbm model or torch module
+    X : ndarray or DataFrame, shape (n, p)
+    y : array-like, shape (n,)
+        The true targets.
+    metric : str, callable or None
+        A scikit-learn scorer name (``"r2"``, ``"neg_mean_squared_error"``, ``"accuracy"``,
+        ``"roc_auc"``, ``"neg_log_loss"`` ...; greater is better): called as
+        ``scorer(model, X_permuted, y)`` on each permuted copy, so it uses the response it needs. A
+        model that is not an estimator is scored as a regressor whose ``predict`` is its (target)
+        output. Or a callable ``metric(y_true, y_pred)`` where ``y_pred`` is the model's output
+        (through ``target``; a binary classifier's positive-class probability; without a target a
+        multi-class output is given whole, as log-loss needs). Default: ``"accuracy"`` for a
+        classifier, else ``"r2"``.
+    features : None, list or dict, optional
+        What to permute: None, each column; a list of names/indices, where a nested list is a group
+        permuted together (named by its columns joined with ``+``); a dict name -> columns.
+    n_repeats : int, default 5
+        Permutations per feature.
+    greater_is_better : bool, optional
+        Direction of a callable metric; inferred from its name where it says (``*_score`` and
+        accuracy are scores, ``*_error``/``*_loss`` are losses), else required.
+    target : None, int, class label or callable
+        Which output a callable metric sees (see above).
+    max_rows : int, optional
+        Use a random sample of this many rows (drawn with ``seed``).
+    seed : int or numpy Generator, default 0
+        The permutations (drawn before any batching: results do not depend on ``batch_size``).
+    output : {"auto", "predict_proba", "decision_function", "predict"}
+        The estimator function a callable metric sees.
+    batch_size : int, optional
+        Rows per model call for callable metrics (default 8192): all permuted copies are stacked
+        and scored in chunks, one model call per chunk.
+    progress : bool, optional
+
+    Returns
+    -------
+    PermutationImportance
+    """
+    table = as_table(X)
+    y = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else
+                   (y.detach().cpu().numpy() if hasattr(y, "detach") else y))
+    if y.ndim == 0 or len(y) != table.n:
+        raise ValueError(f"y must have one value per row of X ({table.n}); got shape {y.shape}")
+    n_repeats = check_positive_int(n_repeats, "n_repeats")
+    groups = _groups(table, features)
+    gen = make_rng(seed)
+    rows = subsample(table.n, max_rows, gen)
+    if rows is not None:
+        table, y = table.take(rows), y[rows]
+    n = table.n
+    # All permutations first, in a fixed order: the result depends on the seed only.
+    perms = np.stack([np.stack([gen.permutation(n) for _ in range(n_repeats)]) for _ in groups])
+    names = list(groups)
+    cols = [groups[k] for k in names]
+
+    if metric is None:
+        metric = "accuracy" if (hasattr(model, "classes_") and _is_estimator(model)) else "r2"
+    if isinstance(metric, str):
+        scores, base, gib, f, desc = _score_with_scorer(model, table, y, metric, cols, perms, target,
+                                                        output, batch_size, progress)
+        metric_name = metric
+    elif callable(metric):
+        gib = _direction(metric, greater_is_better)
+        f = ScalarModel(model, table, target, output, batch_size, for_metric=True)
+        pred_base = f(table.values)
+        base = float(metric(y, pred_base))
+        scores = np.empty((len(names), n_repeats))
+        preds = _eval_permuted(f, table.values, cols, perms, progress)
+        for g in range(len(names)):
+            for r in range(n_repeats):
+                scores[g, r] = float(metric(y, preds[g, r]))
+        metric_name = getattr(metric, "__name__", "metric")
+        desc = f.description
+    else:
+        raise TypeError(f"metric must be a scikit-learn scorer name or a callable (y_true, y_pred); got {metric!r}")
+    importances = (base - scores) if gib else (scores - base)
+    return PermutationImportance(
+        feature_names=names, groups={k: [table.names[j] for j in groups[k]] for k in names},
+        importances=importances, baseline_score=base, permuted_scores=scores, metric=metric_name,
+        greater_is_better=gib, n_repeats=n_repeats, target=desc, output_name=f.output_name,
+        n_evals=f.n_evals,
+        params={"metric": metric_name, "n_repeats": n_repeats, "max_rows": max_rows,
+                "features": {k: [table.names[j] for j in groups[k]] for k in names}, "output": output},
+    )
+
+
+def _eval_permuted(f: ScalarModel, base: np.ndarray, cols: list[list[int]], perms: np.ndarray,
+                   progress: bool | None) -> np.ndarray:
+    """Model output for every (group, repeat) permuted copy of ``base``, all copies stacked and
+    scored one chunk of rows per call. Returns shape (G, R, n) + output shape."""
+    G, R, n = perms.shape
+    total = G * R * n
+    out = None
+    for sl in chunks(total, f.batch_size, desc="permutation importance", progress=progress, unit="rows"):
+        r = np.arange(sl.start, sl.stop)
+        g, rem = np.divmod(r, R * n)
+        rep, i = np.divmod(rem, n)
+        rows = base[i]
+        for gg in np.unique(g):
+            m = g == gg
+            c = cols[gg]
+            rows[np.ix_(m, c)] = base[np.ix_(perms[gg, rep[m], i[m]], c)]
+        pred = f(rows)
+        if out is None:
+            out = np.empty((total,) + pred.shape[1:], dtype=pred.dtype)
+        out[sl] = pred
+    return out.reshape((G, R, n) + out.shape[1:])
+
+
+def _output_regressor(f: ScalarModel):
+    """A non-estimator model seen by scikit-learn scorers as a regressor predicting its output."""
+    from sklearn.base import BaseEstimator, RegressorMixin
+
+    class OutputRegressor(RegressorMixin, BaseEstimator):
+        def __init__(self, f=None):
+            self.f = f
+
+        def fit(self, X, y=None):  # pragma: no cover - never fitted; scorers only look for it
+            return self
+
+        def predict(self, X):
+            return self.f(X)
+
+    return OutputRegressor(f)
+
+
+def _score_with_scorer(model, table: Table, y, metric: str, cols, perms, target, output, batch_size,
+                       progress):
+    from sklearn.metrics import get_scorer
+
+    try:
+        scorer = get_scorer(metric)
+    except ValueError as exc:
+        raise ValueError(f"metric: {exc}") from None
+    f = ScalarModel(model, table, target, output, batch_size)
+    if _is_estimator(model):
+        if target is not None:
+            raise ValueError("target applies to callable metrics; a scikit-learn scorer picks the output it needs")
+        estimator = model
+        desc = f"the scorer's response ({metric})"
+
+        def frame(values):
+            f.bb.n_evals += len(values)
+            return f.bb._frame(values) if table.labels is not None else values
+    else:
+        estimator = _output_regressor(f)
+        desc = ""
+
+        def frame(values):
+            return values
+    base = float(scorer(estimator, frame(table.values), y))
+    G, R, n = perms.shape
+    scores = np.empty((G, R))
+    steps = [(g, r) for g in range(G) for r in range(R)]
+    for sl in chunks(len(steps), 1, desc="permutation importance", progress=progress, unit="copies"):
+        g, r = steps[sl.start]
+        rows = table.values.copy()
+        rows[:, cols[g]] = table.values[np.ix_(perms[g, r], cols[g])]
+        scores[g, r] = float(scorer(estimator, frame(rows), y))
+    return scores, base, True, f, desc or f.description
