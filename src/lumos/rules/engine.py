@@ -47,6 +47,20 @@ class UnsupportedOperationError(TypeError):
     """An operation on the path from input to output that the active rules cannot handle."""
 
 
+class RuleParameterError(ValueError):
+    """A rule's parameter does not fit the operation it meets (e.g. zB bounds)."""
+
+
+def _forward(model, x, name="inputs"):
+    """The core forward call, without hiding the errors rules raise on purpose."""
+    try:
+        return forward(model, x, name=name)
+    except ValueError as e:
+        if isinstance(e.__cause__, RuleParameterError):
+            raise e.__cause__ from None
+        raise
+
+
 # --------------------------------------------------------------------------- classification
 # Each torch callable the mode may see is mapped to a kind. Several callables share a kind
 # (F.relu, torch.relu, Tensor.relu, relu_ ...); the rules are written per kind.
@@ -188,7 +202,8 @@ def classify(func: Any, args: tuple = (), kwargs: dict | None = None) -> str | N
     if kind == "clamp":
         return "relu" if _clamp_is_relu(func, args, kwargs or {}) else "activation"
     if kind is None and getattr(func, "__name__", "") == "__get__":
-        return "struct"  # attribute access (x.T, x.data, x.shape ...)
+        return "attr"  # attribute access (x.T, x.data, x.shape ...): plain
+
     return kind
 
 
@@ -300,6 +315,9 @@ class Composite:
         self.strict = strict
         self.needs_names = needs_names
         self.name = name
+        # Hand every classified call to the composite, also without gradient (DeepLIFT records
+        # the reference's forward pass under no_grad and replays it in call order).
+        self.see_all = False
 
     def rule_for(self, call: OpCall) -> Rule | None:
         """The rule for ``call``; ``None`` runs the operation unchanged (plain gradient)."""
@@ -308,6 +326,9 @@ class Composite:
     def unsupported(self, call: OpCall) -> str | None:
         """A message when ``call`` cannot be handled (checked before :meth:`rule_for`)."""
         return None
+
+    def observe(self, session: "Session", args: tuple, kwargs: dict) -> None:
+        """See the arguments of every computing call (for canonisers tracking tensor uses)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -333,14 +354,16 @@ class Session:
         return self.stack[-1] if self.stack else ("", None)
 
     def dispatch(self, func, args, kwargs):
-        if not torch.is_grad_enabled():
+        see_all = self.composite.see_all
+        if not see_all and not torch.is_grad_enabled():
             return func(*args, **kwargs)
         kind = classify(func, args, kwargs)
-        if kind == "struct":
+        if kind == "attr":
             return func(*args, **kwargs)
         if kind is None:
             out = func(*args, **kwargs)
             if _out_needs_grad(out) and _any_grad(args, kwargs):
+                self.composite.observe(self, args, kwargs)
                 name = func_name(func)
                 if self.composite.strict:
                     mname, mod = self._where()
@@ -355,7 +378,8 @@ class Session:
                     )
                 self.plain_ops.add(name)
             return out
-        if not _any_grad(args, kwargs):
+        self.composite.observe(self, args, kwargs)
+        if kind == "struct" or not (see_all or _any_grad(args, kwargs)):
             return func(*args, **kwargs)
         mname, mod = self._where()
         first = False
@@ -469,6 +493,22 @@ def _select_grad(target, out: torch.Tensor, rows) -> tuple[torch.Tensor, torch.T
     return g, s.detach()
 
 
+@contextlib.contextmanager
+def keep_buffers(model: nn.Module) -> Iterator[None]:
+    """Restore every buffer's value on exit when some module is in training mode (batch norm
+    updates its running statistics in the forward pass), also when the block raises."""
+    if not any(m.training for m in model.modules()):
+        yield
+        return
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
+
+
 def check_same_output(out: torch.Tensor, expected: torch.Tensor, method: str) -> None:
     """The forward pass under the rules must reproduce the model's output."""
     scale = expected.abs().max().item() + 1e-12
@@ -512,7 +552,7 @@ def propagate(model: Any, inputs: Any, target: Any, composite: Composite, *, met
             "random and batch-dependent. Call model.eval() first (lumos leaves the mode as found).",
             stacklevel=3,
         )
-    with ModelGuard(model):
+    with ModelGuard(model), keep_buffers(model):
         x = as_tensor(inputs, model_device(model))
         check_input_shape(model, x)
         n = len(x)
@@ -528,7 +568,7 @@ def propagate(model: Any, inputs: Any, target: Any, composite: Composite, *, met
             xg = x[sl].detach().requires_grad_(True)
             with torch.enable_grad():
                 with apply(model, composite, method=method) as session:
-                    out = forward(model, xg)
+                    out = _forward(model, xg)
                 if not torch.isfinite(out).all():
                     raise ValueError("model returned NaN or Inf on inputs; explanations need finite outputs")
                 if session.inplace_replaced:

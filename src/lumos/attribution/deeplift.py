@@ -1,0 +1,229 @@
+"""DeepLIFT (Rescale rule) and DeepSHAP, with rules on operations."""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.execution import chunks
+from ..core.registry import register
+from ..core.targets import resolve_target
+from ..core.torch_model import ModelGuard, Prepared, as_tensor, check_input_shape, forward, model_device
+from ..rules.deeplift import DeepLiftComposite
+from ..rules.engine import (
+    _RANDOM_IN_TRAINING, _select_grad, apply, check_same_output, check_visible, keep_buffers,
+)
+
+__all__ = ["deeplift", "deep_shap"]
+
+
+def _check_eps(eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
+        raise ValueError(f"eps must be a non-negative number; got {eps!r}")
+    return float(eps)
+
+
+def _pairs(model, x: torch.Tensor, b: torch.Tensor, target, tgt, rows: torch.Tensor, eps: float,
+           method: str):
+    """DeepLIFT attributions of rows ``x`` against references ``b`` (same shape).
+
+    Returns ``(attributions, f_target(x), f_target(b), output(x), resolved target)``.
+    """
+    comp = DeepLiftComposite(eps)
+    with torch.no_grad():
+        with apply(model, comp, method=method) as s0:
+            out0 = forward(model, b, name="baselines")
+    comp.replay()
+    xg = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        with apply(model, comp, method=method) as s1:
+            out = forward(model, xg)
+        comp.finish()
+        if s0.inplace_replaced or s1.inplace_replaced:
+            with torch.no_grad():
+                check_same_output(out, forward(model, x), method)
+                check_same_output(out0, forward(model, b), method)
+        if tgt is None:
+            tgt = resolve_target(target, out.detach())
+        g, s = _select_grad(tgt, out, rows)
+        if not out.requires_grad:
+            raise ValueError("model: its output does not depend on the input")
+        (grad,) = torch.autograd.grad(out, xg, grad_outputs=g, allow_unused=True)
+    if grad is None:
+        raise ValueError("model: its output does not depend on the input")
+    with torch.no_grad():
+        s0 = tgt.select(out0, rows)
+    return (x - b) * grad, s, s0.detach(), out.detach(), tgt
+
+
+def _run(model, inputs, target, refs_for, n_refs: int, *, method: str, eps: float,
+         batch_size, progress):
+    """Shared driver: row ``r`` pairs sample ``r // n_refs`` with reference ``refs_for(rows)``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: {method} needs a torch.nn.Module; got {type(model).__name__}")
+    check_visible(model, method)
+    if any(m.training and isinstance(m, _RANDOM_IN_TRAINING) for m in model.modules()):
+        warnings.warn(
+            "model is in training mode: dropout and batch-norm statistics make the explanation "
+            "random and batch-dependent. Call model.eval() first (lumos leaves the mode as found).",
+            stacklevel=3,
+        )
+    with ModelGuard(model), keep_buffers(model):
+        x = as_tensor(inputs, model_device(model))
+        check_input_shape(model, x)
+        n = len(x)
+        refs = refs_for(x)  # (n * n_refs, ...) references, row r for sample r // n_refs
+        total = n * n_refs
+        slices = list(chunks(total, batch_size, desc=method, progress=progress))
+        tgt = None
+        if len(slices) > 1 or n_refs > 1:
+            with torch.no_grad():
+                outs = [forward(model, x[sl]) for sl in chunks(n, batch_size, progress=False)]
+            tgt = resolve_target(target, torch.cat(outs))
+        attr = torch.empty((total,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+        f_x = torch.empty(total, dtype=x.dtype, device=x.device)
+        f_b = torch.empty(total, dtype=x.dtype, device=x.device)
+        outputs = []
+        for sl in slices:
+            rows = torch.arange(sl.start, sl.stop, device=x.device) // n_refs
+            a, s, s0, out, tgt = _pairs(model, x[rows], refs[sl], target, tgt, rows, eps,
+                                          method)
+            attr[sl], f_x[sl], f_b[sl] = a, s, s0
+            outputs.append(out)
+        values = attr.reshape((n, n_refs) + tuple(x.shape[1:])).mean(1)
+        fx = f_x.reshape(n, n_refs)[:, 0]
+        fb = f_b.reshape(n, n_refs).mean(1)
+        output = torch.cat(outputs)[::n_refs] if n_refs > 1 else torch.cat(outputs)
+        p = Prepared(model, x, output, tgt, fx, meta={"target": tgt.description})
+        delta = values.reshape(n, -1).sum(1) - (fx - fb)
+        return p, values, fb, delta
+
+
+def _baselines(x: torch.Tensor, baselines: Any, name: str = "baselines") -> torch.Tensor:
+    """One reference per sample: ``None`` = zeros, a number, one sample, or one per sample."""
+    if baselines is None:
+        return torch.zeros_like(x)
+    if isinstance(baselines, (int, float)) and not isinstance(baselines, bool):
+        return torch.full_like(x, float(baselines))
+    b = torch.as_tensor(baselines.detach() if isinstance(baselines, torch.Tensor) else
+                        np.asarray(baselines)).to(device=x.device, dtype=x.dtype)
+    if tuple(b.shape) == tuple(x.shape[1:]):
+        return b.unsqueeze(0).expand_as(x).clone()
+    if tuple(b.shape) == tuple(x.shape):
+        if not torch.isfinite(b).all():
+            raise ValueError(f"{name} contains NaN or Inf values")
+        return b.clone()
+    if b.ndim == x.ndim and b.shape[0] == 1 and tuple(b.shape[1:]) == tuple(x.shape[1:]):
+        return b.expand_as(x).clone()
+    raise ValueError(
+        f"{name} must be None, a number, one sample of shape {tuple(x.shape[1:])} or one per "
+        f"sample of shape {tuple(x.shape)}; got shape {tuple(b.shape)}"
+    )
+
+
+@register("deeplift", "propagation",
+          "DeepLIFT Rescale: multipliers of differences from a baseline (Shrikumar et al., 2017)")
+def deeplift(model: nn.Module, inputs: Any, target: Any = None, *, baselines: Any = None,
+             eps: float = 1e-6, batch_size: int | None = None, progress: bool | None = None):
+    """DeepLIFT with the Rescale rule: how the difference of the target from its value at a
+    baseline is carried by each input's difference from the baseline.
+
+    Shrikumar, Greenside & Kundaje (2017), "Learning Important Features Through Propagating
+    Activation Differences". Rules attach to the non-linear *operations* (element-wise
+    activations however they are called, max pooling, products of two input-dependent tensors;
+    see :mod:`lumos.rules.deeplift`); linear operations keep their gradient, which is their exact
+    multiplier. Summation-to-delta holds: ``values.sum() == f(x) − f(baseline)`` up to float
+    error (``meta["delta"]``). The RevealCancel rule is not implemented.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        In eval mode (batch statistics are refused), not compiled, returning logits.
+    inputs : Tensor or ndarray, shape (batch, ...)
+    target : int, sequence of int, "predicted", callable or None
+        For a callable target that is non-linear in the output, the multiplier at the output is
+        its gradient at ``x`` and summation-to-delta holds only approximately (see ``delta``).
+    baselines : None, float, Tensor or ndarray, default None
+        The reference: ``None`` (zeros), a number, one sample ``inputs.shape[1:]`` or one per
+        sample ``inputs.shape``.
+    eps : float, default 1e-6
+        Where ``|x − x₀| <= eps`` at a non-linearity, its derivative replaces the secant.
+    batch_size : int, optional
+        Input/baseline pairs per pass (default: 64).
+    progress : bool, optional
+
+    Returns
+    -------
+    Explanation
+        ``values`` (shape of ``inputs``), ``baseline_output`` = the target at the baseline,
+        ``meta["delta"]`` per sample: ``values.sum() − (output − baseline_output)``.
+    """
+    eps = _check_eps(eps)
+
+    def refs_for(x):
+        return _baselines(x, baselines)
+
+    p, values, fb, delta = _run(model, inputs, target, refs_for, 1, method="deeplift", eps=eps,
+                                batch_size=batch_size, progress=progress)
+    params = {"baselines": _describe(baselines), "eps": eps, "rule": "rescale"}
+    return p.explanation(values, "deeplift", params, baseline_output=fb,
+                         meta={"max_abs_delta": float(delta.abs().max())},
+                         sample_meta={"delta": delta})
+
+
+@register("deep_shap", "propagation",
+          "DeepSHAP: DeepLIFT averaged over a set of baselines (Lundberg & Lee, 2017)")
+def deep_shap(model: nn.Module, inputs: Any, target: Any = None, *, baselines: Any = None,
+              eps: float = 1e-6, batch_size: int | None = None, progress: bool | None = None):
+    """DeepSHAP: DeepLIFT (Rescale) attributions averaged over a background set of baselines.
+
+    Lundberg & Lee (2017), "A Unified Approach to Interpreting Model Predictions" (DeepExplainer):
+    with the baselines drawn from the data, the average of DeepLIFT against each approximates
+    SHAP values; they sum to ``f(x) − mean_j f(b_j)``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    inputs : Tensor or ndarray, shape (batch, ...)
+    target : int, sequence of int, "predicted", callable or None
+    baselines : Tensor or ndarray, shape (k, ...)
+        The background set (required), ``k >= 1`` samples shaped like ``inputs[0]``.
+    eps : float, default 1e-6
+    batch_size : int, optional
+        Input/baseline pairs per pass (default: 64); ``batch * k`` pairs in all.
+    progress : bool, optional
+
+    Returns
+    -------
+    Explanation
+        ``values`` (shape of ``inputs``), ``baseline_output`` = the mean target over the
+        baselines, ``meta["delta"]`` per sample.
+    """
+    eps = _check_eps(eps)
+    if baselines is None:
+        raise ValueError("baselines: deep_shap needs a background set of shape (k, ...) (e.g. "
+                         "50 training samples)")
+    bg = as_tensor(baselines, name="baselines")
+    k = len(bg)
+
+    def refs_for(x):
+        b = bg.to(device=x.device, dtype=x.dtype)
+        if tuple(b.shape[1:]) != tuple(x.shape[1:]):
+            raise ValueError(f"baselines must have shape (k, {', '.join(map(str, x.shape[1:]))}); "
+                             f"got {tuple(b.shape)}")
+        return b.repeat((len(x),) + (1,) * (b.ndim - 1))
+
+    p, values, fb, delta = _run(model, inputs, target, refs_for, k, method="deep_shap", eps=eps,
+                                batch_size=batch_size, progress=progress)
+    return p.explanation(values, "deep_shap", {"n_baselines": k, "eps": eps}, baseline_output=fb,
+                         meta={"max_abs_delta": float(delta.abs().max())},
+                         sample_meta={"delta": delta})
+
+
+def _describe(b):
+    if b is None or isinstance(b, (int, float)):
+        return b
+    return f"<array {tuple(np.shape(b))}>"

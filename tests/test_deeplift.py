@@ -1,0 +1,210 @@
+"""DeepLIFT (Rescale) and DeepSHAP: summation-to-delta, references, operations however written."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lumos
+from conftest import assert_same_state, model_state
+from lumos.attribution.deeplift import deep_shap, deeplift
+from lumos.rules import UnsupportedOperationError
+
+
+class Mixed(nn.Module):
+    """Convolutions, batch norm, overlapping max pooling, sigmoid gate, tanh, GAP and a head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.c2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.gate = nn.Conv2d(6, 6, 1)
+        self.fc = nn.Linear(6, 4)
+        with torch.no_grad():
+            self.bn.running_mean.normal_(0, 0.1)
+            self.bn.running_var.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.c1(x)))
+        x = F.max_pool2d(x, 3, stride=2, padding=1)          # overlapping windows
+        h = torch.tanh(self.c2(x))
+        x = h * torch.sigmoid(self.gate(x)) + x               # a gate: product of two inputs
+        return self.fc(F.gelu(x).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    return Mixed().eval().double()
+
+
+@pytest.fixture(scope="module")
+def xs():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(6, 3, 8, 8, generator=g, dtype=torch.float64)
+
+
+def test_summation_to_delta_exact(mixed, xs):
+    g = torch.Generator().manual_seed(2)
+    for baselines in (None, 0.5, torch.rand(3, 8, 8, generator=g, dtype=torch.float64),
+                      torch.rand(6, 3, 8, 8, generator=g, dtype=torch.float64)):
+        before = model_state(mixed)
+        e = deeplift(mixed, xs, target=[0, 1, 2, 3, 0, 1], baselines=baselines)
+        assert_same_state(before, model_state(mixed))
+        gap = e.values.reshape(6, -1).sum(1) - (e.output - e.baseline_output)
+        scale = np.abs(e.output - e.baseline_output).max()
+        assert scale > 1e-3
+        assert np.abs(gap).max() <= 1e-10 * scale + 1e-13
+        np.testing.assert_allclose(e.meta["delta"], gap, atol=1e-12)
+        assert e.completeness_gap.max() <= 1e-10 * scale + 1e-13
+    # f(baseline) is the model's own output at the baseline
+    b = torch.full_like(xs, 0.5)
+    e = deeplift(mixed, xs, target=1, baselines=0.5)
+    np.testing.assert_allclose(e.baseline_output, mixed(b)[:, 1].detach().numpy(), rtol=1e-12)
+
+
+def _mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(),
+                         nn.Linear(6, 3)).eval().double()
+
+
+def test_rescale_equals_naive_float64_reference():
+    model = _mlp()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    x0 = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    e = deeplift(model, x, target=2, baselines=x0)
+    W = [model[i].weight.detach().numpy() for i in (0, 2, 4)]
+    b = [model[i].bias.detach().numpy() for i in (0, 2, 4)]
+    for i in range(7):
+        def acts(v):
+            z1 = W[0] @ v + b[0]
+            z2 = W[1] @ np.maximum(z1, 0) + b[1]
+            return z1, z2
+        z1, z2 = acts(x[i].numpy())
+        y1, y2 = acts(x0[i].numpy())
+        m1 = np.where(np.abs(z1 - y1) > 1e-12, (np.maximum(z1, 0) - np.maximum(y1, 0)) / (z1 - y1),
+                      (z1 > 0).astype(float))
+        m2 = np.where(np.abs(z2 - y2) > 1e-12, (np.maximum(z2, 0) - np.maximum(y2, 0)) / (z2 - y2),
+                      (z2 > 0).astype(float))
+        mult = W[0].T @ (m1 * (W[1].T @ (m2 * W[2][2])))
+        np.testing.assert_allclose(e.values[i], (x[i] - x0[i]).numpy() * mult, rtol=1e-10,
+                                   atol=1e-13)
+
+
+def test_linear_model_closed_form(linear_model):
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    e = deeplift(linear_model, x, target=1, baselines=torch.ones(6))
+    w = linear_model.weight[1].detach().numpy()
+    np.testing.assert_allclose(e.values, (x.numpy() - 1) * w, rtol=1e-5, atol=1e-7)
+
+
+class TwoStyles(nn.Module):
+    def __init__(self, shared: bool):
+        super().__init__()
+        torch.manual_seed(4)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(5, 7), nn.Linear(7, 7), nn.Linear(7, 3)
+        self.shared = shared
+        self.r1, self.r2 = nn.ReLU(), nn.ReLU()
+
+    def forward(self, x):
+        if self.shared:  # one ReLU module used twice, then F.relu
+            h = self.r1(self.fc1(x))
+            h = self.r1(self.fc2(h))
+            return self.fc3(F.relu(h + 0.1))
+        h = self.r1(self.fc1(x))
+        h = self.r2(self.fc2(h))
+        return self.fc3(nn.ReLU()(h + 0.1))
+
+
+def test_reused_module_and_functional_equal_separate_modules():
+    x = torch.randn(9, 5, generator=torch.Generator().manual_seed(5))
+    a = deeplift(TwoStyles(True).eval(), x, target=0, baselines=0.2)
+    b = deeplift(TwoStyles(False).eval(), x, target=0, baselines=0.2)
+    np.testing.assert_allclose(a.values, b.values, rtol=1e-6, atol=1e-8)
+    # and the rule matters: the gradient x (x - x0) is not the same here
+    gi = lumos.explain(TwoStyles(True).eval(), x, "saliency", target=0).values * (x.numpy() - 0.2)
+    assert np.abs(gi - a.values).max() > 1e-3
+
+
+def test_matches_captum_on_relu_cnn():
+    captum = pytest.importorskip("captum.attr")
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).eval()
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(7))
+    x0 = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(8))
+    ours = deeplift(model, x, target=1, baselines=x0).values
+    theirs = captum.DeepLift(model).attribute(x, baselines=x0, target=1).detach().numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6 * np.abs(theirs).max())
+
+
+def test_deep_shap_is_the_mean_over_baselines(mixed, xs):
+    bg = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    e = deep_shap(mixed, xs, target="predicted", baselines=bg, batch_size=7)
+    tgt = e.target
+    singles = [deeplift(mixed, xs, target=tgt, baselines=bg[j]) for j in range(5)]
+    np.testing.assert_allclose(e.values, np.mean([s.values for s in singles], 0), rtol=1e-10,
+                               atol=1e-14)
+    np.testing.assert_allclose(e.baseline_output, np.mean([s.baseline_output for s in singles], 0),
+                               rtol=1e-12)
+    gap = e.values.reshape(6, -1).sum(1) - (e.output - e.baseline_output)
+    assert np.abs(gap).max() <= 1e-10
+    np.testing.assert_array_equal(tgt, mixed(xs).argmax(1).numpy())
+
+
+def test_batch_size_independence(mixed, xs):
+    t = [3, 2, 1, 0, 1, 2]
+    full = deeplift(mixed, xs, target=t, baselines=0.3)
+    bg = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    shap_full = deep_shap(mixed, xs, target=t, baselines=bg)
+    for bs in (1, 7, 64):
+        e = deeplift(mixed, xs, target=t, baselines=0.3, batch_size=bs)
+        np.testing.assert_allclose(e.values, full.values, rtol=1e-12, atol=1e-15)
+        s = deep_shap(mixed, xs, target=t, baselines=bg, batch_size=bs)
+        np.testing.assert_allclose(s.values, shap_full.values, rtol=1e-12, atol=1e-15)
+
+
+def test_errors_are_clear(mixed, xs):
+    soft = nn.Sequential(nn.Linear(4, 3), nn.Softmax(-1)).eval()
+    with pytest.raises(UnsupportedOperationError, match="softmax"):
+        deeplift(soft, torch.randn(2, 4), target=0)
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            h = self.fc(x)
+            if x.sum() > 0:  # data-dependent control flow: the baseline takes the other branch
+                h = torch.relu(h)
+            return torch.tanh(h)
+
+    with pytest.raises(UnsupportedOperationError, match="different path"):
+        deeplift(Branchy().eval(), torch.ones(1, 3), target=0, baselines=-1.0)
+    bn = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)).train()
+    before = model_state(bn)
+    with pytest.warns(UserWarning, match="training mode"), \
+            pytest.raises(UnsupportedOperationError, match="training mode"):
+        deeplift(bn, torch.randn(4, 3), target=0)
+    assert_same_state(before, model_state(bn))
+    with pytest.raises(ValueError, match="baselines"):
+        deeplift(mixed, xs, target=0, baselines=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="background"):
+        deep_shap(mixed, xs, target=0)
+    with pytest.raises(ValueError, match="baselines must have shape"):
+        deep_shap(mixed, xs, target=0, baselines=torch.zeros(2, 3, 4, 4))
+    with pytest.raises(TypeError, match="TorchScript"):
+        deeplift(torch.jit.script(_mlp()), torch.randn(2, 5, dtype=torch.float64), target=0)
+
+
+def test_registry():
+    model = _mlp()
+    x = torch.randn(3, 5, dtype=torch.float64)
+    e = lumos.explain(model, x, "deeplift", target=0)
+    assert e.method == "deeplift" and e.values.shape == x.shape
+    e = lumos.explain(model, x, "deep_shap", target=0, baselines=torch.zeros(2, 5))
+    assert e.method == "deep_shap" and e.params["n_baselines"] == 2
