@@ -1,15 +1,30 @@
-"""Saliency (Simonyan, Vedaldi & Zisserman, 2014) and gradient × input (Shrikumar et al., 2016)."""
+"""Saliency (Simonyan, Vedaldi & Zisserman, 2014) and gradient × input (Shrikumar et al., 2016).
+
+Both need exactly one forward and one backward pass per sample. They run under
+``torch_call(..., clean_forward=False)`` and take the model output (and so the target) from the
+same forward pass whose graph they differentiate, instead of paying for a separate clean pass.
+
+Row kernels
+-----------
+A gradient method may expose ``func.row_kernel(model, x, target, rows, *, batch_size, progress,
+**params) -> Tensor``: its attribution for every row of an already validated tensor ``x``, where
+``rows[k]`` is the original sample of row ``k`` (for ``target.select``). Wrappers that evaluate a
+method on many perturbed copies (SmoothGrad) call the kernel on their stacked batch and so skip the
+method's own input checks and clean forward pass. The kernel runs inside the caller's model guard.
+"""
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
-from ..core.execution import chunks
+from ..core.execution import check_batch_size, chunks
 from ..core.registry import register
-from ..core.torch_model import gradient, torch_call
+from ..core.targets import Target, resolve_target
+from ..core.torch_model import Prepared, forward, gradient, torch_call
 
-__all__ = ["saliency", "gradient_x_input", "batched_gradient"]
+__all__ = ["saliency", "gradient_x_input", "batched_gradient", "fused_input_gradient"]
 
 _MODES = ("signed", "abs", "squared")
 
@@ -29,35 +44,106 @@ def batched_gradient(model, x: torch.Tensor, target, rows=None, batch_size: int 
     return out
 
 
+def _slice_target(spec: Any, sl: slice, n: int, name: str = "target") -> Any:
+    """The part of a per-sample target that belongs to rows ``sl`` (other kinds pass through)."""
+    if spec is None or isinstance(spec, (str, bool, int, np.integer)) or callable(spec):
+        return spec
+    arr = np.asarray(spec.detach().cpu().numpy() if isinstance(spec, torch.Tensor) else spec)
+    if arr.ndim == 1 and len(arr) != n:
+        raise ValueError(f"{name} has {len(arr)} entries but there are {n} samples")
+    return arr[sl] if arr.ndim == 1 else spec  # other shapes: resolve_target explains the error
+
+
+def fused_input_gradient(p: Prepared, batch_size: int | None = None, progress: bool | None = None,
+                         desc: str = "") -> torch.Tensor:
+    """Gradient of the target w.r.t. ``p.x``, one forward+backward pass per chunk, nothing more.
+
+    For ``torch_call(..., clean_forward=False)``: the target is resolved on each chunk's own
+    output, and ``p.resolve`` is called with the whole output at the end, so ``p.output``,
+    ``p.target`` and ``p.scalar`` are set as if a clean pass had been made.
+    """
+    model, x = p.model, p.x
+    n = len(x)
+    grads = torch.empty_like(x)
+    outs = []
+    for sl in chunks(n, check_batch_size(batch_size), desc=desc, progress=progress):
+        xs = x[sl].detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = forward(model, xs)
+            if not torch.isfinite(out.detach()).all():
+                raise ValueError("model returned NaN or Inf on inputs; explanations need finite outputs")
+            tgt = resolve_target(_slice_target(p.target_spec, sl, n), out.detach())
+            s = tgt.select(out)
+            if not s.requires_grad:
+                raise ValueError(
+                    "model: its output does not depend on the input (no gradient path from inputs "
+                    "to the target); check that the model uses its input and is not detached"
+                )
+            (g,) = torch.autograd.grad(s.sum(), xs, allow_unused=True)
+        if g is None:
+            raise ValueError("model: its output does not depend on the input (the gradient is undefined)")
+        grads[sl] = g
+        outs.append(out.detach())
+    p.resolve(torch.cat(outs))
+    return grads
+
+
+def _apply_mode(g: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode == "signed":
+        return g
+    return g.abs() if mode == "abs" else g * g
+
+
+def _check_mode(mode: Any) -> str:
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}; got {mode!r}")
+    return mode
+
+
 @register("saliency", "gradient", "Gradient of the target w.r.t. the input (signed, |.| or squared)")
 def saliency(model: torch.nn.Module, inputs: Any, target: Any = None, *, mode: str = "signed",
              batch_size: int | None = None, progress: bool | None = None):
     """Saliency map: the gradient of the target scalar with respect to the input.
 
-    Simonyan, Vedaldi & Zisserman (2014), "Deep Inside Convolutional Networks".
+    Simonyan, Vedaldi & Zisserman (2014), "Deep Inside Convolutional Networks: Visualising Image
+    Classification Models and Saliency Maps".
 
     Parameters
     ----------
     model : torch.nn.Module
     inputs : Tensor or ndarray, shape (batch, ...)
     target : int, sequence, "predicted", callable or None
+        See :mod:`lumos.core.targets`. Default: the predicted class (or the output itself for a
+        scalar-output model).
     mode : {"signed", "abs", "squared"}, default "signed"
         The raw gradient, its absolute value (the paper's map before the channel max), or its square.
     batch_size : int, optional
-        Samples per backward pass.
+        Samples per forward+backward pass (default 64).
+    progress : bool, optional
+        Progress bar: ``None`` shows one on a terminal for long work.
 
     Returns
     -------
     Explanation
         ``values`` has the shape of ``inputs``.
+
+    Examples
+    --------
+    >>> expl = lumos.explain(model, images, "saliency", target="predicted", mode="abs")
     """
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}; got {mode!r}")
-    with torch_call(model, inputs, target, method="saliency") as p:
-        g = batched_gradient(model, p.x, p.target, batch_size=batch_size,
-                             progress=progress, desc="saliency")
-        values = {"signed": g, "abs": g.abs(), "squared": g * g}[mode]
-        return p.explanation(values, "saliency", {"mode": mode})
+    mode = _check_mode(mode)
+    with torch_call(model, inputs, target, method="saliency", clean_forward=False) as p:
+        g = fused_input_gradient(p, batch_size, progress, desc="saliency")
+        return p.explanation(_apply_mode(g, mode), "saliency", {"mode": mode})
+
+
+def _saliency_kernel(model, x: torch.Tensor, target: Target, rows, *, mode: str = "signed",
+                     batch_size: int | None = None, progress: bool | None = None) -> torch.Tensor:
+    return _apply_mode(batched_gradient(model, x, target, rows, batch_size, progress, "saliency"),
+                       _check_mode(mode))
+
+
+saliency.row_kernel = _saliency_kernel
 
 
 @register("gradient_x_input", "gradient", "Gradient times input (Shrikumar et al., 2016)")
@@ -65,14 +151,31 @@ def gradient_x_input(model: torch.nn.Module, inputs: Any, target: Any = None, *,
                      batch_size: int | None = None, progress: bool | None = None):
     """Gradient × input: the first-order Taylor contribution of each input element.
 
-    Shrikumar et al. (2016), "Not Just a Black Box"; on a linear model it equals ``w ⊙ x``.
+    Shrikumar, Greenside, Shcherbina & Kundaje (2016), "Not Just a Black Box: Learning Important
+    Features Through Propagating Activation Differences". On a linear model it equals ``w ⊙ x``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    inputs : Tensor or ndarray, shape (batch, ...)
+    target : int, sequence, "predicted", callable or None
+    batch_size : int, optional
+        Samples per forward+backward pass (default 64).
+    progress : bool, optional
 
     Returns
     -------
     Explanation
         ``values`` has the shape of ``inputs``.
     """
-    with torch_call(model, inputs, target, method="gradient_x_input") as p:
-        g = batched_gradient(model, p.x, p.target, batch_size=batch_size,
-                             progress=progress, desc="gradient x input")
+    with torch_call(model, inputs, target, method="gradient_x_input", clean_forward=False) as p:
+        g = fused_input_gradient(p, batch_size, progress, desc="gradient x input")
         return p.explanation(g * p.x, "gradient_x_input", {})
+
+
+def _gxi_kernel(model, x: torch.Tensor, target: Target, rows, *, batch_size: int | None = None,
+                progress: bool | None = None) -> torch.Tensor:
+    return batched_gradient(model, x, target, rows, batch_size, progress, "gradient x input") * x
+
+
+gradient_x_input.row_kernel = _gxi_kernel

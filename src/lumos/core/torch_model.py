@@ -253,14 +253,29 @@ class Prepared:
 
     model: nn.Module
     x: torch.Tensor            # (n, ...) float, on the model's device, detached copy
-    output: torch.Tensor       # model output at x, detached
-    target: Target
+    output: torch.Tensor       # model output at x, detached (None until resolve() when
+    target: Target             # torch_call(..., clean_forward=False))
     scalar: torch.Tensor       # (n,) explained scalar at x
     meta: dict = field(default_factory=dict)
+    target_spec: Any = None    # the user's target, kept for resolve()
 
     @property
     def n(self) -> int:
         return len(self.x)
+
+    def resolve(self, output: torch.Tensor) -> Target:
+        """Set ``output``, ``target`` and ``scalar`` from the model output at ``x``.
+
+        For methods run under ``torch_call(..., clean_forward=False)`` that take the output from
+        their own forward pass (with gradients) instead of paying for a separate clean pass.
+        """
+        output = output.detach()
+        if not torch.isfinite(output).all():
+            raise ValueError("model returned NaN or Inf on inputs; explanations need finite outputs")
+        tgt = resolve_target(self.target_spec, output)
+        self.output, self.target, self.scalar = output, tgt, tgt.select(output).detach()
+        self.meta["target"] = tgt.description
+        return tgt
 
     def explanation(self, values, method: str, params: dict, meta: dict | None = None,
                     baseline_output=None, sample_meta: dict | None = None,
@@ -294,13 +309,18 @@ _RANDOM_IN_TRAINING = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._Batc
 
 @contextlib.contextmanager
 def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
-               rules: bool = False) -> Iterator[Prepared]:
+               rules: bool = False, clean_forward: bool = True) -> Iterator[Prepared]:
     """Validate, resolve the target, and guard the model for the duration of a method.
 
     Parameters
     ----------
     rules : bool
         The method changes backward rules on operations; compiled models are refused.
+    clean_forward : bool, default True
+        Evaluate the model once at the inputs (no gradients) to get the output and resolve the
+        target. ``False`` skips that pass for methods whose only work is one forward+backward at
+        the inputs (saliency): they call :meth:`Prepared.resolve` with their own output, and
+        ``output``, ``target`` and ``scalar`` are ``None`` until then.
     """
     if not isinstance(model, nn.Module):
         if callable(model):
@@ -323,6 +343,9 @@ def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
         if not x.is_floating_point():  # pragma: no cover - as_tensor casts ints to float
             raise TypeError("inputs must be floating point for gradient methods")
         check_input_shape(model, x)
+        if not clean_forward:
+            yield Prepared(model, x, None, None, None, meta={}, target_spec=target)
+            return
         with torch.no_grad():
             out = forward(model, x)
         if not torch.isfinite(out).all():
@@ -330,4 +353,5 @@ def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
         tgt = resolve_target(target, out)
         with torch.no_grad():
             scalar = tgt.select(out)
-        yield Prepared(model, x, out, tgt, scalar.detach(), meta={"target": tgt.description})
+        yield Prepared(model, x, out, tgt, scalar.detach(), meta={"target": tgt.description},
+                       target_spec=target)

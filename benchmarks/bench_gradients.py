@@ -1,0 +1,200 @@
+"""Benchmark: lumos gradient methods beside Captum, and beside the model passes they need.
+
+Run: ``python benchmarks/bench_gradients.py`` (CPU, one thread by default;
+``LUMOS_BENCH_THREADS=2`` to change, ``LUMOS_BENCH_REPEATS`` for the repeats). With one thread
+the clock is the process CPU time (robust to other load on a shared machine), with more the wall
+clock; ``LUMOS_BENCH_CLOCK=wall|cpu`` overrides.
+
+Each lumos method and its Captum equivalent run on the same model, inputs and targets:
+
+- saliency / gradient × input: Captum ``Saliency(abs=False)`` / ``InputXGradient``.
+- integrated gradients (50 steps, Gauss-Legendre, 64 rows per pass): Captum
+  ``IntegratedGradients(method="gausslegendre", internal_batch_size=64)``; lumos always reports
+  the completeness gap, so Captum is timed both without and with ``return_convergence_delta``.
+- SmoothGrad (50 noisy copies): Captum ``NoiseTunnel(Saliency)`` (all copies in one batch, its
+  default, and in batches of 64 rows as lumos evaluates them; the faster counts).
+- guided backprop / DeconvNet, when lumos registers them: Captum ``GuidedBackprop`` /
+  ``Deconvolution``.
+
+"passes" is the time of the forward+backward passes (gradient to the input only) over the rows a
+method needs, in the same batches: one pass over the batch for saliency, gradient × input and
+guided backprop; 16 × 50 rows for integrated gradients and SmoothGrad. The ratio lumos/passes is
+the method's own overhead (input checks, target resolution, noise, path points, accumulation and,
+for IG and SmoothGrad, one clean forward pass over the 16 inputs and the baselines).
+
+The demo CNN (``lumos.data.load_demo_model``) on a batch of 16 images of 3x64x64; a randomly
+initialised DemoCNN if the shipped weights are missing. Median of a few repeats after a warm-up,
+lumos and Captum interleaved so that machine load hits both alike.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import warnings
+
+import numpy as np
+import torch
+
+import lumos
+
+warnings.filterwarnings("ignore", module="captum")
+warnings.filterwarnings("ignore", message=".*requires_grad.*")
+
+torch.set_num_threads(int(os.environ.get("LUMOS_BENCH_THREADS", "1")))
+REPEATS = int(os.environ.get("LUMOS_BENCH_REPEATS", "5"))
+# On one thread the process CPU time is the work done, and hardly moves when other programs load
+# the machine; with several threads only wall-clock time says how fast the answer comes.
+CLOCK = os.environ.get("LUMOS_BENCH_CLOCK", "cpu" if torch.get_num_threads() == 1 else "wall")
+_now = time.process_time if CLOCK == "cpu" else time.perf_counter
+N_STEPS, N_NOISE, BATCH = 50, 50, 64
+
+
+def timeit_pair(fns, repeats=REPEATS):
+    """Median time of each function, interleaved run by run."""
+    for fn in fns:
+        fn()  # warm-up
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for t, fn in zip(times, fns):
+            t0 = _now()
+            fn()
+            t.append(_now() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def load():
+    try:
+        from lumos.data import load_demo_model, shapes_dataset
+
+        model = load_demo_model()
+        x = shapes_dataset(16, split="test", seed=0).images
+        note = "shipped demo CNN, 16 shapes test images"
+    except Exception as err:  # weights not built yet: same architecture, random weights
+        try:
+            from lumos.data import DemoCNN
+        except ImportError:
+            DemoCNN = _DemoCNN
+        torch.manual_seed(0)
+        model = DemoCNN().eval()
+        x = torch.rand(16, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        note = f"random DemoCNN (demo model unavailable: {type(err).__name__})"
+    return model.eval(), x, note
+
+
+class _DemoCNN(torch.nn.Module):
+    """The demo architecture, for checkouts without lumos.data."""
+
+    def __init__(self, n_classes=4):
+        super().__init__()
+        nn = torch.nn
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(64, n_classes)
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+def main():
+    from captum.attr import (Deconvolution, GuidedBackprop, InputXGradient, IntegratedGradients,
+                             NoiseTunnel, Saliency)
+
+    model, x, note = load()
+    n = len(x)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    flat = x.reshape(n, -1)
+    sigma = 0.15 * float((flat.max(1).values - flat.min(1).values).mean())
+    print(f"model: {note}; inputs {tuple(x.shape)}; torch threads {torch.get_num_threads()}; "
+          f"clock: {'process CPU time' if CLOCK == 'cpu' else 'wall'}, median of {REPEATS}")
+
+    def passes(rows, bs):
+        """forward+backward (to the input) over ``rows`` rows of inputs, ``bs`` at a time."""
+        big = x.repeat(-(-rows // n), 1, 1, 1)[:rows]
+        tg = target.repeat(-(-rows // n))[:rows]
+
+        def run():
+            for s in range(0, rows, bs):
+                xi = big[s:s + bs].clone().requires_grad_(True)
+                out = model(xi).gather(1, tg[s:s + bs, None]).sum()
+                torch.autograd.grad(out, xi)
+        return run
+
+    cap_ig = IntegratedGradients(model)
+    cap_nt = NoiseTunnel(Saliency(model))
+    rows = [
+        ("saliency", lambda: lumos.explain(model, x, "saliency", target=target),
+         "Saliency(abs=False)", [lambda: Saliency(model).attribute(x, target=target, abs=False)],
+         passes(n, BATCH)),
+        ("gradient_x_input", lambda: lumos.explain(model, x, "gradient_x_input", target=target),
+         "InputXGradient", [lambda: InputXGradient(model).attribute(x, target=target)],
+         passes(n, BATCH)),
+        ("integrated_gradients",
+         lambda: lumos.explain(model, x, "integrated_gradients", target=target, n_steps=N_STEPS,
+                               batch_size=BATCH, progress=False),
+         "IntegratedGradients",
+         [lambda: cap_ig.attribute(x, target=target, n_steps=N_STEPS, method="gausslegendre",
+                                   internal_batch_size=BATCH)],
+         passes(n * N_STEPS, BATCH)),
+        ("  (captum with delta)", None, "IntegratedGradients+delta",
+         [lambda: cap_ig.attribute(x, target=target, n_steps=N_STEPS, method="gausslegendre",
+                                   internal_batch_size=BATCH, return_convergence_delta=True)],
+         None),
+        ("smoothgrad",
+         lambda: lumos.explain(model, x, "smoothgrad", target=target, n_samples=N_NOISE,
+                               noise_level=0.15, batch_size=BATCH, progress=False),
+         "NoiseTunnel(Saliency)",
+         [lambda: cap_nt.attribute(x, nt_type="smoothgrad", nt_samples=N_NOISE, stdevs=sigma,
+                                   target=target, abs=False),
+          lambda: cap_nt.attribute(x, nt_type="smoothgrad", nt_samples=N_NOISE, stdevs=sigma,
+                                   target=target, abs=False,
+                                   nt_samples_batch_size=max(1, BATCH // n))],
+         passes(n * N_NOISE, BATCH)),
+    ]
+    registered = {m.name for m in lumos.methods()}
+    for name, peer in (("guided_backprop", GuidedBackprop), ("deconvnet", Deconvolution)):
+        if name in registered:
+            rows.append((name, lambda name=name: lumos.explain(model, x, name, target=target),
+                         peer.__name__, [lambda peer=peer: peer(model).attribute(x, target=target)],
+                         passes(n, BATCH)))
+        else:
+            print(f"({name} is not registered in lumos yet: skipped)")
+
+    # Agreement first: the numbers compared are the same numbers.
+    e = lumos.explain(model, x, "integrated_gradients", target=target, n_steps=N_STEPS,
+                      batch_size=BATCH, progress=False)
+    c = cap_ig.attribute(x, target=target, n_steps=N_STEPS, method="gausslegendre",
+                         internal_batch_size=BATCH).detach().numpy()
+    s_l = lumos.explain(model, x, "saliency", target=target).values
+    s_c = Saliency(model).attribute(x, target=target, abs=False).numpy()
+    print(f"agreement: IG vs Captum max abs diff {np.abs(e.values - c).max():.1e} "
+          f"(max |IG| {np.abs(e.values).max():.1e}); saliency vs Captum "
+          f"{np.abs(s_l - s_c).max():.1e}; IG relative completeness gap: median "
+          f"{np.nanmedian(e.meta['relative_gap']):.2%}, max {np.nanmax(e.meta['relative_gap']):.2%}")
+
+    print()
+    head = (f"{'method':<22}{'lumos s':>9}  {'captum':<27}{'captum s':>9}{'captum/lumos':>13}"
+            f"{'passes s':>10}{'lumos/passes':>13}")
+    print(head)
+    print("-" * len(head))
+    for name, fl, peer, fps, fpass in rows:
+        fns = ([fl] if fl else []) + fps + ([fpass] if fpass else [])
+        ts = timeit_pair(fns)
+        tl = ts[0] if fl else None
+        tp = min(ts[1:1 + len(fps)] if fl else ts[:len(fps)])
+        tpass = ts[-1] if fpass else None
+        print(f"{name:<22}{tl if tl else float('nan'):>9.4f}  {peer:<27}{tp:>9.4f}"
+              f"{(tp / tl) if tl else float('nan'):>13.2f}"
+              f"{tpass if tpass else float('nan'):>10.4f}"
+              f"{(tl / tpass) if tpass else float('nan'):>13.2f}")
+    print("\ngoals: captum/lumos >= 1 everywhere (clearly > 1 for smoothgrad and guided backprop); "
+          "lumos/passes <= 1.10")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""Integrated gradients (Sundararajan, Taly & Yan, 2017), with averaging over several baselines.
+
+For a sample ``x`` and a baseline ``x'`` the attribution of input element ``j`` is
+
+    IG_j(x) = (x_j - x'_j) * integral_0^1 df(x' + a (x - x')) / dx_j da,
+
+approximated by a quadrature rule (:mod:`lumos.attribution._approximation`). With ``k`` baselines
+the attributions are averaged over them (expected gradients, Erion et al. 2021, when the baselines
+are drawn from data). Completeness, ``sum_j IG_j = f(x) - f(x')``, holds for the exact integral;
+the quadrature error is measured and reported for every sample in ``meta["completeness_gap"]``.
+
+The work is a table of rows ``(sample, step, baseline)``; rows are evaluated ``batch_size`` at a
+time and every random draw (random baselines) is made before batching, so the result does not
+depend on ``batch_size``. :func:`_path_attributions` evaluates an arbitrary table of path points and
+is shared with gradient SHAP / expected gradients; :func:`_ig_core` builds the standard table.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.execution import check_batch_size, chunks
+from ..core.registry import register
+from ..core.targets import Target
+from ..core.torch_model import forward, gradient, torch_call
+from ._approximation import check_integration, integration_points
+from ._baselines import BaselineSet, make_baselines
+
+__all__ = ["integrated_gradients"]
+
+
+def _path_attributions(model: torch.nn.Module, target: Target, *, inputs: torch.Tensor,
+                       bank: torch.Tensor, input_idx: torch.Tensor, baseline_idx: torch.Tensor,
+                       alphas: torch.Tensor, weights: torch.Tensor, out_idx: torch.Tensor,
+                       target_rows: torch.Tensor, n_out: int, batch_size: int | None = None,
+                       progress: bool | None = None, shared_diff: bool = False,
+                       desc: str = "integrated gradients") -> torch.Tensor:
+    """Sum of weighted gradient × difference terms over an arbitrary table of path points.
+
+    Row ``r`` of the table is the point ``b + alphas[r] * (x - b)`` with ``x = inputs[input_idx[r]]``
+    and ``b = bank[baseline_idx[r]]``; it contributes
+    ``weights[r] * grad f_t(point) * (x - b)`` to output row ``out_idx[r]``, where ``f_t`` is the
+    target scalar of original sample ``target_rows[r]``.
+
+    Parameters
+    ----------
+    inputs : Tensor, shape (m_in, ...)
+    bank : Tensor, shape (m_b, ...)
+    input_idx, baseline_idx, out_idx, target_rows : LongTensor, shape (R,)
+    alphas, weights : Tensor, shape (R,)
+        Path positions in [0, 1] and quadrature weights.
+    n_out : int
+        Number of output rows.
+    batch_size : int, optional
+        Table rows per forward+backward pass (default 64).
+    shared_diff : bool, default False
+        Every row of an output row has the same ``x`` and ``b`` (one baseline per sample): the
+        weighted gradients are summed first and multiplied by ``x - b`` once at the end, which
+        saves a pass over every row.
+
+    Returns
+    -------
+    Tensor, shape (n_out, ...), the dtype of ``inputs``
+    """
+    dev, dtype = inputs.device, inputs.dtype
+    view = (-1,) + (1,) * (inputs.ndim - 1)
+    acc = torch.zeros((n_out,) + tuple(inputs.shape[1:]), dtype=dtype, device=dev)
+    alphas = alphas.to(device=dev, dtype=dtype)
+    weights = weights.to(device=dev, dtype=dtype)
+    input_idx, baseline_idx, out_idx = input_idx.to(dev), baseline_idx.to(dev), out_idx.to(dev)
+    for sl in chunks(len(alphas), check_batch_size(batch_size), desc=desc, progress=progress):
+        xi = inputs.index_select(0, input_idx[sl])
+        bi = bank.index_select(0, baseline_idx[sl])
+        diff = xi.sub_(bi)
+        points = torch.addcmul(bi, alphas[sl].view(view), diff)
+        g, _ = gradient(model, points, target, rows=target_rows[sl])
+        g.mul_(weights[sl].view(view))
+        if not shared_diff:
+            g.mul_(diff)
+        acc.index_add_(0, out_idx[sl], g)
+    if shared_diff:
+        first = torch.full((n_out,), -1, dtype=torch.long, device=dev)
+        first.scatter_(0, out_idx, torch.arange(len(out_idx), device=dev)).clamp_(min=0)
+        acc.mul_(inputs.index_select(0, input_idx[first]) - bank.index_select(0, baseline_idx[first]))
+    return acc
+
+
+def _ig_core(model: torch.nn.Module, x: torch.Tensor, baselines: BaselineSet, target: Target,
+             alphas: np.ndarray, weights: np.ndarray, *, rows: torch.Tensor | None = None,
+             batch_size: int | None = None, progress: bool | None = None,
+             desc: str = "integrated gradients") -> torch.Tensor:
+    """Integrated gradients of every row of ``x``, averaged over its baselines.
+
+    Rows of the work table are ``(sample, step, baseline)`` flattened in that order.
+
+    Parameters
+    ----------
+    x : Tensor, shape (n, ...)
+    baselines : BaselineSet
+        ``k`` baselines per sample.
+    alphas, weights : ndarray, shape (S,)
+        Quadrature points and weights on [0, 1].
+    rows : LongTensor, shape (n,), optional
+        Original sample of each row of ``x`` for the target (``None``: row ``i`` is sample ``i``).
+
+    Returns
+    -------
+    Tensor, shape (n, ...), the dtype of ``x``
+    """
+    n, k, s = len(x), baselines.k, len(alphas)
+    sample = torch.arange(n).repeat_interleave(s * k)
+    step = torch.arange(s).repeat_interleave(k).repeat(n)
+    b = torch.arange(k).repeat(n * s)
+    a = torch.as_tensor(alphas, dtype=torch.float64)[step]
+    w = torch.as_tensor(weights, dtype=torch.float64)[step] / k
+    tr = sample if rows is None else torch.as_tensor(rows).cpu()[sample]
+    return _path_attributions(
+        model, target, inputs=x, bank=baselines.bank, input_idx=sample,
+        baseline_idx=baselines.index[sample, b], alphas=a, weights=w, out_idx=sample,
+        target_rows=tr, n_out=n, batch_size=batch_size, progress=progress, desc=desc,
+        shared_diff=k == 1,
+    )
+
+
+def _baseline_outputs(model: torch.nn.Module, baselines: BaselineSet, target: Target, *,
+                      rows: torch.Tensor | None = None,
+                      batch_size: int | None = None) -> torch.Tensor:
+    """Mean target scalar over each sample's baselines, shape (n,), float64.
+
+    Each distinct bank row is evaluated once; the scalar is then picked per (sample, baseline)
+    pair, because the target may differ per sample.
+    """
+    n, k = baselines.n, baselines.k
+    used, inverse = torch.unique(baselines.index.reshape(-1), return_inverse=True)
+    outs = []
+    with torch.no_grad():
+        for sl in chunks(len(used), check_batch_size(batch_size), progress=False):
+            outs.append(forward(model, baselines.bank.index_select(0, used[sl].to(baselines.bank.device)),
+                                name="baselines"))
+    out = torch.cat(outs)[inverse.to(outs[0].device)]
+    sample = torch.arange(n).repeat_interleave(k)
+    tr = sample if rows is None else torch.as_tensor(rows).cpu()[sample]
+    with torch.no_grad():
+        vals = target.select(out, tr).to(torch.float64)
+    return vals.view(n, k).mean(1)
+
+
+def _check_steps(n_steps: Any) -> int:
+    if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
+        raise ValueError(f"n_steps must be a positive int; got {n_steps!r}")
+    return int(n_steps)
+
+
+@register("integrated_gradients", "gradient",
+          "Path integral of gradients from a baseline (Sundararajan et al., 2017)")
+def integrated_gradients(model: torch.nn.Module, inputs: Any, target: Any = None, *,
+                         baselines: Any = "zero", n_steps: int = 50,
+                         integration: str = "gausslegendre", n_baselines: int | None = None,
+                         sigma: float | None = None, data: Any = None, seed: int | None = 0,
+                         batch_size: int | None = None, progress: bool | None = None):
+    """Integrated gradients: gradients averaged along the straight path from a baseline.
+
+    Sundararajan, Taly & Yan (2017), "Axiomatic Attribution for Deep Networks". With several
+    baselines the result is their average (Erion et al. 2021, "expected gradients", when they are
+    sampled from data).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    inputs : Tensor or ndarray, shape (batch, ...)
+    target : int, sequence, "predicted", callable or None
+        See :mod:`lumos.core.targets`.
+    baselines : str, float or Tensor, default "zero"
+        ``"zero"``, a constant, ``"blur"``, ``"uniform"``, ``"gaussian"``, ``"mean"`` (with
+        ``data``), a tensor broadcastable to the inputs, or a set of ``k`` baselines ``(k, ...)``
+        / ``(batch, k, ...)`` to average over; see
+        :func:`lumos.attribution._baselines.make_baselines` for every form.
+    n_steps : int, default 50
+        Quadrature points per path.
+    integration : {"gausslegendre", "riemann_left", "riemann_right", "riemann_middle", \
+"riemann_trapezoid"}, default "gausslegendre"
+        The quadrature rule (called ``method`` in Captum; renamed here because ``method`` names
+        the explanation method in :func:`lumos.explain`).
+    n_baselines : int, optional
+        Random draws for ``"uniform"`` / ``"gaussian"`` baselines, or baselines sampled from a
+        given set.
+    sigma : float, optional
+        ``"blur"``: Gaussian width in pixels (default 5). ``"gaussian"``: noise standard deviation
+        relative to each sample's value range (default 0.1).
+    data : array-like, shape (m, ...), optional
+        Data whose mean is the baseline for ``baselines="mean"``.
+    seed : int, default 0
+        Seed of the random baselines (drawn before batching; shared by all samples).
+    batch_size : int, optional
+        Rows ``(sample, step, baseline)`` per forward+backward pass (default 64).
+    progress : bool, optional
+        Progress bar; ``None`` shows one on a terminal for long work.
+
+    Returns
+    -------
+    Explanation
+        ``values`` has the shape of ``inputs``; ``baseline_output`` is the mean of ``f`` over each
+        sample's baselines. ``meta["completeness_gap"]`` (per sample) is
+        ``|sum(values) - (output - baseline_output)|``, the quadrature error, and
+        ``meta["relative_gap"]`` that gap divided by ``|output - baseline_output|`` (NaN where
+        that difference is 0).
+
+    Notes
+    -----
+    On ReLU networks the integrand is piecewise constant along the path and every rule converges
+    slowly (the gap falls roughly like ``1 / n_steps``); on smooth networks Gauss-Legendre
+    converges much faster than the Riemann sums. Check ``meta["relative_gap"]`` and raise
+    ``n_steps`` when it is above about 1%.
+
+    Examples
+    --------
+    >>> expl = lumos.explain(model, images, "integrated_gradients", target=3, baselines="blur")
+    >>> expl.meta["relative_gap"].max()
+    """
+    n_steps = _check_steps(n_steps)
+    integration = check_integration(integration)
+    alphas, weights = integration_points(n_steps, integration)
+    bs = check_batch_size(batch_size)
+    params = {"baselines": baselines if isinstance(baselines, (str, int, float)) or baselines is None
+              else f"<array {tuple(np.shape(baselines))}>",
+              "n_steps": n_steps, "integration": integration, "n_baselines": n_baselines,
+              "sigma": sigma, "seed": seed}
+    with torch_call(model, inputs, target, method="integrated_gradients") as p:
+        base = make_baselines(baselines, p.x, n_baselines=n_baselines, sigma=sigma, data=data,
+                              seed=seed)
+        values = _ig_core(model, p.x, base, p.target, alphas, weights, batch_size=bs,
+                          progress=progress)
+        f_base = _baseline_outputs(model, base, p.target, batch_size=bs)
+        delta = p.scalar.to(torch.float64) - f_base
+        gap = (values.reshape(p.n, -1).to(torch.float64).sum(1) - delta).abs()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(delta.abs().cpu().numpy() > 0,
+                           (gap / delta.abs()).cpu().numpy(), np.nan)
+        meta = {"baselines": base.description, "n_baselines": base.k, "n_steps": n_steps,
+                "integration": integration, "seed": seed,
+                "n_model_rows": p.n * n_steps * base.k}
+        meta.update(base.meta)
+        return p.explanation(
+            values.to(p.x.dtype), "integrated_gradients", params, meta=meta,
+            baseline_output=f_base.to(p.x.dtype),
+            sample_meta={"completeness_gap": gap.cpu().numpy(), "relative_gap": rel},
+        )
+
+
+def _ig_kernel(model, x: torch.Tensor, target: Target, rows, *, baselines: Any = "zero",
+               n_steps: int = 50, integration: str = "gausslegendre",
+               n_baselines: int | None = None, sigma: float | None = None, data: Any = None,
+               seed: int | None = 0, batch_size: int | None = None,
+               progress: bool | None = None) -> torch.Tensor:
+    """Row kernel (see :mod:`lumos.attribution.gradient`): IG of every row of ``x``."""
+    alphas, weights = integration_points(_check_steps(n_steps), integration)
+    base = make_baselines(baselines, x, n_baselines=n_baselines, sigma=sigma, data=data, seed=seed)
+    return _ig_core(model, x, base, target, alphas, weights, rows=rows, batch_size=batch_size,
+                    progress=progress)
+
+
+integrated_gradients.row_kernel = _ig_kernel

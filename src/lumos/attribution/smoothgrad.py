@@ -1,0 +1,249 @@
+"""SmoothGrad, SmoothGrad² and VarGrad around any registered attribution method.
+
+- SmoothGrad (Smilkov, Thorat, Kim, Viégas & Wattenberg, 2017, "SmoothGrad: removing noise by
+  adding noise"): the mean of the base attribution over noisy copies of the input.
+- SmoothGrad² (Hooker, Erhan, Kindermans & Kim, 2019, "A Benchmark for Interpretability Methods in
+  Deep Neural Networks"): the mean of the squared attributions.
+- VarGrad (Adebayo, Gilmer, Goodfellow & Kim, 2018, "Local Explanation Methods for Deep Neural
+  Networks Lack Sensitivity to Parameter Values"): their variance.
+
+The noise of sample ``i`` has standard deviation ``noise_level * (max(x_i) - min(x_i))`` (the
+paper's "noise level relative to the input range"). One set of ``n_samples`` standard-normal
+draws, made from ``seed`` before any batching, is shared by all samples (each scaled by its own
+sigma): a sample's result depends only on the sample and the seed, never on ``batch_size`` nor on
+the other samples in the batch.
+
+All noisy copies are evaluated as one stacked batch of ``batch * n_samples`` rows, ``batch_size``
+rows at a time, with the target resolved once at the clean input (``"predicted"`` means the class
+predicted for the clean sample). Base methods with a row kernel (saliency, gradient × input,
+integrated gradients: see :mod:`lumos.attribution.gradient`) are evaluated directly on the stacked
+batch; any other registered method is called on each chunk of it.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.execution import check_batch_size, chunks, torch_generator
+from ..core.registry import get_method, register
+from ..core.torch_model import Prepared, torch_call
+
+__all__ = ["smoothgrad", "smoothgrad_sq", "vargrad", "VARIANTS"]
+
+VARIANTS = ("smoothgrad", "smoothgrad_sq", "vargrad")
+_VARIANT_ALIASES = {"smoothgrad2": "smoothgrad_sq", "smoothgrad_squared": "smoothgrad_sq",
+                    "sg": "smoothgrad", "sg_sq": "smoothgrad_sq", "var": "vargrad"}
+_OWN = ("batch_size", "progress")
+
+
+def _check_variant(variant: Any) -> str:
+    key = variant.strip().lower() if isinstance(variant, str) else variant
+    key = _VARIANT_ALIASES.get(key, key)
+    if key not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}")
+    return key
+
+
+def _check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+    return int(value)
+
+
+def _base_call(base: str, base_params: dict, seed):
+    """Resolve the base method and validate the parameters forwarded to it."""
+    if not isinstance(base, str):
+        raise TypeError(f"base must be the name of a registered method; got {type(base).__name__}")
+    info = get_method(base)
+    if info.name in VARIANTS:
+        raise ValueError(f"base must be a method other than {VARIANTS}; got {base!r}")
+    sig = inspect.signature(info.func)
+    accepted = {k for k, v in sig.parameters.items()
+                if v.kind == inspect.Parameter.KEYWORD_ONLY or k not in ("model", "inputs", "target")}
+    accepts_any = any(v.kind == inspect.Parameter.VAR_KEYWORD for v in sig.parameters.values())
+    unknown = sorted(set(base_params) - accepted) if not accepts_any else []
+    if unknown:
+        raise ValueError(
+            f"smoothgrad: the base method {info.name!r} has no parameter(s) {unknown}; it takes "
+            f"{sorted(accepted - {'model', 'inputs', 'target'})}"
+        )
+    params = dict(base_params)
+    if "seed" in accepted and "seed" not in params:
+        params["seed"] = seed  # a random base method follows smoothgrad's seed
+    return info, params, accepted | ({"batch_size", "progress"} if accepts_any else set())
+
+
+class _Moments:
+    """Running per-sample count, mean and sum of squared deviations (Chan, Golub & LeVeque, 1979).
+
+    Combining chunk statistics this way keeps the variance a sum of squares, so VarGrad is never
+    negative through cancellation, and the result depends on ``batch_size`` only through rounding.
+    Without ``need_m2`` only sums are kept (one pass per chunk).
+    """
+
+    def __init__(self, n: int, need_m2: bool):
+        self.n, self.need_m2 = n, need_m2
+        self.count = self.total = self.mean = self.m2 = None
+
+    def add(self, v: torch.Tensor, sample: torch.Tensor) -> None:
+        if self.count is None:
+            shape = (self.n,) + tuple(v.shape[1:])
+            self.count = torch.zeros(self.n, dtype=v.dtype, device=v.device)
+            if self.need_m2:
+                self.mean = torch.zeros(shape, dtype=v.dtype, device=v.device)
+                self.m2 = torch.zeros(shape, dtype=v.dtype, device=v.device)
+            else:
+                self.total = torch.zeros(shape, dtype=v.dtype, device=v.device)
+        sample = sample.to(v.device)
+        ones = torch.ones(len(v), dtype=v.dtype, device=v.device)
+        if not self.need_m2:
+            self.total.index_add_(0, sample, v)
+            self.count.index_add_(0, sample, ones)
+            return
+        lo, hi = int(sample.min()), int(sample.max()) + 1  # rows are sample-major: a contiguous range
+        local = sample - lo
+        view = (-1,) + (1,) * (v.ndim - 1)
+        cnt = torch.zeros(hi - lo, dtype=v.dtype, device=v.device).index_add_(0, local, ones)
+        mean_c = torch.zeros((hi - lo,) + tuple(v.shape[1:]), dtype=v.dtype,
+                             device=v.device).index_add_(0, local, v).div_(cnt.view(view))
+        dev = v - mean_c.index_select(0, local)
+        m2_c = torch.zeros_like(mean_c).index_add_(0, local, dev.mul_(dev))
+        c0 = self.count[lo:hi]
+        total = c0 + cnt
+        delta = mean_c.sub_(self.mean[lo:hi])
+        self.m2[lo:hi] += m2_c.addcmul_(delta, delta * (c0 * cnt / total).view(view))
+        self.mean[lo:hi] += delta.mul_((cnt / total).view(view))
+        self.count[lo:hi] = total
+
+    def result(self, variance: bool) -> torch.Tensor:
+        if not variance and self.need_m2:
+            return self.mean
+        s = self.m2 if variance else self.total
+        return s / self.count.view((-1,) + (1,) * (s.ndim - 1))
+
+
+def _run(p: Prepared, info, params: dict, accepted: set, variant: str, noise_level: float,
+         n_samples: int, seed, bs: int, progress) -> tuple[torch.Tensor, torch.Tensor]:
+    x, n = p.x, p.n
+    flat = x.reshape(n, -1)
+    sigma = noise_level * (flat.max(1).values - flat.min(1).values)  # (n,)
+    # One set of draws for all samples, made before batching (see module docstring).
+    g = torch_generator(seed)
+    z = torch.randn((n_samples,) + tuple(x.shape[1:]), generator=g, dtype=x.dtype).to(x.device)
+    view = (-1,) + (1,) * (x.ndim - 1)
+    kernel = getattr(info.func, "row_kernel", None)
+    moments = _Moments(n, need_m2=variant == "vargrad")
+    total = n * n_samples
+    for sl in chunks(total, bs, desc=f"smoothgrad({info.name})", progress=progress):
+        r = torch.arange(sl.start, sl.stop)
+        sample, draw = r // n_samples, r % n_samples
+        dev_sample = sample.to(x.device)
+        noisy = torch.addcmul(x.index_select(0, dev_sample), sigma.index_select(0, dev_sample).view(view),
+                              z.index_select(0, draw.to(x.device)))
+        if kernel is not None:
+            a = kernel(p.model, noisy, p.target, sample, batch_size=bs, progress=False, **params)
+        else:
+            if p.target.fn is not None:
+                tgt = p.target.fn
+            elif p.target.indices is not None:
+                tgt = p.target.indices[sample.numpy()]
+            else:
+                tgt = None
+            extra = {k: v for k, v in (("batch_size", bs), ("progress", False)) if k in accepted}
+            a = torch.as_tensor(np.asarray(info.func(p.model, noisy, target=tgt, **extra,
+                                                     **params).values), device=x.device)
+        if variant == "smoothgrad_sq":
+            a = a * a
+        moments.add(a, sample)
+    return moments.result(variance=variant == "vargrad"), sigma
+
+
+@register("smoothgrad", "gradient",
+          "Mean (or mean square / variance) of a method over noisy inputs (Smilkov et al., 2017)")
+def smoothgrad(model: torch.nn.Module, inputs: Any, target: Any = None, *, base: str = "saliency",
+               variant: str = "smoothgrad", noise_level: float = 0.15, n_samples: int = 50,
+               seed: int | None = 0, batch_size: int | None = None,
+               progress: bool | None = None, **base_params: Any):
+    """SmoothGrad and its variants around any registered attribution method.
+
+    Smilkov, Thorat, Kim, Viégas & Wattenberg (2017), "SmoothGrad: removing noise by adding
+    noise"; SmoothGrad² from Hooker et al. (2019); VarGrad from Adebayo et al. (2018).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    inputs : Tensor or ndarray, shape (batch, ...)
+    target : int, sequence, "predicted", callable or None
+        Resolved once at the clean inputs: ``"predicted"`` is the class predicted for the clean
+        sample, used for all its noisy copies. A callable target is applied to the outputs of the
+        noisy copies and must work row by row.
+    base : str, default "saliency"
+        The registered method evaluated on the noisy copies (``"saliency"``,
+        ``"gradient_x_input"``, ``"integrated_gradients"``, ``"guided_backprop"``...).
+    variant : {"smoothgrad", "smoothgrad_sq", "vargrad"}, default "smoothgrad"
+        Mean of the attributions, mean of their squares, or their (population) variance.
+    noise_level : float, default 0.15
+        Noise standard deviation relative to each sample's value range ``max - min``; the paper
+        recommends 0.1 to 0.2. ``0`` gives the base method itself.
+    n_samples : int, default 50
+        Noisy copies per sample.
+    seed : int, default 0
+        Seed of the noise (drawn before batching, shared by all samples); also passed to a
+        random base method that takes a ``seed``.
+    batch_size : int, optional
+        Noisy copies per forward+backward pass (default 64). A base method with internal rows
+        (integrated gradients' steps) evaluates its own rows ``batch_size`` at a time.
+    progress : bool, optional
+    **base_params
+        Parameters of the base method (``mode="abs"`` for saliency, ``n_steps=20`` for
+        integrated gradients...). Per-sample tensor parameters (a per-sample baseline) are not
+        supported: give shared ones.
+
+    Returns
+    -------
+    Explanation
+        ``values`` has the shape of the base method's values; raw (the squared and variance
+        variants are not normalised). ``meta["noise_sigma"]`` holds each sample's noise standard
+        deviation.
+    """
+    variant = _check_variant(variant)
+    if isinstance(noise_level, bool) or not isinstance(noise_level, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(noise_level) or noise_level < 0:
+        raise ValueError(f"noise_level must be a non-negative number; got {noise_level!r}")
+    n_samples = _check_positive_int(n_samples, "n_samples")
+    bs = check_batch_size(batch_size)
+    for k in _OWN:
+        if k in base_params:  # pragma: no cover - caught by Python's signature already
+            raise ValueError(f"{k} is smoothgrad's own parameter")
+    info, params, accepted = _base_call(base, base_params, seed)
+    with torch_call(model, inputs, target, method="smoothgrad") as p:
+        values, sigma = _run(p, info, params, accepted, variant, float(noise_level), n_samples,
+                             seed, bs, progress)
+        return p.explanation(
+            values, variant,
+            {"base": info.name, "variant": variant, "noise_level": noise_level,
+             "n_samples": n_samples, "seed": seed, **base_params},
+            meta={"base": info.name, "variant": variant, "seed": seed, "n_samples": n_samples},
+            sample_meta={"noise_sigma": sigma.cpu().numpy()},
+        )
+
+
+@register("smoothgrad_sq", "gradient", "SmoothGrad²: mean squared attribution over noisy inputs "
+          "(Hooker et al., 2019)")
+def smoothgrad_sq(model: torch.nn.Module, inputs: Any, target: Any = None, **params: Any):
+    """``smoothgrad(..., variant="smoothgrad_sq")``; see :func:`smoothgrad`."""
+    if "variant" in params:
+        raise TypeError("smoothgrad_sq fixes variant='smoothgrad_sq'; use smoothgrad for others")
+    return smoothgrad(model, inputs, target, variant="smoothgrad_sq", **params)
+
+
+@register("vargrad", "gradient", "VarGrad: variance of attributions over noisy inputs "
+          "(Adebayo et al., 2018)")
+def vargrad(model: torch.nn.Module, inputs: Any, target: Any = None, **params: Any):
+    """``smoothgrad(..., variant="vargrad")``; see :func:`smoothgrad`."""
+    if "variant" in params:
+        raise TypeError("vargrad fixes variant='vargrad'; use smoothgrad for others")
+    return smoothgrad(model, inputs, target, variant="vargrad", **params)
