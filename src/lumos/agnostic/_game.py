@@ -90,10 +90,17 @@ class Game:
                 inp = self.data.masked(r, Z[sl])
                 raw = self.f(inp)
                 s = np.asarray(self.target.select(raw, np.repeat(r, B)), dtype=np.float64)
-                out[sl] = s.reshape(-1, B) @ self.weights
+                out[sl] = _weighted_mean(s.reshape(-1, B), self.weights)
                 bar.update(sl.stop - sl.start)
         np.add.at(self.evals, rows, B)
         return out
+
+    def full_value(self) -> np.ndarray:
+        """``v(N)`` per sample: ``f(x)`` averaged over the background weights the way every other
+        coalition is, so that a feature the model ignores gets exactly zero (it equals ``f(x)``
+        up to rounding)."""
+        B = self.data.n_background
+        return _weighted_mean(np.repeat(self.fx[:, None], B, axis=1), self.weights)
 
     def empty_value(self) -> np.ndarray:
         """``v(∅)`` per sample: the base value (the weighted mean output over the background)."""
@@ -123,6 +130,16 @@ class Game:
             baseline_output=baseline, method=method, params=p, meta=m,
             feature_names=fields["feature_names"], sample_keys=tuple(smeta),
         )
+
+
+def _weighted_mean(s: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Row-wise ``s @ w`` summed in a fixed order, so that equal rows give bit-equal values
+    wherever they sit in a batch (BLAS may round differently by position): a feature the model
+    ignores then gets exactly zero."""
+    acc = s[:, 0] * w[0]
+    for b in range(1, s.shape[1]):
+        acc = acc + s[:, b] * w[b]
+    return acc
 
 
 def clean_params(params: dict) -> dict:

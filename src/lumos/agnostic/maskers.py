@@ -380,7 +380,8 @@ class ImageMasker(Masker):
                 from skimage.segmentation import quickshift
 
                 rgb = img if C == 3 else np.repeat(img[..., :1], 3, axis=-1)
-                lab = quickshift(rgb, kernel_size=4, max_dist=200, ratio=0.2,
+                # LIME's settings, which assume 0..255 intensities
+                lab = quickshift(rgb * 255.0, kernel_size=4, max_dist=200, ratio=0.2,
                                  rng=self.seed)
             out[i] = _relabel(lab)
         return out
@@ -563,11 +564,13 @@ class MaskedTexts(MaskedInputs):
             if keep[k]:
                 continue
             if token is None:
-                # drop the token with one following (or else preceding) space
-                if b < len(text) and text[b] == " ":
-                    b += 1
-                elif a > pos and text[a - 1] == " ":
-                    a -= 1
+                # a word dropped with one following (or else preceding) space; a piece glued to
+                # the previous characters (a subword) alone
+                if a == 0 or text[a - 1].isspace():
+                    if b < len(text) and text[b] == " ":
+                        b += 1
+                    elif a > pos and text[a - 1] == " ":
+                        a -= 1
                 parts.append(text[pos:a])
             else:
                 parts.append(text[pos:a])

@@ -81,6 +81,7 @@ def exact_shapley(model: Any, inputs: Any, target: Any = None, *, background: An
             "features (fewer superpixels), or raise max_features"
         )
     base = game.empty_value()
+    full = game.full_value()
     n, Mmax = game.n, game.data.max_features
     phi = np.zeros((n, Mmax))
     for M in np.unique(game.M):
@@ -88,7 +89,7 @@ def exact_shapley(model: Any, inputs: Any, target: Any = None, *, background: An
         rows = np.flatnonzero(game.M == M)
         table = np.empty((len(rows), 1 << M))
         table[:, 0] = base[rows]
-        table[:, -1] = game.fx[rows]
+        table[:, -1] = full[rows]
         inner = np.arange(1, (1 << M) - 1, dtype=np.int64)
         bits = np.arange(M, dtype=np.int64)
         for start in range(0, len(inner), _CHUNK):

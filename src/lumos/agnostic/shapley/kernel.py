@@ -92,6 +92,7 @@ def kernel_shap(model: Any, inputs: Any, target: Any = None, *, background: Any 
     game = Game(model, inputs, target, masker, background, output, batch_size,
                 method="kernel_shap", progress=progress)
     base = game.empty_value()
+    full = game.full_value()
     n, Mmax = game.n, game.data.max_features
     gens = row_generators(seed, n)
     samplers = [PairedSampler(int(M), g) for M, g in zip(game.M, gens)]
@@ -127,7 +128,7 @@ def kernel_shap(model: Any, inputs: Any, target: Any = None, *, background: Any 
             s = samplers[i]
             ys[i] = np.concatenate([ys[i], v[r == i]])
             M = s.M
-            total = game.fx[i] - base[i]
+            total = full[i] - base[i]
             if s.n_coalitions == 0:  # one feature: efficiency alone gives the value
                 p, e = np.array([total] * M) / M, np.zeros(M)
             else:

@@ -55,6 +55,7 @@ def permutation_shap(model: Any, inputs: Any, target: Any = None, *, background:
     game = Game(model, inputs, target, masker, background, output, batch_size,
                 method="permutation_shap", progress=progress)
     base = game.empty_value()
+    full = game.full_value()
     n, Mmax = game.n, game.data.max_features
     gens = row_generators(seed, n)
     cost = np.maximum(2 * (game.M - 1), 1)
@@ -93,7 +94,7 @@ def permutation_shap(model: Any, inputs: Any, target: Any = None, *, background:
             M = int(game.M[i])
             chain = np.empty((2 * k, M + 1))
             chain[:, 0] = base[i]
-            chain[:, -1] = game.fx[i]
+            chain[:, -1] = full[i]
             chain[:, 1:-1] = v[pos:pos + 2 * k * (M - 1)].reshape(2 * k, M - 1)
             pos += 2 * k * (M - 1)
             contrib = np.empty((2 * k, M))
