@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ...core.registry import register
-from ._base import make_fill, perturbation_call, spatial_axes
+from ._base import constant_fill, make_fill, perturbation_call, spatial_axes
 
 __all__ = ["feature_ablation", "superpixels"]
 
@@ -188,6 +188,7 @@ def feature_ablation(model: Any, inputs: Any, target: Any = None, *, groups: Any
         labels, desc = _resolve_groups(groups, x, columns, superpixel_params)
         fill_t, fill_desc = make_fill(fill, x, blur_axes=spatial_axes(shape), sigma=sigma, data=data,
                                       seed=seed)
+        const = constant_fill(fill)
 
         # Groups of every sample, flattened: (sample, dense label).
         per = [labels[min(i, len(labels) - 1)] for i in range(n)]
@@ -206,7 +207,10 @@ def feature_ablation(model: Any, inputs: Any, target: Any = None, *, groups: Any
             rows, grp = pair_sample[sl], pair_group[sl]
             lab = dense_t[rows]
             mask = lab == grp.reshape((-1,) + (1,) * (lab.ndim - 1))
-            return torch.where(mask, fill_t[rows], x[rows]), rows, None
+            xr = x[rows]
+            if const is not None:
+                return xr.masked_fill_(mask, const), rows, None
+            return torch.where(mask, fill_t[rows], xr), rows, None
 
         scores = run.evaluate(int(offsets[-1]), build, batch_size, progress, desc="feature ablation")
         drop = run.scalar[pair_sample] - scores

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ...core.registry import register
-from ._base import axes_spec, make_fill, perturbation_call
+from ._base import axes_spec, constant_fill, make_fill, perturbation_call
 
 __all__ = ["occlusion", "window_positions"]
 
@@ -121,6 +121,7 @@ def occlusion(model: Any, inputs: Any, target: Any = None, *, window: Any = 8, s
             positions.append(starts)
         fill_t, fill_desc = make_fill(fill, x, blur_axes=sorted(moving) or list(range(nd)),
                                       sigma=sigma, data=data, seed=seed)
+        const = constant_fill(fill)
 
         # Every window of every size, flattened: start and extent per axis.
         all_start, all_size = [], []
@@ -132,19 +133,23 @@ def occlusion(model: Any, inputs: Any, target: Any = None, *, window: Any = 8, s
         size_t = torch.as_tensor(np.concatenate(all_size), device=dev)
         n_win = len(start_t)
         aranges = [torch.arange(L, device=dev) for L in shape]
+        sliding = sorted(moving)
 
         def build(sl):
             k = torch.arange(sl.start, sl.stop, device=dev)
             rows, j = k // n_win, k % n_win
             st, sz = start_t[j], size_t[j]
-            mask = None
-            for a in range(nd):
+            # Axes every window covers whole (channels) stay of size 1 in the mask: it broadcasts.
+            mask = torch.ones((len(k),) + (1,) * nd, dtype=torch.bool, device=dev)
+            for a in sliding:
                 ind = (aranges[a][None] >= st[:, a, None]) & (aranges[a][None] < (st + sz)[:, a, None])
                 view = [len(k)] + [1] * nd
                 view[a + 1] = shape[a]
-                ind = ind.reshape(view)
-                mask = ind if mask is None else mask & ind
-            return torch.where(mask, fill_t[rows], x[rows]), rows, None
+                mask = mask & ind.reshape(view)
+            xr = x[rows]
+            if const is not None:
+                return xr.masked_fill_(mask, const), rows, None
+            return torch.where(mask, fill_t[rows], xr), rows, None
 
         scores = run.evaluate(n * n_win, build, batch_size, progress, desc="occlusion")
         drop = (run.scalar[:, None] - scores.reshape(n, n_win))

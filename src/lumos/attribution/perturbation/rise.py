@@ -8,8 +8,8 @@ import torch
 
 from ...core.execution import rng
 from ...core.registry import register
-from ._base import (axes_spec, ceil_div, check_positive_int, checkpoints, expand_mask, make_fill,
-                    perturbation_call, upsample)
+from ._base import (axes_spec, ceil_div, check_positive_int, checkpoints, constant_fill, expand_mask,
+                    make_fill, perturbation_call, upsample)
 
 __all__ = ["rise", "rise_masks"]
 
@@ -112,6 +112,7 @@ def rise(model: Any, inputs: Any, target: Any = None, *, n_masks: int = 2000, gr
                 raise ValueError(f"grid has {c} cells along axis {a}, more than its {L} elements")
         cell = tuple(ceil_div(L, c) for L, c in zip(size, cells))
         fill_t, fill_desc = make_fill(fill, x, blur_axes=masked, sigma=sigma, data=data, seed=seed)
+        const = constant_fill(fill)
 
         # All randomness up front, so chunking cannot change it.
         gen = rng(seed)
@@ -134,7 +135,11 @@ def rise(model: Any, inputs: Any, target: Any = None, *, n_masks: int = 2000, gr
             masks = rise_masks(grids[j0:int(j[-1]) + 1], shifts[j0:int(j[-1]) + 1], size, cell)
             mk = masks[j - j0]
             full = expand_mask(mk, g)
-            xb = x[rows] * full + fill_t[rows] * (1 - full)
+            xr = x[rows]
+            if const == 0.0:
+                xb = xr * full
+            else:
+                xb = xr * full + (const if const is not None else fill_t[rows]) * (1 - full)
             return xb, rows, (j, rows, mk, masks, j0)
 
         def consume(sl, s, ctx):
