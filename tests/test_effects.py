@@ -160,6 +160,14 @@ def test_recursion_used_only_where_it_equals_brute():
     assert np.abs(forced.average - auto.average).max() > 1e-3
     with pytest.raises(ValueError, match="kind='average'"):
         partial_dependence(stumps, X, 1, method="recursion")
+    # explicit recursion on histogram-boosted stumps: scikit-learn leaves the baseline out; lumos adds it
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    hist = HistGradientBoostingRegressor(max_depth=1, max_iter=30, random_state=0).fit(X, y)
+    forced = partial_dependence(hist, X, 1, kind="average", method="recursion")
+    brute = partial_dependence(hist, X, 1, kind="average", method="brute")
+    assert forced.method == "recursion"
+    np.testing.assert_allclose(forced.average, brute.average, rtol=0, atol=1e-10)
 
 
 def test_dataframe_reaches_the_model_with_names_and_dtypes():
@@ -397,6 +405,27 @@ def test_permutation_importance_equals_a_hand_loop_and_scorer_equals_callable():
         again = permutation_importance(model, X, y, metric=mean_squared_error, n_repeats=3, seed=7,
                                        batch_size=bs, features=["signal"])
         np.testing.assert_allclose(again.importances, res.importances[:1], rtol=0, atol=1e-12)
+
+
+def test_scorer_names_give_the_scorer_on_each_permuted_copy():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import get_scorer
+
+    X, y = _regression_world(n=120)
+    labels = np.array(["bad", "good"])[(y > 0).astype(int)]
+    clf = LogisticRegression().fit(X, labels)
+    gen = np.random.default_rng(3)
+    perms = [[gen.permutation(120) for _ in range(2)] for _ in range(3)]
+    for name in ("accuracy", "roc_auc", "neg_log_loss"):
+        res = permutation_importance(clf, X, labels, metric=name, n_repeats=2, seed=3)
+        scorer = get_scorer(name)
+        base = scorer(clf, X, labels)
+        assert res.baseline_score == pytest.approx(base, abs=1e-12) and res.greater_is_better
+        for j in range(3):
+            for r in range(2):
+                Xp = X.copy()
+                Xp.iloc[:, j] = X.iloc[perms[j][r], j].to_numpy()
+                assert abs(res.importances[j, r] - (base - scorer(clf, Xp, labels))) < 1e-12, name
 
 
 def test_permutation_importance_groups_classifiers_and_errors():

@@ -22,7 +22,7 @@ from ..core.execution import chunks
 from ..core.execution import rng as make_rng
 
 __all__ = [
-    "Table", "as_table", "feature_index", "feature_indices", "ScalarModel", "eval_grid",
+    "Table", "as_table", "feature_index", "feature_indices", "ScalarModel", "eval_grid", "eval_grids",
     "eval_rows", "subsample", "check_positive_int", "DEFAULT_ROWS_PER_CALL",
 ]
 
@@ -79,6 +79,16 @@ class Table:
     def numeric(self, j: int) -> np.ndarray:
         """Column ``j`` as float64 (numeric columns only)."""
         return np.asarray(self.values[:, j], dtype=np.float64)
+
+    def frame(self, values: np.ndarray):
+        """``values`` (rows of this table) as the user's DataFrame: column labels and dtypes.
+        Only columns whose dtype differs are cast (a per-column cast costs more than the frame)."""
+        import pandas as pd
+
+        df = pd.DataFrame(values, columns=self.labels)
+        current = df.dtypes
+        need = {c: d for c, d in self.dtypes.items() if current[c] != d}
+        return df.astype(need) if need else df
 
     def take(self, rows: np.ndarray) -> "Table":
         return Table(self.values[rows], self.names, self.labels, self.dtypes, self.categorical,
@@ -238,7 +248,8 @@ class ScalarModel:
     def raw(self, rows: np.ndarray) -> np.ndarray:
         """The model's own output for ``rows`` (one call per chunk)."""
         self.n_calls += 1
-        return self.bb(rows)
+        # The black box would rebuild the frame too; building it here casts only what needs it.
+        return self.bb(self.table.frame(rows) if self.table.labels is not None else rows)
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         out = self.raw(rows)
@@ -333,16 +344,30 @@ def eval_grid(f: ScalarModel, base: np.ndarray, cols: Sequence[int], points: np.
     -------
     ndarray, shape (n, G)
     """
-    n, G = len(base), len(points)
-    cols = list(cols)
-    total = n * G
+    return eval_grids(f, base, [(cols, points)], progress=progress, desc=desc)[0]
+
+
+def eval_grids(f: ScalarModel, base: np.ndarray, jobs: Sequence[tuple[Sequence[int], np.ndarray]],
+               progress: bool | None = None, desc: str = "") -> list[np.ndarray]:
+    """Several :func:`eval_grid` jobs ``(cols, points)`` streamed through the model together, so
+    small jobs share large chunks (one model call per chunk of ``batch_size`` rows)."""
+    n = len(base)
+    sizes = [n * len(points) for _, points in jobs]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    total = int(starts[-1])
     out = np.empty(total, dtype=np.float64)
     for sl in chunks(total, f.batch_size, desc=desc, progress=progress, unit="rows"):
-        i, g = np.divmod(np.arange(sl.start, sl.stop), G)
-        rows = base[i]  # fancy indexing copies: the user's data is never touched
-        rows[:, cols] = points[g]
-        out[sl] = f(rows)
-    return out.reshape(n, G)
+        parts = []
+        for k, (cols, points) in enumerate(jobs):
+            lo, hi = max(sl.start, starts[k]), min(sl.stop, starts[k + 1])
+            if lo >= hi:
+                continue
+            i, g = np.divmod(np.arange(lo - starts[k], hi - starts[k]), len(points))
+            rows = base[i]  # fancy indexing copies: the user's data is never touched
+            rows[:, list(cols)] = points[g]
+            parts.append(rows)
+        out[sl] = f(parts[0] if len(parts) == 1 else np.concatenate(parts))
+    return [out[starts[k]:starts[k + 1]].reshape(n, -1) for k in range(len(jobs))]
 
 
 def eval_rows(f: ScalarModel, base: np.ndarray, rows_idx: np.ndarray, cols: Sequence[int],

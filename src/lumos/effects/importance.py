@@ -218,7 +218,7 @@ def permutation_importance(model: Any, X: Any, y: Any, *, metric: str | Callable
         pred_base = f(table.values)
         base = float(metric(y, pred_base))
         scores = np.empty((len(names), n_repeats))
-        preds = _eval_permuted(f, table.values, cols, perms, progress)
+        preds = _eval_permuted(f, f.batch_size, table.values, cols, perms, progress)
         for g in range(len(names)):
             for r in range(n_repeats):
                 scores[g, r] = float(metric(y, preds[g, r]))
@@ -237,14 +237,15 @@ def permutation_importance(model: Any, X: Any, y: Any, *, metric: str | Callable
     )
 
 
-def _eval_permuted(f: ScalarModel, base: np.ndarray, cols: list[list[int]], perms: np.ndarray,
+def _eval_permuted(fn: Callable, batch_size: int, base: np.ndarray, cols: list[list[int]], perms: np.ndarray,
                    progress: bool | None) -> np.ndarray:
-    """Model output for every (group, repeat) permuted copy of ``base``, all copies stacked and
-    scored one chunk of rows per call. Returns shape (G, R, n) + output shape."""
+    """``fn`` (rows -> outputs) on every (group, repeat) permuted copy of ``base``, all copies
+    stacked and evaluated one chunk of ``batch_size`` rows per call. Returns shape (G, R, n) + the
+    output's trailing shape."""
     G, R, n = perms.shape
     total = G * R * n
     out = None
-    for sl in chunks(total, f.batch_size, desc="permutation importance", progress=progress, unit="rows"):
+    for sl in chunks(total, batch_size, desc="permutation importance", progress=progress, unit="rows"):
         r = np.arange(sl.start, sl.stop)
         g, rem = np.divmod(r, R * n)
         rep, i = np.divmod(rem, n)
@@ -253,9 +254,10 @@ def _eval_permuted(f: ScalarModel, base: np.ndarray, cols: list[list[int]], perm
             m = g == gg
             c = cols[gg]
             rows[np.ix_(m, c)] = base[np.ix_(perms[gg, rep[m], i[m]], c)]
-        pred = f(rows)
-        if out is None:
-            out = np.empty((total,) + pred.shape[1:], dtype=pred.dtype)
+        pred = np.asarray(fn(rows))
+        if out is None:  # labels keep Python objects: a fixed-width string type could truncate
+            dtype = pred.dtype if pred.dtype.kind in "biufc" else object
+            out = np.empty((total,) + pred.shape[1:], dtype=dtype)
         out[sl] = pred
     return out.reshape((G, R, n) + out.shape[1:])
 
@@ -277,6 +279,40 @@ def _output_regressor(f: ScalarModel):
     return OutputRegressor(f)
 
 
+_RESPONSES = ("predict", "predict_proba", "decision_function")
+
+
+class _Replay:
+    """The estimator as a scikit-learn scorer sees it, answering the scorer's response method
+    (``predict``, ``predict_proba``, ``decision_function``) from outputs computed beforehand for
+    all permuted copies in large stacked chunks; everything else (classes, tags) is the estimator's.
+    A first, recording pass on the unpermuted data learns which methods the scorer calls."""
+
+    def __init__(self, estimator):
+        self._est = estimator
+        self.cache: dict | None = None  # None: recording
+        self.used: list[str] = []
+
+    def __getattr__(self, name):
+        attr = getattr(self.__dict__["_est"], name)  # AttributeError passes through: hasattr works
+        if name not in _RESPONSES and name != "predict_log_proba":
+            return attr
+
+        def respond(X):
+            if self.cache is None:
+                self.used.append(name)
+                return attr(X)
+            if name not in self.cache:
+                raise RuntimeError(f"the scorer asked for {name}, which it did not use on the unpermuted data")
+            return self.cache[name]
+
+        respond.__name__ = name  # scikit-learn dispatches on the method's name
+        return respond
+
+    def __sklearn_tags__(self):
+        return self._est.__sklearn_tags__()
+
+
 def _score_with_scorer(model, table: Table, y, metric: str, cols, perms, target, output, batch_size,
                        progress):
     from sklearn.metrics import get_scorer
@@ -291,23 +327,41 @@ def _score_with_scorer(model, table: Table, y, metric: str, cols, perms, target,
             raise ValueError("target applies to callable metrics; a scikit-learn scorer picks the output it needs")
         estimator = model
         desc = f"the scorer's response ({metric})"
-
-        def frame(values):
-            f.bb.n_evals += len(values)
-            return f.bb._frame(values) if table.labels is not None else values
     else:
         estimator = _output_regressor(f)
         desc = ""
+    X0 = table.frame(table.values) if table.labels is not None else table.values
+    replay = _Replay(estimator)
+    base = float(scorer(replay, X0, y))
+    methods = list(dict.fromkeys(replay.used))
+    G, R, n = perms.shape
+    f.bb.n_evals += n * len(methods) if estimator is model else 0
+    responders = {}
+    for m in methods:
+        if estimator is not model:
+            responders[m] = f
+        elif m in _RESPONSES:
+            responders[m] = ScalarModel(model, table, None, m, batch_size).raw
+    if len(responders) < len(methods):  # an unusual response: score each permuted copy directly
+        return _score_each_copy(scorer, estimator, f, table, y, cols, perms, progress), base, True, f, desc
+    outs = {m: _eval_permuted(fn, f.batch_size, table.values, cols, perms, progress) for m, fn in responders.items()}
+    if estimator is model:
+        f.bb.n_evals += G * R * n * len(methods)
+    scores = np.empty((G, R))
+    for g in range(G):
+        for r in range(R):
+            replay.cache = {m: outs[m][g, r] for m in methods}
+            scores[g, r] = float(scorer(replay, X0, y))
+    return scores, base, True, f, desc or f.description
 
-        def frame(values):
-            return values
-    base = float(scorer(estimator, frame(table.values), y))
+
+def _score_each_copy(scorer, estimator, f, table, y, cols, perms, progress) -> np.ndarray:
     G, R, n = perms.shape
     scores = np.empty((G, R))
-    steps = [(g, r) for g in range(G) for r in range(R)]
-    for sl in chunks(len(steps), 1, desc="permutation importance", progress=progress, unit="copies"):
-        g, r = steps[sl.start]
-        rows = table.values.copy()
-        rows[:, cols[g]] = table.values[np.ix_(perms[g, r], cols[g])]
-        scores[g, r] = float(scorer(estimator, frame(rows), y))
-    return scores, base, True, f, desc or f.description
+    for g in range(G):
+        for r in range(R):
+            rows = table.values.copy()
+            rows[:, cols[g]] = table.values[np.ix_(perms[g, r], cols[g])]
+            f.bb.n_evals += n
+            scores[g, r] = float(scorer(estimator, table.frame(rows) if table.labels is not None else rows, y))
+    return scores

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import ScalarModel, as_table, check_positive_int, eval_grid, feature_index, subsample
+from ._common import ScalarModel, as_table, check_positive_int, eval_grids, feature_index, subsample
 
 __all__ = ["h_statistic", "HStatistic"]
 
@@ -180,9 +180,11 @@ def h_statistic(model: Any, X: Any, features: Any = None, *, pairs: Any = "all",
     base = table.values
 
     need = sorted(set(feats) if total else {c for p in pair_idx for c in p})
+    # All m x m evaluations (one per feature, one per pair) stream through the model together.
+    jobs = [([j], base[:, [j]]) for j in need] + [([a, b], base[:, [a, b]]) for a, b in pair_idx]
+    mats = eval_grids(f, base, jobs, progress=progress, desc="H-statistic")
     pd_own, pd_rest = {}, {}
-    for j in need:
-        M = eval_grid(f, base, [j], base[:, [j]], progress=progress, desc=f"H: {table.names[j]}")
+    for j, M in zip(need, mats):
         own = M.mean(axis=0)   # PD_j at x_lj, for each row l
         rest = M.mean(axis=1)  # PD_-j at x_i,-j, for each row i
         pd_own[j], pd_rest[j] = own - own.mean(), rest - rest.mean()
@@ -200,9 +202,7 @@ def h_statistic(model: Any, X: Any, features: Any = None, *, pairs: Any = "all",
             strength_total[c] = np.sqrt(np.mean(inter ** 2))
     h2_pair = np.empty(len(pair_idx))
     strength_pair = np.empty(len(pair_idx))
-    for c, (a, b) in enumerate(pair_idx):
-        M = eval_grid(f, base, [a, b], base[:, [a, b]], progress=progress,
-                      desc=f"H: {table.names[a]} x {table.names[b]}")
+    for c, ((a, b), M) in enumerate(zip(pair_idx, mats[len(need):])):
         joint = M.mean(axis=0)
         joint = joint - joint.mean()
         inter = joint - pd_own[a] - pd_own[b]

@@ -339,6 +339,7 @@ def _recursion_matches_brute(trees, X32: np.ndarray, cols: Sequence[int]) -> boo
         w = tree.weighted_n_node_samples
         counts = None
         stack = [(0, False)]
+        children = np.flatnonzero(left >= 0)
         while stack:
             node, below_s = stack.pop()
             if left[node] < 0:  # leaf
@@ -348,7 +349,11 @@ def _recursion_matches_brute(trees, X32: np.ndarray, cols: Sequence[int]) -> boo
                 if below_s:
                     return False  # the recursion re-weights rows already routed by x_S: not brute
                 if counts is None:
-                    counts = np.asarray(tree.decision_path(X32).sum(axis=0)).ravel()
+                    # Rows of X per node: leaf counts, summed up the tree (children come after
+                    # their parent in scikit-learn's node order).
+                    counts = np.bincount(tree.apply(X32), minlength=tree.node_count).astype(np.float64)
+                    for node_id in children[::-1]:
+                        counts[node_id] = counts[left[node_id]] + counts[right[node_id]]
                 # Rows of X reaching this node are routed by their own (non-S) values only, so
                 # brute sends the fraction counts[left]/counts[node] left; the recursion w[left]/w[node].
                 if not np.isclose(counts[left[node]] * w[node], w[left[node]] * counts[node],
@@ -406,13 +411,11 @@ def _sk_input(table: Table):
 
 
 def _gb_offset(model, table: Table) -> float:
-    """scikit-learn's recursion leaves out a gradient-boosting model's constant initial prediction;
-    recover it as f(x) minus the recursion at one full data point (a single tree path each)."""
-    from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
+    """scikit-learn's recursion leaves out a boosting model's constant initial prediction (the
+    ``init`` of gradient boosting, the baseline of histogram boosting); recover it as f(x) minus
+    the recursion at one full data point, where every tree follows a single path (0 for forests)."""
     from sklearn.inspection import partial_dependence as sk_pd
 
-    if not isinstance(model, (GradientBoostingRegressor, GradientBoostingClassifier)):
-        return 0.0
     X0 = _sk_input(table.take(np.array([0])))
     p = table.p
     res = sk_pd(model, X0, list(range(p)), method="recursion", kind="average",
