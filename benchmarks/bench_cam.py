@@ -83,8 +83,8 @@ def main():
     from captum.attr import LayerAttribution, LayerGradCam
 
     model, x, note = load()
-    layer_name = "features.9"
-    layer = model.features[9]
+    layer_name = model.last_relu  # the layer global average pooling sees (auto-detected too)
+    layer = dict(model.named_modules())[layer_name]
     with torch.no_grad():
         target = model(x).argmax(1)
     size = tuple(x.shape[2:])
@@ -137,7 +137,7 @@ def main():
 
     rows = [
         ("gradcam (auto layer)", t_gc, "captum LayerGradCam+interpolate", t_cap),
-        ("gradcam (at=features.9)", t_gc_at, "captum LayerGradCam+interpolate", t_cap),
+        (f"gradcam (at={layer_name})", t_gc_at, "captum LayerGradCam+interpolate", t_cap),
         ("scorecam", t_sc, "naive loop (1 forward/channel/image)", t_naive),
     ]
     print()

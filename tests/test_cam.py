@@ -363,6 +363,12 @@ def test_batch_equals_per_image_with_per_sample_targets(pool_cnn, imgs, method):
                                    rtol=1e-5, atol=1e-6)
     expected = (5, 3, 12, 12) if method == "guided_gradcam" else (5, 1, 12, 12)
     assert batch.values.shape == expected
+    # "predicted", resolved chunk by chunk, is the arg-max of the whole batch's output
+    p2 = lumos.explain(pool_cnn, imgs, method, batch_size=2)
+    p64 = lumos.explain(pool_cnn, imgs, method)
+    np.testing.assert_array_equal(p2.target, pool_cnn(imgs).argmax(1).numpy())
+    np.testing.assert_allclose(p2.values, p64.values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(p2.output, p64.output, rtol=1e-6)
     # slicing keeps the per-sample meta aligned
     assert batch[3].meta["layer_map"].shape == (1, 1, 6, 6)
 
@@ -478,6 +484,10 @@ def test_errors_name_the_argument(pool_cnn, imgs):
         lumos.explain(pool_cnn, imgs, "scorecam", target=lambda o: o[:, 0], score="softmax")
     with pytest.raises(ValueError, match="n_channels must be an int in 1..8"):
         lumos.explain(pool_cnn, imgs, "scorecam", n_channels=9)
+    with pytest.raises(ValueError, match="target has 2 entries but there are 5 samples"):
+        lumos.explain(pool_cnn, imgs, "gradcam", target=[0, 1], batch_size=2)
+    with pytest.raises(ValueError, match="target out of range"):
+        lumos.explain(pool_cnn, imgs, "layercam", target=7)
     with pytest.raises(ValueError, match="baseline of shape"):
         lumos.explain(pool_cnn, imgs, "scorecam", baseline=torch.zeros(2, 5))
     # a module passed as at= is named in meta
@@ -524,8 +534,8 @@ def test_model_left_as_found_also_on_error(pool_cnn, imgs, method):
 
     if method != "cam":
         with pytest.raises(RuntimeError, match="boom"):
-            lumos.explain(m, imgs, method, target=flaky, score="raw") if method == "scorecam" else \
-                lumos.explain(m, imgs, method, target=flaky)
+            extra = {"score": "raw"} if method == "scorecam" else {}
+            lumos.explain(m, imgs, method, target=flaky, batch_size=2, **extra)
         assert_same_state(before, model_state(m))
     with pytest.raises(ValueError):
         lumos.explain(m, imgs, method, at="classifier")
@@ -550,3 +560,4 @@ def test_guided_gradcam_is_guided_backprop_times_upsampled_gradcam(pool_cnn, img
     np.testing.assert_allclose(e.values, gb.values * gc.values, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(e.meta["gradcam"], gc.values, rtol=1e-6, atol=1e-9)
     assert e.values.shape == imgs.shape
+

@@ -23,12 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...core.execution import chunks
-from ...core.targets import Target
+from ...core.targets import resolve_target
 from ...core.torch_model import Prepared, forward, get_module
 
 __all__ = [
@@ -227,13 +228,14 @@ def capture(model: nn.Module, x: torch.Tensor, layer: Layer,
     return out, hook.act
 
 
-def activation_and_gradient(model: nn.Module, x: torch.Tensor, target: Target, rows,
-                            layer: Layer) -> tuple[torch.Tensor, torch.Tensor]:
-    """Activation ``A`` at ``layer`` and the gradient of each row's target scalar w.r.t. ``A``.
+def activation_and_gradient(model: nn.Module, x: torch.Tensor, select: Callable,
+                            layer: Layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Activation ``A`` at ``layer``, the gradient of each row's target scalar w.r.t. ``A``, and
+    the model output (detached), from one forward and one backward pass.
 
-    ``rows[k]`` is the original sample of row ``k`` (for per-sample targets). The model's
-    parameters must not require grad (the caller switches that off under ModelGuard) so that no
-    graph is built below the layer.
+    ``select(output) -> (rows,)`` picks the target scalar of each row. The model's parameters
+    must not require grad (the caller switches that off under ModelGuard) so that no graph is
+    built below the layer.
     """
     hook = _Hook(grad=True)
     handle = layer.module.register_forward_hook(hook)
@@ -241,7 +243,7 @@ def activation_and_gradient(model: nn.Module, x: torch.Tensor, target: Target, r
         with torch.enable_grad():
             out = forward(model, x)
             _check_calls(hook, layer)
-            s = target.select(out, rows)
+            s = select(out)
             if not (isinstance(s, torch.Tensor) and s.requires_grad):
                 raise ValueError(
                     f"target: the explained scalar does not depend on layer {layer.name!r} (no "
@@ -252,7 +254,17 @@ def activation_and_gradient(model: nn.Module, x: torch.Tensor, target: Target, r
         handle.remove()
     if g is None:
         raise ValueError(f"target: the explained scalar does not depend on layer {layer.name!r}")
-    return hook.act.detach(), g
+    return hook.act.detach(), g, out.detach()
+
+
+def slice_target(spec: Any, sl: slice, n: int) -> Any:
+    """The part of a per-sample target that belongs to rows ``sl`` (other kinds pass through)."""
+    if spec is None or isinstance(spec, (str, bool, int, np.integer)) or callable(spec):
+        return spec
+    arr = np.asarray(spec.detach().cpu().numpy() if isinstance(spec, torch.Tensor) else spec)
+    if arr.ndim == 1 and len(arr) != n:
+        raise ValueError(f"target has {len(arr)} entries but there are {n} samples")
+    return arr[sl] if arr.ndim == 1 else spec  # other shapes: resolve_target explains the error
 
 
 def _freeze(model: nn.Module) -> None:
@@ -270,17 +282,34 @@ def gradient_cam(p: Prepared, *, method: str, at: Any, batch_size: int | None,
     ``combine(A, G) -> (layer_map, channel_weights or None)`` with ``A``, ``G`` of shape
     ``(m, channels, *spatial)`` returns the map ``(m, 1, *spatial)`` (signed, unscaled) and
     optionally the weights ``(m, channels)``.
+
+    Under ``torch_call(..., clean_forward=False)`` (``p.target`` is None) the target is resolved
+    on each chunk's own output and ``p.resolve`` gets the whole output at the end: one forward
+    and one backward pass (stopping at the layer) per chunk, nothing more.
     """
     layer = resolve_layer(p.model, p.x, at, method)
     _freeze(p.model)
-    maps, weights = [], []
+    fused = p.target is None
+    maps, weights, outs = [], [], []
     for sl in chunks(p.n, batch_size, desc=method, progress=progress):
-        rows = torch.arange(sl.start, sl.stop)
-        a, g = activation_and_gradient(p.model, p.x[sl], p.target, rows, layer)
+        if fused:
+            spec = slice_target(p.target_spec, sl, p.n)
+
+            def select(out, spec=spec):
+                return resolve_target(spec, out.detach()).select(out)
+        else:
+            rows = torch.arange(sl.start, sl.stop)
+
+            def select(out, rows=rows):
+                return p.target.select(out, rows)
+        a, g, out = activation_and_gradient(p.model, p.x[sl], select, layer)
+        outs.append(out)
         m, w = combine(a, g)
         maps.append(m)
         if w is not None:
             weights.append(w)
+    if fused:
+        p.resolve(torch.cat(outs))
     layer_map = torch.cat(maps)
     return finish(p, layer, layer_map, method, params, meta,
                   {"channel_weights": torch.cat(weights)} if weights else None)

@@ -9,7 +9,8 @@ from torch import nn
 from ...core.execution import chunks
 from ...core.registry import register
 from ...core.torch_model import torch_call
-from ._base import FAMILY, Layer, capture, finish, resolve_layer, weighted_sum
+from ...core.targets import resolve_target
+from ._base import FAMILY, Layer, slice_target, capture, finish, resolve_layer, weighted_sum
 
 __all__ = ["cam"]
 
@@ -82,15 +83,16 @@ def cam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any = No
         ``b_c``, so that ``layer_map.mean() + bias == output``; ``meta["channel_weights"]``:
         ``W_c``.
     """
-    with torch_call(model, inputs, target, method="cam") as p:
-        if p.target.fn is not None:
-            raise ValueError(
-                "target: cam explains a class score through the final linear layer's weights; a "
-                "callable target needs method='gradcam' (or gradcam_pp, layercam, scorecam)"
-            )
+    if callable(target) and not isinstance(target, str):
+        raise ValueError(
+            "target: cam explains a class score through the final linear layer's weights; a "
+            "callable target needs method='gradcam' (or gradcam_pp, layercam, scorecam)"
+        )
+    # The hooked pass gives the output too: no separate clean forward pass.
+    with torch_call(model, inputs, target, method="cam", clean_forward=False) as p:
         layer = resolve_layer(model, p.x, at, "cam")
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        maps, weights, biases = [], [], []
+        maps, weights, biases, outs = [], [], [], []
         for sl in chunks(p.n, batch_size, desc="cam", progress=progress):
             calls: list = []
 
@@ -100,14 +102,15 @@ def cam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any = No
 
             out, a = capture(model, p.x[sl], layer, {m: record for m in linears})
             lin = _check_gap_linear(out, a, calls, layer)
-            idx = p.target.indices
-            cls = (torch.zeros(sl.stop - sl.start, dtype=torch.long) if idx is None
-                   else torch.as_tensor(idx[sl], dtype=torch.long))
+            idx = resolve_target(slice_target(p.target_spec, sl, p.n), out).indices
+            cls = torch.zeros(len(out), dtype=torch.long) if idx is None else torch.as_tensor(idx)
             cls = cls.to(a.device)
             w = lin.weight.detach()[cls].to(a.dtype)
-            b = (lin.bias.detach()[cls] if lin.bias is not None else torch.zeros_like(cls, dtype=a.dtype))
+            b = lin.bias.detach()[cls] if lin.bias is not None else torch.zeros_like(cls, dtype=a.dtype)
             maps.append(weighted_sum(w, a))
             weights.append(w)
             biases.append(b.to(a.dtype))
+            outs.append(out)
+        p.resolve(torch.cat(outs))
         return finish(p, layer, torch.cat(maps), "cam", {}, None,
                       {"channel_weights": torch.cat(weights), "bias": torch.cat(biases)})

@@ -54,6 +54,6 @@ def gradcam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any 
         ``meta["layer_map"]`` (batch, 1, *layer_spatial): the raw map at the layer.
         ``meta["channel_weights"]`` (batch, K): ``alpha``.
     """
-    with torch_call(model, inputs, target, method="gradcam") as p:
+    with torch_call(model, inputs, target, method="gradcam", clean_forward=False) as p:
         return gradient_cam(p, method="gradcam", at=at, batch_size=batch_size, progress=progress,
                             combine=gradcam_weights, params={})

@@ -61,6 +61,6 @@ def gradcam_pp(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: A
         ``values`` (batch, 1, *input_spatial) upsampled; ``meta["layer_map"]`` at the layer;
         ``meta["channel_weights"]`` (batch, K): ``w``.
     """
-    with torch_call(model, inputs, target, method="gradcam_pp") as p:
+    with torch_call(model, inputs, target, method="gradcam_pp", clean_forward=False) as p:
         return gradient_cam(p, method="gradcam_pp", at=at, batch_size=batch_size,
                             progress=progress, combine=gradcam_pp_weights, params={})

@@ -37,6 +37,6 @@ def layercam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any
     Explanation
         ``values`` (batch, 1, *input_spatial) upsampled; ``meta["layer_map"]`` at the layer.
     """
-    with torch_call(model, inputs, target, method="layercam") as p:
+    with torch_call(model, inputs, target, method="layercam", clean_forward=False) as p:
         return gradient_cam(p, method="layercam", at=at, batch_size=batch_size, progress=progress,
                             combine=_layercam, params={})

@@ -81,7 +81,12 @@ def scorecam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any
     if score not in (None,) + _SCORES:
         raise ValueError(f"score must be one of {_SCORES} or None; got {score!r}")
     bs = check_batch_size(batch_size)
-    with torch_call(model, inputs, target, method="scorecam") as p:
+    # The activation pass gives the output too: no separate clean forward pass.
+    with torch_call(model, inputs, target, method="scorecam", clean_forward=False) as p:
+        layer = resolve_layer(model, p.x, at, "scorecam")
+        outs, acts = zip(*[capture(model, p.x[sl], layer) for sl in chunks(p.n, bs, progress=False)])
+        p.resolve(torch.cat(outs))
+        a = torch.cat(acts)
         classes = p.output.ndim >= 2 and p.output.shape[1] > 1
         index_target = p.target.indices is not None
         if score is None:
@@ -97,9 +102,6 @@ def scorecam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any
                 out = torch.softmax(out, dim=1)
             return p.target.select(out, rows)
 
-        layer = resolve_layer(model, p.x, at, "scorecam")
-        acts = [capture(model, p.x[sl], layer)[1] for sl in chunks(p.n, bs, progress=False)]
-        a = torch.cat(acts)
         k_total = a.shape[1]
         channels = np.arange(k_total)
         if n_channels is not None:
