@@ -64,9 +64,10 @@ def fused_input_gradient(p: Prepared, batch_size: int | None = None, progress: b
     """
     model, x = p.model, p.x
     n = len(x)
-    grads = torch.empty_like(x)
+    bs = check_batch_size(batch_size)
+    grads = torch.empty_like(x) if n > bs else None  # one chunk: keep its gradient, no copy
     outs = []
-    for sl in chunks(n, check_batch_size(batch_size), desc=desc, progress=progress):
+    for sl in chunks(n, bs, desc=desc, progress=progress):
         xs = x[sl].detach().requires_grad_(True)
         with torch.enable_grad():
             out = forward(model, xs)
@@ -82,7 +83,10 @@ def fused_input_gradient(p: Prepared, batch_size: int | None = None, progress: b
             (g,) = torch.autograd.grad(s.sum(), xs, allow_unused=True)
         if g is None:
             raise ValueError("model: its output does not depend on the input (the gradient is undefined)")
-        grads[sl] = g
+        if grads is None:
+            grads = g
+        else:
+            grads[sl] = g
         outs.append(out.detach())
     p.resolve(torch.cat(outs))
     return grads
