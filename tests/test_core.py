@@ -337,6 +337,30 @@ def test_model_left_as_found_when_the_call_raises(method, params, images):
     assert_same_state(before, model_state(model))
 
 
+class BNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.drop, self.lin = nn.Dropout(0.0), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.lin(self.drop(torch.relu(self.bn(self.conv(x)))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method, params", GRADIENT_CALLS[::2], ids=IDS[::2])
+def test_training_mode_warns_and_running_stats_are_restored(method, params, images):
+    torch.manual_seed(0)
+    model = BNNet().train()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+    before = model_state(model)
+    with pytest.warns(UserWarning, match="training mode"):
+        lumos.explain(model, images, method, target=0, **params)
+    after = model_state(model)
+    assert_same_state(before, after)  # running_mean/var and num_batches_tracked included
+    assert after["training"] == [True] * 5
+
+
 def test_numpy_inputs_are_not_modified(small_cnn, images):
     arr = images.numpy().copy()
     keep = arr.copy()

@@ -68,12 +68,13 @@ def fused_input_gradient(p: Prepared, batch_size: int | None = None, progress: b
     grads = torch.empty_like(x) if n > bs else None  # one chunk: keep its gradient, no copy
     outs = []
     for sl in chunks(n, bs, desc=desc, progress=progress):
+        spec = _slice_target(p.target_spec, sl, n)  # a wrong length fails before any model call
         xs = x[sl].detach().requires_grad_(True)
         with torch.enable_grad():
             out = forward(model, xs)
             if not torch.isfinite(out.detach()).all():
                 raise ValueError("model returned NaN or Inf on inputs; explanations need finite outputs")
-            tgt = resolve_target(_slice_target(p.target_spec, sl, n), out.detach())
+            tgt = resolve_target(spec, out.detach())
             s = tgt.select(out)
             if not s.requires_grad:
                 raise ValueError(

@@ -224,7 +224,7 @@ def integrated_gradients(model: torch.nn.Module, inputs: Any, target: Any = None
     alphas, weights = integration_points(n_steps, integration)
     bs = check_batch_size(batch_size)
     params = {"baselines": baselines if isinstance(baselines, (str, int, float)) or baselines is None
-              else f"<array {tuple(np.shape(baselines))}>",
+              else f"<array {tuple(getattr(baselines, 'shape', np.shape(baselines)))}>",
               "n_steps": n_steps, "integration": integration, "n_baselines": n_baselines,
               "sigma": sigma, "seed": seed}
     with torch_call(model, inputs, target, method="integrated_gradients") as p:

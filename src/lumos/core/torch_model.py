@@ -37,8 +37,10 @@ class ModelGuard:
 
     Restores each submodule's ``training`` flag, each parameter's ``requires_grad`` and ``.grad``,
     and removes any hook that was added while the guard was active (on any submodule). Parameter
-    and buffer *values* are not copied (methods never write them); code that must change them
-    temporarily (batch-norm folding) restores them itself.
+    values are not copied (methods never write them); code that must change them temporarily
+    (batch-norm folding) restores them itself. Buffers of submodules in training mode are copied
+    and restored, because a forward pass in training mode writes them (batch-norm running
+    statistics); in eval mode no standard module writes its buffers, so nothing is copied.
     """
 
     def __init__(self, model: nn.Module):
@@ -49,6 +51,8 @@ class ModelGuard:
         self._training = [(m, m.training) for m in mods]
         self._params = [(p, p.requires_grad, p.grad) for p in self.model.parameters()]
         self._hooks = [(m, {d: set(getattr(m, d, {}).keys()) for d in _HOOK_DICTS}) for m in mods]
+        self._buffers = [(b, b.detach().clone()) for m in mods if m.training
+                         for b in m.buffers(recurse=False)]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -57,6 +61,10 @@ class ModelGuard:
         for p, req, grad in self._params:
             p.requires_grad_(req)
             p.grad = grad
+        with torch.no_grad():
+            for b, saved in self._buffers:
+                if not torch.equal(b, saved):
+                    b.copy_(saved)
         for m, before in self._hooks:
             for d, keys in before.items():
                 hooks = getattr(m, d, None)
