@@ -20,6 +20,7 @@ the map at the layer's resolution. Everything else lives here:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -34,7 +35,7 @@ from ...core.torch_model import Prepared, forward, get_module
 
 __all__ = [
     "Layer", "find_spatial_layers", "resolve_layer", "upsample", "capture", "activation_and_gradient",
-    "gradient_cam", "spatial_dims", "FAMILY",
+    "gradient_cam", "finish", "slice_target", "spatial_dims", "weighted_sum", "FAMILY",
 ]
 
 FAMILY = "cam"
@@ -67,8 +68,7 @@ def spatial_dims(x: torch.Tensor) -> int:
 
 
 def _is_spatial(out: Any, nd: int) -> bool:
-    return (isinstance(out, torch.Tensor) and out.ndim == nd + 2
-            and int(torch.tensor(out.shape[2:]).prod()) > 1)
+    return isinstance(out, torch.Tensor) and out.ndim == nd + 2 and math.prod(out.shape[2:]) > 1
 
 
 @dataclass
