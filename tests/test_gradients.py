@@ -286,6 +286,7 @@ def test_ig_matches_a_float64_reference_loop():
 
 
 # ---------------------------------------------------------------------------------- peers
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_agreement_with_captum(small_cnn):
     captum = pytest.importorskip("captum.attr")
     x = _cnn_images()

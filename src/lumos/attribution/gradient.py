@@ -89,7 +89,8 @@ def fused_input_gradient(p: Prepared, batch_size: int | None = None, progress: b
         else:
             grads[sl] = g
         outs.append(out.detach())
-    p.resolve(torch.cat(outs))
+    # one chunk: its target was resolved on the whole output already
+    p.resolve(outs[0], tgt) if len(outs) == 1 else p.resolve(torch.cat(outs))
     return grads
 
 

@@ -49,6 +49,10 @@ def chunks(total: int, batch_size: int | None, desc: str = "", progress: bool | 
     bs = check_batch_size(batch_size)
     n_chunks = -(-total // bs) if total else 0
     show = progress if progress is not None else (None if n_chunks >= _MIN_CHUNKS_FOR_BAR else False)
+    if show is False:  # no bar: skip building a disabled tqdm (it costs more than a small chunk)
+        for start in range(0, total, bs):
+            yield slice(start, min(start + bs, total))
+        return
     with progress_bar(total, desc, show, unit) as bar:
         for start in range(0, total, bs):
             stop = min(start + bs, total)

@@ -275,16 +275,17 @@ class Prepared:
     def n(self) -> int:
         return len(self.x)
 
-    def resolve(self, output: torch.Tensor) -> Target:
+    def resolve(self, output: torch.Tensor, target: Target | None = None) -> Target:
         """Set ``output``, ``target`` and ``scalar`` from the model output at ``x``.
 
         For methods run under ``torch_call(..., clean_forward=False)`` that take the output from
         their own forward pass (with gradients) instead of paying for a separate clean pass.
+        ``target``: the target already resolved (and the output checked) on this very output.
         """
         output = output.detach()
-        if not torch.isfinite(output).all():
+        if target is None and not torch.isfinite(output).all():
             raise ValueError("model returned NaN or Inf on inputs; explanations need finite outputs")
-        tgt = resolve_target(self.target_spec, output)
+        tgt = resolve_target(self.target_spec, output) if target is None else target
         self.output, self.target, self.scalar = output, tgt, tgt.select(output).detach()
         self.meta["target"] = tgt.description
         return tgt
