@@ -146,7 +146,8 @@ def _cmd_explain(args) -> int:
 def _cmd_train_demo(args) -> int:
     from .data.train import train_demo_model
 
-    _, report = train_demo_model(out=args.out, seed=args.seed, epochs=args.epochs, progress=True)
+    kwargs = {"epochs": args.epochs} if args.epochs is not None else {}
+    _, report = train_demo_model(out=args.out, seed=args.seed, progress=True, threads=args.threads, **kwargs)
     print(json.dumps(report, indent=2, default=str))
     return 0
 
@@ -205,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("train-demo", help="retrain the shipped demo model reproducibly")
-    p.add_argument("--out", default=None, help="where to write the weights (default: print only)")
+    p.add_argument("--out", default=None,
+                   help="folder for demo_cnn.pt/.json ('package' replaces the shipped weights; default: print only)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the float result depends on it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None)
     p.set_defaults(func=_cmd_train_demo)
