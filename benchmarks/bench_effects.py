@@ -5,8 +5,8 @@
   model the tree recursion (lumos uses it only where it provably equals brute).
 - ALE (20 bins; 10 x 10 for a pair): lumos with and without its 200-replicate bootstrap band vs
   PyALE (with its t-interval).
-- Permutation importance (5 repeats, r2): lumos with a callable metric (all permuted copies
-  stacked and scored in large chunks) and with the scorer name vs
+- Permutation importance (5 repeats, r2): lumos with a callable metric and with the scorer name
+  (either way all permuted copies are stacked and predicted in large chunks) vs
   ``sklearn.inspection.permutation_importance``.
 - Friedman's H (all pairs, 50 rows): lumos only (no installed peer computes it).
 
@@ -44,8 +44,9 @@ def interleaved(fns: dict, repeats: int) -> dict:
 def model_floor(model, X: pd.DataFrame, rows: int, chunk: int = 8192, method: str = "predict") -> callable:
     """A function predicting ``rows`` rows (tiled from ``X``, built beforehand) in chunks."""
     reps = -(-rows // len(X))
-    big = pd.concat([X] * reps, ignore_index=True).iloc[:rows]
-    parts = [big.iloc[s:s + chunk].copy() for s in range(0, rows, chunk)]
+    big = np.tile(X.to_numpy(), (reps, 1))[:rows]
+    # one float block per chunk, as the frames lumos hands the model
+    parts = [pd.DataFrame(big[s:s + chunk], columns=X.columns) for s in range(0, rows, chunk)]
     fn = getattr(model, method)
     return lambda: [fn(p) for p in parts]
 
@@ -134,7 +135,7 @@ def main() -> None:
         bench("perm. importance, scorer name",
               lambda: permutation_importance(gbr, X, y, metric="r2", n_repeats=5),
               {"sklearn": lambda: sk_pi(gbr, X, y, scoring="r2", n_repeats=5, random_state=0)},
-              res.n_evals, note="lumos: one scorer call per copy")
+              res.n_evals, note="lumos: scorer replayed on stacked predictions")
         # --- H statistic
         res = h_statistic(gbr, X, n_rows=50)
         bench("Friedman H (50 rows, 28 pairs)", lambda: h_statistic(gbr, X, n_rows=50), {}, res.n_evals)

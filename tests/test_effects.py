@@ -60,6 +60,20 @@ def test_pd_slope_is_the_weight_and_dice_is_constant():
         np.testing.assert_allclose(c, np.broadcast_to(c[0], c.shape), atol=1e-12)  # additive: one shape
 
 
+def test_pd_slope_of_a_torch_linear_model_per_output(linear_model):
+    from conftest import assert_same_state, model_state
+
+    before = model_state(linear_model)
+    X = uniform(60, 6, seed=19).astype(np.float32)
+    W = linear_model.weight.detach().double().numpy()
+    for t in (0, 2):
+        res = partial_dependence(linear_model, X, 3, target=t, grid_resolution=7, max_rows=40, seed=1)
+        slope = np.diff(res.average) / np.diff(res.grid[0])
+        np.testing.assert_allclose(slope, W[t, 3], rtol=0, atol=1e-5)  # float32 model
+        assert res.output_name == "torch forward" and res.n_rows == 40
+    assert_same_state(before, model_state(linear_model))
+
+
 def _hand_pd(model, X, cols, points):
     out = np.empty((len(X), len(points)))
     for g, v in enumerate(points):
