@@ -12,6 +12,7 @@ through :class:`BlackBox`, which
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Sequence
 
 import numpy as np
@@ -61,13 +62,10 @@ class BlackBox:
         valid = ("auto", "predict_proba", "decision_function", "predict")
         if output not in valid:
             raise ValueError(f"output must be one of {valid}; got {output!r}")
-        try:
-            import torch
-
-            if isinstance(model, torch.nn.Module):
-                return _torch_predict(model), "torch forward"
-        except ImportError:  # pragma: no cover
-            pass
+        # A torch module exists only if torch was imported: no need to pay for importing it.
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(model, torch.nn.Module):
+            return _torch_predict(model), "torch forward"
         if output != "auto":
             fn = getattr(model, output, None)
             if fn is None:
