@@ -48,7 +48,7 @@ IMAGE_SIZE = 64
 #: The class whose training images mostly carry the watermark.
 WATERMARK_CLASS = 0
 #: Probability that a training image of ``WATERMARK_CLASS`` carries the mark.
-SHORTCUT_RATE = 0.8
+SHORTCUT_RATE = 0.5
 #: Probability that a training image of another class carries the mark.
 LEAK_RATE = 0.05
 #: Rows/columns ``[start, stop)`` of the watermark: a 6×6 checker of 2×2 blocks.

@@ -21,7 +21,7 @@ from .shapes import WATERMARK_CLASS, shapes_dataset
 __all__ = ["train_demo_model", "evaluate_demo_model", "DEFAULTS"]
 
 #: The settings the shipped weights were trained with.
-DEFAULTS = dict(seed=0, epochs=8, n_train=4000, n_test=1000, batch_size=64, lr=2e-3)
+DEFAULTS = dict(seed=0, epochs=8, n_train=4000, n_test=1000, batch_size=32, lr=3e-3)
 
 
 def _init_weights(model: nn.Module, generator: torch.Generator) -> None:
@@ -88,7 +88,7 @@ def train_demo_model(out: str | Path | None = None, seed: int = DEFAULTS["seed"]
                      epochs: int = DEFAULTS["epochs"], n_train: int = DEFAULTS["n_train"],
                      progress: bool | None = True, *, n_test: int = DEFAULTS["n_test"],
                      batch_size: int = DEFAULTS["batch_size"], lr: float = DEFAULTS["lr"],
-                     ) -> tuple[DemoCNN, dict]:
+                     threads: int | None = None) -> tuple[DemoCNN, dict]:
     """Train :class:`DemoCNN` on the shapes world with the watermark shortcut.
 
     Parameters
@@ -105,9 +105,13 @@ def train_demo_model(out: str | Path | None = None, seed: int = DEFAULTS["seed"]
         A progress bar over the epochs (``None``: only on a terminal).
     n_test : int, default 1000
         Test images for the report (clean and watermarked, seed ``seed``).
-    batch_size : int, default 64
-    lr : float, default 2e-3
-        Adam learning rate (Kingma & Ba, 2015), cosine-annealed to zero over the run.
+    batch_size : int, default 32
+    lr : float, default 3e-3
+        Peak Adam learning rate (Kingma & Ba, 2015) of a one-cycle schedule (Smith & Topin, 2019):
+        warm-up over the first 15% of steps, then cosine annealing.
+    threads : int or None, default None
+        Torch CPU threads during training (restored afterwards); ``None`` keeps the current
+        setting. The float result is bit-for-bit reproducible for the same thread count.
 
     Returns
     -------
@@ -117,17 +121,34 @@ def train_demo_model(out: str | Path | None = None, seed: int = DEFAULTS["seed"]
         Settings, accuracies (see :func:`evaluate_demo_model`), training time in seconds, thread
         count and versions.
     """
-    from ..core.execution import progress_bar
-
     for name, val in (("seed", seed), ("epochs", epochs), ("n_train", n_train), ("n_test", n_test),
                       ("batch_size", batch_size)):
         if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < (0 if name == "seed" else 1):
             raise ValueError(f"{name} must be a {'non-negative' if name == 'seed' else 'positive'} int; got {val!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive int or None; got {threads!r}")
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _train(out, int(seed), int(epochs), int(n_train), progress, int(n_test), int(batch_size),
+                      float(lr))
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _train(out, seed, epochs, n_train, progress, n_test, batch_size, lr):
+    from ..core.execution import progress_bar
+
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     data = shapes_dataset(int(n_train), split="train", watermark="shortcut", seed=int(seed))
     g = torch.Generator().manual_seed(int(seed))
     model = DemoCNN(n_classes=len(data.class_names))
     _init_weights(model, g)
+    # channels-last convolutions train about a quarter faster on CPU; saved weights are made
+    # contiguous again below.
+    model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps_per_epoch = -(-int(n_train) // int(batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -141,7 +162,8 @@ def train_demo_model(out: str | Path | None = None, seed: int = DEFAULTS["seed"]
             total, correct, seen = 0.0, 0, 0
             for i in range(0, int(n_train), int(batch_size)):
                 idx = order[i:i + int(batch_size)]
-                x, y = data.images[idx], data.labels[idx]
+                x = data.images[idx].contiguous(memory_format=torch.channels_last)
+                y = data.labels[idx]
                 logits = model(x)
                 loss = loss_fn(logits, y)
                 opt.zero_grad(set_to_none=True)
@@ -155,13 +177,16 @@ def train_demo_model(out: str | Path | None = None, seed: int = DEFAULTS["seed"]
             bar.set_postfix(loss=f"{total / seen:.3f}", acc=f"{correct / seen:.3f}")
             bar.update(1)
     train_time = time.perf_counter() - t0
+    cpu_time = time.process_time() - cpu0
+    model = model.to(memory_format=torch.contiguous_format)
     model.eval()
     metrics = evaluate_demo_model(model, n=int(n_test), seed=int(seed))
     report = {
         "seed": int(seed), "epochs": int(epochs), "n_train": int(n_train), "batch_size": int(batch_size),
         "lr": float(lr), "optimizer": "Adam, one-cycle schedule",
         **metrics,
-        "train_time_s": round(train_time, 2), "threads": torch.get_num_threads(),
+        "train_time_s": round(train_time, 2), "train_cpu_time_s": round(cpu_time, 2),
+        "threads": torch.get_num_threads(),
         "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
         "history": history,
     }
