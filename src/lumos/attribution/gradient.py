@@ -24,9 +24,26 @@ from ..core.registry import register
 from ..core.targets import Target, resolve_target
 from ..core.torch_model import Prepared, forward, gradient, torch_call
 
-__all__ = ["saliency", "gradient_x_input", "batched_gradient", "fused_input_gradient"]
+__all__ = ["saliency", "gradient_x_input", "batched_gradient", "fused_input_gradient",
+           "memory_format_of"]
 
 _MODES = ("signed", "abs", "squared")
+
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format | None:
+    """The channels-last format ``x`` is laid out in, or ``None`` for the ordinary layout.
+
+    Methods that build new input batches (integration points, noisy copies) lay them out like the
+    user's inputs: channels-last inputs run convolutions much faster on CPU (oneDNN), and a user
+    who passes them has a model that accepts them. Nothing is converted otherwise.
+    """
+    if x.is_contiguous():
+        return None
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return None
 
 
 def batched_gradient(model, x: torch.Tensor, target, rows=None, batch_size: int | None = None,

@@ -27,6 +27,7 @@ from ..core.targets import Target
 from ..core.torch_model import forward, gradient, torch_call
 from ._approximation import check_integration, integration_points
 from ._baselines import BaselineSet, make_baselines
+from .gradient import memory_format_of
 
 __all__ = ["integrated_gradients"]
 
@@ -70,11 +71,14 @@ def _path_attributions(model: torch.nn.Module, target: Target, *, inputs: torch.
     alphas = alphas.to(device=dev, dtype=dtype)
     weights = weights.to(device=dev, dtype=dtype)
     input_idx, baseline_idx, out_idx = input_idx.to(dev), baseline_idx.to(dev), out_idx.to(dev)
+    fmt = memory_format_of(inputs)
     for sl in chunks(len(alphas), check_batch_size(batch_size), desc=desc, progress=progress):
         xi = inputs.index_select(0, input_idx[sl])
         bi = bank.index_select(0, baseline_idx[sl])
         diff = xi.sub_(bi)
         points = torch.addcmul(bi, alphas[sl].view(view), diff)
+        if fmt is not None:
+            points = points.contiguous(memory_format=fmt)
         g, _ = gradient(model, points, target, rows=target_rows[sl])
         g.mul_(weights[sl].view(view))
         if not shared_diff:

@@ -30,6 +30,7 @@ import torch
 from ..core.execution import check_batch_size, chunks, torch_generator
 from ..core.registry import get_method, register
 from ..core.torch_model import Prepared, torch_call
+from .gradient import memory_format_of
 
 __all__ = ["smoothgrad", "smoothgrad_sq", "vargrad", "VARIANTS"]
 
@@ -135,6 +136,7 @@ def _run(p: Prepared, info, params: dict, accepted: set, variant: str, noise_lev
     z = torch.randn((n_samples,) + tuple(x.shape[1:]), generator=g, dtype=x.dtype).to(x.device)
     view = (-1,) + (1,) * (x.ndim - 1)
     kernel = getattr(info.func, "row_kernel", None)
+    fmt = memory_format_of(x)
     moments = _Moments(n, need_m2=variant == "vargrad")
     total = n * n_samples
     for sl in chunks(total, bs, desc=f"smoothgrad({info.name})", progress=progress):
@@ -143,6 +145,8 @@ def _run(p: Prepared, info, params: dict, accepted: set, variant: str, noise_lev
         dev_sample = sample.to(x.device)
         noisy = torch.addcmul(x.index_select(0, dev_sample), sigma.index_select(0, dev_sample).view(view),
                               z.index_select(0, draw.to(x.device)))
+        if fmt is not None:
+            noisy = noisy.contiguous(memory_format=fmt)
         if kernel is not None:
             a = kernel(p.model, noisy, p.target, sample, batch_size=bs, progress=False, **params)
         else:
