@@ -55,6 +55,8 @@ def batched_gradient(model, x: torch.Tensor, target, rows=None, batch_size: int 
     """
     if rows is None:
         rows = torch.arange(len(x))
+    if len(x) <= check_batch_size(batch_size):  # one pass: no copy into a result buffer
+        return gradient(model, x, target, rows=rows)[0]
     out = torch.empty_like(x)
     for sl in chunks(len(x), batch_size, desc=desc, progress=progress):
         out[sl], _ = gradient(model, x[sl], target, rows=rows[sl])
