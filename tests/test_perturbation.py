@@ -386,12 +386,16 @@ def test_preservation_mask_covers_the_watermark_on_the_demo_model():
         model = data_mod.load_demo_model()
     except FileNotFoundError:
         pytest.skip("demo weights not shipped yet")
-    data = data_mod.shapes_dataset(8, split="test", watermark="all", seed=3)
-    e = lumos.explain(model, data.images, method="meaningful_perturbation", target=0,
-                      game="preservation", n_iter=150)
-    mask = e.values[:, 0]
-    wm = data.watermark_masks.numpy()
-    inside = (mask * wm).sum((1, 2)) / wm.sum((1, 2))          # mean mask on the watermark
-    overall = mask.mean((1, 2))
-    assert np.median(inside) > 0.5, inside
-    assert np.all(inside > 2 * overall), (inside, overall)
+    marked = data_mod.shapes_dataset(6, split="test", watermark="all", seed=3)
+    clean = data_mod.shapes_dataset(6, split="test", watermark="none", seed=3)
+    wm = marked.watermark_masks.numpy()
+    kw = dict(method="meaningful_perturbation", target=0, game="preservation", n_iter=60)
+    # What keeps the "circle" score on images of every class: the watermark shortcut.
+    # Measured: mean mask on the mark 0.36-0.79 (median 0.65), 0.025-0.04 over the image.
+    mask = lumos.explain(model, marked.images, **kw).values[:, 0]
+    on_mark = (mask * wm).sum((1, 2)) / wm.sum((1, 2))
+    assert np.median(on_mark) > 0.45, on_mark
+    assert np.all(on_mark > 5 * mask.mean((1, 2))), (on_mark, mask.mean((1, 2)))
+    # Control: the same images without the mark leave that corner out (measured 0.00).
+    mask = lumos.explain(model, clean.images, **kw).values[:, 0]
+    assert np.all((mask * wm).sum((1, 2)) / wm.sum((1, 2)) < 0.05)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ...core.blackbox import as_blackbox
-from ...core.execution import check_batch_size, chunks, rng
+from ...core.execution import chunks, rng
 from ...core.explanation import Explanation
 from ...core.targets import resolve_target
 from ...core.torch_model import Prepared, _clean_params, as_tensor, forward, torch_call

@@ -1,7 +1,7 @@
 """Sliding-window occlusion (Zeiler & Fergus, 2014), with several window sizes and soft fills."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
