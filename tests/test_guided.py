@@ -259,3 +259,13 @@ def test_apply_context_is_reusable_and_scoped(small_cnn, images):
     y = torch.randn(3, 4, requires_grad=True)
     torch.relu(y).sum().backward()
     assert torch.equal(y.grad, (y > 0).float())
+
+
+def test_training_mode_warns_and_restores_batch_norm_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 2)).train()
+    before = model_state(model)
+    with pytest.warns(UserWarning, match="training mode"):
+        guided_backprop(model, torch.rand(4, 3, 8, 8), target=0)
+    assert_same_state(before, model_state(model))  # running stats and counter restored

@@ -65,8 +65,20 @@ def naive_rule(rule, x, M, b, R, Mones, low=None, high=None):
     raise AssertionError(rule)
 
 
-RULES = [Zero(), Epsilon(0.1), Gamma(0.5), ZPlus(), AlphaBeta(2, 1), ZBox(-1.5, 2.0), Flat(),
-         WSquare()]
+RULES = [Zero(), Epsilon(0.1), Gamma(0.5), ZPlus(), AlphaBeta(2, 1), ZBox(-1.5, 2.0), ZBox(),
+         Flat(), WSquare()]
+
+
+class MatmulLayer(nn.Module):
+    """``x @ W`` with a constant matrix, no bias (a functional dense layer)."""
+
+    def __init__(self, n_in, n_out):
+        super().__init__()
+        self.register_buffer("W", torch.randn(n_in, n_out))
+        self.bias = None
+
+    def forward(self, x):
+        return x @ self.W
 
 
 def _layer(kind, bias, seed):
@@ -79,6 +91,10 @@ def _layer(kind, bias, seed):
         return nn.Conv2d(2, 3, 3, padding=1, dilation=1, bias=bias), (2, 4, 4), "conv"
     if kind == "conv2d_groups":
         return nn.Conv2d(4, 4, 2, stride=2, groups=2, bias=bias), (4, 4, 4), "conv"
+    if kind == "convT1d":
+        return nn.ConvTranspose1d(2, 4, 3, stride=2, padding=1, bias=bias), (2, 5), "conv_transpose"
+    if kind == "matmul":
+        return MatmulLayer(5, 3), (2, 5), "matmul"
     if kind == "avgpool":
         return nn.AvgPool2d(2, stride=1, padding=1), (2, 3, 3), "avg_pool"
     if kind == "adaptive":
@@ -86,12 +102,14 @@ def _layer(kind, bias, seed):
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("rule", RULES, ids=lambda r: type(r).__name__ + str(getattr(r, "alpha", "")))
-@pytest.mark.parametrize("kind", ["dense", "conv1d", "conv2d", "conv2d_groups", "avgpool", "adaptive"])
-@pytest.mark.parametrize("bias", [True, False])
+LAYERS = [(k, b) for k in ("dense", "conv1d", "conv2d", "conv2d_groups", "convT1d")
+          for b in (True, False)] + [("matmul", False), ("avgpool", False), ("adaptive", False)]
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: type(r).__name__ + str(
+    getattr(r, "alpha", "")) + ("_default" if getattr(r, "low", 0) is None else ""))
+@pytest.mark.parametrize("kind,bias", LAYERS)
 def test_rule_against_naive_matrix_version(rule, kind, bias):
-    if kind in ("avgpool", "adaptive") and bias:
-        pytest.skip("pooling has no bias")
     for seed in range(3):
         layer, in_shape, op_kind = _layer(kind, bias, seed)
         layer = layer.eval().double()  # lumos runs in float64 too: the comparison can be tight
@@ -123,8 +141,10 @@ def test_rule_against_naive_matrix_version(rule, kind, bias):
             xi = x[i].numpy().reshape(-1)
             zi = M @ xi + b
             Ri = zi * c.numpy().reshape(-1)
-            lo = np.full_like(xi, -1.5)
-            hi = np.full_like(xi, 2.0)
+            if isinstance(rule, ZBox) and rule.low is None:  # default: each sample's range
+                lo, hi = np.full_like(xi, xi.min()), np.full_like(xi, xi.max())
+            else:
+                lo, hi = np.full_like(xi, -1.5), np.full_like(xi, 2.0)
             ref = naive_rule(rule, xi, M, b, Ri, Mones, lo, hi)
             np.testing.assert_allclose(got[i].reshape(-1), ref, rtol=1e-9,
                                        atol=1e-10 * np.abs(ref).max() + 1e-12,
@@ -136,6 +156,8 @@ def _nobias(layer, e):
         return F.linear(e, layer.weight)
     if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
         return layer._conv_forward(e, layer.weight, None)
+    if isinstance(layer, nn.ConvTranspose1d):
+        return F.conv_transpose1d(e, layer.weight, None, layer.stride, layer.padding)
     return layer(e)
 
 
@@ -144,7 +166,7 @@ def _ones_like(layer):
 
     new = copy.deepcopy(layer)
     with torch.no_grad():
-        new.weight.fill_(1.0)
+        (new.W if isinstance(new, MatmulLayer) else new.weight).fill_(1.0)
     return new
 
 
@@ -360,6 +382,14 @@ def test_composites_choose_by_name_class_position():
     assert e.meta["rules"]["c1:conv#0"].startswith("ZBox")
     assert e.meta["rules"]["c2:conv#3"] == "Gamma(gamma=0.25, stabilizer=1e-06)"
     assert e.meta["rules"]["gap:avg_pool#5"].startswith("Epsilon")
+    # bounds as numbers, per channel or as one full sample are the same bounds
+    ref = lrp(m, x, target=0, composite="epsilon_gamma_box", low=0.0, high=1.0).values
+    for lo, hi in ((torch.zeros(3, 1, 1), torch.ones(3, 1, 1)),
+                   (torch.zeros(3, 8, 8), torch.ones(3, 8, 8))):
+        v = lrp(m, x, target=0, composite="epsilon_gamma_box", low=lo, high=hi).values
+        np.testing.assert_allclose(v, ref, rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="not broadcastable"):
+        lrp(m, x, target=0, composite="epsilon_gamma_box", low=torch.zeros(5), high=1.0)
     with pytest.raises(ValueError, match="no module of the model matches"):
         lrp(m, x, target=0, composite={"c9": Gamma()})
     with pytest.raises(ValueError, match="unknown preset"):
@@ -431,3 +461,23 @@ def test_demo_model_relevance_on_the_evidence():
     s_lrp = share(lrp(model, data.images, data.labels, composite="epsilon_plus").values)
     s_grad = share(np.abs(lumos.explain(model, data.images, "saliency", target=data.labels).values))
     assert s_lrp > s_grad + 0.1, (s_lrp, s_grad)
+
+
+def test_constant_shift_and_scale_pass_relevance_unchanged():
+    """Input normalisation ``(x - mean) / std`` in the forward pass leaves relevance with x."""
+    m = Modules().eval()
+    mean = torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+
+    class Normalised(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = m
+
+        def forward(self, x):
+            return self.net((x - mean) / std)
+
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(11))
+    a = lrp(Normalised().eval(), x, target=1, composite="epsilon_gamma_box")
+    b = lrp(m, (x - mean) / std, target=1, composite="epsilon_gamma_box")
+    np.testing.assert_allclose(a.values, b.values, rtol=1e-5, atol=1e-9)

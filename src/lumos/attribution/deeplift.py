@@ -26,26 +26,33 @@ def _check_eps(eps) -> float:
     return float(eps)
 
 
-def _pairs(model, x: torch.Tensor, b: torch.Tensor, target, tgt, rows: torch.Tensor, eps: float,
-           method: str):
-    """DeepLIFT attributions of rows ``x`` against references ``b`` (same shape).
-
-    Returns ``(attributions, f_target(x), f_target(b), output(x), resolved target)``.
-    """
+def _record(model, refs: torch.Tensor, eps: float, method: str):
+    """The reference's forward pass under ``no_grad``, recording each non-linearity's input."""
     comp = DeepLiftComposite(eps)
     with torch.no_grad():
-        with apply(model, comp, method=method) as s0:
-            out0 = forward(model, b, name="baselines")
-    comp.replay()
+        with apply(model, comp, method=method) as session:
+            out0 = forward(model, refs, name="baselines")
+        if session.inplace_replaced:
+            check_same_output(out0, forward(model, refs, name="baselines"), method)
+    return comp, out0
+
+
+def _replay(model, comp, x: torch.Tensor, refs: torch.Tensor, ref_index, out0, target, tgt,
+            rows: torch.Tensor, method: str):
+    """DeepLIFT attributions of rows ``x`` against the recorded references.
+
+    Row ``r`` pairs with reference ``ref_index[r]`` (``None``: reference ``r``, or the single
+    shared reference). Returns ``(attributions, f_target(x), f_target(ref), output(x), target)``.
+    """
+    comp.replay(ref_index)
     xg = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        with apply(model, comp, method=method) as s1:
+        with apply(model, comp, method=method) as session:
             out = forward(model, xg)
         comp.finish()
-        if s0.inplace_replaced or s1.inplace_replaced:
+        if session.inplace_replaced:
             with torch.no_grad():
                 check_same_output(out, forward(model, x), method)
-                check_same_output(out0, forward(model, b), method)
         if tgt is None:
             tgt = resolve_target(target, out.detach())
         g, s = _select_grad(tgt, out, rows)
@@ -54,14 +61,23 @@ def _pairs(model, x: torch.Tensor, b: torch.Tensor, target, tgt, rows: torch.Ten
         (grad,) = torch.autograd.grad(out, xg, grad_outputs=g, allow_unused=True)
     if grad is None:
         raise ValueError("model: its output does not depend on the input")
+    b = refs if ref_index is None else refs.index_select(0, ref_index)
+    o0 = out0 if ref_index is None else out0.index_select(0, ref_index)
+    if len(o0) == 1:
+        o0 = o0.expand((len(x),) + tuple(o0.shape[1:]))
     with torch.no_grad():
-        s0 = tgt.select(out0, rows)
-    return (x - b) * grad, s, s0.detach(), out.detach(), tgt
+        s0 = tgt.select(o0, rows)
+    return grad.mul_(x - b), s, s0.detach(), out.detach(), tgt
 
 
-def _run(model, inputs, target, refs_for, n_refs: int, *, method: str, eps: float,
-         batch_size, progress):
-    """Shared driver: row ``r`` pairs sample ``r // n_refs`` with reference ``refs_for(rows)``."""
+def _run(model, inputs, target, make_refs, *, method: str, eps: float, batch_size, progress):
+    """Shared driver of deeplift and deep_shap.
+
+    ``make_refs(x) -> (refs, k, shared)``: ``k`` references per sample (row ``r`` pairs sample
+    ``r // k`` with reference ``r % k``; ``k = 1`` and one row: one reference for all samples).
+    ``shared``: the references' pass is recorded once for all rows; otherwise (one reference
+    per sample) once per chunk.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: {method} needs a torch.nn.Module; got {type(model).__name__}")
     check_visible(model, method)
@@ -75,49 +91,61 @@ def _run(model, inputs, target, refs_for, n_refs: int, *, method: str, eps: floa
         x = as_tensor(inputs, model_device(model))
         check_input_shape(model, x)
         n = len(x)
-        refs = refs_for(x)  # (n * n_refs, ...) references, row r for sample r // n_refs
-        total = n * n_refs
+        refs, k, shared = make_refs(x)
+        total = n * k
         slices = list(chunks(total, batch_size, desc=method, progress=progress))
         tgt = None
-        if len(slices) > 1 or n_refs > 1:
+        if len(slices) > 1 or k > 1:
             with torch.no_grad():
                 outs = [forward(model, x[sl]) for sl in chunks(n, batch_size, progress=False)]
             tgt = resolve_target(target, torch.cat(outs))
+        comp = out0 = None
+        if shared:
+            comp, out0 = _record(model, refs, eps, method)
         attr = torch.empty((total,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
         f_x = torch.empty(total, dtype=x.dtype, device=x.device)
         f_b = torch.empty(total, dtype=x.dtype, device=x.device)
         outputs = []
         for sl in slices:
-            rows = torch.arange(sl.start, sl.stop, device=x.device) // n_refs
-            a, s, s0, out, tgt = _pairs(model, x[rows], refs[sl], target, tgt, rows, eps,
-                                          method)
+            r = torch.arange(sl.start, sl.stop, device=x.device)
+            rows = r // k
+            if shared:
+                idx = (r % k) if len(refs) > 1 else None
+                chunk_refs, chunk_comp, chunk_out0 = refs, comp, out0
+            else:  # one reference per sample: record this chunk's references
+                idx = None
+                chunk_refs = refs[rows]
+                chunk_comp, chunk_out0 = _record(model, chunk_refs, eps, method)
+            a, s, s0, out, tgt = _replay(model, chunk_comp, x[rows], chunk_refs, idx, chunk_out0,
+                                         target, tgt, rows, method)
             attr[sl], f_x[sl], f_b[sl] = a, s, s0
             outputs.append(out)
-        values = attr.reshape((n, n_refs) + tuple(x.shape[1:])).mean(1)
-        fx = f_x.reshape(n, n_refs)[:, 0]
-        fb = f_b.reshape(n, n_refs).mean(1)
-        output = torch.cat(outputs)[::n_refs] if n_refs > 1 else torch.cat(outputs)
+        values = attr.reshape((n, k) + tuple(x.shape[1:])).mean(1)
+        fx = f_x.reshape(n, k)[:, 0]
+        fb = f_b.reshape(n, k).mean(1)
+        output = torch.cat(outputs)[::k]
         p = Prepared(model, x, output, tgt, fx, meta={"target": tgt.description})
         delta = values.reshape(n, -1).sum(1) - (fx - fb)
         return p, values, fb, delta
 
 
 def _baselines(x: torch.Tensor, baselines: Any, name: str = "baselines") -> torch.Tensor:
-    """One reference per sample: ``None`` = zeros, a number, one sample, or one per sample."""
+    """``(refs, shared)``: one shared reference ``(1, ...)`` (``None`` = zeros, a number, one
+    sample) or one per sample ``(n, ...)``."""
     if baselines is None:
-        return torch.zeros_like(x)
+        return torch.zeros_like(x[:1]), True
     if isinstance(baselines, (int, float)) and not isinstance(baselines, bool):
-        return torch.full_like(x, float(baselines))
+        return torch.full_like(x[:1], float(baselines)), True
     b = torch.as_tensor(baselines.detach() if isinstance(baselines, torch.Tensor) else
                         np.asarray(baselines)).to(device=x.device, dtype=x.dtype)
+    if not torch.isfinite(b).all():
+        raise ValueError(f"{name} contains NaN or Inf values")
     if tuple(b.shape) == tuple(x.shape[1:]):
-        return b.unsqueeze(0).expand_as(x).clone()
-    if tuple(b.shape) == tuple(x.shape):
-        if not torch.isfinite(b).all():
-            raise ValueError(f"{name} contains NaN or Inf values")
-        return b.clone()
+        return b.unsqueeze(0).clone(), True
     if b.ndim == x.ndim and b.shape[0] == 1 and tuple(b.shape[1:]) == tuple(x.shape[1:]):
-        return b.expand_as(x).clone()
+        return b.clone(), True
+    if tuple(b.shape) == tuple(x.shape):
+        return b.clone(), False
     raise ValueError(
         f"{name} must be None, a number, one sample of shape {tuple(x.shape[1:])} or one per "
         f"sample of shape {tuple(x.shape)}; got shape {tuple(b.shape)}"
@@ -163,10 +191,11 @@ def deeplift(model: nn.Module, inputs: Any, target: Any = None, *, baselines: An
     """
     eps = _check_eps(eps)
 
-    def refs_for(x):
-        return _baselines(x, baselines)
+    def make_refs(x):
+        refs, shared = _baselines(x, baselines)
+        return refs, 1, shared
 
-    p, values, fb, delta = _run(model, inputs, target, refs_for, 1, method="deeplift", eps=eps,
+    p, values, fb, delta = _run(model, inputs, target, make_refs, method="deeplift", eps=eps,
                                 batch_size=batch_size, progress=progress)
     params = {"baselines": _describe(baselines), "eps": eps, "rule": "rescale"}
     return p.explanation(values, "deeplift", params, baseline_output=fb,
@@ -209,14 +238,14 @@ def deep_shap(model: nn.Module, inputs: Any, target: Any = None, *, baselines: A
     bg = as_tensor(baselines, name="baselines")
     k = len(bg)
 
-    def refs_for(x):
+    def make_refs(x):
         b = bg.to(device=x.device, dtype=x.dtype)
         if tuple(b.shape[1:]) != tuple(x.shape[1:]):
             raise ValueError(f"baselines must have shape (k, {', '.join(map(str, x.shape[1:]))}); "
                              f"got {tuple(b.shape)}")
-        return b.repeat((len(x),) + (1,) * (b.ndim - 1))
+        return b, k, True  # the background's pass is recorded once, for every sample
 
-    p, values, fb, delta = _run(model, inputs, target, refs_for, k, method="deep_shap", eps=eps,
+    p, values, fb, delta = _run(model, inputs, target, make_refs, method="deep_shap", eps=eps,
                                 batch_size=batch_size, progress=progress)
     return p.explanation(values, "deep_shap", {"n_baselines": k, "eps": eps}, baseline_output=fb,
                          meta={"max_abs_delta": float(delta.abs().max())},

@@ -23,6 +23,7 @@ forward pass without graph, one with, and one backward pass — about 1.5 gradie
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
 import torch.nn.functional as F
@@ -72,8 +73,8 @@ class _RescaleFn(torch.autograd.Function):
     def forward(ctx, u, call, u0, y0, eps):
         y = call.run_out_of_place()
         du = u - u0
-        small = du.abs() <= eps
-        m = (y - y0) / torch.where(small, torch.ones_like(du), du)
+        m = (y - y0).div_(du)
+        small = du.abs_() <= eps
         if bool(small.any()):
             m = torch.where(small, _derivative(call, u), m)
         ctx.m = m
@@ -88,20 +89,22 @@ class _MaxPoolFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, f, bound, u0, idx0):
         y, idx = f(*bound.args, **bound.kwargs)
-        uf, u0f = u.flatten(2), u0.flatten(2)
-        ia, ib = idx.flatten(2), idx0.flatten(2)
-        gap_x = uf.gather(2, ia) - uf.gather(2, ib)       # >= 0: a wins at the input
-        gap_0 = u0f.gather(2, ib) - u0f.gather(2, ia)     # >= 0: b wins at the reference
-        den = gap_x + gap_0
-        lam = torch.where(den > 0, gap_x / torch.where(den > 0, den, torch.ones_like(den)),
-                          torch.full_like(den, 0.5))
+        uf, ia = u.flatten(2), idx.flatten(2)
+        u0f, ib = u0.flatten(2), idx0.flatten(2)
+        if u0f.shape[0] != uf.shape[0]:  # one shared reference: broadcast views, no copies
+            u0f, ib = u0f.expand_as(uf), ib.expand_as(ia)
+        gap_x = uf.gather(2, ia).sub_(uf.gather(2, ib))      # >= 0: a wins at the input
+        den = u0f.gather(2, ib).sub_(u0f.gather(2, ia)).add_(gap_x)  # + gap at the reference
+        # λ = gap_x / (gap_x + gap_0); both gaps >= 0, so 0/0 (a tie on both sides) is the only
+        # NaN: split it evenly
+        lam = gap_x.div_(den).nan_to_num_(nan=0.5)
         ctx.ia, ctx.ib, ctx.lam, ctx.shape = ia, ib, lam, u.shape
         return y
 
     @staticmethod
     def backward(ctx, g):
         gf = g.flatten(2)
-        out = torch.zeros(ctx.shape[0], ctx.shape[1], ctx.ia.new_empty(ctx.shape[2:]).numel(),
+        out = torch.zeros(ctx.shape[0], ctx.shape[1], math.prod(ctx.shape[2:]),
                           dtype=g.dtype, device=g.device)
         out.scatter_add_(2, ctx.ia, gf * ctx.lam)
         out.scatter_add_(2, ctx.ib, gf * (1 - ctx.lam))
@@ -215,12 +218,21 @@ class DeepLiftComposite(Composite):
         self.mode = "record"
         self.records: list = []
         self.pos = 0
+        self.ref_index: torch.Tensor | None = None
         rescale = Rescale(self)
         self.rules = {"relu": rescale, "activation": rescale, "max_pool": MaxPoolRescale(self),
                       "mul": ProductRescale(self)}
 
-    def replay(self) -> None:
-        self.mode, self.pos = "replay", 0
+    def replay(self, ref_index: torch.Tensor | None = None) -> None:
+        """Replay the records; row ``r`` of the input pairs with reference ``ref_index[r]``
+        (``None``: row ``r`` with reference ``r``, or the single shared reference)."""
+        self.mode, self.pos, self.ref_index = "replay", 0, ref_index
+
+    def _select(self, t):
+        if self.ref_index is None or not isinstance(t, torch.Tensor) or t.ndim == 0 \
+                or t.shape[0] == 1:
+            return t
+        return t.index_select(0, self.ref_index)
 
     def take(self, call: OpCall):
         if self.pos >= len(self.records) or self.records[self.pos][0] != call.kind:
@@ -230,10 +242,10 @@ class DeepLiftComposite(Composite):
                 "same operations in the same order for both")
         rec = self.records[self.pos]
         self.pos += 1
-        return rec[1], rec[2]
+        return self._select(rec[1]), self._select(rec[2])
 
     def check_shape(self, call: OpCall, u, u0) -> None:
-        if u0.shape != u.shape:
+        if u0.shape[1:] != u.shape[1:] or u0.shape[0] not in (1, u.shape[0]):
             raise UnsupportedOperationError(
                 f"model: deeplift: {call.where} sees shape {tuple(u.shape)} for the input but "
                 f"{tuple(u0.shape)} for the reference")

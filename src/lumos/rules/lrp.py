@@ -47,15 +47,22 @@ __all__ = [
 ]
 
 
-def _sign1(z: torch.Tensor) -> torch.Tensor:
-    return torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
-
-
 def _divide(R: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
-    """``R / (z + eps sign z)``; with ``eps == 0`` a zero denominator gives 0 (LRP-0)."""
+    """``R / (z + eps sign z)`` with ``sign(0) = 1``; with ``eps == 0`` a zero denominator gives 0
+    (LRP-0)."""
     if eps == 0:
         return torch.where(z == 0, torch.zeros_like(R), R / torch.where(z == 0, torch.ones_like(z), z))
-    return R / (z + eps * _sign1(z))
+    # |z| + eps carrying the sign of z, then R / it: in-place passes over one buffer
+    den = z.abs().add_(eps).copysign_(z)
+    return torch.div(R, den, out=den)
+
+
+def _divide_pos(R: torch.Tensor, zp: torch.Tensor, eps: float, fresh: bool = False) -> torch.Tensor:
+    """``R / (zp + eps)`` for a non-negative denominator (``sign(zp) = 1``)."""
+    if eps == 0:
+        return _divide(R, zp, 0.0)
+    den = zp.add_(eps) if fresh else zp + eps
+    return torch.div(R, den, out=den)
 
 
 def _check_number(value, name, low=None, strict=False):
@@ -121,6 +128,18 @@ class Affine:
     def add_bias(self, z, b):
         return z if b is None else z + b
 
+    def fwd_bias(self, x, W, b):
+        """``fwd(x, W) + b`` (fused into the operation where it takes a bias)."""
+        return self.add_bias(self.fwd(x, W), b)
+
+    def vjp_multi(self, s, Ws):
+        """``[vjp(s, W) for W in Ws]`` (one call where the op allows stacking the weights)."""
+        return [self.vjp(s, W) for W in Ws]
+
+    def n_out(self) -> int | None:
+        """Length of the bias vector (output channels); ``None`` when the op takes no bias."""
+        return None if self.W is None or self.param_free else int(self.W.shape[0])
+
     # weight modifiers; weight-free ops have implicit non-negative weights
     def pos(self, W):
         return W if W is None else W.clamp(min=0)
@@ -150,6 +169,12 @@ class LinearOp(Affine):
     def vjp(self, s, W):
         return s @ W
 
+    def fwd_bias(self, x, W, b):
+        return F.linear(x, W, b)
+
+    def vjp_multi(self, s, Ws):
+        return list((s @ torch.cat(Ws, 1)).split(self.W.shape[1], dim=-1))
+
 
 class ConvOp(Affine):
     def __init__(self, call, nd, transposed=False):
@@ -173,6 +198,16 @@ class ConvOp(Affine):
                              a["groups"], a["dilation"])
         return self.func(x, W, None, a["stride"], a["padding"], a["dilation"], a["groups"])
 
+    def n_out(self):
+        return int(self.W.shape[1] * self.a["groups"]) if self.transposed else int(self.W.shape[0])
+
+    def fwd_bias(self, x, W, b):
+        a = self.a
+        if self.transposed:
+            return self.func(x, W, b, a["stride"], a["padding"], a["output_padding"],
+                             a["groups"], a["dilation"])
+        return self.func(x, W, b, a["stride"], a["padding"], a["dilation"], a["groups"])
+
     def vjp(self, s, W):
         if not self.fast:
             return super().vjp(s, W)
@@ -184,6 +219,20 @@ class ConvOp(Affine):
 
     def add_bias(self, z, b):
         return z if b is None else z + b.view(1, -1, *([1] * self.nd))
+
+    def vjp_multi(self, s, Ws):
+        # One transposed convolution with the weights stacked along the input channels: the
+        # first layer (few input channels) costs about as much for 3 weights as for 1.
+        if not self.fast or self.transposed or int(self.a["groups"]) != 1:
+            return super().vjp_multi(s, Ws)
+        Wc = torch.cat(Ws, 1)
+        a, n = self.a, self.nd
+        shape = (self.x.shape[0], Wc.shape[1]) + tuple(self.x.shape[2:])
+        g = torch.ops.aten.convolution_backward(
+            s, s.new_empty(1).expand(shape), Wc, None, _ntuple(a["stride"], n),
+            _ntuple(a["padding"], n), _ntuple(a["dilation"], n), False, _ntuple(0, n), 1,
+            [True, False, False])[0]
+        return list(g.split(self.W.shape[1], dim=1))
 
 
 class MatmulOp(Affine):
@@ -204,6 +253,9 @@ class MatmulOp(Affine):
 
     def fwd(self, x, W):
         return x @ W if self.left else W @ x
+
+    def n_out(self):
+        return None
 
     def vjp(self, s, W):
         if self.left:
@@ -401,7 +453,7 @@ class Epsilon(LRPRule):
         self.epsilon = _check_number(epsilon, "epsilon", 0)
 
     def relevance(self, op, x, z, R):
-        return x * op.vjp(_divide(R, z, self.epsilon), op.W)
+        return op.vjp(_divide(R, z, self.epsilon), op.W).mul_(x)
 
 
 class Zero(Epsilon):
@@ -427,11 +479,11 @@ class Gamma(LRPRule):
     def relevance(self, op, x, z, R):
         g = self.gamma
         if op.param_free:  # implicit non-negative weights: w + γ w⁺ = (1 + γ) w
-            return (1 + g) * x * op.vjp(_divide(R, (1 + g) * z, self.stabilizer), "w")
+            return op.vjp(_divide(R, (1 + g) * z, self.stabilizer), "w").mul_(x).mul_(1 + g)
         W2 = op.W + g * op.W.clamp(min=0)
         b2 = None if op.b is None else op.b + g * op.b.clamp(min=0)
-        z2 = op.add_bias(op.fwd(x, W2), b2)
-        return x * op.vjp(_divide(R, z2, self.stabilizer), W2)
+        z2 = op.fwd_bias(x, W2, b2)
+        return op.vjp(_divide(R, z2, self.stabilizer), W2).mul_(x)
 
 
 class AlphaBeta(LRPRule):
@@ -453,23 +505,34 @@ class AlphaBeta(LRPRule):
         Wp, Wn = op.pos(op.W), op.neg(op.W)
         bp = None if op.b is None else op.b.clamp(min=0)
         bn = None if op.b is None else op.b.clamp(max=0)
-        xp, xn = x.clamp(min=0), x.clamp(max=0)
-        nonneg = bool((x >= 0).all())
-        if nonneg:  # after a ReLU: (x w)+ = x w+, and z- = z - z+ + (b- - b+) - (b- ... ) below
-            P = op.fwd(x, Wp)
-            zp = op.add_bias(P, bp)
-            out = a * x * op.vjp(_divide(R, zp, eps), Wp)
+        if bool(x.min() >= 0):
+            # after a ReLU: (x w)⁺ = x w⁺, and z⁻ = z − z⁺ (the biases' parts cancel): one extra
+            # forward pass; the bias and the stabiliser are fused into it
+            n_out = op.n_out()
+            if n_out is None or eps == 0:
+                zp = op.add_bias(op.fwd(x, Wp), bp)
+                zn = (z - zp) if b else None
+                s = _divide_pos(R, zp, eps)
+            else:
+                shift = torch.full((n_out,), eps, dtype=x.dtype, device=x.device) \
+                    if bp is None else bp + eps
+                zp = op.fwd_bias(x, Wp, shift)               # z⁺ + eps > 0
+                zn = (z - zp).add_(eps) if b else None        # z⁻ = z − z⁺
+                s = torch.div(R, zp, out=zp)
+            g = op.vjp(s, Wp)
+            if a != 1:
+                g.mul_(a)
             if b:
-                zn = op.add_bias(z - op.add_bias(P, op.b), bn) if op.b is not None else z - P
-                out = out - b * x * op.vjp(_divide(R, zn, eps), Wn)
-            return out
+                g.sub_(op.vjp(_divide(R, zn, eps), Wn), alpha=b)
+            return g.mul_(x)
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
         zp = op.add_bias(op.fwd(xp, Wp) + op.fwd(xn, Wn), bp)
-        sp = _divide(R, zp, eps)
-        out = a * (xp * op.vjp(sp, Wp) + xn * op.vjp(sp, Wn))
+        g_pp, g_pn = op.vjp_multi(_divide(R, zp, eps), [Wp, Wn])
+        out = g_pp.mul_(xp).add_(g_pn.mul_(xn)).mul_(a)
         if b:
             zn = op.add_bias(op.fwd(xp, Wn) + op.fwd(xn, Wp), bn)
-            sn = _divide(R, zn, eps)
-            out = out - b * (xp * op.vjp(sn, Wn) + xn * op.vjp(sn, Wp))
+            g_nn, g_np = op.vjp_multi(_divide(R, zn, eps), [Wn, Wp])
+            out.sub_(g_nn.mul_(xp).add_(g_np.mul_(xn)), alpha=b)
         return out
 
 
@@ -501,21 +564,29 @@ class ZBox(LRPRule):
         self.stabilizer = _check_number(stabilizer, "stabilizer", 0)
 
     def _bounds(self, x):
-        flat = x.detach().reshape(len(x), -1)
-        shape = (len(x),) + (1,) * (x.ndim - 1)
+        """``low``, ``high`` broadcastable to ``x``: per-sample scalars ``(n, 1, ...)``, one
+        shared sample ``(1, ...)`` or one per sample ``(n, ...)``."""
+        one = (len(x),) + (1,) * (x.ndim - 1)
 
-        def get(v, name, default):
+        def get(v, name, reduce):
             if v is None:
-                return default.view(shape).expand_as(x)
+                return reduce(x.detach().reshape(len(x), -1), 1).values.view(one)
             t = torch.as_tensor(v, dtype=x.dtype, device=x.device)
+            if t.ndim == 0:
+                t = t.reshape((1,) * x.ndim)
+            elif t.ndim == x.ndim - 1:
+                t = t.unsqueeze(0)
             try:
-                return t.expand_as(x) if t.ndim < x.ndim else t.expand_as(x)
+                ok = t.ndim == x.ndim and torch.broadcast_shapes(t.shape, x.shape) == x.shape
             except RuntimeError:
+                ok = False
+            if not ok:
                 raise RuleParameterError(
-                    f"{name} has shape {tuple(t.shape)}, not broadcastable to the first layer's "
-                    f"input of shape {tuple(x.shape)}") from None
+                    f"{name} has shape {tuple(torch.as_tensor(v).shape)}, not broadcastable to one "
+                    f"sample of the first layer's input, of shape {tuple(x.shape[1:])}")
+            return t
 
-        return get(self.low, "low", flat.min(1).values), get(self.high, "high", flat.max(1).values)
+        return get(self.low, "low", torch.min), get(self.high, "high", torch.max)
 
     def check(self, op):
         lo, hi = self._bounds(op.x)
@@ -526,12 +597,23 @@ class ZBox(LRPRule):
                 f"range over [{x.min().item():.4g}, {x.max().item():.4g}]"
             )
 
+    @staticmethod
+    def _fwd_bound(op, t, x, W, like):
+        """``fwd(t, W)`` for a bound ``t``, computed on one sample when ``t`` allows it."""
+        if t.shape[0] == 1:  # one shared sample (or a number): one sample's pass, broadcast
+            return op.fwd(t.expand((1,) + tuple(x.shape[1:])), W)
+        if all(d == 1 for d in t.shape[1:]):  # a number per sample: scale one pass of ones
+            base = op.fwd(torch.ones_like(x[:1]), W)
+            return base * t.reshape((len(x),) + (1,) * (like.ndim - 1))
+        return op.fwd(t.expand_as(x), W)
+
     def relevance(self, op, x, z, R):
         lo, hi = self._bounds(x)
         Wp, Wn = op.pos(op.W), op.neg(op.W)
-        zb = z - op.fwd(lo, Wp) - op.fwd(hi, Wn)
+        zb = z - self._fwd_bound(op, lo, x, Wp, z) - self._fwd_bound(op, hi, x, Wn, z)
         s = _divide(R, zb, self.stabilizer)
-        return x * op.vjp(s, op.W) - lo * op.vjp(s, Wp) - hi * op.vjp(s, Wn)
+        gx, gp, gn = op.vjp_multi(s, [op.W, Wp, Wn])
+        return gx.mul_(x).sub_(gp.mul_(lo)).sub_(gn.mul_(hi))
 
     def __repr__(self) -> str:
         return f"ZBox(low={_short(self.low)}, high={_short(self.high)})"
@@ -619,9 +701,12 @@ class _SumFn(torch.autograd.Function):
 
 
 class AddRule(Rule):
-    """Addition ``a + b`` (residual connections): ``R_a = a R / (a + b)``, ε-stabilised.
+    """Addition ``a + b`` of two input-dependent tensors (residual connections):
+    ``R_a = a R / (a + b)``, ``R_b = b R / (a + b)``, ε-stabilised (subtraction likewise).
 
-    A constant summand (a bias, a Python number) keeps its share of the relevance.
+    With a constant summand (a shift such as input normalisation ``x - mean``, or a Python
+    number) the relevance stays with the variable summand unchanged, as with the plain gradient;
+    biases *inside* linear and convolution operations are handled by those operations' rules.
     """
 
     def __init__(self, epsilon: float = 1e-6):
@@ -646,6 +731,9 @@ class AddRule(Rule):
                 terms.append((t.detach(), c))
             else:
                 terms.append((t, None))
+        variables = [t for t in (a, b) if isinstance(t, torch.Tensor) and t.requires_grad]
+        if len(variables) == 1:
+            return _PassFn.apply(variables[0], call)
         holder = Holder(self, call, _label(call), call.session, call.index)
         holder.terms = terms
         tensors = [t if isinstance(t, torch.Tensor) else torch.zeros(()) for t in (a, b)]

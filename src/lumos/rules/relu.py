@@ -29,7 +29,8 @@ class _GuidedReLUFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
-        return g.clamp(min=0) * (y > 0)
+        # the ReLU's own backward kernel (g where y > 0), then rectified in place
+        return torch.ops.aten.threshold_backward(g, y, 0).clamp_(min=0)
 
 
 class _DeconvReLUFn(torch.autograd.Function):
