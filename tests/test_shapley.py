@@ -178,11 +178,33 @@ def test_kernel_no_silent_truncation():
     np.testing.assert_allclose(k.values[0], w + 0.05 * (np.arange(30) < 2), atol=1e-9)
 
 
-def test_jackknife_matches_naive_refits():
+def test_many_features_pairwise_closed_form():
+    # 60 features: strata too large to enumerate are sampled by rejection, the jackknife uses
+    # low-rank updates; a pairwise game is still exact for any paired design
+    r = np.random.default_rng(6)
+    M = 60
+    w, C = r.normal(size=M), r.normal(size=(M, M)) * 0.1
+    bg, x = r.normal(size=(4, M)), r.normal(size=(2, M))
+    S = (C + C.T) / 2
+    bbar, bb = bg.mean(0), bg.T @ bg / len(bg)
+    truth = w * (x - bbar)
+    for i in range(2):
+        xi = x[i]
+        pair = np.outer(xi, xi) - np.outer(bbar, xi) + np.outer(xi, bbar) - bb
+        np.fill_diagonal(pair, 0.0)
+        truth[i] += (S * pair).sum(1) + np.diag(S) * (xi ** 2 - np.diag(bb))
+    f = lambda Z: Z @ w + np.einsum("ni,ni->n", Z @ C, Z)  # noqa: E731
+    k = lumos.explain(f, x, method="kernel_shap", background=bg, budget=300)
+    np.testing.assert_allclose(k.values, truth, atol=1e-8)
+    p = lumos.explain(f, x, method="permutation_shap", background=bg, budget=2 * (M - 1))
+    np.testing.assert_allclose(p.values, truth, atol=1e-8)
+
+
+@pytest.mark.parametrize("M,budget", [(7, 60), (16, 48)])  # direct inverses; Woodbury updates
+def test_jackknife_matches_naive_refits(M, budget):
     rng = np.random.default_rng(5)
-    M = 7
     sampler = PairedSampler(M, rng)
-    sampler.grow(60)
+    sampler.grow(budget)
     Z = sampler.Z
     y = Z @ rng.normal(size=M) + 0.3 * (Z[:, 0] & Z[:, 1] & Z[:, 2]) + 0.2 * (Z[:, 3] & Z[:, 4] & Z[:, 5])
     w = sampler.weights()

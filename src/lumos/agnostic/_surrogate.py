@@ -81,6 +81,33 @@ def select_features(X: np.ndarray, y: np.ndarray, w: np.ndarray, k: int, method:
     raise ValueError(f"selection must be one of {SELECTIONS}; got {method!r}")
 
 
+def weighted_ridge(X: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float):
+    """``Ridge(alpha).fit(X, y, sample_weight=w)`` of scikit-learn, by its normal equations
+    (the intercept unpenalised, as scikit-learn does by centring with the weighted means).
+
+    Returns ``(coef, intercept, r2)`` with the weighted R² of scikit-learn's ``score``. Solving
+    the small (d × d) system directly avoids scikit-learn's per-call validation, which dominated
+    the cost of one local fit; ``tests/test_lime.py`` checks it against ``sklearn.linear_model.Ridge``.
+    """
+    Xc, yc, mx, my = _center(X, y, w)
+    d = X.shape[1]
+    if d:
+        Aw = Xc * w[:, None]
+        G = Aw.T @ Xc + alpha * np.eye(d)
+        try:
+            coef = np.linalg.solve(G, Aw.T @ yc)
+        except np.linalg.LinAlgError:
+            coef = np.linalg.lstsq(G, Aw.T @ yc, rcond=None)[0]
+    else:
+        coef = np.zeros(0)
+    r = yc - Xc @ coef
+    tss = w @ (yc * yc)
+    rss = w @ (r * r)
+    # scikit-learn's r2_score: 1 for a perfect fit of a constant target, 0 for an imperfect one
+    r2 = 1.0 - rss / tss if tss > 0 else (1.0 if rss == 0 else 0.0)
+    return coef, float(my - mx @ coef), float(r2)
+
+
 def fit_surrogate(X: np.ndarray, y: np.ndarray, w: np.ndarray, x0: np.ndarray, k: int | None,
                   selection: str, alpha: float) -> dict:
     """Fit the weighted ridge surrogate on the selected features.
@@ -93,23 +120,19 @@ def fit_surrogate(X: np.ndarray, y: np.ndarray, w: np.ndarray, x0: np.ndarray, k
     x0 : (d,) representation of the explained input
     k : int or None (all features)
     selection : one of :data:`SELECTIONS`
-    alpha : ridge penalty (scikit-learn's ``Ridge(alpha)`` with ``sample_weight``)
+    alpha : ridge penalty (as scikit-learn's ``Ridge(alpha)`` with ``sample_weight``)
 
     Returns
     -------
     dict with ``coef`` (d,) (0 off the selection), ``intercept``, ``r2`` (weighted R² of the
     surrogate: its local fidelity), ``selected`` (d,) bool, ``local_prediction`` (surrogate at x0).
     """
-    from sklearn.linear_model import Ridge
-
     d = X.shape[1]
     cols = select_features(X, y, w, d if k is None else k, selection, alpha)
     coef = np.zeros(d)
-    model = Ridge(alpha=alpha, fit_intercept=True)
-    model.fit(X[:, cols], y, sample_weight=w)
-    coef[cols] = model.coef_
-    r2 = float(model.score(X[:, cols], y, sample_weight=w)) if len(cols) else 0.0
+    c, intercept, r2 = weighted_ridge(X[:, cols], y, w, alpha)
+    coef[cols] = c
     selected = np.zeros(d, bool)
     selected[cols] = True
-    return {"coef": coef, "intercept": float(model.intercept_), "r2": r2, "selected": selected,
-            "local_prediction": float(model.intercept_ + coef @ x0)}
+    return {"coef": coef, "intercept": intercept, "r2": r2, "selected": selected,
+            "local_prediction": float(intercept + coef @ x0)}

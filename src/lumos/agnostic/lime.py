@@ -192,9 +192,12 @@ class _TabularSampler:
         sd = np.nanstd(train, 0)
         self.sd = np.where((sd > 0) & num, sd, 1.0)
         self.edges: dict[int, np.ndarray] = {}
+        # the bin (or category) of every training value, once: samples are training values
+        self.train_bins = train.copy()
         if discretizer is not None:
             for j in np.flatnonzero(num):
                 self.edges[j] = self._edges(train[:, j], discretizer, labels, seed)
+                self.train_bins[:, j] = self.bins(train[:, j], j)
 
     @staticmethod
     def _edges(col: np.ndarray, how: str, labels, seed) -> np.ndarray:
@@ -225,24 +228,23 @@ class _TabularSampler:
         table = self.table
         # every column redrawn from its training marginal (bin by frequency, value in the bin)
         pick = np.stack([g.integers(0, len(self.train), size=(S, d)) for g in gens])
-        Zs = self.train[pick, np.arange(d)]
+        cols = np.arange(d)
+        Zs = self.train[pick, cols]
+        # bins (or categories) of the explained rows; of the samples, looked up, not recomputed
+        xb = X.copy()
+        for j in self.edges:
+            xb[:, j] = self.bins(X[:, j], j)
+        rep = (self.train_bins[pick, cols] == xb[:, None, :]).astype(np.float64)
+        x0 = np.ones((n, d))
         if self.discretizer is None:
             noise = np.stack([g.standard_normal((S, d)) for g in gens])
             centre = X[:, None, :] if self.around else self.mean
-            cont = centre + noise * self.sd
             num = ~table.categorical
-            Zs[..., num] = cont[..., num]
+            Zs[..., num] = (centre + noise * self.sd)[..., num]
+            rep[..., num] = (Zs[..., num] - X[:, None, num]) / self.sd[num]
+            x0[:, num] = 0.0
         Zs[:, 0, :] = X  # the first sample is the input itself
-        rep = np.empty_like(Zs)
-        x0 = np.ones((n, d))
-        for j in range(d):
-            if table.categorical[j]:
-                rep[..., j] = Zs[..., j] == X[:, None, j]
-            elif self.discretizer is not None:
-                rep[..., j] = self.bins(Zs[..., j], j) == self.bins(X[:, None, j], j)
-            else:
-                rep[..., j] = (Zs[..., j] - X[:, None, j]) / self.sd[j]
-                x0[:, j] = 0.0
+        rep[:, 0, :] = x0
         diff = rep - x0[:, None, :]
         d2 = np.sum(diff * diff, axis=2)
         return Zs, rep, x0, d2

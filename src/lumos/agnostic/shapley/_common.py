@@ -63,6 +63,8 @@ class PairedSampler:
         half = M // 2
         self.sizes = np.arange(1, half + 1)
         self.N = np.array([comb(M, s) // (2 if 2 * s == M else 1) for s in self.sizes], dtype=np.float64)
+        # units per stratum as ints, capped far above any budget (C(100, 50) overflows int64)
+        self._cap = np.minimum(self.N, 2.0 ** 62).astype(np.int64)
         self.n = np.zeros(len(self.sizes), dtype=np.int64)
         self._order: dict[int, np.ndarray] = {}
         self._seen: dict[int, set] = {}
@@ -86,7 +88,7 @@ class PairedSampler:
     def allot(self, budget: int) -> np.ndarray:
         """Units per stratum for a total of ``budget`` coalitions (never fewer than drawn)."""
         units = max(budget // 2, int(self.n.sum()))
-        cap = self.N
+        cap = self._cap.astype(np.float64)
         target = np.zeros(len(cap))
         free = np.ones(len(cap), bool)
         left = float(units)
@@ -108,7 +110,7 @@ class PairedSampler:
                 if out[k] < cap[k]:
                     out[k] += 1
                     rest -= 1
-        return np.maximum(np.minimum(out, cap.astype(np.int64)), self.n)
+        return np.maximum(np.minimum(out, self._cap), self.n)
 
     def grow(self, budget: int) -> np.ndarray:
         """Draw units up to ``budget`` coalitions; returns the new coalitions (rows of Z)."""
@@ -234,6 +236,10 @@ def kernel_solve(Z: np.ndarray, y: np.ndarray, w: np.ndarray, total: float,
         return phi, se
     unit_group = groups[unit_stratum]
     var = np.zeros(M)
+    try:
+        H0inv = np.linalg.inv(H)
+    except np.linalg.LinAlgError:
+        return phi, se
     Xu = X.reshape(-1, 2, M - 1)
     wu = w.reshape(-1, 2)
     yu = yt.reshape(-1, 2)
@@ -244,10 +250,9 @@ def kernel_solve(Z: np.ndarray, y: np.ndarray, w: np.ndarray, total: float,
         c = wu[units] * n / (n - 1)       # (n, 2)
         Hs = np.einsum("nrp,nr,nrq->pq", U, wu[units], U)
         gs = np.einsum("nrp,nr,nr->p", U, wu[units], yu[units])
-        Hp = H + Hs / (n - 1)
         gp = g + gs / (n - 1)
         try:
-            P = np.linalg.inv(Hp)
+            P = _inverse_update(H, H0inv, Hs / (n - 1), U, wu[units] / (n - 1))
         except np.linalg.LinAlgError:
             return phi, np.full(M, np.nan)
         bp = P @ gp
@@ -267,6 +272,19 @@ def kernel_solve(Z: np.ndarray, y: np.ndarray, w: np.ndarray, total: float,
         f = n / float(np.sum(N_units[np.flatnonzero(groups == grp)]))
         var += (1 - min(f, 1.0)) * (n - 1) / n * ((reps - reps.mean(0)) ** 2).sum(0)
     return phi, np.sqrt(var)
+
+
+def _inverse_update(H, Hinv, Hs, U, c) -> np.ndarray:
+    """``(H + Hs)^-1`` with ``Hs = sum_k U_k^T diag(c_k) U_k``: directly when the update has
+    high rank, else by the Woodbury identity from ``Hinv`` (O(p² r) instead of O(p³))."""
+    p = H.shape[0]
+    V = U.reshape(-1, p)                 # (r, p) rows of the update
+    cr = c.reshape(-1)
+    if len(V) * 2 >= p:
+        return np.linalg.inv(H + Hs)
+    A = V @ Hinv                         # (r, p)
+    K = np.diag(1.0 / cr) + A @ V.T      # (r, r)
+    return Hinv - A.T @ np.linalg.solve(K, A)
 
 
 def _solve(H: np.ndarray, g: np.ndarray) -> np.ndarray:

@@ -30,7 +30,8 @@ def permutation_shap(model: Any, inputs: Any, target: Any = None, *, background:
     partner once before and once after it). Each permutation is a chain of coalitions, so
     efficiency ``base + sum(phi) = f(x)`` holds exactly for any number of permutations. The
     standard error is the spread of the pair means; unless a ``budget`` is given, pairs are added
-    until ``max(se) / (max(phi) - min(phi)) < tol``.
+    until ``max(se) / (max(phi) - min(phi)) < tol`` and the last round moved no value by more
+    than ``3 tol`` of that range.
 
     Parameters
     ----------
@@ -38,7 +39,7 @@ def permutation_shap(model: Any, inputs: Any, target: Any = None, *, background:
         As for :func:`~lumos.agnostic.shapley.kernel.kernel_shap`.
     budget : int, optional
         Coalitions per sample; one antithetic pair costs ``2 (M - 1)``. At least one pair is
-        evaluated. ``None``: automatic stop (at least 2 pairs, for a standard error).
+        evaluated. ``None``: automatic stop (at least 8 pairs, for a standard error).
     tol, max_budget
         Automatic stop rule and its cap, as for kernel_shap.
 
@@ -62,11 +63,14 @@ def permutation_shap(model: Any, inputs: Any, target: Any = None, *, background:
     if budget is not None:
         pairs_wanted = np.maximum(1, budget // cost)
     else:
-        pairs_wanted = np.maximum(2, -(-64 // cost))
+        # at least 8 pairs before a standard error is trusted: with fewer, all pairs can agree
+        # by chance (one ordering class of three interacting features has probability 1/3)
+        pairs_wanted = np.maximum(8, -(-64 // cost))
     sums = [np.zeros((0, int(M))) for M in game.M]  # per row: one row of pair means per pair
     phi = np.zeros((n, Mmax))
     se = np.zeros((n, Mmax))
     ratio = np.full(n, np.inf)
+    rounds = np.zeros(n, np.int64)
     done = np.zeros(n, bool)
     while True:
         active = np.flatnonzero(~done)
@@ -101,18 +105,24 @@ def permutation_shap(model: Any, inputs: Any, target: Any = None, *, background:
             np.put_along_axis(contrib, perms, np.diff(chain, axis=1), axis=1)
             sums[i] = np.concatenate([sums[i], (contrib[:k] + contrib[k:]) / 2])
             P = len(sums[i])
-            phi[i, :M] = sums[i].mean(0)
+            new = sums[i].mean(0)
+            change = stop_ratio(new, np.abs(new - phi[i, :M])) if rounds[i] else np.inf
+            phi[i, :M] = new
             se[i, :M] = sums[i].std(0, ddof=1) / np.sqrt(P) if P > 1 else np.nan
             ratio[i] = stop_ratio(phi[i, :M], se[i, :M]) if P > 1 else np.inf
+            rounds[i] += 1
             used = P * cost[i]
-            if budget is not None or M <= 1 or ratio[i] < tol or used >= max_budget:
+            # as kernel_shap: a small standard error must survive one more round (a few pairs
+            # can agree by chance when only some orderings of interacting features were drawn)
+            settled = ratio[i] < tol and change < 3 * tol
+            if budget is not None or M <= 1 or settled or used >= max_budget:
                 done[i] = True
             else:
                 grow = (ratio[i] / tol) ** 2 * 1.2 if np.isfinite(ratio[i]) else 2.0
                 target_pairs = int(P * min(4.0, max(1.5, grow)))
                 pairs_wanted[i] = max(P + 1, min(target_pairs, max_budget // cost[i]))
     n_perm = np.array([2 * len(s) for s in sums])
-    converged = ratio < tol
+    converged = (ratio < tol) & ((rounds > 1) | (budget is not None) | (game.M <= 1))
     if budget is None and not converged.all():
         warnings.warn(
             f"permutation_shap: {int((~converged).sum())} of {n} samples did not reach tol={tol} "
