@@ -70,6 +70,14 @@ class FlattenNet(nn.Module):
         return self.fc(self.act(self.conv(x)).flatten(1))
 
 
+class ViewNet(FlattenNet):
+    """A .view on the activations: cannot run on channels-last inputs."""
+
+    def forward(self, x):
+        a = self.act(self.conv(x))
+        return self.fc(a.view(len(a), -1))
+
+
 class TwoHeadNet(SmallCNN):
     """GAP followed by two linear layers: CAM's weights do not apply."""
 
@@ -327,6 +335,29 @@ def test_scorecam_matches_naive_reference(pool_cnn, imgs):
     e2 = lumos.explain(m, x, "scorecam", target=t, score="raw", baseline=0.5)
     ref2 = _scorecam_reference(m, x, m.features, t, baseline=0.5, softmax=False)
     np.testing.assert_allclose(e2.meta["layer_map"], ref2.numpy(), rtol=1e-10, atol=1e-13)
+
+
+def test_layouts_agree(pool_cnn, imgs):
+    """float32 CPU conv nets run channels-last (faster); the numbers agree with float64 to float32
+    rounding, and a model that cannot take channels-last inputs runs in its own layout."""
+    m64 = _seeded(PoolCNN).double()  # the same weights in float64
+    for method in ("gradcam", "cam", "scorecam"):
+        e = lumos.explain(pool_cnn, imgs, method, target=1)
+        assert e.meta["memory_format"] == "channels_last"
+        ref = lumos.explain(m64, imgs.double(), method, target=1)
+        assert ref.meta["memory_format"] == "contiguous"
+        tol = 1e-5 * np.abs(ref.values).max()
+        np.testing.assert_allclose(e.values, ref.values, rtol=1e-4, atol=tol)
+    m = _seeded(ViewNet)
+    v = lumos.explain(m, imgs, "scorecam", target=1)
+    assert v.meta["memory_format"] == "contiguous"
+    ref = _scorecam_reference(m.double(), imgs.double(), lambda t: m.act(m.conv(t)), [1] * 5)
+    np.testing.assert_allclose(v.meta["layer_map"], ref.numpy(), rtol=1e-4,
+                               atol=1e-5 * np.abs(ref.numpy()).max())
+    g = lumos.explain(m.float(), imgs, "gradcam", target=1)
+    assert g.meta["memory_format"] == "contiguous"
+    g64 = lumos.explain(m.double(), imgs.double(), "gradcam", target=1)
+    np.testing.assert_allclose(g.values, g64.values, rtol=1e-4, atol=1e-5 * np.abs(g64.values).max())
 
 
 def test_scorecam_batch_size_and_seeded_channel_subset(pool_cnn, imgs):

@@ -10,7 +10,7 @@ from ...core.execution import chunks
 from ...core.registry import register
 from ...core.torch_model import torch_call
 from ...core.targets import resolve_target
-from ._base import FAMILY, Layer, slice_target, capture, finish, resolve_layer, weighted_sum
+from ._base import FAMILY, Layer, Layout, slice_target, capture, finish, resolve_layer, weighted_sum
 
 __all__ = ["cam"]
 
@@ -90,8 +90,9 @@ def cam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any = No
         )
     # The hooked pass gives the output too: no separate clean forward pass.
     with torch_call(model, inputs, target, method="cam", clean_forward=False) as p:
-        layer = resolve_layer(model, p.x, at, "cam")
+        layer = resolve_layer(model, p.x, at, "cam", probe=False)
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        layout = Layout(model, p.x)
         maps, weights, biases, outs = [], [], [], []
         for sl in chunks(p.n, batch_size, desc="cam", progress=progress):
             calls: list = []
@@ -100,7 +101,8 @@ def cam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any = No
                 if inp and isinstance(inp[0], torch.Tensor):
                     calls.append((mod, inp[0].detach(), out))
 
-            out, a = capture(model, p.x[sl], layer, {m: record for m in linears})
+            hooks = {m: record for m in linears}
+            out, a = layout.run(lambda xb: capture(model, xb, layer, hooks), p.x[sl])
             lin = _check_gap_linear(out, a, calls, layer)
             idx = resolve_target(slice_target(p.target_spec, sl, p.n), out).indices
             cls = torch.zeros(len(out), dtype=torch.long) if idx is None else torch.as_tensor(idx)
@@ -112,5 +114,5 @@ def cam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any = No
             biases.append(b.to(a.dtype))
             outs.append(out)
         p.resolve(torch.cat(outs))
-        return finish(p, layer, torch.cat(maps), "cam", {}, None,
+        return finish(p, layer, torch.cat(maps), "cam", {}, {"memory_format": layout.name},
                       {"channel_weights": torch.cat(weights), "bias": torch.cat(biases)})

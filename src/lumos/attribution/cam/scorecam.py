@@ -9,7 +9,7 @@ import torch
 from ...core.execution import check_batch_size, chunks, rng
 from ...core.registry import register
 from ...core.torch_model import as_tensor, forward, torch_call
-from ._base import FAMILY, capture, finish, resolve_layer, upsample, weighted_sum
+from ._base import FAMILY, Layout, capture, finish, resolve_layer, upsample, weighted_sum
 
 __all__ = ["scorecam"]
 
@@ -45,7 +45,9 @@ def scorecam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any
     ``X_k = X_b`` and ``alpha_k = 0`` exactly; their forward passes are skipped.
 
     The masked inputs of all (sample, channel) pairs run through the model ``batch_size`` at a
-    time: the cost is one forward pass per pair with a non-constant map, batched.
+    time: the cost is one forward pass per pair with a non-constant map, batched. On CPU, float32
+    images go through a 2-D conv net in channels-last layout (about twice as fast with oneDNN;
+    equal to float32 rounding), unless the model cannot take it (``meta["memory_format"]``).
 
     Parameters
     ----------
@@ -83,8 +85,10 @@ def scorecam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any
     bs = check_batch_size(batch_size)
     # The activation pass gives the output too: no separate clean forward pass.
     with torch_call(model, inputs, target, method="scorecam", clean_forward=False) as p:
-        layer = resolve_layer(model, p.x, at, "scorecam")
-        outs, acts = zip(*[capture(model, p.x[sl], layer) for sl in chunks(p.n, bs, progress=False)])
+        layer = resolve_layer(model, p.x, at, "scorecam", probe=False)
+        layout = Layout(model, p.x)
+        outs, acts = zip(*[layout.run(lambda xb: capture(model, xb, layer), p.x[sl])
+                           for sl in chunks(p.n, bs, progress=False)])
         p.resolve(torch.cat(outs))
         a = torch.cat(acts)
         classes = p.output.ndim >= 2 and p.output.shape[1] > 1
@@ -112,9 +116,14 @@ def scorecam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any
             # One draw, before any batching, shared by all samples: batch-size independent.
             channels = np.sort(rng(seed).choice(k_total, size=int(n_channels), replace=False))
         base = _baseline(baseline, p.x)
-        with torch.no_grad():
-            f_base = torch.cat([f(forward(model, base[sl]), torch.arange(sl.start, sl.stop))
-                                for sl in chunks(p.n, bs, progress=False)])
+
+        def scores(xb, rows):
+            # inference_mode: scores are only compared, never differentiated
+            with torch.inference_mode():
+                return f(forward(model, xb, name="masked inputs"), rows)
+
+        f_base = torch.cat([layout.run(scores, base[sl], torch.arange(sl.start, sl.stop))
+                            for sl in chunks(p.n, bs, progress=False)])
 
         sub = a[:, torch.as_tensor(channels, device=a.device)]
         flat = sub.flatten(2)
@@ -129,13 +138,12 @@ def scorecam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any
             span = hi - lo
             mask = torch.where(span > 0, (m - lo) / torch.where(span > 0, span, 1), 0)
             mask = mask.reshape((len(i), 1) + tuple(size))
-            xm = base[i] + (p.x[i] - base[i]) * mask
-            with torch.no_grad():
-                s = f(forward(model, xm), i)
+            s = layout.run(scores, base[i] + (p.x[i] - base[i]) * mask, i)
             alpha[i, j] = torch.where(span[:, 0] > 0, s - f_base[i], 0).to(alpha.dtype)
         weights = torch.zeros(a.shape[:2], dtype=alpha.dtype, device=alpha.device)
         weights[:, torch.as_tensor(channels, device=a.device)] = alpha * (k_total / len(channels))
-        meta = {"score": score, "n_forward": int(len(pairs)), "n_channels_used": int(len(channels))}
+        meta = {"score": score, "n_forward": int(len(pairs)), "n_channels_used": int(len(channels)),
+                "memory_format": layout.name}
         if n_channels is not None:
             meta.update(channels=channels.tolist(), seed=seed)
         return finish(p, layer, weighted_sum(weights, a), "scorecam",
