@@ -129,6 +129,7 @@ def test_reused_module_and_functional_equal_separate_modules():
     assert np.abs(gi - a.values).max() > 1e-3
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_matches_captum_on_relu_cnn():
     captum = pytest.importorskip("captum.attr")
     torch.manual_seed(6)
@@ -167,6 +168,7 @@ def test_batch_size_independence(mixed, xs):
         np.testing.assert_allclose(s.values, shap_full.values, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_errors_are_clear(mixed, xs):
     soft = nn.Sequential(nn.Linear(4, 3), nn.Softmax(-1)).eval()
     with pytest.raises(UnsupportedOperationError, match="softmax"):

@@ -403,7 +403,7 @@ def _record(holder: Holder, R: torch.Tensor, R_in: torch.Tensor) -> None:
 class _AffineFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, holder):
-        z = holder.op.call.run_out_of_place()
+        z = holder.rule.forward(holder.op)
         holder.z = z.detach()
         ctx.holder = holder
         return z
@@ -435,6 +435,10 @@ class LRPRule(Rule):
 
     def check(self, op: Affine) -> None:
         """Validate the rule's parameters against the operation (forward time)."""
+
+    def forward(self, op: Affine) -> torch.Tensor:
+        """The operation's output (the original call: the same numbers as the model's)."""
+        return op.call.run_out_of_place()
 
     def relevance(self, op: Affine, x: torch.Tensor, z: torch.Tensor, R: torch.Tensor):
         raise NotImplementedError  # pragma: no cover
