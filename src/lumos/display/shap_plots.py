@@ -162,6 +162,10 @@ class WaterfallDisplay:
         ax.set_yticklabels([self.labels_[i] for i in order], fontsize=8)
         ax.axvline(self.base_value_, color="0.5", lw=0.8, ls="--")
         ax.axvline(self.output_, color="0.2", lw=0.8)
+        ends = np.r_[starts, starts + self.values_[order], self.base_value_, self.output_]
+        lo, hi = float(ends.min()), float(ends.max())
+        pad = 0.08 * ((hi - lo) or 1.0)
+        ax.set_xlim(lo - pad, hi + 2 * pad)          # room for the value labels on the right
         ax.set_xlabel(f"E[f(X)] = {self.base_value_:.3g}   →   f(x) = {self.output_:.3g}")
         if self.title:
             ax.set_title(self.title, fontsize=9)
@@ -219,9 +223,11 @@ class BarDisplay:
         self.texts_ = []
         if show_values:
             span = float(np.abs(self.values_).max()) or 1.0
+            signed = bool((self.values_ < 0).any())
             for yi, v in zip(y, self.values_):
                 self.texts_.append(ax.text(v + (0.01 if v >= 0 else -0.01) * span, yi,
-                                           f"{v:+.3g}", va="center", fontsize=8,
+                                           f"{v:+.3g}" if signed else f"{v:.3g}", va="center",
+                                           fontsize=8,
                                            ha="left" if v >= 0 else "right"))
         ax.set_yticks(y)
         ax.set_yticklabels(self.labels_, fontsize=8)

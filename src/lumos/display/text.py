@@ -85,39 +85,38 @@ class TextDisplay:
     def _repr_html_(self) -> str:  # notebooks
         return self.to_html()
 
-    def plot(self, ax=None, *, width: int = 80, fontsize: float = 10, alpha_max: float = 0.8
-             ) -> "TextDisplay":
-        """Draw the tokens as shaded word boxes, wrapped at about ``width`` characters a line."""
+    def plot(self, ax=None, *, fontsize: float = 10, alpha_max: float = 0.8,
+             line_height: float | None = None) -> "TextDisplay":
+        """Draw the tokens as shaded word boxes, wrapped at the right edge of the axes."""
         import matplotlib.pyplot as plt
 
-        lines, cur, n = [], [], 0
-        for i, tok in enumerate(self.tokens):
-            if cur and n + len(tok) + 1 > width:
-                lines.append(cur)
-                cur, n = [], 0
-            cur.append(i)
-            n += len(tok) + 1
-        if cur:
-            lines.append(cur)
         if ax is None:
-            _, ax = plt.subplots(figsize=(8, 0.35 * len(lines) + 0.6))
+            n_chars = sum(len(t) + 1 for t in self.tokens)
+            _, ax = plt.subplots(figsize=(8, 0.3 * (n_chars // 90 + 1) + 0.5))
+        ax.set_axis_off()
+        fig = ax.figure
+        renderer = fig.canvas.get_renderer()
+        to_axes = ax.transAxes.inverted()
         scale = float(np.abs(self.values).max()) if len(self.values) else 0.0
         self.texts_ = []
-        for li, line in enumerate(lines):
-            col = 0
-            for i in line:
-                v = self.values[i]
-                a = alpha_max * abs(v) / scale if scale > 0 else 0.0
-                rgb = tuple(c / 255 for c in (_POS if v >= 0 else _NEG))
-                t = ax.text(col / width, 1 - (li + 0.5) / max(len(lines), 1), self.tokens[i],
-                            fontsize=fontsize, va="center", ha="left", family="monospace",
-                            bbox=dict(boxstyle="round,pad=0.15", fc=rgb + (a,), ec="none"))
-                self.texts_.append(t)
-                col += len(self.tokens[i]) + 1
-        ax.set_axis_off()
+        x, y = 0.0, 1.0
+        for tok, v in zip(self.tokens, self.values):
+            a = alpha_max * abs(v) / scale if scale > 0 else 0.0
+            rgb = tuple(c / 255 for c in (_POS if v >= 0 else _NEG))
+            t = ax.text(x, y, tok, fontsize=fontsize, va="top", ha="left",
+                        bbox=dict(boxstyle="round,pad=0.15", fc=rgb + (a,), ec="none"))
+            box = t.get_window_extent(renderer).transformed(to_axes)
+            if line_height is None:
+                line_height = 1.6 * box.height
+            if x > 0 and box.x1 > 1.0:           # wrap: move the word to a new line
+                x, y = 0.0, y - line_height
+                t.set_position((x, y))
+                box = t.get_window_extent(renderer).transformed(to_axes)
+            x = box.x1 + 0.4 * box.height * box.width / max(box.width, 1e-9)
+            self.texts_.append(t)
         if self.title:
             ax.set_title(self.title, fontsize=9)
-        self.ax_, self.figure_ = ax, ax.figure
+        self.ax_, self.figure_ = ax, fig
         return self
 
 
