@@ -50,7 +50,7 @@ WATERMARK_CLASS = 0
 #: Probability that a training image of ``WATERMARK_CLASS`` carries the mark.
 SHORTCUT_RATE = 0.5
 #: Probability that a training image of another class carries the mark.
-LEAK_RATE = 0.05
+LEAK_RATE = 0.01
 #: Rows/columns ``[start, stop)`` of the watermark: a 6×6 checker of 2×2 blocks.
 WATERMARK_BOX = (56, 62)
 #: Shapes keep out of the square ``[start, 64)²`` (the corner around the mark, with a margin).
