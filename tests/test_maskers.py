@@ -7,6 +7,14 @@ from lumos.agnostic._tabular import TabularData
 from lumos.agnostic.maskers import ImageMasker, TabularMasker, TextMasker, default_masker
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
 def _frame(n=50, seed=0):
     r = np.random.default_rng(seed)
     return pd.DataFrame({

@@ -460,3 +460,22 @@ def test_clear_errors():
 def test_shapley_from_table_small():
     # two players, v = {∅: 0, {0}: 1, {1}: 2, {0,1}: 5}: phi = (2, 3)
     np.testing.assert_allclose(shapley_from_table(np.array([0.0, 1.0, 2.0, 5.0]), 2), [2.0, 3.0])
+
+
+def test_torch_module_as_black_box(small_cnn, images):
+    from conftest import assert_same_state, model_state
+
+    before = model_state(small_cnn)
+    masker = ImageMasker(segmentation="grid", n_segments=9, fill=0.0)
+    ex = lumos.explain(small_cnn, images, method="exact_shapley", masker=masker, target="predicted")
+    k = lumos.explain(small_cnn, images, method="kernel_shap", masker=masker, target="predicted", budget=80)
+    assert_same_state(before, model_state(small_cnn))
+    assert ex.values.shape == tuple(images.shape) and ex.meta["score"] == "torch forward"
+    import torch
+
+    with torch.no_grad():
+        out = small_cnn(images)
+    np.testing.assert_array_equal(ex.target, out.argmax(1).numpy())
+    assert ex.completeness_gap.max() < 1e-5  # float32 model
+    np.testing.assert_allclose(k.meta["segment_values"], ex.meta["segment_values"],
+                               atol=1e-5 + 4 * k.meta["stderr"].max())

@@ -43,7 +43,8 @@ def lime(model: Any, inputs: Any, target: Any = None, *, data: Any = None,
       in the bin"), and the representation is 1 where the sample falls in the same bin as the
       explained value (numeric columns discretised by ``discretizer``) or has the same category;
       with ``discretizer=None`` numeric columns are drawn from ``x + sd * N(0, 1)``
-      (``sample_around_instance``) or ``mean + sd * N(0, 1)`` and represented by
+      (``sample_around_instance``) or ``mean + sd * N(0, 1)``, clipped to the column's training
+      range, and represented by
       ``(z - x) / sd``, so the coefficient divided by ``sd`` is the local slope
       (``meta["slopes"]``);
     - **images**: superpixels kept or filled (uniformly random on/off, as LIME), via the masker;
@@ -189,6 +190,7 @@ class _TabularSampler:
         self.around = sample_around_instance
         num = ~table.categorical
         self.mean = np.nanmean(train, 0)
+        self.lo, self.hi = np.nanmin(train, 0), np.nanmax(train, 0)
         sd = np.nanstd(train, 0)
         self.sd = np.where((sd > 0) & num, sd, 1.0)
         self.edges: dict[int, np.ndarray] = {}
@@ -228,19 +230,22 @@ class _TabularSampler:
         table = self.table
         # every column redrawn from its training marginal (bin by frequency, value in the bin)
         pick = np.stack([g.integers(0, len(self.train), size=(S, d)) for g in gens])
-        cols = np.arange(d)
-        Zs = self.train[pick, cols]
+        flat = pick * d + np.arange(d)  # flat take: cheaper than 2-D fancy indexing
+        Zs = self.train.reshape(-1).take(flat)
         # bins (or categories) of the explained rows; of the samples, looked up, not recomputed
         xb = X.copy()
         for j in self.edges:
             xb[:, j] = self.bins(X[:, j], j)
-        rep = (self.train_bins[pick, cols] == xb[:, None, :]).astype(np.float64)
+        rep = (self.train_bins.reshape(-1).take(flat) == xb[:, None, :]).astype(np.float64)
         x0 = np.ones((n, d))
         if self.discretizer is None:
             noise = np.stack([g.standard_normal((S, d)) for g in gens])
             centre = X[:, None, :] if self.around else self.mean
             num = ~table.categorical
-            Zs[..., num] = (centre + noise * self.sd)[..., num]
+            # kept within each column's training range: a model (or formula) need not be
+            # defined beyond it (a negative income, a ratio above 1)
+            drawn = np.clip(centre + noise * self.sd, self.lo, self.hi)
+            Zs[..., num] = drawn[..., num]
             rep[..., num] = (Zs[..., num] - X[:, None, num]) / self.sd[num]
             x0[:, num] = 0.0
         Zs[:, 0, :] = X  # the first sample is the input itself
@@ -279,7 +284,7 @@ def _lime_tabular(model, inputs, target, data, S, k, selection, discretizer, lab
     table = TabularData.from_data(data, inputs, categorical=categorical, feature_names=feature_names)
     train = table.encode(data, name="data")
     X = table.encode(inputs)
-    f = BlackBox(model, output=output, batch_size=batch_size if batch_size is not None else 16384)
+    f = BlackBox(model, output=output, batch_size=batch_size if batch_size is not None else 65536)
     out = f(table.decode(X))
     tgt = resolve_target(target, out)
     fx = np.asarray(tgt.select(out), dtype=np.float64)

@@ -217,7 +217,7 @@ def summarise(bg: np.ndarray, w: np.ndarray, categorical: np.ndarray, summary: s
 
 class MaskedTable(MaskedInputs):
     modality = "tabular"
-    default_batch = 16384
+    default_batch = 65536
 
     def __init__(self, layout: TabularData, X: np.ndarray, background: np.ndarray,
                  weights: np.ndarray, masker: TabularMasker | None = None):
