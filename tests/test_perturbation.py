@@ -164,8 +164,36 @@ def test_black_box_callable_on_arrays_matches_the_torch_module(small_cnn, images
         t = lumos.explain(small_cnn, images, method=method, target=1, **kw)
         b = lumos.explain(predict, images.numpy(), method=method, target=1, **kw)
         np.testing.assert_allclose(b.values, t.values, rtol=0, atol=1e-6)
-        assert b.meta["n_evals"] == t.meta["n_evals"]
+        # the torch path evaluates f(x) once more, in the channels-last layout of its chunks
+        assert t.meta["memory_format"] == "channels_last"
+        assert b.meta["n_evals"] == t.meta["n_evals"] - len(images)
     assert set(seen) == {np.ndarray}
+
+
+class ViewCNN(SmallCNN):
+    """Flattens its feature maps with .view, which channels-last activations cannot take."""
+
+    def forward(self, x):
+        f = self.features(x)
+        flat = f.view(len(f), -1)                      # merges channels with rows: needs NCHW
+        return self.classifier(flat.reshape(len(f), f.shape[1], -1).mean(2))
+
+
+def test_channels_last_layout_agrees_and_falls_back(images):
+    torch.manual_seed(0)
+    net = SmallCNN().eval()
+    ref = lumos.explain(net.double(), images.double(), method="occlusion", target=0, window=3)
+    assert ref.meta["memory_format"] == "contiguous"                     # float64: as it is
+    e = lumos.explain(net.float(), images, method="occlusion", target=0, window=3)
+    assert e.meta["memory_format"] == "channels_last"
+    np.testing.assert_allclose(e.values, ref.values, rtol=0, atol=2e-6)
+    torch.manual_seed(0)
+    view_net = ViewCNN().eval()
+    with pytest.raises(RuntimeError):
+        view_net(images.contiguous(memory_format=torch.channels_last))
+    v = lumos.explain(view_net, images, method="occlusion", target=0, window=3)
+    assert v.meta["memory_format"] == "contiguous"
+    np.testing.assert_allclose(v.values, e.values, rtol=0, atol=2e-6)   # same weights, same model
 
 
 def test_token_embeddings_and_signals(linear_model):

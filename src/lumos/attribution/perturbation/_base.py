@@ -56,6 +56,13 @@ class Run:
         self.meta = meta
         self.n_evals = len(x)
 
+    memory_format = torch.contiguous_format
+
+    def prepare(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (the inputs, a fill) in the layout chunks are evaluated in, so that gathering
+        rows from it builds a chunk that needs no further copy."""
+        return t.contiguous(memory_format=self.memory_format)
+
     @property
     def n(self) -> int:
         return len(self.x)
@@ -100,8 +107,9 @@ class Run:
 def perturbation_call(model: Any, inputs: Any, target: Any, *, method: str) -> Iterator[Run]:
     """Validate ``inputs`` and ``target`` for a perturbation method and yield a :class:`Run`.
 
-    A torch module is evaluated under ``torch.no_grad`` inside :func:`torch_call` (the model is
-    left as found, also on error); anything else callable is wrapped in :class:`BlackBox`.
+    A torch module is evaluated under ``torch.inference_mode`` inside :func:`torch_call` (the
+    model is left as found, also on error), conv nets on CPU with channels-last image chunks
+    (``meta["memory_format"]``); anything else callable is wrapped in :class:`BlackBox`.
     """
     if isinstance(model, nn.Module):
         with torch_call(model, inputs, target, method=method) as p:
@@ -115,19 +123,46 @@ def perturbation_call(model: Any, inputs: Any, target: Any, *, method: str) -> I
     yield _blackbox_run(model, inputs, target)
 
 
+def _channels_last_helps(model: nn.Module, x: torch.Tensor) -> bool:
+    """Conv nets on CPU run about twice as fast on channels-last float32 images (oneDNN's NHWC
+    kernels); the values agree to float32 rounding."""
+    return (x.ndim == 4 and x.device.type == "cpu" and x.dtype == torch.float32
+            and any(isinstance(m, nn.Conv2d) for m in model.modules()))
+
+
 def _torch_run(p: Prepared) -> Run:
     model, target = p.model, p.target
+    layout = {"cl": _channels_last_helps(model, p.x)}
 
     def score(xb, rows):
         # inference_mode: only the scores are kept, never differentiated (a little faster)
         with torch.inference_mode():
+            if layout["cl"]:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             out = forward(model, xb, name="perturbed inputs")
             return target.select(out, rows).to(torch.float64)
+
+    scalar, n_evals = p.scalar, len(p.x)
+    if layout["cl"]:
+        # f(x) in the same layout as the perturbed inputs, so that differences carry no layout
+        # rounding; a model that cannot take channels-last inputs (a .view on its activations)
+        # is run as it is.
+        try:
+            scalar = score(p.x, torch.arange(len(p.x)))
+            n_evals += len(p.x)
+        except ValueError:
+            layout["cl"] = False
 
     def build(values, method, params, meta, sample_meta):
         return p.explanation(values, method, params, meta=meta, sample_meta=sample_meta)
 
-    return Run(p.x, p.scalar, score, build, dict(p.meta))
+    meta = dict(p.meta)
+    meta["memory_format"] = "channels_last" if layout["cl"] else "contiguous"
+    run = Run(p.x, scalar, score, build, meta)
+    run.n_evals = n_evals
+    if layout["cl"]:
+        run.memory_format = torch.channels_last
+    return run
 
 
 def _blackbox_run(model: Any, inputs: Any, target: Any) -> Run:

@@ -189,6 +189,7 @@ def feature_ablation(model: Any, inputs: Any, target: Any = None, *, groups: Any
         fill_t, fill_desc = make_fill(fill, x, blur_axes=spatial_axes(shape), sigma=sigma, data=data,
                                       seed=seed)
         const = constant_fill(fill)
+        x_eval, fill_eval = run.prepare(x), run.prepare(fill_t)
 
         # Groups of every sample, flattened: (sample, dense label).
         per = [labels[min(i, len(labels) - 1)] for i in range(n)]
@@ -203,14 +204,28 @@ def feature_ablation(model: Any, inputs: Any, target: Any = None, *, groups: Any
         pair_sample = torch.as_tensor(np.repeat(np.arange(n), n_groups), device=dev)
         pair_group = torch.as_tensor(np.concatenate([np.arange(k) for k in n_groups]), device=dev)
 
+        # Axes the labels are shared along (the channels of superpixels): the write covers them whole.
+        lshape = tuple(dense_t.shape[1:])
+        shared = [a for a in range(len(shape)) if lshape[a] == 1 and shape[a] > 1]
+        nb = len(shared)
+        whole = {a: torch.arange(shape[a], device=dev).reshape([1] + [shape[a] if q == i else 1 for i in range(nb)])
+                 for q, a in enumerate(shared)}
+
         def build(sl):
             rows, grp = pair_sample[sl], pair_group[sl]
             lab = dense_t[rows]
-            mask = lab == grp.reshape((-1,) + (1,) * (lab.ndim - 1))
-            xr = x[rows]
+            hit = (lab == grp.reshape((-1,) + (1,) * (lab.ndim - 1))).nonzero(as_tuple=True)
+            # Index arrays of the ablated elements only (a group is small): one advanced-indexing
+            # write instead of a full-size masked select over every chunk element.
+            col = [-1] + [1] * nb
+            idx = (hit[0].reshape(col),) + tuple(
+                whole[a] if a in whole else hit[a + 1].reshape(col) for a in range(len(shape)))
+            xb = x_eval[rows]
             if const is not None:
-                return xr.masked_fill_(mask, const), rows, None
-            return torch.where(mask, fill_t[rows], xr), rows, None
+                xb[idx] = const
+            else:
+                xb[idx] = fill_eval[(rows[hit[0]].reshape(col),) + idx[1:]]
+            return xb, rows, None
 
         scores = run.evaluate(int(offsets[-1]), build, batch_size, progress, desc="feature ablation")
         drop = run.scalar[pair_sample] - scores

@@ -116,44 +116,48 @@ def occlusion(model: Any, inputs: Any, target: Any = None, *, window: Any = 8, s
                 s = axes_spec(s_spec, shape, "stride")
                 s = tuple(max(1, v) if sv is None else sv for sv, v in zip(s, w))
             starts = [window_positions(L, v, sv) for L, v, sv in zip(shape, w, s)]
-            moving.update(a for a, v in enumerate(w) if v < shape[a])
+            moving.update(a for a, v in enumerate(w) if v < shape[a])  # axes windows slide on
             sizes.append((w, s))
             positions.append(starts)
         fill_t, fill_desc = make_fill(fill, x, blur_axes=sorted(moving) or list(range(nd)),
                                       sigma=sigma, data=data, seed=seed)
         const = constant_fill(fill)
 
-        # Every window of every size, flattened: start and extent per axis.
-        all_start, all_size = [], []
-        for (w, _), starts in zip(sizes, positions):
+        # Every window of every size, flattened: start per axis and size index.
+        all_start, all_sid = [], []
+        for sid, starts in enumerate(positions):
             grid = np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, nd)
             all_start.append(grid)
-            all_size.append(np.broadcast_to(np.asarray(w), grid.shape))
+            all_sid.append(np.full(len(grid), sid))
         start_t = torch.as_tensor(np.concatenate(all_start), device=dev)
-        size_t = torch.as_tensor(np.concatenate(all_size), device=dev)
+        sid_t = torch.as_tensor(np.concatenate(all_sid), device=dev)
         n_win = len(start_t)
-        aranges = [torch.arange(L, device=dev) for L in shape]
-        sliding = sorted(moving)
+        # offsets[s][a]: the element offsets a window of size s covers along axis a, shaped to
+        # broadcast against the other axes (index arrays for one advanced-indexing write).
+        offsets = [[torch.arange(w[a], device=dev).reshape([1] * (a + 1) + [w[a]] + [1] * (nd - a - 1))
+                    for a in range(nd)] for w, _ in sizes]
+        x_eval, fill_eval = run.prepare(x), run.prepare(fill_t)
 
         def build(sl):
             k = torch.arange(sl.start, sl.stop, device=dev)
             rows, j = k // n_win, k % n_win
-            st, sz = start_t[j], size_t[j]
-            # Axes every window covers whole (channels) stay of size 1 in the mask: it broadcasts.
-            mask = torch.ones((len(k),) + (1,) * nd, dtype=torch.bool, device=dev)
-            for a in sliding:
-                ind = (aranges[a][None] >= st[:, a, None]) & (aranges[a][None] < (st + sz)[:, a, None])
-                view = [len(k)] + [1] * nd
-                view[a + 1] = shape[a]
-                mask = mask & ind.reshape(view)
-            xr = x[rows]
-            if const is not None:
-                return xr.masked_fill_(mask, const), rows, None
-            return torch.where(mask, fill_t[rows], xr), rows, None
+            xb = x_eval[rows]
+            # A window is a box: write the fill into it through index arrays (rows x box), which
+            # touches only the box's elements, unlike a full-size mask over every chunk element.
+            for sid in torch.unique(sid_t[j]).tolist():
+                sel = (sid_t[j] == sid).nonzero()[:, 0] if len(sizes) > 1 else torch.arange(len(k), device=dev)
+                lead = sel.reshape([-1] + [1] * nd)
+                idx = tuple(start_t[j[sel], a].reshape([-1] + [1] * nd) + offsets[sid][a] for a in range(nd))
+                if const is not None:
+                    xb[(lead,) + idx] = const
+                else:
+                    xb[(lead,) + idx] = fill_eval[(rows[sel].reshape([-1] + [1] * nd),) + idx]
+            return xb, rows, None
 
         scores = run.evaluate(n * n_win, build, batch_size, progress, desc="occlusion")
         drop = (run.scalar[:, None] - scores.reshape(n, n_win))
 
+        aranges = [torch.arange(L, device=dev) for L in shape]
         maps, offset = [], 0
         for (w, _), starts in zip(sizes, positions):
             counts = [len(p) for p in starts]

@@ -113,6 +113,7 @@ def rise(model: Any, inputs: Any, target: Any = None, *, n_masks: int = 2000, gr
         cell = tuple(ceil_div(L, c) for L, c in zip(size, cells))
         fill_t, fill_desc = make_fill(fill, x, blur_axes=masked, sigma=sigma, data=data, seed=seed)
         const = constant_fill(fill)
+        x_eval, fill_eval = run.prepare(x), run.prepare(fill_t)
 
         # All randomness up front, so chunking cannot change it.
         gen = rng(seed)
@@ -135,11 +136,11 @@ def rise(model: Any, inputs: Any, target: Any = None, *, n_masks: int = 2000, gr
             masks = rise_masks(grids[j0:int(j[-1]) + 1], shifts[j0:int(j[-1]) + 1], size, cell)
             mk = masks[j - j0]
             full = expand_mask(mk, g)
-            xr = x[rows]
+            xr = x_eval[rows]
             if const == 0.0:
                 xb = xr * full
             else:
-                xb = xr * full + (const if const is not None else fill_t[rows]) * (1 - full)
+                xb = xr * full + (const if const is not None else fill_eval[rows]) * (1 - full)
             return xb, rows, (j, rows, mk, masks, j0)
 
         def consume(sl, s, ctx):
