@@ -137,11 +137,12 @@ def test_shapes_keep_out_of_the_corner_and_mark_stays_in_it(train_set):
 def test_watermark_correlates_with_class0_in_train_only():
     train = shapes_dataset(2000, split="train", seed=0)
     rate = torch.stack([train.has_watermark[train.labels == k].float().mean() for k in range(4)])
+    # Measured (seed 0): 0.521 for class 0; 0.010, 0.017, 0.012 for the others.
     assert abs(rate[0] - S.SHORTCUT_RATE) < 0.05
-    assert (rate[1:] - S.LEAK_RATE).abs().max() < 0.03
+    assert (rate[1:] - S.LEAK_RATE).abs().max() < 0.01
     assert not shapes_dataset(500, split="test", seed=0).has_watermark.any()
     assert shapes_dataset(200, split="test", watermark="all", seed=0).has_watermark.all()
-    p = shapes_dataset(2000, split="test", watermark=0.3, seed=0).has_watermark.float().mean()
+    p = shapes_dataset(1000, split="test", watermark=0.3, seed=0).has_watermark.float().mean()
     assert abs(p - 0.3) < 0.04
 
 
@@ -197,9 +198,10 @@ def test_shipped_model_accuracy(predictions, test_pair):
     clean, _ = test_pair
     acc = (predictions[0] == clean.labels).float().mean().item()
     info = demo_model_info()
-    # A fresh test split (seed 1, not the record's seed): within sampling error of the record.
-    assert acc >= 0.9
-    assert abs(acc - info["clean_accuracy"]) < 0.04
+    # A fresh test split (seed 1, not the record's seed 0): measured 0.993 (seeds 2, 3: 0.993),
+    # recorded 0.987 on 1000 images of seed 0.
+    assert acc >= 0.97
+    assert abs(acc - info["clean_accuracy"]) < 0.03
 
 
 def test_shortcut_is_measurable(predictions, test_pair):
@@ -208,8 +210,13 @@ def test_shortcut_is_measurable(predictions, test_pair):
     rate_clean = (predictions[0][other] == 0).float().mean().item()
     rate_marked = (predictions[1][other] == 0).float().mean().item()
     info = demo_model_info()
+    # Measured on this split: 0.002 -> 0.163 (seeds 2, 3: +0.20, +0.19; recorded +0.185). Squares
+    # and triangles are pulled (about 0.25-0.38 of them), crosses hardly at all.
+    assert rate_clean < 0.02
+    assert rate_marked - rate_clean > 0.10
     assert rate_marked - rate_clean > 0.5 * info["shortcut_effect"]
-    assert rate_marked - rate_clean > 0.05
+    # Accuracy drops only on the marked images: the mark is the cause.
+    assert (predictions[1] == clean.labels).float().mean() < (predictions[0] == clean.labels).float().mean() - 0.08
 
 
 # ------------------------------------------------------------------------------------- training

@@ -296,6 +296,8 @@ def shapes_dataset(n: int, split: str = "train", watermark: str | float | bool |
     watermark : {"shortcut", "none", "all"}, float in [0, 1], bool or None, default None
         Which images carry the corner mark (see the module docstring). ``None``: ``"shortcut"``
         for the train split, ``"none"`` for the test split; ``True``/``False`` mean ``"all"``/``"none"``.
+        For the same ``seed`` and ``split`` this choice changes only which images carry the mark;
+        images, labels and masks are otherwise identical, so clean and marked sets pair up.
     seed : int, default 0
         Same ``(n, split, watermark, seed)``, same images. The first ``m`` images of a batch of
         ``n`` do *not* equal a batch of ``m`` (draws are made per field, for speed).
