@@ -210,3 +210,36 @@ def test_registry():
     assert e.method == "deeplift" and e.values.shape == x.shape
     e = lumos.explain(model, x, "deep_shap", target=0, baselines=torch.zeros(2, 5))
     assert e.method == "deep_shap" and e.params["n_baselines"] == 2
+
+
+def test_summation_to_delta_1d_and_both_memory_layouts():
+    """1-D convolutions and max pooling (contiguous layout) and the same 2-D network fed
+    channels-last or not: exact summation-to-delta, identical attributions."""
+    torch.manual_seed(12)
+    net1d = nn.Sequential(nn.Conv1d(2, 5, 3, padding=1), nn.ReLU(), nn.MaxPool1d(3, stride=2),
+                          nn.Conv1d(5, 4, 3), nn.Softplus(), nn.AdaptiveMaxPool1d(2), nn.Flatten(),
+                          nn.Linear(8, 3)).eval().double()
+    x = torch.randn(5, 2, 16, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    e = deeplift(net1d, x, target=2, baselines=torch.zeros(2, 16, dtype=torch.float64))
+    assert np.abs(e.meta["delta"]).max() <= 1e-10 * np.abs(e.output - e.baseline_output).max()
+
+    from lumos.attribution import gradient as grad_mod
+
+    m = Mixed().eval().double()
+    g = torch.Generator().manual_seed(14)
+    x2 = torch.rand(4, 3, 8, 8, generator=g, dtype=torch.float64)
+    b2 = torch.rand(4, 3, 8, 8, generator=g, dtype=torch.float64)
+    runs = {}
+    for layout in ("channels_last", "contiguous"):
+        if layout == "contiguous":
+            grad_mod._REFUSES_CHANNELS_LAST.add(m)  # force the contiguous layout
+        try:
+            runs[layout] = [deeplift(m, x2, target=1, baselines=b) for b in (b2, 0.2)]
+        finally:
+            grad_mod._REFUSES_CHANNELS_LAST.discard(m)
+    # with a generic baseline the layouts agree exactly; with a constant one, max-pool windows
+    # tied at the input and at the baseline may route to another (equally valid) position
+    np.testing.assert_allclose(runs["channels_last"][0].values, runs["contiguous"][0].values,
+                               rtol=1e-10, atol=1e-14)
+    for e in runs["channels_last"] + runs["contiguous"]:
+        assert np.abs(e.meta["delta"]).max() <= 1e-10 * np.abs(e.output - e.baseline_output).max()

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..core.execution import chunks
+from .gradient import layout_for, run_in_layout
 from ..core.registry import register
 from ..core.targets import resolve_target
 from ..core.torch_model import ModelGuard, Prepared, as_tensor, check_input_shape, forward, model_device
@@ -99,10 +100,15 @@ def _run(model, inputs, target, make_refs, *, method: str, eps: float, batch_siz
             with torch.no_grad():
                 outs = [forward(model, x[sl]) for sl in chunks(n, batch_size, progress=False)]
             tgt = resolve_target(target, torch.cat(outs))
+        fmt = layout_for(model, x)  # channels-last batches where the model takes them
+
+        def record(r):
+            return run_in_layout(model, lambda t: _record(model, t, eps, method), r, fmt)
+
         comp = out0 = None
         if shared:
-            comp, out0 = _record(model, refs, eps, method)
-        attr = torch.empty((total,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+            comp, out0 = record(refs)
+        attr = torch.empty((total,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)  # contiguous
         f_x = torch.empty(total, dtype=x.dtype, device=x.device)
         f_b = torch.empty(total, dtype=x.dtype, device=x.device)
         outputs = []
@@ -115,9 +121,10 @@ def _run(model, inputs, target, make_refs, *, method: str, eps: float, batch_siz
             else:  # one reference per sample: record this chunk's references
                 idx = None
                 chunk_refs = refs[rows]
-                chunk_comp, chunk_out0 = _record(model, chunk_refs, eps, method)
-            a, s, s0, out, tgt = _replay(model, chunk_comp, x[rows], chunk_refs, idx, chunk_out0,
-                                         target, tgt, rows, method)
+                chunk_comp, chunk_out0 = record(chunk_refs)
+            a, s, s0, out, tgt = run_in_layout(
+                model, lambda xs, c=chunk_comp, b=chunk_refs, i=idx, o=chunk_out0, t=tgt, r=rows:
+                _replay(model, c, xs, b, i, o, target, t, r, method), x[rows], fmt)
             attr[sl], f_x[sl], f_b[sl] = a, s, s0
             outputs.append(out)
         values = attr.reshape((n, k) + tuple(x.shape[1:])).mean(1)

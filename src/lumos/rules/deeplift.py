@@ -73,10 +73,15 @@ class _RescaleFn(torch.autograd.Function):
     def forward(ctx, u, call, u0, y0, eps):
         y = call.run_out_of_place()
         du = u - u0
-        m = (y - y0).div_(du)
-        small = du.abs_() <= eps
-        if bool(small.any()):
-            m = torch.where(small, _derivative(call, u), m)
+        if call.kind == "relu":
+            # The ReLU's secant lies in [0, 1] however small Δx is (1 or 0 on one side of zero),
+            # so only Δx = 0 (0/0) needs the derivative [x > 0] = [relu(x) > 0].
+            m = torch.where(du == 0, (y > 0).to(y.dtype), (y - y0).div_(du))
+        else:
+            m = (y - y0).div_(du)
+            adu = du.abs_()
+            if bool(adu.min() <= eps):  # one reduction; the mask only where it is needed
+                m = torch.where(adu <= eps, _derivative(call, u), m)
         ctx.m = m
         return y
 
@@ -85,30 +90,67 @@ class _RescaleFn(torch.autograd.Function):
         return g * ctx.m, None, None, None, None
 
 
+def _flat(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A view of ``(N, C, *spatial)`` with the spatial axes flattened, without copying:
+    ``(N, C, L)`` (gather dim 2) for contiguous tensors, ``(N, L, C)`` (dim 1) for channels-last."""
+    if t.is_contiguous():
+        return t.flatten(2), 2
+    if t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).flatten(1, 2), 1
+    if t.ndim == 5 and t.is_contiguous(memory_format=torch.channels_last_3d):
+        return t.permute(0, 2, 3, 4, 1).flatten(1, 3), 1
+    return t.contiguous().flatten(2), 2
+
+
+def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``t`` in the memory layout of ``ref`` (so that their flat views line up)."""
+    if ref.is_contiguous() or t.ndim not in (4, 5):
+        return t.contiguous()
+    fmt = torch.channels_last if t.ndim == 4 else torch.channels_last_3d
+    return t.contiguous(memory_format=fmt)
+
+
 class _MaxPoolFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, f, bound, u0, idx0):
+    def forward(ctx, u, f, bound, u0, y0, idx0):
         y, idx = f(*bound.args, **bound.kwargs)
-        uf, ia = u.flatten(2), idx.flatten(2)
-        u0f, ib = u0.flatten(2), idx0.flatten(2)
+        uf, d = _flat(u)
+        ia = _flat(_like(idx, u))[0]
+        u0f = _flat(_like(u0, u))[0]
+        ib = _flat(_like(idx0, u))[0]
+        yf = _flat(_like(y, u))[0]
+        y0f = _flat(_like(y0, u))[0]
         if u0f.shape[0] != uf.shape[0]:  # one shared reference: broadcast views, no copies
-            u0f, ib = u0f.expand_as(uf), ib.expand_as(ia)
-        gap_x = uf.gather(2, ia).sub_(uf.gather(2, ib))      # >= 0: a wins at the input
-        den = u0f.gather(2, ib).sub_(u0f.gather(2, ia)).add_(gap_x)  # + gap at the reference
-        # λ = gap_x / (gap_x + gap_0); both gaps >= 0, so 0/0 (a tie on both sides) is the only
-        # NaN: split it evenly
-        lam = gap_x.div_(den).nan_to_num_(nan=0.5)
-        ctx.ia, ctx.ib, ctx.lam, ctx.shape = ia, ib, lam, u.shape
+            u0f, ib, y0f = u0f.expand_as(uf), ib.expand_as(ia), y0f.expand_as(yf)
+        # x_a = y and x0_b = y0 are the pooled outputs; two gathers give the other two values
+        gap_x = yf - uf.gather(d, ib)                       # >= 0: a wins at the input
+        gap_0 = y0f - u0f.gather(d, ia)                     # >= 0: b wins at the reference
+        # Ties: when a also wins at the reference (or b at the input), that one position takes
+        # the whole difference, whatever index the pooling kernel reported for the tie.
+        tie_b = gap_0 == 0
+        ib = torch.where(tie_b, ia, ib)
+        ia = torch.where((gap_x == 0) & ~tie_b, ib, ia)
+        # λ = gap_x / (gap_x + gap_0); 0/0 (a tie on both sides) is the only NaN: split evenly
+        lam = gap_x.div_(gap_0.add_(gap_x)).nan_to_num_(nan=0.5)
+        ctx.ia, ctx.ib, ctx.lam, ctx.d = ia, ib, lam, d
+        ctx.shapes, ctx.fmt_u = (u.shape, uf.shape), u
         return y
 
     @staticmethod
     def backward(ctx, g):
-        gf = g.flatten(2)
-        out = torch.zeros(ctx.shape[0], ctx.shape[1], math.prod(ctx.shape[2:]),
-                          dtype=g.dtype, device=g.device)
-        out.scatter_add_(2, ctx.ia, gf * ctx.lam)
-        out.scatter_add_(2, ctx.ib, gf * (1 - ctx.lam))
-        return out.reshape(ctx.shape), None, None, None, None
+        d = ctx.d
+        shape, flat_shape = ctx.shapes
+        gf = _flat(_like(g, ctx.fmt_u))[0]
+        out = torch.zeros(flat_shape, dtype=g.dtype, device=g.device)
+        out.scatter_add_(d, ctx.ia, gf * ctx.lam)
+        out.scatter_add_(d, ctx.ib, gf * (1 - ctx.lam))
+        if d == 2:
+            return out.reshape(shape), None, None, None, None, None
+        n, c = shape[0], shape[1]
+        spatial = tuple(shape[2:])
+        full = out.reshape((n,) + spatial + (c,))
+        order = (0, len(shape) - 1) + tuple(range(1, len(shape) - 1))
+        return full.permute(order), None, None, None, None, None
 
 
 class _ProductFn(torch.autograd.Function):
@@ -171,13 +213,13 @@ class MaxPoolRescale(_DLRule):
                 f"({call.where})")
         if c.mode == "record":
             y, idx = f(*bound.args, **bound.kwargs)
-            c.records.append((call.kind, u.detach(), idx))
+            c.records.append((call.kind, u.detach(), (y.detach(), idx)))
             return y
-        u0, idx0 = c.take(call)
+        u0, (y0, idx0) = c.take_pair(call)
         if not u.requires_grad:
             return f(*bound.args, **bound.kwargs)[0]
         c.check_shape(call, u, u0)
-        return _MaxPoolFn.apply(u, f, bound, u0, idx0)
+        return _MaxPoolFn.apply(u, f, bound, u0, y0, idx0)
 
 
 class ProductRescale(_DLRule):
@@ -243,6 +285,11 @@ class DeepLiftComposite(Composite):
         rec = self.records[self.pos]
         self.pos += 1
         return self._select(rec[1]), self._select(rec[2])
+
+    def take_pair(self, call: OpCall):
+        """Like :meth:`take`, for records whose second entry is a pair of tensors."""
+        u0, pair = self.take(call)
+        return u0, tuple(self._select(t) for t in pair)
 
     def check_shape(self, call: OpCall, u, u0) -> None:
         if u0.shape[1:] != u.shape[1:] or u0.shape[0] not in (1, u.shape[0]):
