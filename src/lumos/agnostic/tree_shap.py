@@ -292,25 +292,44 @@ def _parse_xgboost(model) -> TreeEnsemble:
         cond = np.asarray(tree["split_conditions"], dtype=np.float32)
         # XGBoost goes left when x < split in float32; for float32 x that is x <= previous float.
         thr = np.nextafter(cond, np.float32(-np.inf)).astype(np.float64)
-        vals = np.asarray(tree["base_weights"], dtype=np.float64)
-        vals = np.where(left < 0, np.asarray(tree["split_conditions"], dtype=np.float64), vals)
+        # JSON prints the shortest decimal that round-trips in float32: read the float32 back.
+        vals = np.asarray(tree["base_weights"], dtype=np.float32).astype(np.float64)
+        vals = np.where(left < 0, cond.astype(np.float64), vals)
         if np.ndim(vals) != 1 or len(vals) != len(left):
             raise ValueError("model: multi-output (vector-leaf) XGBoost trees are not supported")
         b.add(left, tree["right_children"], tree["split_indices"], thr,
-              np.asarray(tree["default_left"]).astype(bool), tree["sum_hessian"], vals,
+              np.asarray(tree["default_left"]).astype(bool),
+              np.asarray(tree["sum_hessian"], dtype=np.float32).astype(np.float64), vals,
               output=int(info[t]) if k > 1 else 0)
     n_feat = int(param.get("num_feature", 0))
-    ens = b.build(0.0, n_feat, input_dtype=np.float32, output_name="output_margin",
+    ens = b.build(_xgb_base_margin(param.get("base_score", "0"), learner["objective"]["name"], k),
+                  n_feat, input_dtype=np.float32, output_name="output_margin",
                   output_space="margin", model_type=type(model).__name__)
     iteration_range = (0, best + 1) if best is not None else (0, 0)
 
     def ref(X):
-        return booster.predict(xgb.DMatrix(np.asarray(X, dtype=np.float32)), output_margin=True,
-                               iteration_range=iteration_range)
+        dm = xgb.DMatrix(np.asarray(X, dtype=np.float32), feature_names=booster.feature_names,
+                         feature_types=booster.feature_types)
+        return booster.predict(dm, output_margin=True, iteration_range=iteration_range)
 
     ens.reference = ref
-    ens.meta["offset_from_model"] = True  # the base score is read off the model's own margins
+    # if the objective's link is not one we know, the base margin is read off the model's margins
+    ens.meta["offset_from_model"] = "if_needed"
     return ens
+
+
+def _xgb_base_margin(base_score: str, objective: str, k: int) -> np.ndarray:
+    """XGBoost's base score (stored as float32 in the output space) as a margin."""
+    vals = np.array([float(t) for t in str(base_score).strip("[]").split(",") if t.strip()],
+                    dtype=np.float32).astype(np.float64)
+    vals = np.broadcast_to(vals if len(vals) else np.zeros(1), (k,)).copy()
+    if objective in ("binary:logistic", "reg:logistic"):
+        with np.errstate(divide="ignore"):
+            vals = np.log(vals / (1 - vals))
+    elif objective in ("count:poisson", "reg:gamma", "reg:tweedie"):
+        with np.errstate(divide="ignore"):
+            vals = np.log(vals)
+    return np.asarray(vals, dtype=np.float32).astype(np.float64)
 
 
 def _parse_lightgbm(model) -> TreeEnsemble:
@@ -838,12 +857,15 @@ def tree_shap(model: Any, inputs: Any, target: Any = None, *, background: Any = 
         if ref.shape[1] != raw.shape[1]:
             raise RuntimeError(f"model returned {ref.shape[1]} outputs where the parsed trees "
                                f"have {raw.shape[1]}")
-        if ens.meta.get("offset_from_model"):
+        tol = 1e-5 * max(1.0, np.abs(ref).max())
+        if ens.meta.get("offset_from_model") and np.abs(ref - raw).max() > tol:
+            # an objective whose base score we cannot convert: take it from the model's margins
             off = np.median(ref - raw, axis=0)
             ens.offset = ens.offset + off
             raw, expected = raw + off, expected + off
+            ens.meta["offset_from_model"] = True
         gap = np.abs(ref - raw).max()
-        if check and gap > 1e-5 * max(1.0, np.abs(ref).max()):
+        if check and gap > tol:
             raise RuntimeError(
                 f"model: the parsed trees reproduce the model's {ens.output_name} only to "
                 f"{gap:.3g}; the explanation would not be trustworthy (unsupported option?)"
