@@ -118,45 +118,62 @@ class TreeEnsemble:
 
 
 class _Builder:
-    """Collects trees (local node indices) into one :class:`TreeEnsemble`."""
+    """Collects trees (local node indices) into one :class:`TreeEnsemble`.
+
+    Trees are only stored by :meth:`add`; the index shifts and leaf fix-ups are done once, over
+    all nodes, in :meth:`build` (a forest of hundreds of trees parses in a few numpy calls).
+    """
+
+    _FIELDS = ("left", "right", "feature", "threshold", "nan_left", "cover", "value")
 
     def __init__(self, n_outputs: int):
         self.k = n_outputs
-        self.parts: list[dict] = []
-        self.n = 0
+        self.parts: dict[str, list] = {f: [] for f in self._FIELDS}
+        self.outputs: list[int] = []
+        self.multi: list[bool] = []
 
     def add(self, left, right, feature, threshold, nan_left, cover, value, output=None):
         """Add one tree. ``value`` is (n_nodes,) for ``output``'s column, or (n_nodes, K)."""
-        left = np.asarray(left, dtype=np.int64)
-        right = np.asarray(right, dtype=np.int64)
-        m = len(left)
-        leaf = left < 0
-        val = np.zeros((m, self.k))
-        value = np.asarray(value, dtype=np.float64)
-        if value.ndim == 1:
-            val[:, 0 if output is None else output] = value
-        else:
-            val[:] = value
-        val[~leaf] = 0.0
-        self.parts.append(dict(
-            left=np.where(leaf, -1, left + self.n), right=np.where(leaf, -1, right + self.n),
-            feature=np.where(leaf, -1, np.asarray(feature, dtype=np.int64)),
-            threshold=np.asarray(threshold, dtype=np.float64),
-            nan_left=np.asarray(nan_left, dtype=bool), cover=np.asarray(cover, dtype=np.float64),
-            value=val, root=self.n,
-        ))
-        self.n += m
+        for f, a in zip(self._FIELDS, (left, right, feature, threshold, nan_left, cover, value)):
+            self.parts[f].append(a)
+        self.outputs.append(0 if output is None else int(output))
+        self.multi.append(np.ndim(value) == 2)
 
     def build(self, offset, n_features, **kw) -> TreeEnsemble:
-        if not self.parts:
+        if not self.outputs:
             raise ValueError("model: the ensemble has no trees (is it fitted?)")
-        cat = {k: np.concatenate([p[k] for p in self.parts])
-               for k in ("left", "right", "feature", "threshold", "nan_left", "cover")}
+        sizes = np.array([len(a) for a in self.parts["left"]], dtype=np.int64)
+        starts = np.r_[0, np.cumsum(sizes)[:-1]]
+        shift = np.repeat(starts, sizes)
+        left = np.concatenate([np.asarray(a, dtype=np.int64) for a in self.parts["left"]])
+        right = np.concatenate([np.asarray(a, dtype=np.int64) for a in self.parts["right"]])
+        leaf = left < 0
+        n = len(left)
+        value = np.zeros((n, self.k))
+        if any(self.multi):
+            for s0, m, v, is2 in zip(starts, sizes, self.parts["value"], self.multi):
+                if is2:
+                    value[s0:s0 + m] = np.asarray(v, dtype=np.float64)
+        flat = [np.asarray(v, dtype=np.float64) for v, is2 in zip(self.parts["value"], self.multi)
+                if not is2]
+        if flat:
+            rows = np.concatenate([np.arange(s0, s0 + m) for s0, m, is2
+                                   in zip(starts, sizes, self.multi) if not is2])
+            cols = np.repeat([o for o, is2 in zip(self.outputs, self.multi) if not is2],
+                             [m for m, is2 in zip(sizes, self.multi) if not is2])
+            value[rows, cols] = np.concatenate(flat)
+        value[~leaf] = 0.0
         return TreeEnsemble(
-            value=np.concatenate([p["value"] for p in self.parts]),
-            roots=np.array([p["root"] for p in self.parts], dtype=np.int64),
+            left=np.where(leaf, -1, left + shift), right=np.where(leaf, -1, right + shift),
+            feature=np.where(leaf, -1, np.concatenate(
+                [np.asarray(a, dtype=np.int64) for a in self.parts["feature"]])),
+            threshold=np.concatenate([np.asarray(a, dtype=np.float64)
+                                      for a in self.parts["threshold"]]),
+            nan_left=np.concatenate([np.asarray(a).astype(bool) for a in self.parts["nan_left"]]),
+            cover=np.concatenate([np.asarray(a, dtype=np.float64) for a in self.parts["cover"]]),
+            value=value, roots=starts,
             offset=np.broadcast_to(np.asarray(offset, dtype=np.float64), (self.k,)).copy(),
-            n_features=int(n_features), **cat, **kw,
+            n_features=int(n_features), **kw,
         )
 
 
@@ -438,6 +455,16 @@ class _PathGroup:
     nan_ok: np.ndarray   # (D, L) a missing value follows the path at every split on the feature
     z: np.ndarray        # (D, L) zero fractions (cover ratios, multiplied over the splits)
 
+    def as_float32(self) -> "_PathGroup":
+        """The same intervals for rows stored in float32: for a float32 ``x``, ``x <= t`` iff
+        ``x <= t'`` with ``t'`` the largest float32 not above ``t`` (half the memory traffic)."""
+        def floor32(t):
+            t32 = t.astype(np.float32)
+            return np.where(t32.astype(np.float64) > t, np.nextafter(t32, np.float32(-np.inf)), t32)
+
+        return _PathGroup(self.D, self.leaf, self.feat, floor32(self.lo), floor32(self.hi),
+                          self.nan_ok, self.z)
+
     def bits(self, XT: np.ndarray, ls: slice, has_nan: bool) -> np.ndarray:
         """``o`` (D, L, n) for the rows of ``XT`` (F, n): does the row follow each path slot."""
         xs = XT[self.feat[:, ls]]                                  # (D, L, n)
@@ -518,20 +545,24 @@ def _paths(ens: TreeEnsemble) -> tuple[list[_PathGroup], np.ndarray, int]:
 
 def _predict(ens: TreeEnsemble, X: np.ndarray, depth: int) -> np.ndarray:
     """Raw output of the parsed ensemble, shape (n, K), by walking all trees at once."""
+    leaf = ens.left < 0
+    idx = np.arange(len(ens.left))
+    child = np.stack([np.where(leaf, idx, ens.left), np.where(leaf, idx, ens.right)], 1).ravel()
+    feat = np.where(leaf, 0, ens.feature)
+    has_nan = bool(np.isnan(X).any())
     out = np.empty((len(X), ens.n_outputs))
     step = max(1, _WORK // max(1, ens.n_trees))
     for s in range(0, len(X), step):
         Xc = X[s:s + step]
-        r = np.arange(len(Xc))[:, None]
+        rowbase = (np.arange(len(Xc)) * X.shape[1])[:, None]
+        xf = Xc.ravel()
         node = np.broadcast_to(ens.roots, (len(Xc), ens.n_trees)).copy()
-        for _ in range(depth):
-            f = ens.feature[node]
-            inner = f >= 0
-            if not inner.any():
-                break
-            x = Xc[r, np.maximum(f, 0)]
-            go = np.where(np.isnan(x), ens.nan_left[node], x <= ens.threshold[node])
-            node = np.where(inner, np.where(go, ens.left[node], ens.right[node]), node)
+        for _ in range(depth):                       # leaves loop onto themselves
+            x = xf[rowbase + feat[node]]
+            right = ~(x <= ens.threshold[node])
+            if has_nan:
+                right = np.where(np.isnan(x), ~ens.nan_left[node], right)
+            node = child[2 * node + right]
         out[s:s + step] = ens.value[node].sum(1)
     return out + ens.offset
 
@@ -682,17 +713,20 @@ def _shap(ens: TreeEnsemble, groups: list[_PathGroup], X: np.ndarray, cls: np.nd
           algorithm: str = "auto") -> np.ndarray:
     """Shapley values (n, F) of output ``cls[r]`` for every row."""
     R, F = len(X), ens.n_features
-    XT = np.ascontiguousarray(X.T)                                 # (F, R): row gathers are copies
+    f32 = np.dtype(ens.input_dtype) == np.float32
+    XT = np.ascontiguousarray(X.T, dtype=np.float32 if f32 else np.float64)   # (F, R)
     phiT = np.zeros((F, R))
     one_cls = bool(np.all(cls == cls[0]))
     has_nan = bool(np.isnan(X).any())
-    BT = None if background is None else np.ascontiguousarray(background.T)
+    BT = None if background is None else np.ascontiguousarray(background.T, dtype=XT.dtype)
     nb = 0 if background is None else len(background)
     bg_nan = background is not None and bool(np.isnan(background).any())
     work = sum(len(g.leaf) for g in groups)
     with progress_bar(work, "tree_shap", progress if work * R > 50_000_000 else False,
                       unit="path") as bar:
         for g in groups:
+            if f32:
+                g = g.as_float32()
             D, L = g.D, len(g.leaf)
             P = 1 << D
             Q = max(1, -(-D // 2))
