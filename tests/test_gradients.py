@@ -301,12 +301,12 @@ def test_agreement_with_captum(small_cnn):
             # ends), so its weights sum to (n-1)/n and its IG of a linear model is (n-1)/n * w * x.
             ours = ours * 8 / 9
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-9 + 1e-5 * np.abs(theirs).max())
-    np.testing.assert_allclose(lumos.explain(small_cnn, x, "saliency", target=t).values,
-                               captum.Saliency(small_cnn).attribute(x, target=t, abs=False).numpy(),
-                               rtol=1e-6)
-    np.testing.assert_allclose(lumos.explain(small_cnn, x, "gradient_x_input", target=t).values,
-                               captum.InputXGradient(small_cnn).attribute(x, target=t).detach().numpy(),
-                               rtol=1e-6)
+    # lumos feeds conv nets channels-last batches on CPU: equal up to float rounding
+    for name, peer in (("saliency", captum.Saliency(small_cnn).attribute(x, target=t, abs=False)),
+                       ("gradient_x_input", captum.InputXGradient(small_cnn).attribute(x, target=t))):
+        theirs = peer.detach().numpy()
+        np.testing.assert_allclose(lumos.explain(small_cnn, x, name, target=t).values, theirs,
+                                   rtol=1e-5, atol=1e-6 * np.abs(theirs).max())
 
 
 # ---------------------------------------------------------------------------------- smoothgrad
@@ -441,3 +441,51 @@ def test_channels_last_inputs_keep_their_layout_and_results(small_cnn):
         a = lumos.explain(small_cnn, x, method, target=1, **params).values
         b = lumos.explain(small_cnn, xcl, method, target=1, **params).values
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * np.abs(a).max())
+
+
+class ViewNet(nn.Module):
+    """A CNN that ``.view``s its activations: impossible on channels-last memory."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv, self.lin = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 12 * 12, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        return self.lin(h.view(h.shape[0], -1))
+
+
+def test_channels_last_layout_choice_and_fallback(small_cnn):
+    x = _cnn_images()
+    assert gradient_module.layout_for(small_cnn, x) == torch.channels_last  # CPU conv net
+    assert gradient_module.layout_for(nn.Linear(6, 2), _x()) is None
+    assert gradient_module.layout_for(FlatLinear(), x[:, :, :8, :8]) is None  # first layer Linear
+    model = ViewNet().eval()
+    with pytest.raises(RuntimeError, match="view size"):
+        model(x.contiguous(memory_format=torch.channels_last))
+    xr = x.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(model(xr)[:, 1].sum(), xr)
+    for method, params in CALLS:
+        e = lumos.explain(model, x, method, target=1, **params)
+        assert np.isfinite(e.values).all()
+        if method == "saliency":
+            np.testing.assert_allclose(e.values, want.numpy(), rtol=1e-6, atol=1e-9)
+    assert gradient_module.layout_for(model, x) is None  # remembered
+
+
+def test_other_errors_are_not_taken_for_layout_errors(small_cnn):
+    calls = []
+
+    def target(out):
+        calls.append(1)
+        raise RuntimeError(message)
+
+    message = "boom"
+    with pytest.raises(RuntimeError, match="boom"):
+        lumos.explain(small_cnn, _cnn_images(), "saliency", target=target)
+    assert len(calls) == 1 and gradient_module.layout_for(small_cnn, _cnn_images()) == torch.channels_last
+    message = "the user's code says: wrong stride"  # looks like a layout error: one retry, same error
+    with pytest.raises(RuntimeError, match="wrong stride"):
+        lumos.explain(small_cnn, _cnn_images(), "saliency", target=target)
+    assert len(calls) == 3

@@ -27,7 +27,7 @@ from ..core.targets import Target
 from ..core.torch_model import forward, gradient, torch_call
 from ._approximation import check_integration, integration_points
 from ._baselines import BaselineSet, make_baselines
-from .gradient import memory_format_of
+from .gradient import BatchLayout, run_in_layout
 
 __all__ = ["integrated_gradients"]
 
@@ -63,24 +63,25 @@ def _path_attributions(model: torch.nn.Module, target: Target, *, inputs: torch.
 
     Returns
     -------
-    Tensor, shape (n_out, ...), the dtype of ``inputs``
+    Tensor, shape (n_out, ...), the dtype and memory layout of ``inputs``
     """
     dev, dtype = inputs.device, inputs.dtype
     view = (-1,) + (1,) * (inputs.ndim - 1)
-    acc = torch.zeros((n_out,) + tuple(inputs.shape[1:]), dtype=dtype, device=dev)
+    lay = BatchLayout(model, inputs)
+    inputs, bank = lay.internal(inputs), lay.internal(bank)
+    acc = inputs.new_zeros((n_out,) + tuple(inputs.shape[1:]))
     alphas = alphas.to(device=dev, dtype=dtype)
     weights = weights.to(device=dev, dtype=dtype)
     input_idx, baseline_idx, out_idx = input_idx.to(dev), baseline_idx.to(dev), out_idx.to(dev)
-    fmt = memory_format_of(inputs)
     for sl in chunks(len(alphas), check_batch_size(batch_size), desc=desc, progress=progress):
         xi = inputs.index_select(0, input_idx[sl])
         bi = bank.index_select(0, baseline_idx[sl])
         diff = xi.sub_(bi)
         points = torch.addcmul(bi, alphas[sl].view(view), diff)
-        if fmt is not None:
-            points = points.contiguous(memory_format=fmt)
-        g, _ = gradient(model, points, target, rows=target_rows[sl])
-        g.mul_(weights[sl].view(view))
+        rows = target_rows[sl]
+        g = lay.from_model(run_in_layout(model, lambda t: gradient(model, t, target, rows=rows)[0],
+                                         lay.model_view(points), lay.fmt))
+        g = g * weights[sl].view(view)
         if not shared_diff:
             g.mul_(diff)
         acc.index_add_(0, out_idx[sl], g)
@@ -88,7 +89,7 @@ def _path_attributions(model: torch.nn.Module, target: Target, *, inputs: torch.
         first = torch.full((n_out,), -1, dtype=torch.long, device=dev)
         first.scatter_(0, out_idx, torch.arange(len(out_idx), device=dev)).clamp_(min=0)
         acc.mul_(inputs.index_select(0, input_idx[first]) - bank.index_select(0, baseline_idx[first]))
-    return acc
+    return lay.user(acc)
 
 
 def _ig_core(model: torch.nn.Module, x: torch.Tensor, baselines: BaselineSet, target: Target,

@@ -30,7 +30,7 @@ import torch
 from ..core.execution import check_batch_size, chunks, torch_generator
 from ..core.registry import get_method, register
 from ..core.torch_model import Prepared, torch_call
-from .gradient import memory_format_of
+from .gradient import BatchLayout
 
 __all__ = ["smoothgrad", "smoothgrad_sq", "vargrad", "VARIANTS"]
 
@@ -134,19 +134,22 @@ def _run(p: Prepared, info, params: dict, accepted: set, variant: str, noise_lev
     # One set of draws for all samples, made before batching (see module docstring).
     g = torch_generator(seed)
     z = torch.randn((n_samples,) + tuple(x.shape[1:]), generator=g, dtype=x.dtype).to(x.device)
+    # Noisy copies are built in the storage layout of the batches (NHWC for channels-last conv
+    # nets) and handed to the base method as model-layout views, without copies.
+    lay = BatchLayout(p.model, x)
+    x_int, z_int = lay.internal(x), lay.internal(z)
     view = (-1,) + (1,) * (x.ndim - 1)
     kernel = getattr(info.func, "row_kernel", None)
-    fmt = memory_format_of(x)
     moments = _Moments(n, need_m2=variant == "vargrad")
     total = n * n_samples
+    same_shape = None
     for sl in chunks(total, bs, desc=f"smoothgrad({info.name})", progress=progress):
         r = torch.arange(sl.start, sl.stop)
         sample, draw = r // n_samples, r % n_samples
         dev_sample = sample.to(x.device)
-        noisy = torch.addcmul(x.index_select(0, dev_sample), sigma.index_select(0, dev_sample).view(view),
-                              z.index_select(0, draw.to(x.device)))
-        if fmt is not None:
-            noisy = noisy.contiguous(memory_format=fmt)
+        noisy = lay.model_view(torch.addcmul(
+            x_int.index_select(0, dev_sample), sigma.index_select(0, dev_sample).view(view),
+            z_int.index_select(0, draw.to(x.device))))
         if kernel is not None:
             a = kernel(p.model, noisy, p.target, sample, batch_size=bs, progress=False, **params)
         else:
@@ -159,10 +162,15 @@ def _run(p: Prepared, info, params: dict, accepted: set, variant: str, noise_lev
             extra = {k: v for k, v in (("batch_size", bs), ("progress", False)) if k in accepted}
             a = torch.as_tensor(np.asarray(info.func(p.model, noisy, target=tgt, **extra,
                                                      **params).values), device=x.device)
+        if same_shape is None:  # attributions shaped like the inputs share their layout
+            same_shape = lay.nhwc and tuple(a.shape) == tuple(noisy.shape)
+        if same_shape:
+            a = lay.from_model(a)
         if variant == "smoothgrad_sq":
             a = a * a
         moments.add(a, sample)
-    return moments.result(variance=variant == "vargrad"), sigma
+    values = moments.result(variance=variant == "vargrad")
+    return (lay.user(values) if same_shape else values), sigma
 
 
 @register("smoothgrad", "gradient",
