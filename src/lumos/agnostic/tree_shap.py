@@ -19,9 +19,10 @@ because the Shapley weight ``|S|! (D−|S|−1)! / D!`` is the Beta integral ``�
 The integrand is a polynomial of degree ``D − 1``, so Gauss-Legendre quadrature with ``ceil(D/2)``
 nodes is exact (the polynomial view of Linear TreeShap, Yu et al. 2022; per-path work as in
 GPUTreeShap, Mitchell et al. 2022). A path's contribution depends on ``x`` only through the ``D``
-bits ``o`` — so when there are fewer than ``2^D`` patterns than rows, the contribution of every
-pattern is tabulated once per path and each row just looks its pattern up (the precomputation of
-Fast TreeSHAP v2, Yang 2021). Rows × paths are processed as numpy arrays in chunks.
+bits ``o`` — so when a path has fewer possible patterns (``2^D``) than there are rows, the
+contribution of every pattern is tabulated once per path and each row just looks its pattern up
+(the precomputation of Fast TreeSHAP v2, Yang 2021); longer paths are computed row by row with
+one small matrix product per path. Rows × paths are processed as numpy arrays in chunks.
 
 The interventional game ``v(S) = mean_b f(x_S, b_S̄)`` is, per path and background row ``b``,
 the same game with ``z_j`` replaced by ``b``'s bit. A pair ``(x, b)`` contributes only when no
@@ -33,7 +34,8 @@ contribution is a Beta integral in ``|U_x|`` and ``|U_b|``. Summed over the back
 
 with ``Z(u)[p] = Σ_{b: U_b ⊆ p} u^|U_b|`` the subset-sum (zeta) transform of the background's
 failure-pattern histogram. Its cost per path is ``O(2^D D²)``, independent of the number of
-background rows; the per-row work is again one table look-up per path.
+background rows; the per-row work is again one table look-up per path (very long paths fall back
+to the pair-by-pair formula).
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..core.execution import chunks, progress_bar
+from ..core.execution import progress_bar
 from ..core.explanation import Explanation
 from ..core.registry import register
 from ..core.targets import resolve_target

@@ -8,7 +8,7 @@ is shown, never run. The value of each word is in its ``title`` (hover) attribut
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
