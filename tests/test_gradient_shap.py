@@ -104,3 +104,21 @@ def test_errors_name_the_argument(linear_model):
         gradient_shap(linear_model, x, target=0, background=_bg(), noise=-1)
     with pytest.raises(TypeError, match="torch.nn.Module"):
         gradient_shap(lambda z: z, x, target=0, background=_bg())
+
+
+def test_images_completeness_in_expectation(small_cnn, images):
+    # scaled so that f(x) - E f(b) is large against the Monte-Carlo error (the test has power)
+    bg = -5 * torch.rand(6, 3, 12, 12, generator=torch.Generator().manual_seed(9))
+    x = 5 * images[:2]
+    before = model_state(small_cnn)
+    e = gradient_shap(small_cnn, x, target=1, background=bg, n_samples=300, seed=0,
+                      batch_size=150)
+    assert_same_state(before, model_state(small_cnn))
+    assert e.values.shape == (2, 3, 12, 12) and e.meta["standard_error"].shape == (2, 3, 12, 12)
+    with torch.no_grad():
+        f_bg = small_cnn(bg)[:, 1].double().mean().item()
+    np.testing.assert_allclose(e.baseline_output, f_bg, rtol=1e-5)
+    # E[sum(phi)] = f(x) - E_b f(b): the estimate is within 5 of its standard errors
+    se = e.meta["total_standard_error"]
+    assert np.all(np.abs(e.output - e.baseline_output) > 10 * se)
+    assert np.all(e.meta["completeness_gap"] <= 5 * se)
