@@ -689,8 +689,9 @@ def model_scorer(model: Any, explanation: Explanation, target: Any = None, *,
                           dtype=_float_dtype(model) if arr_kind else torch.long)
             if x.is_floating_point():
                 check_input_shape(model, x, "explanation.inputs")
-            with torch.inference_mode():
-                out = forward(model, x, name="explanation.inputs")
+            with torch.inference_mode():  # in chunks: the metric's batch_size bounds memory
+                out = torch.cat([forward(model, x[sl], name="explanation.inputs")
+                                 for sl in chunks(len(x), bs, progress=False)])
             if not torch.isfinite(out).all():
                 raise ValueError("model returned NaN or Inf at the explained inputs")
             tgt = resolve_target(spec, out)
@@ -716,7 +717,7 @@ def model_scorer(model: Any, explanation: Explanation, target: Any = None, *,
     names = explanation.feature_names
     if names is not None and hasattr(model, "feature_names_in_") and arr.ndim == 2 and len(names) == arr.shape[1]:
         columns = names  # the model was fitted on a DataFrame with these columns
-    bb = as_blackbox(model)
+    bb = as_blackbox(model, batch_size=bs)
     if columns is not None:
         bb.columns = list(columns)
     np_dtype = arr.dtype if arr.dtype.kind in "fiu" else np.float64

@@ -471,15 +471,19 @@ def _noise_effects(model, explanation, noise_std, R, softmax, target, seed, batc
         pred = np.empty(n * R)
         dev = x.device
 
+        std32 = std.astype(np.float32)
+
         def build(sl):
             r = np.arange(sl.start, sl.stop)
             i = r // R
-            noise = np.stack([row_rng(seed, 5, a, b).standard_normal(lay.input_shape)
-                              for a, b in zip(i, r % R)]) * std
+            noise = np.empty((len(r),) + lay.input_shape, dtype=np.float32)
+            for k, (a, b) in enumerate(zip(i, r % R)):  # one generator per (sample, draw)
+                row_rng(seed, 5, a, b).standard_normal(lay.input_shape, dtype=np.float32, out=noise[k])
+            noise *= std32
             red = noise if elementwise else noise.sum(axis=tuple(a + 1 for a in lay.expand))
-            pred[sl] = (red.reshape(len(r), -1) * phi[i]).sum(1)
+            pred[sl] = np.einsum("ij,ij->i", red.reshape(len(r), -1), phi[i], dtype=np.float64)
             it = torch.as_tensor(i, device=dev)
-            return x[it] - torch.as_tensor(noise, dtype=x.dtype, device=dev), it
+            return x[it] - torch.from_numpy(noise).to(dtype=x.dtype, device=dev), it
 
         vals = sc.evaluate(n * R, build, desc="infidelity").reshape(n, R)
         delta = sc.f0[:, None] - vals
