@@ -57,8 +57,8 @@ def compare_demo(out_dir: str | Path, quick: bool = False) -> list[str]:
     if fig is not None:
         plt.close(fig)
     lines += ["",
-              "  deletion: area under the score as the most relevant pixels are blacked out first (lower: faithful);",
-              "  insertion: the same as they are put back onto a blurred image (higher: faithful);",
+              "  deletion: area under the class probability as the most relevant pixels are replaced by the",
+              "  blurred image first (lower: faithful); insertion: as they are put back onto it (higher: faithful);",
               "  randomisation: SSIM to the original map as layers are re-initialised from the top (lower: the map",
               "  depends on the weights; Adebayo et al. 2018); relevance mass / pointing game: on the true shape.",
               f"  pictures: {out / 'metrics_curves.png'}, {out / 'metrics_randomisation.png'}",
