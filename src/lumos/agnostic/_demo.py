@@ -25,27 +25,27 @@ def _fit_credit_model(X, y):
 
 
 def _pictures(out_dir: Path, explanations: dict) -> list[str]:
-    """Draw what the display package offers (its tabular displays may not exist yet)."""
-    written = []
-    try:
-        import matplotlib
+    """A waterfall of the first row and a beeswarm over all rows, per method."""
+    import matplotlib
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - matplotlib is a core dependency
-        return written
-    try:
-        from ..display import waterfall  # part of lumos.display once the Shapley displays land
-    except ImportError:
-        waterfall = None
-    if waterfall is not None:
-        for name, expl in explanations.items():
-            fig, ax = plt.subplots(figsize=(6, 4))
-            waterfall.WaterfallDisplay.from_explanation(expl[0]).plot(ax=ax)
-            path = out_dir / f"tabular_{name}_waterfall.png"
-            fig.savefig(path, dpi=100, bbox_inches="tight")
-            plt.close(fig)
-            written.append(str(path))
+    matplotlib.use("Agg")  # the demo only writes files
+    import matplotlib.pyplot as plt
+
+    from ..display.shap_plots import BarDisplay, BeeswarmDisplay, WaterfallDisplay
+
+    written = []
+    for name, expl in explanations.items():
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+        # A waterfall needs a base value (Shapley); LIME's surrogate weights have none.
+        first = WaterfallDisplay if expl.baseline_output is not None else BarDisplay
+        first.from_explanation(expl, index=0).plot(ax=axes[0])
+        axes[0].set_title(f"{name}: first applicant")
+        BeeswarmDisplay.from_explanation(expl).plot(ax=axes[1])
+        axes[1].set_title(f"{name}: all explained applicants")
+        path = out_dir / f"tabular_{name}.png"
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        written.append(str(path))
     return written
 
 

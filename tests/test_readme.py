@@ -1,0 +1,27 @@
+"""The README stays true: its method table lists exactly the registered methods, and its Quick
+start test command is the one CI runs."""
+import re
+from pathlib import Path
+
+import lumos
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _table_methods(text: str) -> set[str]:
+    section = text.split("<!-- METHODS-TABLE -->", 1)[1].split("<!-- METHODS-END -->", 1)[0]
+    return set(re.findall(r"^\|\s*`([a-z0-9_]+)`\s*\|", section, flags=re.M))
+
+
+def test_method_table_matches_the_registry():
+    text = (ROOT / "README.md").read_text()
+    assert _table_methods(text) == {m.name for m in lumos.methods()}
+
+
+def test_quick_start_test_command_is_what_ci_runs():
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Quick start", 1)[1].split("```", 2)[1]
+    commands = [line for line in block.splitlines()[1:] if line.strip() and not line.lstrip().startswith("#")]
+    assert len(commands) == 2
+    assert "lumos demo" in commands[0]
+    assert commands[1].strip() in (ROOT / ".ci" / "run").read_text()
