@@ -25,3 +25,22 @@ def test_quick_start_test_command_is_what_ci_runs():
     assert len(commands) == 2
     assert "lumos demo" in commands[0]
     assert commands[1].strip() in (ROOT / ".ci" / "run").read_text()
+
+
+def test_python_examples_run(tmp_path, monkeypatch):
+    """Every ```python block of the README runs, in order, in one namespace."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    monkeypatch.chdir(tmp_path)  # examples may save files
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    ns: dict = {}
+    for i, block in enumerate(blocks):
+        exec(compile(textwrap.dedent(block), f"README block {i}", "exec"), ns)
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
