@@ -27,6 +27,8 @@ __all__ = ["compare", "Comparison", "random_explanation", "default_methods", "de
 RANDOM = "random"
 # Curves of the explained score: compared as softmax probabilities for classifiers.
 _CURVE_METRICS = ("deletion", "deletion_lerf", "insertion", "road")
+# Metrics that replace removed pixels by a fill: the blurred image for image inputs.
+_REMOVAL_METRICS = ("deletion", "deletion_lerf", "faithfulness_correlation", "monotonicity", "sensitivity_n")
 
 # Parameters that keep the compared methods affordable (their own defaults are for single use).
 COMPARE_METHOD_PARAMS: dict[str, dict] = {
@@ -292,7 +294,8 @@ def compare(model: Any, inputs: Any, methods: Sequence[str] | None = None, metri
         Per-metric parameters, e.g. ``{"deletion": {"steps": 10}}``. For class targets the curve
         metrics (deletion, insertion, ROAD) score the softmax probability unless
         ``{"softmax": False}`` is given: bounded scores average meaningfully over samples. For
-        images, deletion replaces pixels by the blurred image unless a ``fill`` is given.
+        images, the removal metrics (deletion, faithfulness correlation, monotonicity,
+        sensitivity-n) replace pixels by the blurred image unless a ``fill`` is given.
     seed : int, default 0
         For the random baseline (metrics take their own ``seed`` in ``metric_params``).
     log : callable, optional
@@ -354,9 +357,9 @@ def compare(model: Any, inputs: Any, methods: Sequence[str] | None = None, metri
                 results[m][k] = "needs a torch model"
                 continue
             kw = dict(metric_params.get(k, {}))
-            if k in ("deletion", "deletion_lerf") and images:
+            if k in _REMOVAL_METRICS and images:
                 # black pixels are far from the data for many image models (a few percent of
-                # scattered ones flip the class whatever the order): delete towards the blurred
+                # scattered ones flip the class whatever the order): remove towards the blurred
                 # image, as insertion starts from it
                 kw.setdefault("fill", "blur")
             if k in _CURVE_METRICS and classes:
