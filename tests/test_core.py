@@ -361,6 +361,34 @@ def test_training_mode_warns_and_running_stats_are_restored(method, params, imag
     assert after["training"] == [True] * 5
 
 
+@pytest.mark.parametrize("fail", [False, True])
+def test_model_guard_undoes_everything_a_method_may_do(fail):
+    from lumos.core.torch_model import ModelGuard
+
+    torch.manual_seed(0)
+    model = BNNet().eval()
+    model.lin.register_forward_hook(lambda m, i, o: None)  # the user's own hook stays
+    model.lin.weight.grad = torch.ones_like(model.lin.weight)
+    before = model_state(model)
+    try:
+        with ModelGuard(model):
+            model.train()
+            model(torch.rand(2, 3, 6, 6))  # writes the batch-norm statistics
+            model.conv.weight.requires_grad_(False)
+            model.lin.weight.grad = None
+            model.conv.bias.grad = torch.zeros_like(model.conv.bias)
+            model.conv.register_forward_hook(lambda m, i, o: None)
+            model.bn.register_forward_pre_hook(lambda m, i: None)
+            model.lin.register_full_backward_hook(lambda m, gi, go: None)
+            model.register_forward_hook(lambda m, i, o: None)
+            if fail:
+                raise KeyError("half-way")
+    except KeyError:
+        assert fail
+    assert_same_state(before, model_state(model))
+    assert len(model.lin._forward_hooks) == 1
+
+
 def test_numpy_inputs_are_not_modified(small_cnn, images):
     arr = images.numpy().copy()
     keep = arr.copy()

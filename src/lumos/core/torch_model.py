@@ -32,15 +32,19 @@ _HOOK_DICTS = (
 )
 
 
+_STATEFUL_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+
+
 class ModelGuard:
     """Snapshot a module's mutable state and restore it on exit.
 
     Restores each submodule's ``training`` flag, each parameter's ``requires_grad`` and ``.grad``,
     and removes any hook that was added while the guard was active (on any submodule). Parameter
     values are not copied (methods never write them); code that must change them temporarily
-    (batch-norm folding) restores them itself. Buffers of submodules in training mode are copied
-    and restored, because a forward pass in training mode writes them (batch-norm running
-    statistics); in eval mode no standard module writes its buffers, so nothing is copied.
+    (batch-norm folding) restores them itself. Buffers of submodules in training mode and of every
+    batch/instance-norm layer are copied and restored, because a forward pass in training mode
+    writes them (running statistics), also when a method switches the mode itself; other buffers
+    are not written by standard modules in eval mode and are not copied.
     """
 
     def __init__(self, model: nn.Module):
@@ -50,28 +54,34 @@ class ModelGuard:
         mods = list(self.model.modules())
         self._training = [(m, m.training) for m in mods]
         self._params = [(p, p.requires_grad, p.grad) for p in self.model.parameters()]
-        self._hooks = [(m, {d: set(getattr(m, d, {}).keys()) for d in _HOOK_DICTS}) for m in mods]
-        self._buffers = [(b, b.detach().clone()) for m in mods if m.training
+        # (hook dict, keys before): every hook dict of every submodule, by reference, so that
+        # the exit check is a length comparison for the untouched ones (this runs on every call)
+        self._hooks = [(h, tuple(h.keys()) if h else ()) for m in mods
+                       for h in (m.__dict__.get(d) for d in _HOOK_DICTS) if h is not None]
+        self._buffers = [(b, b.detach().clone()) for m in mods
+                         if m.training or isinstance(m, _STATEFUL_NORMS)
                          for b in m.buffers(recurse=False)]
         return self
 
     def __exit__(self, *exc) -> None:
         for m, flag in self._training:
-            m.training = flag
+            if m.training != flag:
+                m.training = flag
         for p, req, grad in self._params:
-            p.requires_grad_(req)
-            p.grad = grad
+            if p.requires_grad != req:
+                p.requires_grad_(req)
+            if p.grad is not grad:
+                p.grad = grad
         with torch.no_grad():
             for b, saved in self._buffers:
                 if not torch.equal(b, saved):
                     b.copy_(saved)
-        for m, before in self._hooks:
-            for d, keys in before.items():
-                hooks = getattr(m, d, None)
-                if hooks is None:
-                    continue
-                for k in [k for k in hooks.keys() if k not in keys]:
-                    del hooks[k]
+        for hooks, keys in self._hooks:
+            if len(hooks) == len(keys) and all(k in hooks for k in keys):
+                continue
+            keep = set(keys)
+            for k in [k for k in hooks.keys() if k not in keep]:
+                del hooks[k]
 
 
 def model_device(model: nn.Module) -> torch.device:
