@@ -27,7 +27,7 @@ DEMO_PARAMS: dict[str, dict] = {
     "rise": {"n_masks": 500, "seed": 0},
     "occlusion": {"window": 8, "stride": 4},
     "feature_ablation": {"groups": "slic"},
-    "meaningful_perturbation": {"n_iter": 100},
+    "meaningful_perturbation": {"n_iter": 50},
 }
 # Methods whose cost or inputs make them a poor fit for the image demo grid.
 DEMO_SKIP = {"lime", "kernel_shap", "exact_shapley", "permutation_shap", "tree_shap"}
