@@ -152,9 +152,9 @@ class TabularData:
             kind = "array"
         cat = cls._override(cat, categorical, names)
         cats = {}
-        for j in np.flatnonzero(cat):
-            import pandas as pd
+        import pandas as pd  # noqa: F811 - also imported above, on the DataFrame branch only
 
+        for j in np.flatnonzero(cat):
             _, uniq = pd.factorize(pd.Series(stacked[:, j], dtype=object), use_na_sentinel=False)
             cats[j] = np.asarray(uniq, dtype=object)
         integer = np.zeros(d, bool)

@@ -1,7 +1,6 @@
 """DeepLIFT (Rescale rule) and DeepSHAP, with rules on operations."""
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -12,10 +11,12 @@ from ..core.execution import chunks
 from .gradient import layout_for, run_in_layout
 from ..core.registry import register
 from ..core.targets import resolve_target
-from ..core.torch_model import ModelGuard, Prepared, as_tensor, check_input_shape, forward, model_device
+from ..core.torch_model import (
+    ModelGuard, Prepared, as_tensor, check_input_shape, forward, model_device, warn_if_training,
+)
 from ..rules.deeplift import DeepLiftComposite
 from ..rules.engine import (
-    _RANDOM_IN_TRAINING, _select_grad, apply, check_same_output, check_visible, keep_buffers,
+    _select_grad, apply, check_same_output, check_visible, keep_buffers,
 )
 
 __all__ = ["deeplift", "deep_shap"]
@@ -82,12 +83,7 @@ def _run(model, inputs, target, make_refs, *, method: str, eps: float, batch_siz
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: {method} needs a torch.nn.Module; got {type(model).__name__}")
     check_visible(model, method)
-    if any(m.training and isinstance(m, _RANDOM_IN_TRAINING) for m in model.modules()):
-        warnings.warn(
-            "model is in training mode: dropout and batch-norm statistics make the explanation "
-            "random and batch-dependent. Call model.eval() first (lumos leaves the mode as found).",
-            stacklevel=3,
-        )
+    warn_if_training(model, stacklevel=4)
     with ModelGuard(model), keep_buffers(model):
         x = as_tensor(inputs, model_device(model))
         check_input_shape(model, x)

@@ -330,6 +330,16 @@ def _clean_params(params: dict) -> dict:
 _RANDOM_IN_TRAINING = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 
 
+def warn_if_training(model: nn.Module, stacklevel: int = 3) -> None:
+    """Warn when dropout or batch norm in training mode would make an explanation random."""
+    if any(m.training and isinstance(m, _RANDOM_IN_TRAINING) for m in model.modules()):
+        warnings.warn(
+            "model is in training mode: dropout and batch-norm statistics make the explanation "
+            "random and batch-dependent. Call model.eval() first (lumos leaves the mode as found).",
+            stacklevel=stacklevel,
+        )
+
+
 @contextlib.contextmanager
 def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
                rules: bool = False, clean_forward: bool = True) -> Iterator[Prepared]:
@@ -355,12 +365,7 @@ def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     if rules:
         check_not_compiled(model, method)
-    if any(m.training and isinstance(m, _RANDOM_IN_TRAINING) for m in model.modules()):
-        warnings.warn(
-            "model is in training mode: dropout and batch-norm statistics make the explanation "
-            "random and batch-dependent. Call model.eval() first (lumos leaves the mode as found).",
-            stacklevel=3,
-        )
+    warn_if_training(model, stacklevel=4)
     with ModelGuard(model):
         x = as_tensor(inputs, model_device(model))
         if not x.is_floating_point():  # pragma: no cover - as_tensor casts ints to float

@@ -23,7 +23,6 @@ forward pass without graph, one with, and one backward pass — about 1.5 gradie
 from __future__ import annotations
 
 import inspect
-import math
 
 import torch
 import torch.nn.functional as F

@@ -22,9 +22,8 @@ in-place result changed it.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +35,7 @@ from ..core.execution import chunks
 from ..core.targets import resolve_target
 from ..core.torch_model import (
     ModelGuard, Prepared, as_tensor, check_input_shape, check_not_compiled, forward, model_device,
+    warn_if_training,
 )
 
 __all__ = [
@@ -480,9 +480,6 @@ def _pop(session: Session):
 
 
 # --------------------------------------------------------------------------- running a method
-_RANDOM_IN_TRAINING = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
-
-
 def _select_grad(target, out: torch.Tensor, rows) -> tuple[torch.Tensor, torch.Tensor]:
     """``(d s / d out, s)`` for the target scalar ``s`` of each row (a small autograd graph)."""
     o = out.detach().requires_grad_(True)
@@ -547,12 +544,7 @@ def propagate(model: Any, inputs: Any, target: Any, composite: Composite, *, met
     check_visible(model, method)
     if start not in ("gradient", "relevance"):  # pragma: no cover - internal
         raise ValueError(f"start must be 'gradient' or 'relevance'; got {start!r}")
-    if any(m.training and isinstance(m, _RANDOM_IN_TRAINING) for m in model.modules()):
-        warnings.warn(
-            "model is in training mode: dropout and batch-norm statistics make the explanation "
-            "random and batch-dependent. Call model.eval() first (lumos leaves the mode as found).",
-            stacklevel=3,
-        )
+    warn_if_training(model, stacklevel=4)
     with ModelGuard(model), keep_buffers(model):
         x = as_tensor(inputs, model_device(model))
         check_input_shape(model, x)

@@ -681,7 +681,7 @@ class _SumFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, R):
         h = ctx.holder
-        call, eps = h.op, h.rule.epsilon
+        eps = h.rule.epsilon
         s = _divide(R, h.z, eps)
         grads = []
         for t, coef in h.terms:  # (tensor, signed coefficient) of each input-dependent summand

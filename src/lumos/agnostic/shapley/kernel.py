@@ -131,7 +131,7 @@ def kernel_shap(model: Any, inputs: Any, target: Any = None, *, background: Any 
         active = np.flatnonzero(~done)
         if len(active) == 0:
             break
-        rows, Zs, owners = [], [], []
+        rows, Zs = [], []
         for i in active:
             Z = samplers[i].grow(int(want[i]))
             pad = np.zeros((len(Z), Mmax), bool)
