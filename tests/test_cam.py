@@ -1,6 +1,5 @@
 """Class-activation maps: closed forms, naive float64 references, batching, targets, layers, errors,
 and the pointing game on the shipped demo model."""
-import importlib.util
 
 import numpy as np
 import pytest
@@ -13,12 +12,6 @@ from conftest import SmallCNN, assert_same_state, model_state
 from lumos.attribution.cam import find_spatial_layers
 
 CAM_METHODS = ["cam", "gradcam", "gradcam_pp", "layercam", "scorecam", "guided_gradcam"]
-HAS_GUIDED = importlib.util.find_spec("lumos.attribution.guided_backprop") is not None
-
-
-def _needs(method):
-    if method == "guided_gradcam" and not HAS_GUIDED:
-        pytest.skip("guided backprop (lumos.attribution.guided_backprop) is not available yet")
 
 
 # ---------------------------------------------------------------------------------- models
@@ -379,7 +372,6 @@ def test_scorecam_batch_size_and_seeded_channel_subset(pool_cnn, imgs):
 # ---------------------------------------------------------------------------------- batching & targets
 @pytest.mark.parametrize("method", CAM_METHODS)
 def test_batch_equals_per_image_with_per_sample_targets(pool_cnn, imgs, method):
-    _needs(method)
     t = [2, 0, 3, 1, 2]
     before = model_state(pool_cnn)
     x0 = imgs.clone()
@@ -547,7 +539,6 @@ def test_cam_refuses_callable_targets(pool_cnn, imgs):
 # ---------------------------------------------------------------------------------- model state
 @pytest.mark.parametrize("method", CAM_METHODS)
 def test_model_left_as_found_also_on_error(pool_cnn, imgs, method):
-    _needs(method)
     m = pool_cnn
     m.features[0].weight.requires_grad_(False)
     m.classifier.weight.grad = torch.ones_like(m.classifier.weight)
@@ -581,7 +572,6 @@ def test_save_and_load_keep_the_layer_map(pool_cnn, imgs, tmp_path):
 
 
 def test_guided_gradcam_is_guided_backprop_times_upsampled_gradcam(pool_cnn, imgs):
-    _needs("guided_gradcam")
     from lumos.attribution.guided_backprop import guided_backprop
 
     t = [0, 3, 1, 2, 0]

@@ -409,11 +409,9 @@ def test_registered_for_any_model():
 
 # --------------------------------------------------------------------------- the demo world
 def test_preservation_mask_covers_the_watermark_on_the_demo_model():
-    data_mod = pytest.importorskip("lumos.data")
-    try:
-        model = data_mod.load_demo_model()
-    except FileNotFoundError:
-        pytest.skip("demo weights not shipped yet")
+    import lumos.data as data_mod
+
+    model = data_mod.load_demo_model()  # shipped with the package: missing weights must fail
     marked = data_mod.shapes_dataset(6, split="test", watermark="all", seed=3)
     clean = data_mod.shapes_dataset(6, split="test", watermark="none", seed=3)
     wm = marked.watermark_masks.numpy()
