@@ -1,7 +1,6 @@
 """Shared fixtures: small, seeded torch models. Test files add their own models beside them."""
 import os
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
