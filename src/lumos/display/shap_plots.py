@@ -106,6 +106,16 @@ def _ax(ax, figsize):
     return ax
 
 
+def _finish(display, ax):
+    """The common end of every plot here: title, open frame, and the ``ax_``/``figure_`` attributes."""
+    if display.title:
+        ax.set_title(display.title, fontsize=9)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    display.ax_, display.figure_ = ax, ax.figure
+    return display
+
+
 # ----------------------------------------------------------------------------- waterfall
 @dataclass
 class WaterfallDisplay:
@@ -167,12 +177,7 @@ class WaterfallDisplay:
         pad = 0.08 * ((hi - lo) or 1.0)
         ax.set_xlim(lo - pad, hi + 2 * pad)          # room for the value labels on the right
         ax.set_xlabel(f"E[f(X)] = {self.base_value_:.3g}   →   f(x) = {self.output_:.3g}")
-        if self.title:
-            ax.set_title(self.title, fontsize=9)
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
-        self.ax_, self.figure_ = ax, ax.figure
-        return self
+        return _finish(self, ax)
 
 
 # ----------------------------------------------------------------------------- bar
@@ -233,12 +238,7 @@ class BarDisplay:
         ax.set_yticklabels(self.labels_, fontsize=8)
         ax.axvline(0, color="0.3", lw=0.8)
         ax.set_xlabel(self.xlabel)
-        if self.title:
-            ax.set_title(self.title, fontsize=9)
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
-        self.ax_, self.figure_ = ax, ax.figure
-        return self
+        return _finish(self, ax)
 
 
 # ----------------------------------------------------------------------------- beeswarm
@@ -337,12 +337,7 @@ class BeeswarmDisplay:
             self.colorbar_ = ax.figure.colorbar(sm, ax=ax, fraction=0.04, pad=0.02, ticks=[0, 1])
             self.colorbar_.ax.set_yticklabels(["low", "high"], fontsize=7)
             self.colorbar_.set_label("feature value", fontsize=8)
-        if self.title:
-            ax.set_title(self.title, fontsize=9)
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
-        self.ax_, self.figure_ = ax, ax.figure
-        return self
+        return _finish(self, ax)
 
 
 # ----------------------------------------------------------------------------- force strip
