@@ -8,10 +8,10 @@ from math import comb, lgamma, exp
 
 import numpy as np
 
-from .._game import row_generators  # noqa: F401  (re-exported)
+from .._game import Game, row_generators
 
 __all__ = ["shapley_weights", "PairedSampler", "kernel_solve", "check_budget", "row_generators",
-           "stop_ratio"]
+           "stop_ratio", "start_estimate"]
 
 # Strata with at most this many pairs are enumerated once and drawn from a shuffled list.
 _ENUMERATE_LIMIT = 20_000
@@ -294,3 +294,20 @@ def _solve(H: np.ndarray, g: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return np.linalg.lstsq(H, g, rcond=None)[0]
+
+
+def start_estimate(method: str, model, inputs, target, masker, background, output, batch_size,
+                   progress, budget, tol, max_budget, seed):
+    """What the sampled Shapley estimators (kernel, permutation) share before they sample.
+
+    Validates ``budget``, ``max_budget`` and ``tol``, opens the :class:`Game` and evaluates the
+    empty and full coalitions. Returns ``(game, budget, max_budget, base, full, generators)``
+    with one numpy Generator per explained row.
+    """
+    budget = check_budget(budget)
+    max_budget = check_budget(max_budget, "max_budget")
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise ValueError(f"tol must be a positive number; got {tol!r}")
+    game = Game(model, inputs, target, masker, background, output, batch_size,
+                method=method, progress=progress)
+    return game, budget, max_budget, game.empty_value(), game.full_value(), row_generators(seed, game.n)

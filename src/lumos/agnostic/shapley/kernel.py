@@ -13,9 +13,8 @@ from typing import Any
 import numpy as np
 
 from ...core.registry import register
-from .._game import Game
 from ..maskers import Masker
-from ._common import PairedSampler, check_budget, kernel_solve, row_generators, stop_ratio
+from ._common import PairedSampler, kernel_solve, start_estimate, stop_ratio
 
 __all__ = ["kernel_shap"]
 
@@ -101,16 +100,10 @@ def kernel_shap(model: Any, inputs: Any, target: Any = None, *, background: Any 
         ``meta["n_coalitions"]`` and ``meta["n_evals"]`` (n,) model rows per sample,
         ``meta["converged"]`` (n,).
     """
-    budget = check_budget(budget)
-    max_budget = check_budget(max_budget, "max_budget")
-    if not (isinstance(tol, (int, float)) and tol > 0):
-        raise ValueError(f"tol must be a positive number; got {tol!r}")
-    game = Game(model, inputs, target, masker, background, output, batch_size,
-                method="kernel_shap", progress=progress)
-    base = game.empty_value()
-    full = game.full_value()
+    game, budget, max_budget, base, full, gens = start_estimate(
+        "kernel_shap", model, inputs, target, masker, background, output, batch_size, progress,
+        budget, tol, max_budget, seed)
     n, Mmax = game.n, game.data.max_features
-    gens = row_generators(seed, n)
     samplers = [PairedSampler(int(M), g) for M, g in zip(game.M, gens)]
     ys: list[np.ndarray] = [np.zeros(0) for _ in range(n)]
     phi = np.zeros((n, Mmax))

@@ -7,9 +7,8 @@ from typing import Any
 import numpy as np
 
 from ...core.registry import register
-from .._game import Game
 from ..maskers import Masker
-from ._common import check_budget, row_generators, stop_ratio
+from ._common import start_estimate, stop_ratio
 
 __all__ = ["permutation_shap"]
 
@@ -49,16 +48,10 @@ def permutation_shap(model: Any, inputs: Any, target: Any = None, *, background:
         ``values`` (n, M), ``baseline_output``, ``meta["stderr"]`` (NaN with a single pair),
         ``meta["n_permutations"]``, ``meta["n_evals"]`` (n,).
     """
-    budget = check_budget(budget)
-    max_budget = check_budget(max_budget, "max_budget")
-    if not (isinstance(tol, (int, float)) and tol > 0):
-        raise ValueError(f"tol must be a positive number; got {tol!r}")
-    game = Game(model, inputs, target, masker, background, output, batch_size,
-                method="permutation_shap", progress=progress)
-    base = game.empty_value()
-    full = game.full_value()
+    game, budget, max_budget, base, full, gens = start_estimate(
+        "permutation_shap", model, inputs, target, masker, background, output, batch_size, progress,
+        budget, tol, max_budget, seed)
     n, Mmax = game.n, game.data.max_features
-    gens = row_generators(seed, n)
     cost = np.maximum(2 * (game.M - 1), 1)
     if budget is not None:
         pairs_wanted = np.maximum(1, budget // cost)
