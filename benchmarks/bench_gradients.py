@@ -20,7 +20,7 @@ Each lumos method and its Captum equivalent run on the same model, inputs and ta
 "passes" is the time of the forward+backward passes (gradient to the input only) over the rows a
 method needs, in the same batches: one pass over the batch for saliency, gradient × input and
 guided backprop; 16 × 50 rows for integrated gradients and SmoothGrad. lumos feeds CPU conv nets
-channels-last batches (``lumos.attribution.gradient.layout_for``), so "passes*" times the same
+channels-last batches (``lumos.core.layout.layout_for``), so "passes*" times the same
 passes in that layout, and lumos/passes* is the method's own overhead (input checks, target
 resolution, noise, path points, accumulation and, for IG and SmoothGrad, one clean forward pass
 over the 16 inputs and the baselines).
@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 import lumos
-from lumos.attribution import gradient as gradient_module
+from lumos.attribution import gradient as gradient_module  # noqa: F401
+from lumos.core import layout as layout_module
 
 warnings.filterwarnings("ignore", module="captum")
 warnings.filterwarnings("ignore", message=".*requires_grad.*")
@@ -120,7 +121,7 @@ def main():
     print(f"model: {note}; inputs {tuple(x.shape)}; torch threads {torch.get_num_threads()}; "
           f"clock: {'process CPU time' if CLOCK == 'cpu' else 'wall'}, {STAT} of {REPEATS}")
 
-    layout = gradient_module.layout_for(model, x)
+    layout = layout_module.layout_for(model, x)
 
     def passes(rows, bs, fmt=None):
         """forward+backward (to the input) over ``rows`` rows of inputs, ``bs`` at a time."""

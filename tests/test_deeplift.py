@@ -223,7 +223,7 @@ def test_summation_to_delta_1d_and_both_memory_layouts():
     e = deeplift(net1d, x, target=2, baselines=torch.zeros(2, 16, dtype=torch.float64))
     assert np.abs(e.meta["delta"]).max() <= 1e-10 * np.abs(e.output - e.baseline_output).max()
 
-    from lumos.attribution import gradient as grad_mod
+    from lumos.core import layout as grad_mod
 
     m = Mixed().eval().double()
     g = torch.Generator().manual_seed(14)

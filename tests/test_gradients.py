@@ -10,6 +10,7 @@ from torch import nn
 import lumos
 from conftest import SmallCNN
 from lumos.attribution import gradient as gradient_module
+from lumos.core import layout as layout_module
 from lumos.attribution._approximation import INTEGRATION_METHODS, integration_points
 from lumos.attribution.integrated_gradients import _path_attributions
 from lumos.core.targets import resolve_target
@@ -458,9 +459,9 @@ class ViewNet(nn.Module):
 
 def test_channels_last_layout_choice_and_fallback(small_cnn):
     x = _cnn_images()
-    assert gradient_module.layout_for(small_cnn, x) == torch.channels_last  # CPU conv net
-    assert gradient_module.layout_for(nn.Linear(6, 2), _x()) is None
-    assert gradient_module.layout_for(FlatLinear(), x[:, :, :8, :8]) is None  # first layer Linear
+    assert layout_module.layout_for(small_cnn, x) == torch.channels_last  # CPU conv net
+    assert layout_module.layout_for(nn.Linear(6, 2), _x()) is None
+    assert layout_module.layout_for(FlatLinear(), x[:, :, :8, :8]) is None  # first layer Linear
     model = ViewNet().eval()
     with pytest.raises(RuntimeError, match="view size"):
         model(x.contiguous(memory_format=torch.channels_last))
@@ -471,7 +472,7 @@ def test_channels_last_layout_choice_and_fallback(small_cnn):
         assert np.isfinite(e.values).all()
         if method == "saliency":
             np.testing.assert_allclose(e.values, want.numpy(), rtol=1e-6, atol=1e-9)
-    assert gradient_module.layout_for(model, x) is None  # remembered
+    assert layout_module.layout_for(model, x) is None  # remembered
 
 
 def test_other_errors_are_not_taken_for_layout_errors(small_cnn):
@@ -484,7 +485,7 @@ def test_other_errors_are_not_taken_for_layout_errors(small_cnn):
     message = "boom"
     with pytest.raises(RuntimeError, match="boom"):
         lumos.explain(small_cnn, _cnn_images(), "saliency", target=target)
-    assert len(calls) == 1 and gradient_module.layout_for(small_cnn, _cnn_images()) == torch.channels_last
+    assert len(calls) == 1 and layout_module.layout_for(small_cnn, _cnn_images()) == torch.channels_last
     message = "the user's code says: wrong stride"  # looks like a layout error: one retry, same error
     with pytest.raises(RuntimeError, match="wrong stride"):
         lumos.explain(small_cnn, _cnn_images(), "saliency", target=target)

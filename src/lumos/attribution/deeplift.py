@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..core.execution import chunks
-from .gradient import layout_for, run_in_layout
+from ..core.layout import layout_for, run_in_layout
 from ..core.registry import register
 from ..core.targets import resolve_target
 from ..core.torch_model import (

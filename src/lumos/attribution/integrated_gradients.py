@@ -27,7 +27,7 @@ from ..core.targets import Target
 from ..core.torch_model import forward, gradient, torch_call
 from ._approximation import check_integration, integration_points
 from ._baselines import BaselineSet, make_baselines
-from .gradient import BatchLayout, run_in_layout
+from ..core.layout import BatchLayout, run_in_layout
 
 __all__ = ["integrated_gradients"]
 

@@ -30,7 +30,7 @@ import torch
 from ..core.execution import check_batch_size, chunks, torch_generator
 from ..core.registry import get_method, register
 from ..core.torch_model import Prepared, torch_call
-from .gradient import BatchLayout
+from ..core.layout import BatchLayout
 
 __all__ = ["smoothgrad", "smoothgrad_sq", "vargrad", "VARIANTS"]
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..attribution.gradient import layout_for, run_in_layout
+from ..core.layout import layout_for, run_in_layout
 from ..core.execution import chunks
 from ..core.targets import resolve_target
 from ..core.torch_model import (
