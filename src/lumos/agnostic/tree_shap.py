@@ -4,6 +4,8 @@ Lundberg, Erion & Lee (2018), "Consistent Individualized Feature Attribution for
 (path-dependent TreeSHAP, Algorithm 2) and Lundberg et al. (2020), "From local explanations to
 global understanding with explainable AI for trees" (interventional TreeSHAP against a background).
 
+The model parsers live in :mod:`lumos.agnostic.trees` (one module per library).
+
 How it is computed (pure numpy, no compiled code)
 -------------------------------------------------
 Every leaf ``l`` of the ensemble is one *path*: its value ``v_l`` and, for each distinct feature
@@ -39,8 +41,7 @@ to the pair-by-pair formula).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -48,525 +49,14 @@ from ..core.execution import progress_bar
 from ..core.explanation import Explanation
 from ..core.registry import register
 from ..core.targets import resolve_target
+from .trees import TreeEnsemble, parse_trees
+from .trees.paths import WORK as _WORK
+from .trees.paths import PathGroup, paths, predict
 
 __all__ = ["tree_shap", "TreeEnsemble", "parse_trees"]
 
-# Elements per work array (rows × paths × slots); keeps temporaries in the few-MB range.
-_WORK = 1 << 20
-# Largest table (paths × patterns × slots × nodes) built at once.
+# Largest table (paths x patterns x slots x nodes) built at once.
 _TABLE = 1 << 21
-
-
-# =============================================================================================
-# The common tree representation
-# =============================================================================================
-@dataclass
-class TreeEnsemble:
-    """All trees of a model as flat node arrays (node indices are global across trees).
-
-    A row goes to ``left`` at an internal node when ``x[feature] <= threshold``, to ``left`` when
-    ``x[feature]`` is missing and ``nan_left`` is set, else to ``right``. The model's raw output
-    is ``offset + Σ_trees value[leaf]``, one column per output.
-
-    Attributes
-    ----------
-    left, right : ndarray of int64, shape (N,)
-        Children (``-1`` at leaves).
-    feature : ndarray of int64, shape (N,)
-        Split feature (``-1`` at leaves).
-    threshold : ndarray of float64, shape (N,)
-    nan_left : ndarray of bool, shape (N,)
-    cover : ndarray of float64, shape (N,)
-        Training cover (weighted sample count or hessian sum) of each node.
-    value : ndarray of float64, shape (N, K)
-        Each leaf's contribution to each of the ``K`` outputs (scaling already applied).
-    roots : ndarray of int64, shape (T,)
-    offset : ndarray of float64, shape (K,)
-        The constant added to the trees' sum (initial prediction, base score).
-    n_features : int
-    input_dtype : numpy dtype
-        The precision the model compares features in (float32 for scikit-learn trees and
-        XGBoost: rows are rounded to it before comparing).
-    output_name, output_space, model_type : str
-        What is explained (recorded in the explanation's meta).
-    reference : callable, optional
-        ``X -> (n, K)`` the model's own raw output, to check the parse against.
-    """
-
-    left: np.ndarray
-    right: np.ndarray
-    feature: np.ndarray
-    threshold: np.ndarray
-    nan_left: np.ndarray
-    cover: np.ndarray
-    value: np.ndarray
-    roots: np.ndarray
-    offset: np.ndarray
-    n_features: int
-    input_dtype: Any = np.float64
-    output_name: str = "predict"
-    output_space: str = "raw"
-    model_type: str = ""
-    reference: Callable | None = None
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def n_outputs(self) -> int:
-        return self.value.shape[1]
-
-    @property
-    def n_trees(self) -> int:
-        return len(self.roots)
-
-
-class _Builder:
-    """Collects trees (local node indices) into one :class:`TreeEnsemble`.
-
-    Trees are only stored by :meth:`add`; the index shifts and leaf fix-ups are done once, over
-    all nodes, in :meth:`build` (a forest of hundreds of trees parses in a few numpy calls).
-    """
-
-    _FIELDS = ("left", "right", "feature", "threshold", "nan_left", "cover", "value")
-
-    def __init__(self, n_outputs: int):
-        self.k = n_outputs
-        self.parts: dict[str, list] = {f: [] for f in self._FIELDS}
-        self.outputs: list[int] = []
-        self.multi: list[bool] = []
-
-    def add(self, left, right, feature, threshold, nan_left, cover, value, output=None):
-        """Add one tree. ``value`` is (n_nodes,) for ``output``'s column, or (n_nodes, K)."""
-        for f, a in zip(self._FIELDS, (left, right, feature, threshold, nan_left, cover, value)):
-            self.parts[f].append(a)
-        self.outputs.append(0 if output is None else int(output))
-        self.multi.append(np.ndim(value) == 2)
-
-    def build(self, offset, n_features, **kw) -> TreeEnsemble:
-        if not self.outputs:
-            raise ValueError("model: the ensemble has no trees (is it fitted?)")
-        sizes = np.array([len(a) for a in self.parts["left"]], dtype=np.int64)
-        starts = np.r_[0, np.cumsum(sizes)[:-1]]
-        shift = np.repeat(starts, sizes)
-        left = np.concatenate([np.asarray(a, dtype=np.int64) for a in self.parts["left"]])
-        right = np.concatenate([np.asarray(a, dtype=np.int64) for a in self.parts["right"]])
-        leaf = left < 0
-        n = len(left)
-        value = np.zeros((n, self.k))
-        if any(self.multi):
-            for s0, m, v, is2 in zip(starts, sizes, self.parts["value"], self.multi):
-                if is2:
-                    value[s0:s0 + m] = np.asarray(v, dtype=np.float64)
-        flat = [np.asarray(v, dtype=np.float64) for v, is2 in zip(self.parts["value"], self.multi)
-                if not is2]
-        if flat:
-            rows = np.concatenate([np.arange(s0, s0 + m) for s0, m, is2
-                                   in zip(starts, sizes, self.multi) if not is2])
-            cols = np.repeat([o for o, is2 in zip(self.outputs, self.multi) if not is2],
-                             [m for m, is2 in zip(sizes, self.multi) if not is2])
-            value[rows, cols] = np.concatenate(flat)
-        value[~leaf] = 0.0
-        return TreeEnsemble(
-            left=np.where(leaf, -1, left + shift), right=np.where(leaf, -1, right + shift),
-            feature=np.where(leaf, -1, np.concatenate(
-                [np.asarray(a, dtype=np.int64) for a in self.parts["feature"]])),
-            threshold=np.concatenate([np.asarray(a, dtype=np.float64)
-                                      for a in self.parts["threshold"]]),
-            nan_left=np.concatenate([np.asarray(a).astype(bool) for a in self.parts["nan_left"]]),
-            cover=np.concatenate([np.asarray(a, dtype=np.float64) for a in self.parts["cover"]]),
-            value=value, roots=starts,
-            offset=np.broadcast_to(np.asarray(offset, dtype=np.float64), (self.k,)).copy(),
-            n_features=int(n_features), **kw,
-        )
-
-
-# =============================================================================================
-# Parsers: scikit-learn, XGBoost, LightGBM
-# =============================================================================================
-def _qualname(model) -> str:
-    return type(model).__module__.split(".")[0] + "." + type(model).__name__
-
-
-def _sklearn_tree(b: _Builder, tree, value, output=None):
-    nan_left = getattr(tree, "missing_go_to_left", None)
-    if nan_left is None:
-        nan_left = np.ones(tree.node_count, dtype=bool)
-    b.add(tree.children_left, tree.children_right, tree.feature, tree.threshold,
-          np.asarray(nan_left).astype(bool), tree.weighted_n_node_samples, value, output)
-
-
-def _sklearn_value(tree, classifier: bool) -> np.ndarray:
-    v = np.asarray(tree.value, dtype=np.float64)
-    if v.shape[1] != 1:
-        raise ValueError("model: multi-output trees (several targets at once) are not supported")
-    v = v[:, 0, :]
-    if classifier:
-        s = v.sum(1, keepdims=True)
-        v = np.divide(v, s, out=np.zeros_like(v), where=s > 0)
-    return v
-
-
-def _parse_sklearn_forest(model) -> TreeEnsemble:
-    from sklearn.base import is_classifier
-
-    clf = is_classifier(model)
-    ests = [model] if hasattr(model, "tree_") else list(model.estimators_)
-    k = len(model.classes_) if clf else 1
-    if clf and not np.ndim(model.classes_) == 1:
-        raise ValueError("model: multi-output classifiers are not supported")
-    b = _Builder(k)
-    for e in ests:
-        _sklearn_tree(b, e.tree_, _sklearn_value(e.tree_, clf) / len(ests))
-    if clf:
-        ref, name, space = (lambda X: model.predict_proba(X)), "predict_proba", "probability"
-    else:
-        ref, name, space = (lambda X: model.predict(X)), "predict", "raw"
-    return b.build(0.0, model.n_features_in_, input_dtype=np.float32, output_name=name,
-                   output_space=space, model_type=type(model).__name__, reference=ref)
-
-
-def _parse_sklearn_gb(model) -> TreeEnsemble:
-    from sklearn.base import is_classifier
-    from sklearn.dummy import DummyClassifier, DummyRegressor
-
-    init = model.init_
-    if not (init == "zero" or isinstance(init, (DummyClassifier, DummyRegressor))):
-        raise ValueError(
-            "model: a gradient boosting model whose init estimator is not a constant has no "
-            "constant base value; tree_shap supports init=None (the default) or 'zero'"
-        )
-    ests = model.estimators_  # (n_stages, K)
-    k = ests.shape[1]
-    b = _Builder(k)
-    lr = float(model.learning_rate)
-    for stage in ests:
-        for col, e in enumerate(stage):
-            _sklearn_tree(b, e.tree_, _sklearn_value(e.tree_, False)[:, 0] * lr, output=col)
-    x0 = np.zeros((1, model.n_features_in_))
-    offset = np.asarray(model._raw_predict_init(x0), dtype=np.float64).reshape(-1)
-    if is_classifier(model):
-        ref, name, space = (lambda X: model.decision_function(X)), "decision_function", "log-odds"
-    else:
-        ref, name, space = (lambda X: model.predict(X)), "predict", "raw"
-    return b.build(offset, model.n_features_in_, input_dtype=np.float32, output_name=name,
-                   output_space=space, model_type=type(model).__name__, reference=ref)
-
-
-def _parse_sklearn_hgb(model) -> TreeEnsemble:
-    from sklearn.base import is_classifier
-
-    k = len(model._predictors[0])
-    b = _Builder(k)
-    for stage in model._predictors:
-        for col, pred in enumerate(stage):
-            nd = pred.nodes
-            if "is_categorical" in nd.dtype.names and nd["is_categorical"].any():
-                raise ValueError("model: categorical splits of HistGradientBoosting are not "
-                                 "supported by tree_shap; use kernel_shap or permutation_shap")
-            leaf = nd["is_leaf"].astype(bool)
-            thr = nd["num_threshold"] if "num_threshold" in nd.dtype.names else nd["threshold"]
-            b.add(np.where(leaf, -1, nd["left"].astype(np.int64)),
-                  np.where(leaf, -1, nd["right"].astype(np.int64)), nd["feature_idx"], thr,
-                  nd["missing_go_to_left"].astype(bool), nd["count"], nd["value"], output=col)
-    offset = np.asarray(model._baseline_prediction, dtype=np.float64).reshape(-1)
-    clf = is_classifier(model)
-    if clf:
-        ref, name, space = (lambda X: model.decision_function(X)), "decision_function", "log-odds"
-    else:
-        ref = lambda X: model._raw_predict(X)  # noqa: E731 - raw (link) scale
-        name = "raw prediction"
-        loss = getattr(model, "loss", "squared_error")
-        space = "raw" if loss in ("squared_error", "absolute_error", "quantile") else "log (link)"
-    return b.build(offset, model.n_features_in_, input_dtype=np.float64, output_name=name,
-                   output_space=space, model_type=type(model).__name__, reference=ref)
-
-
-def _parse_xgboost(model) -> TreeEnsemble:
-    import json
-
-    import xgboost as xgb
-
-    booster = model.get_booster() if hasattr(model, "get_booster") else model
-    doc = json.loads(booster.save_raw("json"))
-    learner = doc["learner"]
-    gbm = learner["gradient_booster"]
-    if gbm.get("name") not in (None, "gbtree", "dart"):
-        raise ValueError(f"model: XGBoost booster {gbm.get('name')!r} has no trees (use gbtree)")
-    if gbm.get("name") == "dart":
-        raise ValueError("model: XGBoost dart boosters scale trees at prediction; not supported")
-    mdl = gbm["model"]
-    param = learner["learner_model_param"]
-    k = max(int(param.get("num_class", "0")), int(param.get("num_target", "1")), 1)
-    info = mdl["tree_info"]
-    # Early stopping: the scikit-learn wrapper predicts with the best iteration only.
-    n_trees = len(mdl["trees"])
-    best = getattr(model, "best_iteration", None) if hasattr(model, "get_booster") else None
-    if best is not None:
-        indptr = mdl.get("iteration_indptr")
-        n_trees = int(indptr[best + 1]) if indptr else n_trees
-    b = _Builder(k)
-    for t, tree in zip(range(n_trees), mdl["trees"]):
-        if any(tree.get("split_type", [0])) or tree.get("categories_nodes"):
-            raise ValueError("model: categorical splits of XGBoost are not supported by tree_shap")
-        left = np.asarray(tree["left_children"], dtype=np.int64)
-        cond = np.asarray(tree["split_conditions"], dtype=np.float32)
-        # XGBoost goes left when x < split in float32; for float32 x that is x <= previous float.
-        thr = np.nextafter(cond, np.float32(-np.inf)).astype(np.float64)
-        # JSON prints the shortest decimal that round-trips in float32: read the float32 back.
-        vals = np.asarray(tree["base_weights"], dtype=np.float32).astype(np.float64)
-        vals = np.where(left < 0, cond.astype(np.float64), vals)
-        if np.ndim(vals) != 1 or len(vals) != len(left):
-            raise ValueError("model: multi-output (vector-leaf) XGBoost trees are not supported")
-        b.add(left, tree["right_children"], tree["split_indices"], thr,
-              np.asarray(tree["default_left"]).astype(bool),
-              np.asarray(tree["sum_hessian"], dtype=np.float32).astype(np.float64), vals,
-              output=int(info[t]) if k > 1 else 0)
-    n_feat = int(param.get("num_feature", 0))
-    ens = b.build(_xgb_base_margin(param.get("base_score", "0"), learner["objective"]["name"], k),
-                  n_feat, input_dtype=np.float32, output_name="output_margin",
-                  output_space="margin", model_type=type(model).__name__)
-    iteration_range = (0, best + 1) if best is not None else (0, 0)
-
-    def ref(X):
-        dm = xgb.DMatrix(np.asarray(X, dtype=np.float32), feature_names=booster.feature_names,
-                         feature_types=booster.feature_types)
-        return booster.predict(dm, output_margin=True, iteration_range=iteration_range)
-
-    ens.reference = ref
-    # if the objective's link is not one we know, the base margin is read off the model's margins
-    ens.meta["offset_from_model"] = "if_needed"
-    return ens
-
-
-def _xgb_base_margin(base_score: str, objective: str, k: int) -> np.ndarray:
-    """XGBoost's base score (stored as float32 in the output space) as a margin."""
-    vals = np.array([float(t) for t in str(base_score).strip("[]").split(",") if t.strip()],
-                    dtype=np.float32).astype(np.float64)
-    vals = np.broadcast_to(vals if len(vals) else np.zeros(1), (k,)).copy()
-    if objective in ("binary:logistic", "reg:logistic"):
-        with np.errstate(divide="ignore"):
-            vals = np.log(vals / (1 - vals))
-    elif objective in ("count:poisson", "reg:gamma", "reg:tweedie"):
-        with np.errstate(divide="ignore"):
-            vals = np.log(vals)
-    return np.asarray(vals, dtype=np.float32).astype(np.float64)
-
-
-def _parse_lightgbm(model) -> TreeEnsemble:
-    booster = model.booster_ if hasattr(model, "booster_") else model
-    best = getattr(booster, "best_iteration", 0) or 0
-    dump = booster.dump_model(num_iteration=best if best > 0 else None)
-    k = int(dump.get("num_tree_per_iteration", 1))
-    if dump.get("average_output"):
-        raise ValueError("model: LightGBM random-forest mode (average_output) is not supported")
-    b = _Builder(k)
-    for t, info in enumerate(dump["tree_info"]):
-        left, right, feat, thr, nanl, cover, val = [], [], [], [], [], [], []
-
-        def visit(nd) -> int:
-            i = len(left)
-            for lst in (left, right, feat, thr, nanl, cover, val):
-                lst.append(0)
-            if "leaf_value" in nd or "split_feature" not in nd:
-                left[i] = right[i] = feat[i] = -1
-                thr[i], nanl[i] = 0.0, True
-                cover[i] = float(nd.get("leaf_count", nd.get("internal_count", 0)))
-                val[i] = float(nd.get("leaf_value", 0.0))
-                return i
-            if nd.get("decision_type", "<=") != "<=":
-                raise ValueError("model: categorical splits of LightGBM are not supported by "
-                                 "tree_shap; use kernel_shap or permutation_shap")
-            mt = nd.get("missing_type", "None")
-            if mt == "Zero":
-                raise ValueError("model: LightGBM zero_as_missing splits are not supported")
-            feat[i], thr[i] = int(nd["split_feature"]), float(nd["threshold"])
-            # missing_type None: a missing value is treated as 0.0
-            nanl[i] = bool(nd.get("default_left", True)) if mt == "NaN" else (0.0 <= thr[i])
-            cover[i] = float(nd.get("internal_count", 0))
-            left[i] = visit(nd["left_child"])
-            right[i] = visit(nd["right_child"])
-            return i
-
-        if info.get("num_cat", 0):
-            raise ValueError("model: categorical splits of LightGBM are not supported by tree_shap")
-        visit(info["tree_structure"])
-        b.add(left, right, feat, thr, nanl, cover, val, output=t % k)
-    n_feat = int(dump["max_feature_idx"]) + 1
-
-    def ref(X):
-        return booster.predict(np.asarray(X, dtype=np.float64), raw_score=True,
-                               num_iteration=best if best > 0 else None)
-
-    return b.build(0.0, n_feat, input_dtype=np.float64, output_name="raw_score",
-                   output_space="raw score (margin)", model_type=type(model).__name__,
-                   reference=ref)
-
-
-def parse_trees(model: Any) -> TreeEnsemble:
-    """Read a fitted tree model into a :class:`TreeEnsemble`.
-
-    Supported: scikit-learn ``DecisionTree*``, ``RandomForest*``, ``ExtraTrees*``,
-    ``GradientBoosting*``, ``HistGradientBoosting*``; XGBoost (scikit-learn wrapper or
-    ``Booster``) and LightGBM (wrapper or ``Booster``) when installed.
-
-    Raises
-    ------
-    TypeError
-        For any other model, naming the model-agnostic alternatives.
-    """
-    if isinstance(model, TreeEnsemble):
-        return model
-    name = _qualname(model)
-    mod = type(model).__module__
-    cls = type(model).__name__
-    if mod.startswith("sklearn"):
-        from sklearn.utils.validation import check_is_fitted
-
-        if cls.startswith(("DecisionTree", "ExtraTree", "RandomForest", "ExtraTrees")) and \
-                "Embedding" not in cls:
-            check_is_fitted(model)
-            return _parse_sklearn_forest(model)
-        if cls.startswith("HistGradientBoosting"):
-            check_is_fitted(model)
-            return _parse_sklearn_hgb(model)
-        if cls.startswith("GradientBoosting"):
-            check_is_fitted(model)
-            return _parse_sklearn_gb(model)
-    if mod.startswith("xgboost") and (hasattr(model, "get_booster") or cls == "Booster"):
-        return _parse_xgboost(model)
-    if mod.startswith("lightgbm") and (hasattr(model, "booster_") or cls == "Booster"):
-        return _parse_lightgbm(model)
-    raise TypeError(
-        f"model: tree_shap needs a fitted tree ensemble (scikit-learn trees/forests/gradient "
-        f"boosting, XGBoost, LightGBM); got {name}. For any other model use kernel_shap, "
-        "permutation_shap or exact_shap."
-    )
-
-
-# =============================================================================================
-# Paths
-# =============================================================================================
-@dataclass
-class _PathGroup:
-    """The leaves whose root paths split on exactly ``D`` distinct features (slot axis first)."""
-
-    D: int
-    leaf: np.ndarray     # (L,) global node index of each leaf
-    feat: np.ndarray     # (D, L) the distinct features
-    lo: np.ndarray       # (D, L) the path interval is lo < x <= hi
-    hi: np.ndarray
-    nan_ok: np.ndarray   # (D, L) a missing value follows the path at every split on the feature
-    z: np.ndarray        # (D, L) zero fractions (cover ratios, multiplied over the splits)
-
-    def as_float32(self) -> "_PathGroup":
-        """The same intervals for rows stored in float32: for a float32 ``x``, ``x <= t`` iff
-        ``x <= t'`` with ``t'`` the largest float32 not above ``t`` (half the memory traffic)."""
-        def floor32(t):
-            t32 = t.astype(np.float32)
-            return np.where(t32.astype(np.float64) > t, np.nextafter(t32, np.float32(-np.inf)), t32)
-
-        return _PathGroup(self.D, self.leaf, self.feat, floor32(self.lo), floor32(self.hi),
-                          self.nan_ok, self.z)
-
-    def bits(self, XT: np.ndarray, ls: slice, has_nan: bool) -> np.ndarray:
-        """``o`` (D, L, n) for the rows of ``XT`` (F, n): does the row follow each path slot."""
-        xs = XT[self.feat[:, ls]]                                  # (D, L, n)
-        o = (xs > self.lo[:, ls, None]) & (xs <= self.hi[:, ls, None])
-        if has_nan:
-            miss = np.isnan(xs)
-            if miss.any():
-                o = np.where(miss, self.nan_ok[:, ls, None], o)
-        return o
-
-
-def _paths(ens: TreeEnsemble) -> tuple[list[_PathGroup], np.ndarray, int]:
-    """Every leaf's root path with repeated features merged, grouped by path length.
-
-    Returns the groups, the expected value of every output under the cover distribution
-    (shape (K,)), and the maximum depth.
-    """
-    n = len(ens.left)
-    internal = np.flatnonzero(ens.left >= 0)
-    parent = np.full(n, -1, dtype=np.int64)
-    parent[ens.left[internal]] = internal
-    parent[ens.right[internal]] = internal
-    went_left = np.zeros(n, dtype=bool)
-    went_left[ens.left[internal]] = True
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(parent >= 0, ens.cover / ens.cover[np.maximum(parent, 0)], 1.0)
-    ratio = np.where(np.isfinite(ratio), ratio, 0.0)
-
-    leaves = np.flatnonzero(ens.left < 0)
-    n_leaves = len(leaves)
-    rows, feats, thr, isleft, rat, nanok = [], [], [], [], [], []
-    cur = leaves.copy()
-    idx = np.arange(n_leaves)
-    depth = 0
-    while True:
-        p = parent[cur]
-        act = p >= 0
-        if not act.any():
-            break
-        depth += 1
-        c, p, r = cur[act], p[act], idx[act]
-        rows.append(r)
-        feats.append(ens.feature[p])
-        thr.append(ens.threshold[p])
-        isleft.append(went_left[c])
-        rat.append(ratio[c])
-        nanok.append(ens.nan_left[p] == went_left[c])
-        cur, idx = p, r
-    # Expected value: Σ_l v_l Π ratios along the path (product over all edges).
-    prob = np.ones(n_leaves)
-    groups: list[_PathGroup] = []
-    if rows:
-        rows, feats, thr = np.concatenate(rows), np.concatenate(feats), np.concatenate(thr)
-        isleft, rat, nanok = np.concatenate(isleft), np.concatenate(rat), np.concatenate(nanok)
-        np.multiply.at(prob, rows, rat)
-        key = rows * ens.n_features + feats
-        order = np.argsort(key, kind="stable")
-        key, rows, feats, thr = key[order], rows[order], feats[order], thr[order]
-        isleft, rat, nanok = isleft[order], rat[order], nanok[order]
-        start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        hi = np.minimum.reduceat(np.where(isleft, thr, np.inf), start)
-        lo = np.maximum.reduceat(np.where(isleft, -np.inf, thr), start)
-        z = np.multiply.reduceat(rat, start)
-        ok = np.minimum.reduceat(nanok.astype(np.uint8), start).astype(bool)
-        g_row, g_feat = rows[start], feats[start]
-        d_row = np.bincount(g_row, minlength=n_leaves)
-        first = np.r_[0, np.cumsum(d_row)[:-1]]
-        for d in np.unique(d_row):
-            if d == 0:
-                continue
-            sel = np.flatnonzero(d_row == d)
-            gi = first[sel][:, None] + np.arange(d)
-            gi = gi.T                                               # slot axis first
-            groups.append(_PathGroup(int(d), leaves[sel], g_feat[gi], lo[gi], hi[gi], ok[gi], z[gi]))
-    expected = prob @ ens.value[leaves] + ens.offset
-    return groups, expected, depth
-
-
-def _predict(ens: TreeEnsemble, X: np.ndarray, depth: int) -> np.ndarray:
-    """Raw output of the parsed ensemble, shape (n, K), by walking all trees at once."""
-    leaf = ens.left < 0
-    idx = np.arange(len(ens.left))
-    child = np.stack([np.where(leaf, idx, ens.left), np.where(leaf, idx, ens.right)], 1).ravel()
-    feat = np.where(leaf, 0, ens.feature)
-    has_nan = bool(np.isnan(X).any())
-    out = np.empty((len(X), ens.n_outputs))
-    step = max(1, _WORK // max(1, ens.n_trees))
-    for s in range(0, len(X), step):
-        Xc = X[s:s + step]
-        rowbase = (np.arange(len(Xc)) * X.shape[1])[:, None]
-        xf = Xc.ravel()
-        node = np.broadcast_to(ens.roots, (len(Xc), ens.n_trees)).copy()
-        for _ in range(depth):                       # leaves loop onto themselves
-            x = xf[rowbase + feat[node]]
-            right = ~(x <= ens.threshold[node])
-            if has_nan:
-                right = np.where(np.isnan(x), ~ens.nan_left[node], right)
-            node = child[2 * node + right]
-        out[s:s + step] = ens.value[node].sum(1)
-    return out + ens.offset
 
 
 # =============================================================================================
@@ -710,7 +200,7 @@ def _scatter_matrix(feat: np.ndarray, n_features: int):
                       shape=(n_features, len(flat)))
 
 
-def _shap(ens: TreeEnsemble, groups: list[_PathGroup], X: np.ndarray, cls: np.ndarray,
+def _shap(ens: TreeEnsemble, groups: list[PathGroup], X: np.ndarray, cls: np.ndarray,
           background: np.ndarray | None, progress: bool | None,
           algorithm: str = "auto") -> np.ndarray:
     """Shapley values (n, F) of output ``cls[r]`` for every row."""
@@ -885,8 +375,8 @@ def tree_shap(model: Any, inputs: Any, target: Any = None, *, background: Any = 
     if names is None and getattr(model, "feature_names_in_", None) is not None:
         names = [str(c) for c in model.feature_names_in_]
     Xm = X.astype(ens.input_dtype).astype(np.float64)
-    groups, expected, depth = _paths(ens)
-    raw = _predict(ens, Xm, depth)                                   # (n, K)
+    groups, expected, depth = paths(ens)
+    raw = predict(ens, Xm, depth)                                   # (n, K)
     if ens.reference is not None and (check or ens.meta.get("offset_from_model")):
         ref = np.asarray(ens.reference(inputs if hasattr(inputs, "columns") else X),
                          dtype=np.float64).reshape(len(X), -1)
@@ -917,7 +407,7 @@ def tree_shap(model: Any, inputs: Any, target: Any = None, *, background: Any = 
     if feature_perturbation == "interventional":
         bg, _ = _as_matrix(background, "background", ens.n_features)
         bg = bg.astype(ens.input_dtype).astype(np.float64)
-        expected = _predict(ens, bg, depth).mean(0)
+        expected = predict(ens, bg, depth).mean(0)
         params["background"] = f"<{len(bg)} rows>"
         meta["n_background"] = len(bg)
     tgt = resolve_target(target, raw[:, 0] if raw.shape[1] == 1 else raw)
@@ -933,3 +423,4 @@ def tree_shap(model: Any, inputs: Any, target: Any = None, *, background: Any = 
     return Explanation(values=values, inputs=X, target=tgt.indices, output=output,
                        baseline_output=base, method="tree_shap", params=params, meta=meta,
                        feature_names=names, sample_keys=("completeness_gap",))
+
