@@ -43,6 +43,29 @@ def test_quadrature_rules_integrate_what_they_should(method):
         assert abs((w * a).sum() - 0.5) == pytest.approx(0.05, abs=1e-14)
 
 
+def test_gauss_legendre_nodes_match_leggauss_and_are_cached(monkeypatch):
+    from lumos.attribution import _approximation
+
+    for n in (1, 2, 3, 7, 50, 149, 150, 151, 300):
+        nodes, w = np.polynomial.legendre.leggauss(n)
+        a, wt = integration_points(n, "gausslegendre")
+        np.testing.assert_allclose(a, (nodes + 1) / 2, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(wt, w / 2, rtol=0, atol=1e-12)
+    # never the O(n^3) eigen-solver: at 5000 nodes it took 13.5 s and ~330 MB
+    monkeypatch.setattr(np.polynomial.legendre, "leggauss", lambda n: 1 / 0)
+    a, w = integration_points(5000, "gausslegendre")
+    assert a.shape == w.shape == (5000,) and np.all(np.diff(a) > 0) and np.all(w > 0)
+    assert abs(w.sum() - 1) < 1e-12
+    for deg in (1, 2, 9, 31):  # exact for polynomials far below degree 2n - 1
+        assert abs((w * a ** deg).sum() - 1 / (deg + 1)) < 1e-12
+    np.testing.assert_allclose(a, 1 - a[::-1], rtol=0, atol=1e-14)  # symmetric about 1/2
+    # cached: computed once per n; the arrays handed out are copies (callers may modify them)
+    hits = _approximation._gauss_legendre.cache_info().hits
+    a[:] = 0
+    b, _ = integration_points(5000, "gausslegendre")
+    assert _approximation._gauss_legendre.cache_info().hits == hits + 1 and b[0] > 0
+
+
 # ---------------------------------------------------------------------------------- closed forms
 def test_saliency_and_gradient_x_input_closed_forms(linear_model):
     x = _x()

@@ -3,13 +3,19 @@
 Each rule returns the points ``alphas`` at which the integrand is evaluated and the ``weights``
 such that ``sum_k weights[k] * g(alphas[k])`` approximates ``integral_0^1 g(a) da``. The weights
 always sum to 1, so a constant integrand (a linear model's gradient) is integrated exactly by
-every rule. Gauss-Legendre nodes come from :func:`numpy.polynomial.legendre.leggauss`; with ``n``
-nodes the rule is exact for polynomials of degree ``2n - 1`` and converges much faster than the
-Riemann sums on smooth integrands (on piecewise-linear ReLU paths all rules converge slowly).
+every rule. Gauss-Legendre nodes come from :func:`scipy.special.roots_legendre` (asymptotic
+starting points refined by Newton steps; :func:`numpy.polynomial.legendre.leggauss` solves a dense
+eigenproblem, O(n^3) time and O(n^2) memory: 13.5 s at 5000 nodes against 0.5 s) and are cached per
+``n``; with ``n`` nodes the rule is exact for polynomials of degree ``2n - 1`` and converges much
+faster than the Riemann sums on smooth integrands (on piecewise-linear ReLU paths all rules
+converge slowly).
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
+from scipy.special import roots_legendre
 
 __all__ = ["INTEGRATION_METHODS", "integration_points", "check_integration"]
 
@@ -23,6 +29,16 @@ _ALIASES = {
     "midpoint": "riemann_middle", "riemann_midpoint": "riemann_middle",
     "trapezoid": "riemann_trapezoid", "trapezoidal": "riemann_trapezoid",
 }
+
+
+@lru_cache(maxsize=32)
+def _gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Legendre points and weights on [0, 1], computed once per ``n`` (read-only arrays)."""
+    nodes, w = roots_legendre(n)
+    alphas, weights = (nodes + 1.0) / 2.0, w / 2.0
+    alphas.flags.writeable = False
+    weights.flags.writeable = False
+    return alphas, weights
 
 
 def check_integration(method: str, name: str = "integration") -> str:
@@ -62,8 +78,8 @@ def integration_points(n_steps: int, method: str = "gausslegendre") -> tuple[np.
         raise ValueError(f"n_steps must be a positive int; got {n_steps!r}")
     n = int(n_steps)
     if method == "gausslegendre":
-        nodes, w = np.polynomial.legendre.leggauss(n)
-        return (nodes + 1.0) / 2.0, w / 2.0
+        alphas, weights = _gauss_legendre(n)
+        return alphas.copy(), weights.copy()  # the cached arrays stay untouched
     if method == "riemann_trapezoid":
         if n < 2:
             raise ValueError("n_steps must be at least 2 for integration='riemann_trapezoid'")
