@@ -11,7 +11,8 @@ import lumos
 import lumos.metrics as lm
 from conftest import SmallCNN, assert_same_state, model_state
 from lumos.core.explanation import Explanation
-from lumos.metrics._base import noisy_linear_impute, row_rng
+from lumos.metrics.removal import noisy_linear_impute
+from lumos.metrics.streams import row_rng
 
 
 # ----------------------------------------------------------------------------- a linear world

@@ -13,10 +13,12 @@ several metrics and ranks them.
 >>> lm.pointing_game(expl, mask=masks).mean
 >>> print(lm.available())
 """
-from ._base import (
-    Layout, MetricInfo, MetricResult, available, evaluate, get_metric, layout, make_explainer,
-    noisy_linear_impute, register_metric, superpixels,
-)
+from ..core.superpixels import superpixels
+from .explainers import make_explainer
+from .layout import Layout, layout
+from .registry import MetricInfo, available, evaluate, get_metric, register_metric
+from .removal import noisy_linear_impute
+from .results import MetricResult
 from .faithfulness import (
     deletion, deletion_lerf, faithfulness_correlation, infidelity, insertion, monotonicity, removal_curve,
     road,

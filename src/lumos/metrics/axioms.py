@@ -12,9 +12,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..core.explanation import Explanation
-from ._base import (
-    MetricResult, check_explanation, layout, model_scorer, register_metric, removal_fill, rowwise_pearson,
-)
+from .layout import check_explanation, layout
+from .registry import register_metric
+from .removal import removal_fill
+from .results import MetricResult
+from .scoring import model_scorer
+from .stats import rowwise_pearson
 from .faithfulness import subset_effects
 
 __all__ = ["completeness_gap", "sensitivity_n"]

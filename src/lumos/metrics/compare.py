@@ -20,7 +20,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..core.explanation import Explanation
-from ._base import MetricResult, get_metric, model_scorer
+from .registry import get_metric
+from .results import MetricResult
+from .scoring import model_scorer
 
 __all__ = ["compare", "Comparison", "random_explanation", "default_methods", "default_metrics", "main"]
 

@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from ..core.explanation import Explanation
-from ._base import MetricResult, check_explanation, layout, register_metric
+from .layout import check_explanation, layout
+from .registry import register_metric
+from .results import MetricResult
 
 __all__ = ["sparseness", "entropy"]
 

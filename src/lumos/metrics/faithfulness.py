@@ -24,11 +24,14 @@ import numpy as np
 import torch
 
 from ..core.explanation import Explanation
-from ._base import (
-    Layout, MetricResult, check_explanation, check_int, check_positive, layout, model_scorer,
-    noisy_linear_impute, random_order, register_metric, removal_fill, row_rng, rowwise_pearson,
-    rowwise_spearman,
-)
+from ..core.validation import check_number
+from .layout import Layout, check_explanation, layout
+from .registry import register_metric
+from .removal import noisy_linear_impute, removal_fill
+from .results import MetricResult
+from .scoring import model_scorer
+from .stats import rowwise_pearson, rowwise_spearman
+from .streams import random_order, row_rng
 
 __all__ = ["deletion", "insertion", "road", "removal_curve", "faithfulness_correlation",
            "infidelity", "monotonicity"]
@@ -57,7 +60,7 @@ class _Remover:
         self.x = scorer.x
         self.lay = lay
         self.fill, self.fill_name = removal_fill(fill, self.x, lay, data=data, sigma=sigma)
-        self.noise = check_positive(noise, "noise", allow_zero=True)
+        self.noise = check_number(noise, "noise", low=0)
         self.seed = seed
         const = isinstance(fill, (int, float, np.integer, np.floating)) and not isinstance(fill, bool)
         self.const = float(fill) if const else (0.0 if isinstance(fill, str) and fill == "zero" else None)
@@ -131,8 +134,8 @@ def removal_curve(model: Any, explanation: Explanation, *, mode: str = "deletion
         raise ValueError(f"mode must be one of {_MODES}; got {mode!r}")
     if order not in _ORDERS:
         raise ValueError(f"order must be one of {_ORDERS}; got {order!r}")
-    steps = check_int(steps, "steps")
-    seed = check_int(seed, "seed", 0)
+    steps = check_number(steps, "steps", low=1, integer=True)
+    seed = check_number(seed, "seed", low=0, integer=True)
     explanation = check_explanation(explanation)
     lay = layout(explanation, features)
     fill = _default_fill(fill, mode, lay)
@@ -222,7 +225,7 @@ def road(model: Any, explanation: Explanation, *, order: str = "morf", steps: in
     Efficient Evaluation Strategy for Attribution Methods", ICML).
 
     Removed pixels are replaced by noisy linear imputation from their neighbours
-    (:func:`lumos.metrics._base.noisy_linear_impute`), so the model cannot read the removal
+    (:func:`lumos.metrics.removal.noisy_linear_impute`), so the model cannot read the removal
     pattern itself. ``order="morf"`` (default): lower area is better; ``"lerf"``: higher.
     Images only. Each step solves one sparse system per image (a CPU cost beside the model's).
     """
@@ -253,8 +256,8 @@ def subset_effects(model: Any, explanation: Explanation, sizes: Sequence[Any], n
     Returns ``(sums, drops, counts, layout, n_evals, fill_name)``; ``sums`` and ``drops`` have
     shape (n, len(sizes), n_subsets), ``counts`` (n, len(sizes)).
     """
-    n_subsets = check_int(n_subsets, "n_subsets", 2)
-    seed = check_int(seed, "seed", 0)
+    n_subsets = check_number(n_subsets, "n_subsets", low=2, integer=True)
+    seed = check_number(seed, "seed", low=0, integer=True)
     explanation = check_explanation(explanation)
     lay = layout(explanation, features)
     counts = _subset_sizes(sizes, lay.n_features, "subset sizes")
@@ -341,8 +344,8 @@ def monotonicity(model: Any, explanation: Explanation, *, n_groups: int = 20, fi
     n_groups : int, default 20
         Groups per sample (capped at the number of features); model evaluations per sample.
     """
-    n_groups = check_int(n_groups, "n_groups", 2)
-    seed = check_int(seed, "seed", 0)
+    n_groups = check_number(n_groups, "n_groups", low=2, integer=True)
+    seed = check_number(seed, "seed", low=0, integer=True)
     explanation = check_explanation(explanation)
     lay = layout(explanation, features)
     n = lay.n
@@ -421,8 +424,8 @@ def infidelity(model: Any, explanation: Explanation, *, perturbation: str = "noi
     """
     if perturbation not in ("noise", "subset"):
         raise ValueError(f"perturbation must be 'noise' or 'subset'; got {perturbation!r}")
-    R = check_int(n_perturbations, "n_perturbations", 2)
-    seed = check_int(seed, "seed", 0)
+    R = check_number(n_perturbations, "n_perturbations", low=2, integer=True)
+    seed = check_number(seed, "seed", low=0, integer=True)
     explanation = check_explanation(explanation)
     if perturbation == "subset":
         sums, drops, _, _, n_evals, fill_name = subset_effects(

@@ -21,7 +21,11 @@ from typing import Any
 import numpy as np
 
 from ..core.explanation import Explanation
-from ._base import MetricResult, check_explanation, check_int, layout, register_metric, row_rng
+from ..core.validation import check_number
+from .layout import check_explanation, layout
+from .registry import register_metric
+from .results import MetricResult
+from .streams import row_rng
 
 __all__ = ["pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy", "localisation_auc"]
 
@@ -80,7 +84,7 @@ def pointing_game(explanation: Explanation, mask: Any, *, tolerance: int = 0) ->
     tolerance : int, default 0
         Pixels by which the mask is dilated (the paper uses 15 at 224 px).
     """
-    tolerance = check_int(tolerance, "tolerance", 0)
+    tolerance = check_number(tolerance, "tolerance", low=0, integer=True)
     maps, masks, area, explanation = _maps_and_masks(explanation, mask)
     lay_shape = layout(explanation).map_shape
     masks = _dilate(masks, lay_shape, tolerance)
@@ -114,7 +118,7 @@ def relevance_rank_accuracy(explanation: Explanation, mask: Any, *, seed: int = 
     With ``K`` the number of mask elements: the share of the ``K`` highest-relevance elements that
     lie inside the mask. Ties at the cut are broken at random (``seed``).
     """
-    seed = check_int(seed, "seed", 0)
+    seed = check_number(seed, "seed", low=0, integer=True)
     maps, masks, area, explanation = _maps_and_masks(explanation, mask)
     n, m = maps.shape
     tie = np.stack([row_rng(seed, 19, i).random(m) for i in range(n)])

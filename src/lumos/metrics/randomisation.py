@@ -29,10 +29,14 @@ from torch import nn
 from ..core.execution import torch_generator
 from ..core.explanation import Explanation
 from ..core.torch_model import ModelGuard, as_tensor, forward, model_device
-from ._base import (
-    MetricResult, check_explanation, check_int, layout, make_explainer, register_metric, row_rng,
-    row_target, rowwise_spearman,
-)
+from ..core.validation import check_number
+from .explainers import make_explainer
+from .layout import check_explanation, layout
+from .registry import register_metric
+from .results import MetricResult
+from .scoring import row_target
+from .stats import rowwise_spearman
+from .streams import row_rng
 
 __all__ = ["model_parameter_randomisation", "random_logit", "randomisable_layers", "randomise_layer",
            "map_similarity"]
@@ -157,7 +161,7 @@ def model_parameter_randomisation(model: nn.Module, explanation: Explanation, *,
     similarity : {"ssim", "spearman", "spearman_signed"}, optional
         The measure that gives the score. Default: ``"ssim"`` for image maps, ``"spearman"``
         otherwise.
-    explainer, method_params : see :func:`lumos.metrics._base.make_explainer`
+    explainer, method_params : see :func:`lumos.metrics.explainers.make_explainer`
     target : optional
         Overrides the explanation's target.
     seed : int, default 0
@@ -177,7 +181,7 @@ def model_parameter_randomisation(model: nn.Module, explanation: Explanation, *,
     """
     if order not in ("cascading", "independent"):
         raise ValueError(f"order must be 'cascading' or 'independent'; got {order!r}")
-    seed = check_int(seed, "seed", 0)
+    seed = check_number(seed, "seed", low=0, integer=True)
     explanation = check_explanation(explanation)
     similarity = _check_similarity(similarity, len(layout(explanation).map_shape))
     if not isinstance(model, nn.Module):
@@ -186,7 +190,7 @@ def model_parameter_randomisation(model: nn.Module, explanation: Explanation, *,
     if layers is None:
         chosen = list(all_layers)
     elif isinstance(layers, (int, np.integer)) and not isinstance(layers, bool):
-        chosen = all_layers[:check_int(layers, "layers")]
+        chosen = all_layers[:check_number(layers, "layers", low=1, integer=True)]
     else:
         names = [layers] if isinstance(layers, str) else list(layers)
         unknown = [n for n in names if n not in all_layers]
@@ -256,10 +260,10 @@ def random_logit(model: Any, explanation: Explanation, *, similarity: str | None
     ----------
     similarity : {"ssim", "spearman", "spearman_signed"}, optional
         Default: ``"ssim"`` for image maps (as in Sixt et al.), ``"spearman"`` otherwise.
-    explainer, method_params : see :func:`lumos.metrics._base.make_explainer`
+    explainer, method_params : see :func:`lumos.metrics.explainers.make_explainer`
     seed : int, default 0
     """
-    seed = check_int(seed, "seed", 0)
+    seed = check_number(seed, "seed", low=0, integer=True)
     explanation = check_explanation(explanation)
     similarity = _check_similarity(similarity, len(layout(explanation).map_shape))
     if explanation.target is None:

@@ -6,7 +6,7 @@
   neighbours (Alvarez-Melis & Jaakkola, 2018).
 
 The explanation function is re-run (by default the explanation's own method and parameters, see
-:func:`lumos.metrics._base.make_explainer`) once, on the stack of the inputs and all their
+:func:`lumos.metrics.explainers.make_explainer`) once, on the stack of the inputs and all their
 perturbed copies, for the same target class: the method batches the whole stack itself.
 """
 from __future__ import annotations
@@ -17,10 +17,13 @@ import numpy as np
 import torch
 
 from ..core.explanation import Explanation
-from ._base import (
-    MetricResult, check_explanation, check_int, check_positive, make_explainer, register_metric,
-    row_rng, row_target,
-)
+from ..core.validation import check_number
+from .explainers import make_explainer
+from .layout import check_explanation
+from .registry import register_metric
+from .results import MetricResult
+from .scoring import row_target
+from .streams import row_rng
 
 __all__ = ["max_sensitivity", "avg_sensitivity", "local_lipschitz", "explanation_changes"]
 
@@ -33,9 +36,9 @@ def explanation_changes(model: Any, explanation: Explanation, *, n_samples: int,
     Returns ``(phi0 (n, m), phis (n, R, m), deltas (n, R, d))``: flattened values at ``x``, at the
     perturbed inputs, and the input perturbations.
     """
-    R = check_int(n_samples, "n_samples", 1)
-    seed = check_int(seed, "seed", 0)
-    scale = check_positive(scale, "radius" if noise == "uniform" else "noise_std")
+    R = check_number(n_samples, "n_samples", low=1, integer=True)
+    seed = check_number(seed, "seed", low=0, integer=True)
+    scale = check_number(scale, "radius" if noise == "uniform" else "noise_std", low=0, low_open=True)
     explanation = check_explanation(explanation)
     fn, name = make_explainer(explanation, explainer, method_params)
     x = np.asarray(explanation.inputs)
@@ -107,7 +110,7 @@ def max_sensitivity(model: Any, explanation: Explanation, *, n_samples: int = 10
         Divide by ``||Φ(x)||_2`` (scale-free, as in Quantus); ``False``: the paper's absolute change.
     explainer : None, str or callable
         The explanation function; default the explanation's own method and parameters
-        (see :func:`lumos.metrics._base.make_explainer`).
+        (see :func:`lumos.metrics.explainers.make_explainer`).
     method_params : dict, optional
     target : optional
         Overrides the explanation's target.

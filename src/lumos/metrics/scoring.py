@@ -1,0 +1,202 @@
+"""How a metric evaluates the model on stacks of changed inputs.
+
+:func:`model_scorer` evaluates a torch module (under ``torch.inference_mode`` inside
+:class:`~lumos.core.torch_model.ModelGuard`, so the model is left as found) or any black-box
+predict function (through :class:`~lumos.core.blackbox.BlackBox`), ``batch_size`` rows per call:
+never a Python loop over samples.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.blackbox import as_blackbox
+from ..core.execution import check_batch_size, chunks
+from ..core.explanation import Explanation
+from ..core.targets import resolve_target
+from ..core.torch_model import ModelGuard, as_tensor, check_input_shape, forward, model_device
+
+__all__ = ["Scorer", "model_scorer", "row_target"]
+
+
+class Scorer:
+    """The explained scalar of a model on stacks of inputs (see :func:`model_scorer`).
+
+    Attributes
+    ----------
+    x : Tensor, shape (n, ...)
+        The explained inputs (a copy; float, or int64 for token ids).
+    f0 : ndarray of float64, shape (n,)
+        The explained scalar at ``x``.
+    target : Target
+    n_evals : int
+        Rows evaluated so far (the ``n`` at ``x`` included).
+    """
+
+    def __init__(self, x, score_fn, f0, target, batch_size, progress, model_kind):
+        self.x = x
+        self._score = score_fn
+        self.f0 = f0
+        self.target = target
+        self.batch_size = batch_size
+        self.progress = progress
+        self.n_evals = len(x)
+        self.model_kind = model_kind
+
+    @property
+    def n(self) -> int:
+        return len(self.x)
+
+    def score(self, xb: torch.Tensor, rows: torch.Tensor) -> np.ndarray:
+        """Explained scalar of each row of ``xb`` (one model call); ``rows[k]`` = its sample."""
+        s = self._score(xb, rows)
+        self.n_evals += len(xb)
+        return s
+
+    def evaluate(self, total: int, build: Callable[[slice], tuple[torch.Tensor, torch.Tensor]],
+                 desc: str = "") -> np.ndarray:
+        """Score ``total`` changed rows, built and evaluated ``batch_size`` at a time.
+
+        ``build(sl)`` returns ``(xb, rows)`` for the flat row indices ``sl``.
+        """
+        out = np.empty(total, dtype=np.float64)
+        for sl in chunks(total, self.batch_size, desc=desc, progress=self.progress, unit="input"):
+            xb, rows = build(sl)
+            out[sl] = self.score(xb, rows)
+        return out
+
+
+def _target_spec(explanation: Explanation, target: Any) -> Any:
+    if target is not None:
+        return target
+    if explanation.target is not None:
+        return np.asarray(explanation.target)
+    desc = explanation.meta.get("target")
+    if desc not in (None, "output", "predicted"):
+        raise ValueError(
+            f"target: the explanation was computed for the target {desc!r} (a callable), which is "
+            "not stored in it; pass the same callable as target="
+        )
+    return None
+
+
+def _softmax_select(target, softmax: bool):
+    if not softmax:
+        return target.select
+
+    def select(out, rows=None):
+        if isinstance(out, torch.Tensor):
+            p = torch.softmax(out.to(torch.float64), dim=1)
+        else:
+            o = np.asarray(out, dtype=np.float64)
+            e = np.exp(o - o.max(1, keepdims=True))
+            p = e / e.sum(1, keepdims=True)
+        return target.select(p, rows)
+
+    return select
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.get_default_dtype()
+
+
+@contextlib.contextmanager
+def model_scorer(model: Any, explanation: Explanation, target: Any = None, *,
+                 batch_size: int | None = None, softmax: bool = False, progress: bool | None = None,
+                 inputs: Any = None) -> Iterator[Scorer]:
+    """Evaluate ``model``'s explained scalar on stacks of changed inputs.
+
+    Parameters
+    ----------
+    model : torch.nn.Module, callable or scikit-learn estimator
+        A torch module runs under ``torch.inference_mode`` inside
+        :class:`~lumos.core.torch_model.ModelGuard` (left exactly as found, also on error);
+        anything else goes through :class:`~lumos.core.blackbox.BlackBox`.
+    explanation : Explanation
+        Its ``inputs`` are evaluated (unless ``inputs`` is given) and its ``target`` indices
+        select the scalar.
+    target : int, sequence, callable, optional
+        Overrides the explanation's target; needed for explanations of a callable target.
+    softmax : bool, default False
+        Score the softmax probability of the target class instead of the raw output
+        (index targets of multi-class outputs).
+    """
+    bs = check_batch_size(batch_size)
+    spec = _target_spec(explanation, target)
+    raw = explanation.inputs if inputs is None else inputs
+    if isinstance(model, nn.Module):
+        with ModelGuard(model):
+            dev = model_device(model)
+            arr_kind = (raw.dtype.is_floating_point if isinstance(raw, torch.Tensor)
+                        else np.asarray(raw).dtype.kind == "f")
+            # float inputs take the model's float dtype (explanations hold numpy copies, which
+            # may have become float64); integer inputs are token ids and stay integers
+            x = as_tensor(raw, dev, name="explanation.inputs",
+                          dtype=_float_dtype(model) if arr_kind else torch.long)
+            if x.is_floating_point():
+                check_input_shape(model, x, "explanation.inputs")
+            with torch.inference_mode():  # in chunks: the metric's batch_size bounds memory
+                out = torch.cat([forward(model, x[sl], name="explanation.inputs")
+                                 for sl in chunks(len(x), bs, progress=False)])
+            if not torch.isfinite(out).all():
+                raise ValueError("model returned NaN or Inf at the explained inputs")
+            tgt = resolve_target(spec, out)
+            select = _softmax_select(tgt, softmax)
+
+            def score(xb, rows):
+                with torch.inference_mode():
+                    o = forward(model, xb, name="changed inputs")
+                    return select(o, rows).to(torch.float64).cpu().numpy()
+
+            with torch.inference_mode():
+                f0 = select(out).to(torch.float64).cpu().numpy()
+            yield Scorer(x, score, f0, tgt, bs, progress, "torch")
+        return
+    if not callable(model) and not hasattr(model, "predict"):
+        raise TypeError("model must be a torch.nn.Module, a predict function or a scikit-learn "
+                        f"estimator; got {type(model).__name__}")
+    arr = np.asarray(raw.detach().cpu().numpy() if isinstance(raw, torch.Tensor) else raw)
+    if arr.dtype == object:
+        raise TypeError("explanation.inputs hold Python objects; metrics need numeric inputs "
+                        "(encode categorical columns first)")
+    columns = None
+    names = explanation.feature_names
+    if names is not None and hasattr(model, "feature_names_in_") and arr.ndim == 2 and len(names) == arr.shape[1]:
+        columns = names  # the model was fitted on a DataFrame with these columns
+    bb = as_blackbox(model, batch_size=bs)
+    if columns is not None:
+        bb.columns = list(columns)
+    np_dtype = arr.dtype if arr.dtype.kind in "fiu" else np.float64
+    x = as_tensor(arr, name="explanation.inputs",
+                  dtype=torch.float64 if arr.dtype.kind == "f" else torch.long)
+
+    def to_user(xb: torch.Tensor):
+        return xb.detach().cpu().numpy().astype(np_dtype, copy=False)
+
+    out = bb(to_user(x))
+    tgt = resolve_target(spec, out)
+    select = _softmax_select(tgt, softmax)
+
+    def score(xb, rows):
+        return np.asarray(select(bb(to_user(xb)), rows.cpu().numpy()), dtype=np.float64)
+
+    f0 = np.asarray(select(out), dtype=np.float64)
+    yield Scorer(x, score, f0, tgt, bs, progress, bb.score_name)
+
+
+def row_target(explanation: Explanation, target: Any, rows: np.ndarray) -> Any:
+    """The target of the explanation for stacked rows (``rows[k]`` = sample of row k)."""
+    spec = _target_spec(explanation, target)
+    if spec is None or callable(spec) or isinstance(spec, str):
+        return spec
+    if isinstance(spec, (int, np.integer)):
+        return int(spec)
+    arr = np.asarray(spec.detach().cpu().numpy() if isinstance(spec, torch.Tensor) else spec)
+    return arr[rows] if arr.ndim == 1 else spec
