@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Explanation", "load"]
+__all__ = ["Explanation", "load", "ExplanationFileError"]
 
 _FORMAT = "lumos.explanation/1"
 
@@ -100,6 +100,11 @@ class Explanation:
                 raise ValueError(f"meta[{key!r}] has {len(self.meta[key])} rows, expected {n}")
         if self.feature_names is not None:
             self.feature_names = [str(f) for f in self.feature_names]
+            if self.values.ndim >= 2 and len(self.feature_names) != self.values.shape[-1]:
+                raise ValueError(
+                    f"Explanation.feature_names has {len(self.feature_names)} names but values has "
+                    f"{self.values.shape[-1]} features on its last axis (shape {self.values.shape})"
+                )
 
     # ------------------------------------------------------------------ batch behaviour
     def __len__(self) -> int:
@@ -194,8 +199,75 @@ class Explanation:
         return path
 
 
+class ExplanationFileError(ValueError):
+    """A saved explanation's files are missing, malformed or inconsistent."""
+
+
+_MAX_JSON_DEPTH = 64
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a JSON value, iteratively (a deep file cannot exhaust the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > limit:
+            return deepest
+        if isinstance(v, dict):
+            stack.extend((c, d + 1) for c in v.values())
+        elif isinstance(v, list):
+            stack.extend((c, d + 1) for c in v)
+    return deepest
+
+
+def _read_doc(json_path: Path) -> dict:
+    def bad(msg: str) -> ExplanationFileError:
+        return ExplanationFileError(f"{json_path}: {msg}")
+
+    if not json_path.exists():
+        raise FileNotFoundError(f"no side file {json_path} beside the saved explanation's arrays")
+    try:
+        doc = json.loads(json_path.read_text())
+    except RecursionError:
+        raise bad(f"nested deeper than {_MAX_JSON_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise bad(f"not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise bad(f"expected a JSON object, got {type(doc).__name__}")
+    if _depth(doc, _MAX_JSON_DEPTH) > _MAX_JSON_DEPTH:
+        raise bad(f"nested deeper than {_MAX_JSON_DEPTH} levels")
+    if doc.get("format") != _FORMAT:
+        raise bad(f"not a lumos explanation (format {doc.get('format')!r}, expected {_FORMAT!r})")
+    expected = {"method": str, "params": dict, "meta": dict, "meta_arrays": list,
+                "sample_keys": list}
+    for key, kind in expected.items():
+        if key not in doc:
+            raise bad(f"field {key!r} is missing")
+        if not isinstance(doc[key], kind):
+            raise bad(f"field {key!r} must be a {kind.__name__}; got {type(doc[key]).__name__}")
+    for key in ("meta_arrays", "sample_keys"):
+        if not all(isinstance(k, str) for k in doc[key]):
+            raise bad(f"field {key!r} must be a list of strings")
+    names = doc.get("feature_names")
+    if names is not None and not (isinstance(names, list)
+                                  and all(isinstance(n, (str, int, float)) for n in names)):
+        raise bad("field 'feature_names' must be null or a list of strings")
+    return doc
+
+
 def load(path: str | os.PathLike) -> Explanation:
-    """Load an :class:`Explanation` written by :meth:`Explanation.save` (no pickle involved)."""
+    """Load an :class:`Explanation` written by :meth:`Explanation.save` (no pickle involved).
+
+    Raises
+    ------
+    FileNotFoundError
+        When the ``.npz`` or its ``.json`` side file is missing.
+    ExplanationFileError (a ValueError)
+        When either file is malformed: not JSON, a wrong or missing field, an array named in
+        ``meta_arrays`` that the ``.npz`` lacks, rows that do not match. The message names the
+        file and the field.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "explanation.npz"
@@ -203,26 +275,38 @@ def load(path: str | os.PathLike) -> Explanation:
         path = path.with_suffix(".npz")
     if not path.exists():
         raise FileNotFoundError(f"no saved explanation at {path}")
-    doc = json.loads(path.with_suffix(".json").read_text())
-    if doc.get("format") != _FORMAT:
-        raise ValueError(f"{path.with_suffix('.json')} is not a lumos explanation ({doc.get('format')!r})")
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
+    json_path = path.with_suffix(".json")
+    doc = _read_doc(json_path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except ValueError as e:  # object arrays (would need pickle) or a corrupt archive
+        raise ExplanationFileError(f"{path}: cannot be read without pickle ({e})") from None
+    except (OSError, EOFError) as e:
+        raise ExplanationFileError(f"{path}: not a readable .npz archive ({e})") from None
+    if "values" not in arrays:
+        raise ExplanationFileError(f"{path}: the array 'values' is missing")
     meta = dict(doc["meta"])
     for key in doc["meta_arrays"]:
+        if "meta__" + key not in arrays:
+            raise ExplanationFileError(
+                f"{json_path}: meta_arrays names {key!r} but {path.name} has no array 'meta__{key}'")
         meta[key] = arrays.pop("meta__" + key)
-    return Explanation(
-        values=arrays["values"],
-        inputs=arrays.get("inputs"),
-        target=arrays.get("target"),
-        output=arrays.get("output"),
-        baseline_output=arrays.get("baseline_output"),
-        method=doc["method"],
-        params=doc["params"],
-        meta=meta,
-        feature_names=doc["feature_names"],
-        sample_keys=doc["sample_keys"],
-    )
+    try:
+        return Explanation(
+            values=arrays["values"],
+            inputs=arrays.get("inputs"),
+            target=arrays.get("target"),
+            output=arrays.get("output"),
+            baseline_output=arrays.get("baseline_output"),
+            method=doc["method"],
+            params=doc["params"],
+            meta=meta,
+            feature_names=doc.get("feature_names"),
+            sample_keys=doc["sample_keys"],
+        )
+    except (ValueError, TypeError) as e:
+        raise ExplanationFileError(f"{json_path}: inconsistent with {path.name}: {e}") from None
 
 
 def _split_meta(meta: Mapping[str, Any]) -> tuple[dict, dict]:

@@ -12,6 +12,8 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
+
 __all__ = ["register", "get_method", "methods", "explain", "MethodInfo"]
 
 # Packages whose modules hold registered methods (walked recursively on first use).
@@ -113,11 +115,32 @@ def explain(model: Any, inputs: Any, method: str = "integrated_gradients", targe
     target : int, sequence of int, "predicted", callable or None
         The scalar per sample to explain; see :mod:`lumos.core.targets`.
     **params
-        The method's own parameters (``batch_size``, ``seed``, ``progress``, ``at=`` ...).
+        The method's own parameters (``batch_size``, ``seed``, ``progress``, ``at=`` ...). An
+        unknown name is an error that suggests the closest real parameter. ``feature_names=``
+        (one name per column of a table) is accepted by every method.
 
     Returns
     -------
     Explanation
     """
     info = get_method(method)
-    return info.func(model, inputs, target=target, **params)
+    from .validation import check_kwargs
+
+    names = params.pop("feature_names", None) if "feature_names" not in _accepts(info.func) else None
+    check_kwargs(info.func, params, f"{info.name}", skip=("model", "inputs", "target"))
+    expl = info.func(model, inputs, target=target, **params)
+    if names is not None:
+        names = [str(n) for n in names]
+        if np.shape(expl.values)[-1:] != (len(names),):
+            raise ValueError(
+                f"feature_names has {len(names)} names but the explanation's last axis has "
+                f"{np.shape(expl.values)[-1]} features (values of shape {np.shape(expl.values)})"
+            )
+        expl.feature_names = names
+    return expl
+
+
+def _accepts(func: Callable) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(func).parameters)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import threading
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -22,8 +24,33 @@ from .targets import Target, resolve_target
 
 __all__ = [
     "ModelGuard", "torch_call", "Prepared", "as_tensor", "get_module", "layers", "model_device",
-    "check_not_compiled", "gradient",
+    "check_not_compiled", "gradient", "check_finite", "NonFiniteOutputError", "model_dtype",
 ]
+
+
+class NonFiniteOutputError(ValueError):
+    """The model returned NaN or Inf on an evaluation a method made."""
+
+
+def check_finite(t: torch.Tensor, what: str) -> None:
+    """Raise :class:`NonFiniteOutputError` naming ``what`` when ``t`` holds NaN or Inf.
+
+    Every model evaluation a method makes goes through this check (``what`` says which one:
+    "the inputs", "the baselines", "integrated-gradients path points", "occluded inputs"...), so a
+    NaN produced away from the input never comes back as a finite but wrong number.
+    """
+    if t.is_floating_point() or t.is_complex():
+        # one reduction is cheap and non-finite whenever any element is; count only then
+        if torch.isfinite(t.sum()):
+            return
+        bad = int((~torch.isfinite(t)).sum())
+        if not bad:  # the sum overflowed, the elements are finite
+            return
+        raise NonFiniteOutputError(
+            f"model returned {bad} NaN or Inf value{'s' * (bad != 1)} on {what} (of {t.numel()}); "
+            "explanations need finite outputs there. Check the model on such inputs (an overflow, "
+            "a log of zero, a division by a masked-out statistic)."
+        )
 
 _HOOK_DICTS = (
     "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
@@ -33,6 +60,22 @@ _HOOK_DICTS = (
 
 
 _STATEFUL_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+
+# One re-entrant lock per model. Hooks, requires_grad flags and training modes are properties of
+# the model shared by every thread, so two threads explaining one model at once would see each
+# other's hooks (a wrong map, silently). ModelGuard holds the model's lock for the whole call:
+# concurrent calls on one model are serialised; calls on different models run in parallel.
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The re-entrant lock that serialises lumos calls on ``model`` across threads."""
+    with _LOCKS_LOCK:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
 
 
 class ModelGuard:
@@ -45,12 +88,30 @@ class ModelGuard:
     batch/instance-norm layer are copied and restored, because a forward pass in training mode
     writes them (running statistics), also when a method switches the mode itself; other buffers
     are not written by standard modules in eval mode and are not copied.
+
+    The guard also holds the model's lock (:func:`model_lock`): lumos calls on one model from
+    several threads run one after another, never interleaved.
     """
 
     def __init__(self, model: nn.Module):
         self.model = model
 
     def __enter__(self) -> "ModelGuard":
+        self._lock = model_lock(self.model)
+        self._lock.acquire()
+        # Inside a caller's torch.inference_mode() block every tensor lumos makes would be an
+        # inference tensor without autograd history: gradient methods would see a "detached"
+        # model. The guarded call runs with inference mode off; the caller's mode is restored.
+        self._inference = torch.inference_mode(False)
+        self._inference.__enter__()
+        try:
+            return self._snapshot()
+        except BaseException:
+            self._inference.__exit__(None, None, None)
+            self._lock.release()
+            raise
+
+    def _snapshot(self) -> "ModelGuard":
         mods = list(self.model.modules())
         self._training = [(m, m.training) for m in mods]
         self._params = [(p, p.requires_grad, p.grad) for p in self.model.parameters()]
@@ -64,6 +125,13 @@ class ModelGuard:
         return self
 
     def __exit__(self, *exc) -> None:
+        try:
+            self._restore()
+        finally:
+            self._inference.__exit__(None, None, None)
+            self._lock.release()
+
+    def _restore(self) -> None:
         for m, flag in self._training:
             if m.training != flag:
                 m.training = flag
@@ -82,6 +150,17 @@ class ModelGuard:
             keep = set(keys)
             for k in [k for k in hooks.keys() if k not in keep]:
                 del hooks[k]
+
+
+def model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The floating dtype of the model's first floating parameter or buffer (None if it has none)."""
+    for t in model.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    for t in model.buffers():
+        if t.is_floating_point():
+            return t.dtype
+    return None
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -251,7 +330,7 @@ def layers(model: nn.Module, inputs: Any = None) -> LayerTable:
     shapes: dict[str, tuple] = {}
     if inputs is not None:
         with ModelGuard(model):
-            x = as_tensor(inputs, model_device(model))
+            x = as_tensor(inputs, model_device(model), dtype=model_dtype(model))
             def record(name):
                 def hook(mod, inp, out):
                     shapes.setdefault(name, tuple(out.shape) if isinstance(out, torch.Tensor) else None)
@@ -280,6 +359,7 @@ class Prepared:
     scalar: torch.Tensor       # (n,) explained scalar at x
     meta: dict = field(default_factory=dict)
     target_spec: Any = None    # the user's target, kept for resolve()
+    feature_names: list[str] | None = None  # a DataFrame's columns
 
     @property
     def n(self) -> int:
@@ -293,8 +373,8 @@ class Prepared:
         ``target``: the target already resolved (and the output checked) on this very output.
         """
         output = output.detach()
-        if target is None and not torch.isfinite(output).all():
-            raise ValueError("model returned NaN or Inf on inputs; explanations need finite outputs")
+        if target is None:
+            check_finite(output, "the inputs")
         tgt = resolve_target(self.target_spec, output) if target is None else target
         self.output, self.target, self.scalar = output, tgt, tgt.select(output).detach()
         self.meta["target"] = tgt.description
@@ -312,6 +392,8 @@ class Prepared:
             target=self.target.indices, output=self.scalar,
             baseline_output=baseline_output, method=method, params=_clean_params(params), meta=m,
             sample_keys=tuple((sample_meta or {}).keys()),
+            feature_names=self.feature_names if self.feature_names is not None
+            and np.shape(values)[-1:] == (len(self.feature_names),) else None,
         )
 
 
@@ -340,10 +422,24 @@ def warn_if_training(model: nn.Module, stacklevel: int = 3) -> None:
         )
 
 
+def feature_names_of(inputs: Any) -> list[str] | None:
+    """Column names of a DataFrame (kept as the Explanation's feature names), else None."""
+    cols = getattr(inputs, "columns", None)
+    if cols is not None and hasattr(inputs, "iloc"):
+        return [str(c) for c in cols]
+    return None
+
+
 @contextlib.contextmanager
 def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
                rules: bool = False, clean_forward: bool = True) -> Iterator[Prepared]:
     """Validate, resolve the target, and guard the model for the duration of a method.
+
+    The inputs (a tensor, an array of any numeric dtype, or a DataFrame) are copied and cast to the
+    model's floating dtype (float64 arrays for a float32 model work); a DataFrame's column names
+    become the Explanation's ``feature_names``. The call runs with ``torch.inference_mode``
+    switched off, so gradient methods also work when called inside an inference-mode block, and
+    under the model's lock (see :class:`ModelGuard`).
 
     Parameters
     ----------
@@ -366,20 +462,21 @@ def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
     if rules:
         check_not_compiled(model, method)
     warn_if_training(model, stacklevel=4)
-    with ModelGuard(model):
-        x = as_tensor(inputs, model_device(model))
+    names = feature_names_of(inputs)
+    with ModelGuard(model):  # also switches inference mode off for the call
+        x = as_tensor(inputs, model_device(model), dtype=model_dtype(model))
         if not x.is_floating_point():  # pragma: no cover - as_tensor casts ints to float
             raise TypeError("inputs must be floating point for gradient methods")
         check_input_shape(model, x)
         if not clean_forward:
-            yield Prepared(model, x, None, None, None, meta={}, target_spec=target)
+            yield Prepared(model, x, None, None, None, meta={}, target_spec=target,
+                           feature_names=names)
             return
         with torch.no_grad():
             out = forward(model, x)
-        if not torch.isfinite(out).all():
-            raise ValueError("model returned NaN or Inf on inputs; explanations need finite outputs")
+        check_finite(out, "the inputs")
         tgt = resolve_target(target, out)
         with torch.no_grad():
             scalar = tgt.select(out)
         yield Prepared(model, x, out, tgt, scalar.detach(), meta={"target": tgt.description},
-                       target_spec=target)
+                       target_spec=target, feature_names=names)
