@@ -118,11 +118,11 @@ def main(argv=None) -> None:
         lt = lime.lime_tabular.LimeTabularExplainer(train, mode="regression", discretize_continuous=True,
                                                     discretizer="quartile", random_state=0)
         t_lp, _ = timeit(lambda: [lt.explain_instance(r, f, num_features=16, num_samples=S) for r in rows], reps)
-        t_l, lm = timeit(lambda: lumos.explain(f, rows, method="lime", data=train, n_samples=S,
+        t_l, lm = timeit(lambda: lumos.explain(f, rows, method="lime", background=train, n_samples=S,
                                                selection="none"), reps)
         rows_out.append((f"lime tabular, {S} samples/row", t_l, "lime LimeTabularExplainer", t_lp,
                          f"weighted R² median {np.median(lm.meta['r2']):.2f}", f"{n_rows} rows"))
-        t_l10, _ = timeit(lambda: lumos.explain(f, rows, method="lime", data=train, n_samples=S,
+        t_l10, _ = timeit(lambda: lumos.explain(f, rows, method="lime", background=train, n_samples=S,
                                                 n_features=6), reps)
         t_lp10, _ = timeit(lambda: [lt.explain_instance(r, f, num_features=6, num_samples=S) for r in rows], reps)
         rows_out.append((f"lime K=6 (K-Lasso), {S} samples/row", t_l10, "lime K=6 (forward sel.)", t_lp10,

@@ -1,5 +1,6 @@
 """TreeSHAP: exact against brute-force enumeration of both games, and equal to shap's C++."""
 import itertools
+import re
 import math
 import warnings
 
@@ -276,3 +277,15 @@ def test_equals_shap_tree_explainer(name):
         ref = _shap_values(shap.TreeExplainer(model, data=bg, feature_perturbation="interventional"),
                            Xe, k)
     assert np.abs(ours.values - ref).max() < 1e-6
+
+
+def test_non_tree_error_suggests_only_registered_methods():
+    # issue 11: the message named `exact_shap`, which does not exist (the method is exact_shapley)
+    X, y = _data(n=50)
+    with pytest.raises(TypeError) as err:
+        tree_shap(LinearRegression().fit(X, y), X[:2])
+    msg = str(err.value)
+    suggested = re.findall(r"\b([a-z]+(?:_[a-z]+)+)\b", msg.split("use one of")[-1])
+    assert "exact_shapley" in suggested and "kernel_shap" in suggested
+    known = {m.name for m in lumos.methods()}
+    assert set(suggested) <= known, set(suggested) - known

@@ -98,7 +98,7 @@ def tabular_demo(out_dir: Path, quick: bool = False) -> list[str]:
         ex = explain(model, rows, "exact_shapley", **kw)
         ks = explain(model, rows, "kernel_shap", **kw)
         pm = explain(model, rows, "permutation_shap", budget=160, **kw)
-        lm = explain(model, rows, "lime", data=Xtr, n_features=4, output="decision_function")
+        lm = explain(model, rows, "lime", background=Xtr, n_features=4, output="decision_function")
 
         def rel(a, b):
             return float(np.median(np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)))

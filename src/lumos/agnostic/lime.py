@@ -5,7 +5,7 @@ Classifier". Tables, images (superpixels) and texts (words).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from ..core.explanation import Explanation
 from ..core.registry import register
 from ..core.targets import resolve_target
 from ._game import Game, clean_params, row_generators
-from ._surrogate import SELECTIONS, fit_surrogate
+from ._surrogate import SELECTIONS, check_surrogate, fit_surrogate
 from ._tabular import TabularData, _is_frame, is_tabular
 from .maskers import Masker, default_masker, table_fields
 
@@ -27,9 +27,11 @@ _DISCRETIZERS = ("quartile", "decile", "entropy", None)
 @register("lime", "surrogate",
           "LIME: K-Lasso local linear surrogate on perturbed samples (tables, images, texts)",
           models="any")
-def lime(model: Any, inputs: Any, target: Any = None, *, data: Any = None,
+def lime(model: Any, inputs: Any, target: Any = None, *, background: Any = None,
          masker: Masker | None = None, n_samples: int | None = None, n_features: int | None = None,
-         selection: str = "lars", discretizer: str | None = "quartile", labels: Any = None,
+         selection: str = "lars", surrogate: Any = "ridge", kernel: Callable | None = None,
+         sampler: Callable | None = None, groups: Sequence | Mapping | None = None,
+         discretizer: str | None = "quartile", labels: Any = None,
          categorical: Sequence | None = None, feature_names: Sequence[str] | None = None,
          kernel_width: float | None = None, sample_around_instance: bool = True,
          alpha: float = 1.0, stability: int = 0, seed: int | None = 0, output: str = "auto",
@@ -38,7 +40,7 @@ def lime(model: Any, inputs: Any, target: Any = None, *, data: Any = None,
 
     The samples and their *interpretable representation* (the surrogate's features) are:
 
-    - **tables** (``data`` = training data): each column is redrawn from its training
+    - **tables** (``background`` = training data): each column is redrawn from its training
       distribution (its empirical marginal, which is LIME's "pick a bin by frequency, then a value
       in the bin"), and the representation is 1 where the sample falls in the same bin as the
       explained value (numeric columns discretised by ``discretizer``) or has the same category;
@@ -47,24 +49,30 @@ def lime(model: Any, inputs: Any, target: Any = None, *, data: Any = None,
       range, and represented by
       ``(z - x) / sd``, so the coefficient divided by ``sd`` is the local slope
       (``meta["slopes"]``);
+    - **column groups** (``groups=``, tables): each group is one interpretable feature, kept
+      (its columns as in the explained row) or removed (its columns taken together from one
+      random training row, so the values within a group stay consistent) uniformly at random;
+      the representation is the on/off pattern, as for images;
     - **images**: superpixels kept or filled (uniformly random on/off, as LIME), via the masker;
     - **texts**: a random number of words removed, via the masker.
 
     Proximity weights are LIME's: ``sqrt(exp(-d² / width²))`` with the Euclidean distance in the
     representation for tables (width ``0.75 sqrt(d)``), the cosine distance for images (width
-    0.25) and 100 × the cosine distance for texts (width 25). The first sample is the input itself.
-    The surrogate is scikit-learn's ``Ridge(alpha)`` with ``sample_weight`` on at most
-    ``n_features`` features chosen by the LARS/Lasso path (K-Lasso, ``"lars"``), forward selection
-    or the largest ridge weights. Sampling is vectorised for all samples at once and the model
-    sees large batches; ``seed`` fixes the result.
+    0.25) and 100 × the cosine distance for texts (width 25); ``kernel=`` replaces them. The
+    first sample is the input itself. The surrogate is by default scikit-learn's ``Ridge(alpha)``
+    with ``sample_weight`` on at most ``n_features`` features chosen by the LARS/Lasso path
+    (K-Lasso, ``"lars"``), forward selection or the largest ridge weights; ``surrogate=`` takes
+    the Lasso path itself or any scikit-learn regressor. Sampling is vectorised for all samples at
+    once and the model sees large batches; ``seed`` fixes the result.
 
     Parameters
     ----------
     model : callable, scikit-learn estimator or pipeline, booster or torch module
     inputs : DataFrame or array (n, d), image batch, or list of str
     target : int, sequence of int, "predicted", callable or None
-    data : DataFrame or array, optional
-        Training data of a table (required for tables unless a ``masker`` is given).
+    background : DataFrame or array, optional
+        Training data of a table (required for tables unless a ``masker`` is given). Every row
+        is used (no subsample): ``meta["n_background"]`` records how many.
     masker : Masker, optional
         For images and texts (default: SLIC superpixels with mean fill; word deletion). For a
         table, a :class:`~lumos.agnostic.maskers.TabularMasker` switches to coalition sampling
@@ -74,11 +82,31 @@ def lime(model: Any, inputs: Any, target: Any = None, *, data: Any = None,
     n_features : int, optional
         Most features in the surrogate (K). ``None``: all.
     selection : {"lars", "forward", "highest_weights", "none"}, default "lars"
-        How the K features are chosen.
+        How the K features are chosen (for ``surrogate="lasso_path"`` the path itself chooses).
+    surrogate : {"ridge", "lasso_path"} or scikit-learn regressor, default "ridge"
+        The local model: weighted ``Ridge(alpha)`` on the selected features; the weighted Lasso
+        path (LARS) read at its last point with at most ``n_features`` non-zero coefficients
+        (the path's coefficients, no refit); or any regressor instance with ``coef_`` whose
+        ``fit`` takes ``sample_weight`` (cloned for every explained sample; its ``coef_`` are the
+        values).
+    kernel : callable, optional
+        Proximity kernel ``distances (S,) -> weights (S,)`` (non-negative, finite). Default
+        LIME's exponential kernel ``sqrt(exp(-d² / kernel_width²))``.
+    sampler : callable, optional
+        Draws the perturbed samples from ``generator`` (a numpy Generator, one per explained
+        sample). Tables: ``sampler(x, n_samples, generator) -> (n_samples, d)`` rows around the
+        encoded row ``x`` (categorical columns as codes), represented as LIME's bins or
+        continuous differences; groups, images, texts and maskers:
+        ``sampler(n_features, n_samples, generator) -> bool (n_samples, n_features)`` on/off
+        patterns of the interpretable features. The first sample is always the input itself.
+    groups : sequence of column lists, or mapping name -> columns, optional
+        Tables: explain groups of columns (by name or index) as single features; columns in no
+        group stand alone. ``values`` then has one column per group and ``feature_names`` the
+        group names (the mapping's keys, or the members joined by ``+``).
     discretizer : {"quartile", "decile", "entropy", None}, default "quartile"
         Bins of numeric columns: training quartiles or deciles, or the thresholds of a depth-3
         decision tree of each column against ``labels`` (entropy for class labels; the model's
-        predicted class on ``data`` when ``labels`` is not given). ``None``: continuous mode.
+        predicted class on ``background`` when ``labels`` is not given). ``None``: continuous mode.
     labels : array, optional
         Training labels for the entropy discretizer.
     categorical, feature_names
@@ -104,47 +132,100 @@ def lime(model: Any, inputs: Any, target: Any = None, *, data: Any = None,
         ``values`` the surrogate's coefficients (n, d) for tables (0 for features not selected;
         layouts for images and texts in :mod:`lumos.agnostic.maskers`), ``meta["intercept"]``,
         ``meta["r2"]`` (weighted R², the local fidelity), ``meta["local_prediction"]``,
-        ``meta["selected"]``, ``meta["conditions"]`` for tables.
+        ``meta["selected"]``, ``meta["conditions"]`` for tables (not with ``groups``),
+        ``meta["n_background"]`` the training rows used.
     """
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}; got {selection!r}")
-    if discretizer not in _DISCRETIZERS:
-        raise ValueError(f"discretizer must be one of {_DISCRETIZERS}; got {discretizer!r}")
-    if n_features is not None and (isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)) or n_features < 1):
-        raise ValueError(f"n_features must be a positive int or None; got {n_features!r}")
-    if n_samples is not None and (isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 2):
-        raise ValueError(f"n_samples must be an int >= 2; got {n_samples!r}")
-    if not isinstance(stability, (int, np.integer)) or stability < 0:
-        raise ValueError(f"stability must be a non-negative int; got {stability!r}")
-    if kernel_width is not None and not kernel_width > 0:
-        raise ValueError(f"kernel_width must be positive; got {kernel_width!r}")
-    if not alpha >= 0:
-        raise ValueError(f"alpha must be >= 0; got {alpha!r}")
+    from ..core.validation import check_choice, check_number
+
+    check_choice(selection, "selection", SELECTIONS)
+    check_choice(discretizer, "discretizer", _DISCRETIZERS)
+    if n_features is not None:
+        n_features = check_number(n_features, "n_features", low=1, integer=True)
+    if n_samples is not None:
+        n_samples = check_number(n_samples, "n_samples", low=2, integer=True)
+    stability = check_number(stability, "stability", low=0, integer=True)
+    if kernel_width is not None:
+        kernel_width = check_number(kernel_width, "kernel_width", low=0, low_open=True)
+    alpha = check_number(alpha, "alpha", low=0)
+    surrogate = check_surrogate(surrogate)
+    for name, fn in (("kernel", kernel), ("sampler", sampler)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name} must be a callable or None; got {type(fn).__name__}")
     params = dict(n_samples=n_samples, n_features=n_features, selection=selection,
-                  discretizer=discretizer, kernel_width=kernel_width,
-                  sample_around_instance=sample_around_instance, alpha=alpha,
-                  stability=stability, seed=seed, output=output)
+                  surrogate=surrogate if isinstance(surrogate, str) else repr(surrogate),
+                  kernel=kernel, sampler=sampler, discretizer=discretizer,
+                  kernel_width=kernel_width, sample_around_instance=sample_around_instance,
+                  alpha=alpha, stability=stability, seed=seed, output=output)
     seeds = [None if seed is None else int(seed) + r for r in range(1 + int(stability))]
+    local = _Local(n_features, selection, surrogate, alpha, kernel, kernel_width, sampler)
     if is_tabular(inputs) and masker is None:
-        if data is None:
-            raise ValueError("data: lime on a table needs the training data (data=X_train) to draw "
-                             "perturbed samples from, or masker=TabularMasker(X_train)")
-        return _lime_tabular(model, inputs, target, data, n_samples or 5000, n_features, selection,
-                             discretizer, labels, categorical, feature_names, kernel_width,
-                             sample_around_instance, alpha, seeds, output, batch_size, progress, params)
-    if data is not None and masker is None:
-        raise ValueError("data= is for tables; for images and texts pass masker=")
-    return _lime_masked(model, inputs, target, masker, n_samples, n_features, selection,
-                        kernel_width, alpha, seeds, output, batch_size, progress, params)
+        if background is None:
+            raise ValueError("background: lime on a table needs the training data "
+                             "(background=X_train) to draw perturbed samples from, or "
+                             "masker=TabularMasker(X_train)")
+        return _lime_tabular(model, inputs, target, background, n_samples or 5000, local, groups,
+                             discretizer, labels, categorical, feature_names,
+                             sample_around_instance, seeds, output, batch_size, progress, params)
+    if background is not None and masker is None:
+        raise ValueError("background= is for tables; for images and texts pass masker=")
+    if groups is not None:
+        raise ValueError("groups: lime takes column groups for tables given with background=; "
+                         "for images and texts the masker's segments or words are the features")
+    return _lime_masked(model, inputs, target, masker, n_samples, local, seeds, output,
+                        batch_size, progress, params)
 
 
 # ---------------------------------------------------------------------- shared
-def _kernel(d2: np.ndarray, width: float) -> np.ndarray:
-    return np.sqrt(np.exp(-d2 / width ** 2))
+class _Local:
+    """How each local surrogate is fitted: kernel, sampler, feature selection and regressor."""
+
+    def __init__(self, k, selection, surrogate, alpha, kernel, width, sampler):
+        self.k, self.selection, self.surrogate, self.alpha = k, selection, surrogate, alpha
+        self.kernel, self.width, self.sampler = kernel, width, sampler
+
+    def weights(self, dist: np.ndarray, default_width: float) -> np.ndarray:
+        """Proximity weights of distances (..., S): LIME's exponential kernel or the user's."""
+        if self.kernel is None:
+            width = self.width if self.width is not None else default_width
+            return np.sqrt(np.exp(-dist ** 2 / width ** 2))
+        out = np.empty(dist.shape)
+        for idx in np.ndindex(dist.shape[:-1]):
+            w = np.asarray(self.kernel(dist[idx].copy()), dtype=np.float64)
+            if w.shape != dist.shape[-1:] or not np.all(np.isfinite(w)) or np.any(w < 0):
+                raise ValueError(f"kernel must return {dist.shape[-1]} finite, non-negative weights "
+                                 f"(one per distance); got shape {w.shape}")
+            out[idx] = w
+        return out
+
+    def patterns(self, M: int, S: int, gen: np.random.Generator, default) -> np.ndarray:
+        """On/off patterns (S, M) of ``M`` interpretable features: the user's sampler or
+        ``default(M, S, gen)``; the first is all on (the input itself)."""
+        if self.sampler is None:
+            z = default(M, S, gen)
+        else:
+            z = np.asarray(self.sampler(M, S, gen))
+            if z.shape != (S, M):
+                raise ValueError(f"sampler must return on/off patterns of shape (n_samples, "
+                                 f"n_features) = ({S}, {M}); got {z.shape}")
+            z = z.astype(bool)
+        z[0] = True
+        return z
+
+    def fit(self, reps, ys, ws, x0s) -> list[dict]:
+        return [fit_surrogate(R, y, w, x0, self.k, self.selection, self.alpha, self.surrogate)
+                for R, y, w, x0 in zip(reps, ys, ws, x0s)]
 
 
-def _fit_all(reps, ys, ws, x0s, k, selection, alpha) -> list[dict]:
-    return [fit_surrogate(R, y, w, x0, k, selection, alpha) for R, y, w, x0 in zip(reps, ys, ws, x0s)]
+def _half(M: int, S: int, gen: np.random.Generator) -> np.ndarray:
+    """LIME's image (and group) sampling: every feature on or off with probability 1/2."""
+    return gen.random((S, M)) < 0.5
+
+
+def _text_patterns(M: int, S: int, gen: np.random.Generator) -> np.ndarray:
+    """LIME's text sampling: remove a uniform number (1..M) of distinct words."""
+    n_off = gen.integers(1, M + 1, size=S)
+    order = np.argsort(gen.random((S, M)), axis=1)
+    return np.argsort(order, axis=1) >= n_off[:, None]
 
 
 def _stability(fits_by_seed: list[list[dict]], k: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -223,32 +304,48 @@ class _TabularSampler:
         # bin k holds values in (edge[k-1], edge[k]]: LIME's "a < x <= b"
         return np.searchsorted(self.edges[j], Z, side="left")
 
-    def sample(self, X: np.ndarray, S: int, gens: list[np.random.Generator]):
+    def all_bins(self, Z: np.ndarray) -> np.ndarray:
+        """Bins of the discretised columns, categories (codes) and values of the others."""
+        out = Z.copy()
+        for j in self.edges:
+            out[..., j] = self.bins(Z[..., j], j)
+        return out
+
+    def sample(self, X: np.ndarray, S: int, gens: list[np.random.Generator],
+               sampler: Callable | None = None):
         """``(samples (n, S, d), representation (n, S, d), x representation (n, d), d² (n, S))``;
         row ``i`` draws from ``gens[i]`` (its result does not depend on the other rows)."""
         n, d = X.shape
-        table = self.table
-        # every column redrawn from its training marginal (bin by frequency, value in the bin)
-        pick = np.stack([g.integers(0, len(self.train), size=(S, d)) for g in gens])
-        flat = pick * d + np.arange(d)  # flat take: cheaper than 2-D fancy indexing
-        Zs = self.train.reshape(-1).take(flat)
-        # bins (or categories) of the explained rows; of the samples, looked up, not recomputed
-        xb = X.copy()
-        for j in self.edges:
-            xb[:, j] = self.bins(X[:, j], j)
-        rep = (self.train_bins.reshape(-1).take(flat) == xb[:, None, :]).astype(np.float64)
+        num = ~self.table.categorical
+        xb = self.all_bins(X)
+        if sampler is None:
+            # every column redrawn from its training marginal (bin by frequency, value in the bin)
+            pick = np.stack([g.integers(0, len(self.train), size=(S, d)) for g in gens])
+            flat = pick * d + np.arange(d)  # flat take: cheaper than 2-D fancy indexing
+            Zs = self.train.reshape(-1).take(flat)
+            # bins (or categories) of the samples are looked up, not recomputed
+            rep = (self.train_bins.reshape(-1).take(flat) == xb[:, None, :]).astype(np.float64)
+            if self.discretizer is None:
+                noise = np.stack([g.standard_normal((S, d)) for g in gens])
+                centre = X[:, None, :] if self.around else self.mean
+                # kept within each column's training range: a model (or formula) need not be
+                # defined beyond it (a negative income, a ratio above 1)
+                drawn = np.clip(centre + noise * self.sd, self.lo, self.hi)
+                Zs[..., num] = drawn[..., num]
+        else:
+            Zs = np.empty((n, S, d))
+            for i, g in enumerate(gens):
+                z = np.asarray(sampler(X[i].copy(), S, g), dtype=np.float64)
+                if z.shape != (S, d):
+                    raise ValueError(f"sampler must return samples of shape (n_samples, d) = "
+                                     f"({S}, {d}); got {z.shape}")
+                Zs[i] = z
+            rep = (self.all_bins(Zs) == xb[:, None, :]).astype(np.float64)
         x0 = np.ones((n, d))
+        Zs[:, 0, :] = X  # the first sample is the input itself
         if self.discretizer is None:
-            noise = np.stack([g.standard_normal((S, d)) for g in gens])
-            centre = X[:, None, :] if self.around else self.mean
-            num = ~table.categorical
-            # kept within each column's training range: a model (or formula) need not be
-            # defined beyond it (a negative income, a ratio above 1)
-            drawn = np.clip(centre + noise * self.sd, self.lo, self.hi)
-            Zs[..., num] = drawn[..., num]
             rep[..., num] = (Zs[..., num] - X[:, None, num]) / self.sd[num]
             x0[:, num] = 0.0
-        Zs[:, 0, :] = X  # the first sample is the input itself
         rep[:, 0, :] = x0
         diff = rep - x0[:, None, :]
         d2 = np.sum(diff * diff, axis=2)
@@ -276,28 +373,84 @@ class _TabularSampler:
         return out.astype(str)
 
 
-def _lime_tabular(model, inputs, target, data, S, k, selection, discretizer, labels, categorical,
-                  feature_names, kernel_width, around, alpha, seeds, output, batch_size, progress,
+def column_groups(groups: Sequence | Mapping, names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Column groups -> (group label of each column (d,), group names); a column in no group
+    stands alone under its own name."""
+    d = len(names)
+    if isinstance(groups, Mapping):
+        keys, items = [str(k) for k in groups], list(groups.values())
+    elif isinstance(groups, (list, tuple)):
+        keys, items = None, list(groups)
+    else:
+        raise TypeError(f"groups must be a list of column lists or a mapping name -> columns; "
+                        f"got {type(groups).__name__}")
+    labels = np.full(d, -1, dtype=np.int64)
+    members: list[list[int]] = []
+    for g, cols in enumerate(items):
+        cols = [cols] if isinstance(cols, (str, int, np.integer)) else list(cols)
+        if not cols:
+            raise ValueError(f"groups: group {g} is empty")
+        idx = []
+        for c in cols:
+            if isinstance(c, str):
+                if c not in names:
+                    raise ValueError(f"groups: unknown column {c!r}; the columns are {names}")
+                c = names.index(c)
+            if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < d:
+                raise ValueError(f"groups: column {c!r} is not an index in 0..{d - 1}")
+            if labels[c] >= 0:
+                raise ValueError(f"groups: column {names[c]!r} is in two groups; groups must not "
+                                 "overlap")
+            labels[c] = g
+            idx.append(int(c))
+        members.append(idx)
+    group_names = keys or ["+".join(names[c] for c in m) for m in members]
+    for c in np.flatnonzero(labels < 0):
+        labels[c] = len(group_names)
+        group_names.append(names[c])
+    return labels, group_names
+
+
+def _evaluate(f: BlackBox, tgt, table: TabularData, Zs: np.ndarray, b0: int, progress) -> np.ndarray:
+    """The explained scalar of the model on samples Zs (nb, S, d) of rows b0.. : shape (nb, S)."""
+    nb, S, d = Zs.shape
+    flat = Zs.reshape(nb * S, d)
+    rows = np.repeat(np.arange(b0, b0 + nb), S)
+    y = np.empty(nb * S)
+    for sl in chunks(nb * S, f.batch_size, desc="lime", progress=progress, unit="sample"):
+        y[sl] = tgt.select(f(table.decode(flat[sl])), rows[sl])
+    return y.reshape(nb, S)
+
+
+def _lime_tabular(model, inputs, target, background, S, local, groups, discretizer, labels,
+                  categorical, feature_names, around, seeds, output, batch_size, progress,
                   params) -> Explanation:
-    if _is_frame(data) != _is_frame(inputs):
-        raise ValueError("inputs and data must both be DataFrames or both arrays")
-    table = TabularData.from_data(data, inputs, categorical=categorical, feature_names=feature_names)
-    train = table.encode(data, name="data")
+    if _is_frame(background) != _is_frame(inputs):
+        raise ValueError("inputs and background must both be DataFrames or both arrays")
+    table = TabularData.from_data(background, inputs, categorical=categorical,
+                                  feature_names=feature_names)
+    train = table.encode(background, name="background")
     X = table.encode(inputs)
     f = BlackBox(model, output=output, batch_size=batch_size if batch_size is not None else 65536)
     out = f(table.decode(X))
     tgt = resolve_target(target, out)
     fx = np.asarray(tgt.select(out), dtype=np.float64)
-    if discretizer == "entropy" and labels is None:
-        pred = f(table.decode(train))
-        labels = pred.argmax(1) if pred.ndim == 2 and pred.shape[1] > 1 else pred.reshape(len(pred))
-    if labels is not None:
-        labels = np.asarray(labels)
-        if len(labels) != len(train):
-            raise ValueError(f"labels has {len(labels)} entries but data has {len(train)} rows")
-    sampler = _TabularSampler(table, train, discretizer, labels, around, seeds[0])
     n, d = X.shape
-    width = kernel_width if kernel_width is not None else 0.75 * np.sqrt(d)
+    if groups is not None:
+        labels_, names = column_groups(groups, table.names)
+        M = len(names)
+        width = 0.75 * np.sqrt(M)
+    else:
+        if discretizer == "entropy" and labels is None:
+            pred = f(table.decode(train))
+            labels = pred.argmax(1) if pred.ndim == 2 and pred.shape[1] > 1 else pred.reshape(len(pred))
+        if labels is not None:
+            labels = np.asarray(labels)
+            if len(labels) != len(train):
+                raise ValueError(f"labels has {len(labels)} entries but background has {len(train)} rows")
+        sampler = _TabularSampler(table, train, discretizer, labels, around, seeds[0])
+        M, names = d, table.names
+        width = 0.75 * np.sqrt(d)
     fits_by_seed = []
     n_evals = np.ones(n, dtype=np.int64)
     # rows in blocks of a few million sampled cells: bounded memory, still large model batches
@@ -307,41 +460,53 @@ def _lime_tabular(model, inputs, target, data, S, k, selection, discretizer, lab
         fits: list[dict] = []
         for b0 in range(0, n, block):
             Xb = X[b0:b0 + block]
-            nb = len(Xb)
-            Zs, rep, x0, d2 = sampler.sample(Xb, S, gens[b0:b0 + nb])
-            flat = Zs.reshape(nb * S, d)
-            rows = np.repeat(np.arange(b0, b0 + nb), S)
-            y = np.empty(nb * S)
-            for sl in chunks(nb * S, f.batch_size, desc="lime", progress=progress, unit="sample"):
-                y[sl] = tgt.select(f(table.decode(flat[sl])), rows[sl])
-            fits += _fit_all(rep, y.reshape(nb, S), _kernel(d2, width), x0, k, selection, alpha)
+            gb = gens[b0:b0 + len(Xb)]
+            if groups is not None:
+                # a removed group takes its columns together from one random training row
+                on = np.stack([local.patterns(M, S, g, _half) for g in gb])      # (nb, S, M)
+                pick = np.stack([g.integers(0, len(train), size=S) for g in gb])
+                Zs = np.where(on[..., labels_], Xb[:, None, :], train[pick])
+                rep = on.astype(np.float64)
+                x0 = np.ones((len(Xb), M))
+                dist = np.sqrt(M - rep.sum(2))
+            else:
+                Zs, rep, x0, d2 = sampler.sample(Xb, S, gb, local.sampler)
+                dist = np.sqrt(d2)
+            y = _evaluate(f, tgt, table, Zs, b0, progress)
+            fits += local.fit(rep, y, local.weights(dist, width), x0)
         n_evals += S
         fits_by_seed.append(fits)
     fits = fits_by_seed[0]
     values = np.stack([f_["coef"] for f_ in fits])
     fields = table_fields(table, X)
     meta = {"target": tgt.description, "score": f.score_name, "modality": "tabular",
-            "kernel_width": float(width), "representation": "continuous" if discretizer is None else "binary"}
+            "n_background": len(train),
+            "kernel_width": float(local.width if local.width is not None else width),
+            "representation": "continuous" if discretizer is None and groups is None else "binary"}
     meta.update(fields["meta"])
     smeta = dict(fields["sample_meta"])
     smeta.update(_result_meta(fits))
     smeta["selected"] = np.stack([f_["selected"] for f_ in fits])
-    smeta["conditions"] = sampler.conditions(X)
     smeta["n_evals"] = n_evals
-    if discretizer is None:
-        smeta["slopes"] = np.where(table.categorical, np.nan, values / sampler.sd)
-        meta["scale"] = sampler.sd
+    if groups is not None:
+        meta["groups"] = {g: [table.names[c] for c in np.flatnonzero(labels_ == k)]
+                          for k, g in enumerate(names)}
+    else:
+        smeta["conditions"] = sampler.conditions(X)
+        if discretizer is None:
+            smeta["slopes"] = np.where(table.categorical, np.nan, values / sampler.sd)
+            meta["scale"] = sampler.sd
     if len(seeds) > 1:
-        smeta["stability"], smeta["selection_frequency"] = _stability(fits_by_seed, k)
+        smeta["stability"], smeta["selection_frequency"] = _stability(fits_by_seed, local.k)
     meta.update(smeta)
     return Explanation(values=values, inputs=X, target=tgt.indices, output=fx, method="lime",
-                       params=clean_params(params), meta=meta, feature_names=table.names,
+                       params=clean_params(params), meta=meta, feature_names=names,
                        sample_keys=tuple(smeta))
 
 
 # ---------------------------------------------------------------------- images, texts, maskers
-def _lime_masked(model, inputs, target, masker, S, k, selection, kernel_width, alpha, seeds,
-                 output, batch_size, progress, params) -> Explanation:
+def _lime_masked(model, inputs, target, masker, S, local, seeds, output, batch_size, progress,
+                 params) -> Explanation:
     masker = default_masker(inputs, masker, None, "lime")
     game = Game(model, inputs, target, masker, None, output, batch_size, method="lime",
                 progress=progress)
@@ -349,22 +514,14 @@ def _lime_masked(model, inputs, target, masker, S, k, selection, kernel_width, a
     if S is None:
         S = 1000 if modality == "image" else 5000
     n, Mmax = game.n, game.data.max_features
+    default = _text_patterns if modality == "text" else _half
     fits_by_seed = []
     for sd in seeds:
         gens = row_generators(sd, n)
         Zall = np.zeros((n, S, Mmax), bool)
         for i in range(n):
-            gen = gens[i]
             M = int(game.M[i])
-            if modality == "text":
-                # LIME's text sampling: remove a uniform number (1..M) of distinct words
-                n_off = gen.integers(1, M + 1, size=S)
-                order = np.argsort(gen.random((S, M)), axis=1)
-                z = np.argsort(order, axis=1) >= n_off[:, None]
-            else:
-                z = gen.random((S, M)) < 0.5
-            z[0] = True
-            Zall[i, :, :M] = z
+            Zall[i, :, :M] = local.patterns(M, S, gens[i], default)
         rows = np.repeat(np.arange(n), S)
         y = game.value(rows, Zall.reshape(n * S, Mmax), desc="lime").reshape(n, S)
         reps, ws, x0s = [], [], []
@@ -374,15 +531,15 @@ def _lime_masked(model, inputs, target, masker, S, k, selection, kernel_width, a
             on = Z.sum(1)
             cos = 1.0 - np.where(on > 0, on / np.sqrt(np.maximum(on, 1) * M), 0.0)
             if modality == "text":
-                dist, width = cos * 100, kernel_width or 25.0
+                dist, width = cos * 100, 25.0
             elif modality == "image":
-                dist, width = cos, kernel_width or 0.25
+                dist, width = cos, 0.25
             else:
-                dist, width = np.sqrt(M - on), kernel_width or 0.75 * np.sqrt(M)
+                dist, width = np.sqrt(M - on), 0.75 * np.sqrt(M)
             reps.append(Z)
-            ws.append(_kernel(dist ** 2, width))
+            ws.append(local.weights(dist, width))
             x0s.append(np.ones(M))
-        fits_by_seed.append(_fit_all(reps, list(y), ws, x0s, k, selection, alpha))
+        fits_by_seed.append(local.fit(reps, list(y), ws, x0s))
     fits = fits_by_seed[0]
     coef = np.zeros((n, Mmax))
     selected = np.zeros((n, Mmax), bool)
@@ -392,7 +549,7 @@ def _lime_masked(model, inputs, target, masker, S, k, selection, kernel_width, a
         selected[i, :M] = f_["selected"]
     smeta = _result_meta(fits)
     if len(seeds) > 1:
-        stab, freq = _stability_ragged(fits_by_seed, k, game.M, Mmax)
+        stab, freq = _stability_ragged(fits_by_seed, local.k, game.M, Mmax)
         smeta["stability"] = stab
         feature_meta = {"selected": selected, "selection_frequency": freq}
     else:
