@@ -144,7 +144,7 @@ def test_matches_captum_on_relu_cnn():
 
 def test_deep_shap_is_the_mean_over_baselines(mixed, xs):
     bg = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
-    e = deep_shap(mixed, xs, target="predicted", baselines=bg, batch_size=7)
+    e = deep_shap(mixed, xs, target="predicted", background=bg, batch_size=7)
     tgt = e.target
     singles = [deeplift(mixed, xs, target=tgt, baselines=bg[j]) for j in range(5)]
     np.testing.assert_allclose(e.values, np.mean([s.values for s in singles], 0), rtol=1e-10,
@@ -160,11 +160,11 @@ def test_batch_size_independence(mixed, xs):
     t = [3, 2, 1, 0, 1, 2]
     full = deeplift(mixed, xs, target=t, baselines=0.3)
     bg = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
-    shap_full = deep_shap(mixed, xs, target=t, baselines=bg)
+    shap_full = deep_shap(mixed, xs, target=t, background=bg)
     for bs in (1, 7, 64):
         e = deeplift(mixed, xs, target=t, baselines=0.3, batch_size=bs)
         np.testing.assert_allclose(e.values, full.values, rtol=1e-12, atol=1e-15)
-        s = deep_shap(mixed, xs, target=t, baselines=bg, batch_size=bs)
+        s = deep_shap(mixed, xs, target=t, background=bg, batch_size=bs)
         np.testing.assert_allclose(s.values, shap_full.values, rtol=1e-12, atol=1e-15)
 
 
@@ -197,8 +197,8 @@ def test_errors_are_clear(mixed, xs):
         deeplift(mixed, xs, target=0, baselines=torch.zeros(2, 3))
     with pytest.raises(ValueError, match="background"):
         deep_shap(mixed, xs, target=0)
-    with pytest.raises(ValueError, match="baselines must have shape"):
-        deep_shap(mixed, xs, target=0, baselines=torch.zeros(2, 3, 4, 4))
+    with pytest.raises(ValueError, match="background must have shape"):
+        deep_shap(mixed, xs, target=0, background=torch.zeros(2, 3, 4, 4))
     with pytest.raises(TypeError, match="TorchScript"):
         deeplift(torch.jit.script(_mlp()), torch.randn(2, 5, dtype=torch.float64), target=0)
 
@@ -208,8 +208,8 @@ def test_registry():
     x = torch.randn(3, 5, dtype=torch.float64)
     e = lumos.explain(model, x, "deeplift", target=0)
     assert e.method == "deeplift" and e.values.shape == x.shape
-    e = lumos.explain(model, x, "deep_shap", target=0, baselines=torch.zeros(2, 5))
-    assert e.method == "deep_shap" and e.params["n_baselines"] == 2
+    e = lumos.explain(model, x, "deep_shap", target=0, background=torch.zeros(2, 5))
+    assert e.method == "deep_shap" and e.params["n_background"] == 2
 
 
 def test_summation_to_delta_1d_and_both_memory_layouts():
@@ -243,3 +243,89 @@ def test_summation_to_delta_1d_and_both_memory_layouts():
                                rtol=1e-10, atol=1e-14)
     for e in runs["channels_last"] + runs["contiguous"]:
         assert np.abs(e.meta["delta"]).max() <= 1e-10 * np.abs(e.output - e.baseline_output).max()
+
+
+# ------------------------------------------------------------------ issue 11 / 12 regressions
+class NaNAtZero(nn.Module):
+    """Finite except at an all-zero input, where it returns NaN (as a missing-value code would)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(15)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        zero = (x.detach() == 0).all(1, keepdim=True)
+        return self.fc(torch.relu(x)) + torch.where(zero, float("nan"), 0.0)
+
+
+def test_nan_at_the_baseline_names_the_baselines():
+    """The model gives NaN at the baseline: an error naming the baselines, never a NaN
+    baseline_output with a NaN completeness gap."""
+    x = torch.rand(3, 4, generator=torch.Generator().manual_seed(16)) + 0.5
+    for call in (lambda: deeplift(NaNAtZero().eval(), x, target=0),
+                 lambda: deep_shap(NaNAtZero().eval(), x, target=0,
+                                   background=torch.cat([x[:1], torch.zeros(1, 4)]))):
+        with pytest.raises(ValueError, match="NaN or Inf values? on the baselines"):
+            call()
+    # and at the inputs (the baseline finite): the inputs are named
+    with pytest.raises(ValueError, match="NaN or Inf values? on the inputs"):
+        deeplift(NaNAtZero().eval(), torch.zeros(2, 4), target=0, baselines=1.0)
+
+
+def test_huge_inputs_raise_instead_of_returning_inf():
+    """A finite model output, but (x - baseline) overflows float32: a clear error, never Inf."""
+    model = nn.Sequential(nn.Linear(3, 2)).eval()
+    with torch.no_grad():
+        model[0].weight.fill_(1e-30)
+        model[0].bias.zero_()
+    x = torch.full((2, 3), 3e38)
+    for call in (lambda: deeplift(model, x, target=0, baselines=-3e38),
+                 lambda: deep_shap(model, x, target=0, background=torch.full((2, 3), -3e38))):
+        with pytest.raises(ValueError, match="attributions are NaN or Inf"):
+            call()
+
+
+@pytest.mark.parametrize("kw", [{"eps": float("nan")}, {"eps": -1.0}, {"baselines": float("nan")},
+                                {"baselines": float("inf")}])
+def test_parameters_reject_nan(mixed, xs, kw):
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        deeplift(mixed, xs, target=0, **kw)
+    if "eps" in kw:
+        with pytest.raises(ValueError, match="eps"):
+            deep_shap(mixed, xs, target=0, background=xs[:2], **kw)
+
+
+def test_deep_shap_takes_background_and_names_the_old_spelling(mixed, xs):
+    e = lumos.explain(mixed, xs, "deep_shap", target=0, background=xs[:2])
+    assert e.params["n_background"] == 2
+    with pytest.raises(TypeError, match="'baselines' is now called 'background'"):
+        lumos.explain(mixed, xs, "deep_shap", target=0, baselines=xs[:2])
+    with pytest.raises(ValueError, match="background contains .*NaN"):
+        deep_shap(mixed, xs, target=0, background=torch.full((2, 3, 8, 8), float("nan")))
+
+
+def test_threads_sharing_one_model_get_the_single_threaded_map(mixed, xs):
+    """Several threads explaining one shared model: module hooks and requires_grad flags are
+    process-wide, so each call must hold the model (the core's per-model lock in ModelGuard).
+    Without the lock a guard snapshots the flags another thread has switched off, and the model
+    is left with frozen parameters."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    b = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(17), dtype=torch.float64)
+    targets = [[0, 1, 2, 3, 0, 1], [3, 2, 1, 0, 3, 2], 1, 2]
+    before = model_state(mixed)
+    ref = [deeplift(mixed, xs, target=t, baselines=b).values for t in targets]
+    ref_shap = deep_shap(mixed, xs, target=0, background=b[:3]).values
+
+    def job(i):
+        if i % 5 == 4:
+            return deep_shap(mixed, xs, target=0, background=b[:3], batch_size=5).values
+        return deeplift(mixed, xs, target=targets[i % 4], baselines=b, batch_size=2).values
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(job, range(30)))
+    for i, v in enumerate(results):
+        expected = ref_shap if i % 5 == 4 else ref[i % 4]
+        np.testing.assert_allclose(v, expected, rtol=1e-12, atol=1e-14)
+    assert_same_state(before, model_state(mixed))

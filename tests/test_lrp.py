@@ -10,7 +10,7 @@ import lumos
 from conftest import assert_same_state, model_state
 from lumos.attribution.lrp import lrp
 from lumos.rules import UnsupportedOperationError
-from lumos.rules.lrp import AlphaBeta, Epsilon, Flat, Gamma, WSquare, ZBox, Zero, ZPlus
+from lumos.rules.lrp import AlphaBeta, Epsilon, Flat, Gamma, Pass, WSquare, ZBox, Zero, ZPlus
 
 STAB = 1e-6
 
@@ -477,3 +477,98 @@ def test_constant_shift_and_scale_pass_relevance_unchanged():
     a = lrp(Normalised().eval(), x, target=1, composite="epsilon_gamma_box")
     b = lrp(m, (x - mean) / std, target=1, composite="epsilon_gamma_box")
     np.testing.assert_allclose(a.values, b.values, rtol=1e-5, atol=1e-9)
+
+
+# ------------------------------------------------------------------ issue 11 / 12 regressions
+@pytest.mark.parametrize("trainable", [True, False])
+def test_pass_rule_on_a_linear_layer_passes_relevance_unchanged(trainable):
+    """Pass() on a square linear layer: its weights are constants (trainable or frozen), so the
+    relevance reaching the layer's output reaches its input unchanged."""
+    torch.manual_seed(3)
+    head = nn.Linear(4, 2)
+    m = nn.Sequential(nn.Linear(4, 4), head).eval().double()
+    for prm in m.parameters():
+        prm.requires_grad_(trainable)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    before = model_state(m)
+    e = lrp(m, x, target=1, composite={"0": Pass(), "linear": Epsilon(0.0)})
+    assert_same_state(before, model_state(m))
+    # reference: ε=0 on the head alone, fed with the first layer's output
+    h = m[0](x).detach()
+    ref = (h * head.weight[1].detach() / head(h)[:, 1:2].detach()) * head(h)[:, 1:2].detach()
+    np.testing.assert_allclose(e.values, ref.numpy(), rtol=1e-12, atol=1e-14)
+    # a Pass on a layer that changes the shape cannot hand the relevance on unchanged
+    with pytest.raises(UnsupportedOperationError, match=r"Pass.*\(5, 4\) to \(5, 2\)"):
+        lrp(m, x, target=1, composite={"1": Pass()})
+
+
+def test_max_pool_only_model_gives_the_relevance_to_the_winner():
+    """A model without any weighted operation: winner takes all, an empty per-layer table."""
+    m = nn.Sequential(nn.MaxPool2d(2), nn.Flatten()).eval()
+    x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(4))
+    e = lrp(m, x, target=2)
+    win = F.max_pool2d(x, 2, return_indices=True)[1].flatten(1)[:, 2]   # window 2's argmax
+    ref = torch.zeros(3, 16)
+    ref[torch.arange(3), win] = x.flatten(1)[torch.arange(3), win]
+    np.testing.assert_array_equal(e.values.reshape(3, 16), ref.numpy())
+    assert e.meta["layers"] == [] and e.meta["layer_relevance"].shape == (3, 0)
+    np.testing.assert_array_equal(e.meta["conservation_gap"], np.zeros(3))
+    assert e[1:3].meta["layer_relevance"].shape == (2, 0)
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus", "epsilon_gamma_box", "epsilon_alpha2_beta1"])
+def test_one_hot_start_is_the_logit_start_over_the_logit(small_cnn, images, composite):
+    """Zennit's usual call starts at the one-hot vector; lumos at the logit (the papers'). Every
+    rule is linear in the relevance, so the maps differ by the logit per sample."""
+    t = [0, 1, 2, 3, 1]
+    a = lrp(small_cnn, images, target=t, composite=composite)
+    b = lrp(small_cnn, images, target=t, composite=composite, start="one_hot")
+    assert b.params["start"] == "one_hot" and a.params["start"] == "logit"
+    scale = a.output.reshape(-1, 1, 1, 1)
+    assert np.abs(scale).min() > 1e-3
+    np.testing.assert_allclose(b.values, a.values / scale, rtol=1e-4,
+                               atol=1e-6 * np.abs(b.values).max())
+    # conservation is measured against the start: 1 for one-hot
+    np.testing.assert_allclose(b.meta["conservation_gap"],
+                               1 - b.values.reshape(5, -1).sum(1), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="start must be one of"):
+        lrp(small_cnn, images, target=t, start="onehot")
+
+
+@pytest.mark.parametrize("name, value", [
+    ("epsilon", float("nan")), ("gamma", float("nan")), ("low", float("nan")),
+    ("high", float("inf")), ("epsilon", -1.0), ("low", torch.tensor([0.0, float("nan")])),
+])
+def test_rule_parameters_reject_nan_and_out_of_range(small_cnn, images, name, value):
+    """NaN passed the ``>= 0`` checks and gave all-NaN maps; now a ValueError names it, also
+    for parameters the chosen composite does not use."""
+    with pytest.raises(ValueError, match=name):
+        lrp(small_cnn, images, target=0, composite="epsilon_plus", **{name: value})
+    for rule, kw in ((Epsilon, "epsilon"), (Gamma, "gamma"), (Gamma, "stabilizer"),
+                     (AlphaBeta, "beta"), (Flat, "stabilizer")):
+        with pytest.raises(ValueError, match=kw):
+            rule(**{kw: float("nan")})
+    with pytest.raises(ValueError, match="high"):
+        ZBox(0.0, float("nan"))
+
+
+def test_non_finite_outputs_and_relevance_raise(small_cnn, images):
+    class Overflow(nn.Module):  # finite inputs, an infinite output
+        def __init__(self):
+            super().__init__()
+            self.net = small_cnn
+
+        def forward(self, x):
+            return self.net(x * 1e38) * 1e38
+
+    with pytest.raises(ValueError, match="NaN or Inf values? on the inputs"):
+        lrp(Overflow().eval(), images, target=0)
+    # finite output, relevance overflowing float32 in the backward pass (w² of 1e20 is inf)
+    big = nn.Linear(4, 2).eval()
+    with torch.no_grad():
+        big.weight.fill_(1e20)
+    with pytest.raises(ValueError, match="attributions are NaN or Inf"):
+        lrp(big, torch.rand(3, 4), target=0, composite={"linear": WSquare()})
+    for method in ("guided_backprop", "deconvnet"):
+        with pytest.raises(ValueError, match="NaN or Inf values? on the inputs"):
+            lumos.explain(Overflow().eval(), images, method, target=0)

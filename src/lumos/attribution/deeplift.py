@@ -7,25 +7,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.execution import chunks
+from ..core.execution import check_batch_size, chunks
 from ..core.layout import layout_for, run_in_layout
 from ..core.registry import register
 from ..core.targets import resolve_target
 from ..core.torch_model import (
-    ModelGuard, Prepared, as_tensor, check_input_shape, forward, model_device, warn_if_training,
+    ModelGuard, Prepared, as_tensor, check_finite, check_input_shape, forward, model_device,
+    model_dtype, warn_if_training,
 )
+from ..core.validation import check_number
 from ..rules.deeplift import DeepLiftComposite
 from ..rules.engine import (
-    _select_grad, apply, check_same_output, check_visible, keep_buffers,
+    _select_grad, apply, check_attributions, check_same_output, check_visible, freeze_parameters,
+    keep_buffers, row_bytes,
 )
 
 __all__ = ["deeplift", "deep_shap"]
-
-
-def _check_eps(eps) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
-        raise ValueError(f"eps must be a non-negative number; got {eps!r}")
-    return float(eps)
 
 
 def _record(model, refs: torch.Tensor, eps: float, method: str):
@@ -34,6 +31,7 @@ def _record(model, refs: torch.Tensor, eps: float, method: str):
     with torch.no_grad():
         with apply(model, comp, method=method) as session:
             out0 = forward(model, refs, name="baselines")
+        check_finite(out0, "the baselines")
         if session.inplace_replaced:
             check_same_output(out0, forward(model, refs, name="baselines"), method)
     return comp, out0
@@ -51,6 +49,7 @@ def _replay(model, comp, x: torch.Tensor, refs: torch.Tensor, ref_index, out0, t
     with torch.enable_grad():
         with apply(model, comp, method=method) as session:
             out = forward(model, xg)
+        check_finite(out.detach(), "the inputs")
         comp.finish()
         if session.inplace_replaced:
             with torch.no_grad():
@@ -85,17 +84,20 @@ def _run(model, inputs, target, make_refs, *, method: str, eps: float, batch_siz
     check_visible(model, method)
     warn_if_training(model, stacklevel=4)
     with ModelGuard(model), keep_buffers(model):
-        x = as_tensor(inputs, model_device(model))
+        x = as_tensor(inputs, model_device(model), dtype=model_dtype(model))
         check_input_shape(model, x)
+        freeze_parameters(model)
         n = len(x)
         refs, k, shared = make_refs(x)
         total = n * k
-        slices = list(chunks(total, batch_size, desc=method, progress=progress))
+        bs = check_batch_size(batch_size, row_bytes=row_bytes(x))
+        slices = list(chunks(total, bs, desc=method, progress=progress))
         tgt = None
         if len(slices) > 1 or k > 1:
             with torch.no_grad():
-                outs = [forward(model, x[sl]) for sl in chunks(n, batch_size, progress=False)]
-            tgt = resolve_target(target, torch.cat(outs))
+                outs = torch.cat([forward(model, x[sl]) for sl in chunks(n, bs, progress=False)])
+            check_finite(outs, "the inputs")
+            tgt = resolve_target(target, outs)
         fmt = layout_for(model, x)  # channels-last batches where the model takes them
 
         def record(r):
@@ -123,6 +125,7 @@ def _run(model, inputs, target, make_refs, *, method: str, eps: float, batch_siz
                 _replay(model, c, xs, b, i, o, target, t, r, method), x[rows], fmt)
             attr[sl], f_x[sl], f_b[sl] = a, s, s0
             outputs.append(out)
+        check_attributions(attr, method)
         values = attr.reshape((n, k) + tuple(x.shape[1:])).mean(1)
         fx = f_x.reshape(n, k)[:, 0]
         fb = f_b.reshape(n, k).mean(1)
@@ -138,7 +141,7 @@ def _baselines(x: torch.Tensor, baselines: Any, name: str = "baselines") -> torc
     if baselines is None:
         return torch.zeros_like(x[:1]), True
     if isinstance(baselines, (int, float)) and not isinstance(baselines, bool):
-        return torch.full_like(x[:1], float(baselines)), True
+        return torch.full_like(x[:1], check_number(baselines, name)), True
     b = torch.as_tensor(baselines.detach() if isinstance(baselines, torch.Tensor) else
                         np.asarray(baselines)).to(device=x.device, dtype=x.dtype)
     if not torch.isfinite(b).all():
@@ -192,7 +195,7 @@ def deeplift(model: nn.Module, inputs: Any, target: Any = None, *, baselines: An
         ``values`` (shape of ``inputs``), ``baseline_output`` = the target at the baseline,
         ``meta["delta"]`` per sample: ``values.sum() − (output − baseline_output)``.
     """
-    eps = _check_eps(eps)
+    eps = check_number(eps, "eps", low=0)
 
     def make_refs(x):
         refs, shared = _baselines(x, baselines)
@@ -208,49 +211,56 @@ def deeplift(model: nn.Module, inputs: Any, target: Any = None, *, baselines: An
 
 @register("deep_shap", "propagation",
           "DeepSHAP: DeepLIFT averaged over a set of baselines (Lundberg & Lee, 2017)")
-def deep_shap(model: nn.Module, inputs: Any, target: Any = None, *, baselines: Any = None,
+def deep_shap(model: nn.Module, inputs: Any, target: Any = None, *, background: Any = None,
               eps: float = 1e-6, batch_size: int | None = None, progress: bool | None = None):
-    """DeepSHAP: DeepLIFT (Rescale) attributions averaged over a background set of baselines.
+    """DeepSHAP: DeepLIFT (Rescale) attributions averaged over a background set.
 
     Lundberg & Lee (2017), "A Unified Approach to Interpreting Model Predictions" (DeepExplainer):
-    with the baselines drawn from the data, the average of DeepLIFT against each approximates
+    with the references drawn from the data, the average of DeepLIFT against each approximates
     SHAP values; they sum to ``f(x) − mean_j f(b_j)``.
+
+    The reference set is a sample of the data distribution, so it is called ``background`` as
+    everywhere in lumos (:func:`~lumos.attribution.gradient_shap.gradient_shap`, the Shapley and
+    LIME methods); every row of it is used, as a DeepLIFT baseline, for every sample.
+    ``deeplift(baselines=...)`` takes one baseline (or one per sample), as integrated gradients.
 
     Parameters
     ----------
     model : torch.nn.Module
     inputs : Tensor or ndarray, shape (batch, ...)
     target : int, sequence of int, "predicted", callable or None
-    baselines : Tensor or ndarray, shape (k, ...)
-        The background set (required), ``k >= 1`` samples shaped like ``inputs[0]``.
+    background : Tensor or ndarray, shape (k, ...)
+        The background set (required), ``k >= 1`` samples shaped like ``inputs[0]`` (e.g. 10-200
+        training samples).
     eps : float, default 1e-6
     batch_size : int, optional
-        Input/baseline pairs per pass (default: 64); ``batch * k`` pairs in all.
+        Input/reference pairs per pass (default: 64, fewer for large inputs, sized by a memory
+        budget); ``batch * k`` pairs in all.
     progress : bool, optional
 
     Returns
     -------
     Explanation
         ``values`` (shape of ``inputs``), ``baseline_output`` = the mean target over the
-        baselines, ``meta["delta"]`` per sample.
+        background, ``meta["delta"]`` per sample.
     """
-    eps = _check_eps(eps)
-    if baselines is None:
-        raise ValueError("baselines: deep_shap needs a background set of shape (k, ...) (e.g. "
+    eps = check_number(eps, "eps", low=0)
+    if background is None:
+        raise ValueError("background: deep_shap needs a background set of shape (k, ...) (e.g. "
                          "50 training samples)")
-    bg = as_tensor(baselines, name="baselines")
+    bg = as_tensor(background, name="background")
     k = len(bg)
 
     def make_refs(x):
         b = bg.to(device=x.device, dtype=x.dtype)
         if tuple(b.shape[1:]) != tuple(x.shape[1:]):
-            raise ValueError(f"baselines must have shape (k, {', '.join(map(str, x.shape[1:]))}); "
+            raise ValueError(f"background must have shape (k, {', '.join(map(str, x.shape[1:]))}); "
                              f"got {tuple(b.shape)}")
         return b, k, True  # the background's pass is recorded once, for every sample
 
     p, values, fb, delta = _run(model, inputs, target, make_refs, method="deep_shap", eps=eps,
                                 batch_size=batch_size, progress=progress)
-    return p.explanation(values, "deep_shap", {"n_baselines": k, "eps": eps}, baseline_output=fb,
+    return p.explanation(values, "deep_shap", {"n_background": k, "eps": eps}, baseline_output=fb,
                          meta={"max_abs_delta": float(delta.abs().max())},
                          sample_meta={"delta": delta})
 

@@ -8,8 +8,10 @@ import numpy as np
 import torch
 
 from ..core.registry import register
+from ..core.validation import check_choice, check_number
 from ..rules.composites import resolve_composite
 from ..rules.engine import propagate
+from ..rules.lrp import check_bound
 
 __all__ = ["lrp"]
 
@@ -18,7 +20,7 @@ __all__ = ["lrp"]
           "Layer-wise relevance propagation with per-operation rules and composites (Bach et al., 2015)")
 def lrp(model: torch.nn.Module, inputs: Any, target: Any = None, *,
         composite: Any = "epsilon_plus", epsilon: float = 1e-6, gamma: float = 0.25,
-        low: Any = None, high: Any = None, canonize: bool = True,
+        low: Any = None, high: Any = None, canonize: bool = True, start: str = "logit",
         batch_size: int | None = None, progress: bool | None = None):
     """Layer-wise relevance propagation: redistribute the explained logit backwards, layer by
     layer, with a rule per operation.
@@ -29,7 +31,8 @@ def lrp(model: torch.nn.Module, inputs: Any, target: Any = None, *,
     Neural Network Decisions with LRP".
 
     The relevance starts as ``output ⊙ d target / d output`` (for a class index: the logit at
-    that class, zero elsewhere) and is passed back through every operation of the forward pass,
+    that class, zero elsewhere; the papers' definition, ``start="logit"``) and is passed back
+    through every operation of the forward pass,
     whether it comes from a module, a functional call or a reused module: linear, convolution
     and pooling operations use the rule the composite chooses (see :mod:`lumos.rules.lrp`);
     additions (residual connections) split relevance in proportion to their summands; max
@@ -57,8 +60,16 @@ def lrp(model: torch.nn.Module, inputs: Any, target: Any = None, *,
     canonize : bool, default True
         Merge batch norms into the preceding convolution / linear operation for the call (the
         model's parameters are never written).
+    start : {"logit", "one_hot"}, default "logit"
+        The relevance at the output. ``"logit"``: ``output ⊙ d target / d output``, the explained
+        logit itself (Bach et al., 2015; Montavon et al., 2019), so the relevance sums to about
+        the logit. ``"one_hot"``: ``d target / d output``, the one-hot vector for a class index
+        (how Zennit is usually called, ``attributor(x, one_hot)``), so it sums to about 1. Every
+        rule is linear in the relevance, so the two differ by the logit's value per sample:
+        ``one_hot == logit / output``.
     batch_size : int, optional
-        Samples per forward/backward pass (default: 64).
+        Samples per forward/backward pass (default: 64 samples, fewer for large inputs, sized
+        by a memory budget).
     progress : bool, optional
 
     Returns
@@ -68,15 +79,22 @@ def lrp(model: torch.nn.Module, inputs: Any, target: Any = None, *,
         ``"composite"`` and ``"rules"`` (the rule used by each operation, ``"module:kind#call"``),
         ``"layers"`` and per-sample ``"layer_relevance"`` (batch, n_layers): the relevance summed
         at the input of each ruled operation, in forward order (conservation check: with zero
-        biases and ε → 0 every column equals ``output``), per-sample ``"conservation_gap"``:
-        ``output − values.sum()`` (what biases, stabilisers and constants absorbed), and
-        ``"batch_norm_merged"``.
+        biases and ε → 0 every column equals the start's sum, ``output`` with
+        ``start="logit"``; no columns when the model has no weighted operation), per-sample
+        ``"conservation_gap"``: the start's sum − ``values.sum()`` (what biases, stabilisers and
+        constants absorbed), and ``"batch_norm_merged"``.
     """
+    check_choice(start, "start", ("logit", "one_hot"))
+    # checked here, whichever composite uses them (NaN would pass ">= 0" and give NaN maps)
+    epsilon = check_number(epsilon, "epsilon", low=0)
+    gamma = check_number(gamma, "gamma", low=0)
+    low, high = check_bound(low, "low"), check_bound(high, "high")
     comp = resolve_composite(composite, epsilon=epsilon, gamma=gamma, low=low, high=high,
                              canonize=canonize)
     if isinstance(model, torch.nn.Module):
         comp.check_names(model)
-    p, values, sessions = propagate(model, inputs, target, comp, method="lrp", start="relevance",
+    p, values, sessions = propagate(model, inputs, target, comp, method="lrp",
+                                    start="relevance" if start == "logit" else "gradient",
                                     batch_size=batch_size, progress=progress)
     passed = sorted(set().union(*(s.state.get("passed", set()) for s in sessions)))
     if passed:
@@ -84,8 +102,9 @@ def lrp(model: torch.nn.Module, inputs: Any, target: Any = None, *,
             f"lrp: relevance passed unchanged (rule Pass) through {', '.join(passed)}; LRP rules "
             "are derived for ReLU networks. Map 'activation' in the composite to silence this.",
             stacklevel=2)
-    labels, layer_rel = layer_relevance(sessions)
+    labels, layer_rel = layer_relevance(sessions, len(values))
     total = values.reshape(len(values), -1).sum(1)
+    start_total = torch.cat([s.state["start_total"] for s in sessions])
     meta = {
         "composite": comp.name,
         "rules": dict(sessions[0].state.get("rules", {})),
@@ -93,16 +112,18 @@ def lrp(model: torch.nn.Module, inputs: Any, target: Any = None, *,
         "batch_norm_merged": list(sessions[0].state.get("folded", [])),
         "passed_ops": passed,
     }
-    sample = {"layer_relevance": layer_rel, "conservation_gap": (p.scalar - total).numpy()}
+    sample = {"layer_relevance": layer_rel, "conservation_gap": (start_total - total).numpy()}
     params = {"composite": comp.name if isinstance(composite, str) else comp.describe(),
-              "epsilon": epsilon, "gamma": gamma, "canonize": canonize}
+              "epsilon": epsilon, "gamma": gamma, "canonize": canonize, "start": start}
     if low is not None or high is not None:
         params.update(low=_jsonable(low), high=_jsonable(high))
     return p.explanation(values, "lrp", params, meta=meta, sample_meta=sample)
 
 
-def layer_relevance(sessions) -> tuple[list[str], np.ndarray]:
-    """Labels (forward order) and the relevance summed at each ruled operation's input, per sample."""
+def layer_relevance(sessions, n: int) -> tuple[list[str], np.ndarray]:
+    """Labels (forward order) and the relevance summed at each ruled operation's input, per
+    sample: an ``(n, n_layers)`` table (``(n, 0)`` when no operation was ruled, e.g. a model
+    that only max-pools)."""
     per: dict[str, list] = {}
     order: dict[str, int] = {}
     for s in sessions:
@@ -110,7 +131,6 @@ def layer_relevance(sessions) -> tuple[list[str], np.ndarray]:
             per.setdefault(label, []).append(r_in.cpu().numpy())
             order[label] = index
     labels = sorted(per, key=order.get)
-    n = sum(len(per[labels[0]][i]) for i in range(len(per[labels[0]]))) if labels else 0
     cols = []
     for lab in labels:
         col = np.concatenate(per[lab])
@@ -118,7 +138,7 @@ def layer_relevance(sessions) -> tuple[list[str], np.ndarray]:
             continue
         cols.append(col)
     if not cols:
-        return [], np.zeros((sum(1 for _ in []), 0))
+        return [], np.zeros((n, 0))
     return labels[:len(cols)], np.stack(cols, axis=1)
 
 

@@ -71,7 +71,7 @@ def _extra_params(name: str, background) -> dict:
     if name == "gradient_shap":
         params.update(background=background, seed=0)
     elif name == "deep_shap":
-        params.update(baselines=background[:8])
+        params.update(background=background[:8])
     return params
 
 

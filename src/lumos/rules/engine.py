@@ -31,16 +31,17 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..core.layout import layout_for, run_in_layout
-from ..core.execution import chunks
+from ..core.execution import check_batch_size, chunks
 from ..core.targets import resolve_target
 from ..core.torch_model import (
-    ModelGuard, Prepared, as_tensor, check_input_shape, check_not_compiled, forward, model_device,
-    warn_if_training,
+    ModelGuard, NonFiniteOutputError, Prepared, as_tensor, check_finite, check_input_shape,
+    check_not_compiled, forward, model_device, model_dtype, warn_if_training,
 )
 
 __all__ = [
     "KINDS", "OpCall", "Rule", "Composite", "Session", "apply", "UnsupportedOperationError",
-    "classify", "func_name", "propagate", "check_visible",
+    "classify", "func_name", "propagate", "check_visible", "depends_on_input", "freeze_parameters",
+    "check_attributions",
 ]
 
 
@@ -179,6 +180,16 @@ def _any_grad(args, kwargs) -> bool:
             if any(isinstance(t, torch.Tensor) and t.requires_grad for t in a):
                 return True
     return any(isinstance(v, torch.Tensor) and v.requires_grad for v in kwargs.values())
+
+
+def depends_on_input(t: Any) -> bool:
+    """``t`` is a tensor computed from the explained input.
+
+    During a method's forward pass the model's parameters are frozen (:func:`frozen_parameters`),
+    so ``requires_grad`` marks exactly the input-dependent tensors; a trainable parameter met
+    under :func:`apply` outside a method (``nn.Parameter``) is a constant too.
+    """
+    return isinstance(t, torch.Tensor) and t.requires_grad and not isinstance(t, nn.Parameter)
 
 
 def _out_needs_grad(out) -> bool:
@@ -480,6 +491,27 @@ def _pop(session: Session):
 
 
 # --------------------------------------------------------------------------- running a method
+def freeze_parameters(model: nn.Module) -> None:
+    """Switch ``requires_grad`` off on every parameter (call it inside a ``ModelGuard``, which
+    restores the flags). Then ``requires_grad`` marks the tensors that depend on the input (a
+    weight computed by a parametrisation is a constant too), and no graph is kept for weights."""
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+
+
+def check_attributions(values: torch.Tensor, method: str) -> None:
+    """Raise a clear error instead of returning NaN or Inf attributions."""
+    if torch.isfinite(values.sum()):
+        return
+    bad = int((~torch.isfinite(values)).sum())
+    if bad:
+        raise NonFiniteOutputError(
+            f"{method}: {bad} of the {values.numel()} attributions are NaN or Inf although the "
+            "model's outputs are finite (an overflow in the backward pass: inputs or activations "
+            "too large for the model's float precision). Rescale the inputs or use float64."
+        )
+
+
 def _select_grad(target, out: torch.Tensor, rows) -> tuple[torch.Tensor, torch.Tensor]:
     """``(d s / d out, s)`` for the target scalar ``s`` of each row (a small autograd graph)."""
     o = out.detach().requires_grad_(True)
@@ -527,8 +559,9 @@ def propagate(model: Any, inputs: Any, target: Any, composite: Composite, *, met
 
     One forward pass under the rules per chunk (the target is resolved on its output) and one
     backward pass. ``start="gradient"`` starts the backward pass from ``d target / d output``
-    (guided backprop, DeconvNet); ``start="relevance"`` from ``output * d target / d output``
-    (LRP: the one-hot output times the explained logit).
+    (guided backprop, DeconvNet; for a class index the one-hot vector); ``start="relevance"``
+    from ``output * d target / d output`` (LRP: the one-hot output times the explained logit).
+    Each session's ``state["start_total"]`` holds the per-sample sum of that start.
 
     Returns
     -------
@@ -546,15 +579,18 @@ def propagate(model: Any, inputs: Any, target: Any, composite: Composite, *, met
         raise ValueError(f"start must be 'gradient' or 'relevance'; got {start!r}")
     warn_if_training(model, stacklevel=4)
     with ModelGuard(model), keep_buffers(model):
-        x = as_tensor(inputs, model_device(model))
+        x = as_tensor(inputs, model_device(model), dtype=model_dtype(model))
         check_input_shape(model, x)
+        freeze_parameters(model)
         n = len(x)
-        slices = list(chunks(n, batch_size, desc=method, progress=progress))
+        bs = check_batch_size(batch_size, row_bytes=row_bytes(x))
+        slices = list(chunks(n, bs, desc=method, progress=progress))
         tgt = None
         if len(slices) > 1:  # resolve the target on the whole batch first ("predicted", ranges)
             with torch.no_grad():
-                outs = [forward(model, x[sl]) for sl in slices]
-            tgt = resolve_target(target, torch.cat(outs))
+                outs = torch.cat([forward(model, x[sl]) for sl in slices])
+            check_finite(outs, "the inputs")
+            tgt = resolve_target(target, outs)
         values = torch.empty_like(x, memory_format=torch.contiguous_format)
         outputs, scalars, sessions = [], [], []
         fmt = layout_for(model, x)
@@ -564,8 +600,7 @@ def propagate(model: Any, inputs: Any, target: Any, composite: Composite, *, met
             with torch.enable_grad():
                 with apply(model, composite, method=method) as session:
                     out = _forward(model, xg)
-                if not torch.isfinite(out).all():
-                    raise ValueError("model returned NaN or Inf on inputs; explanations need finite outputs")
+                check_finite(out.detach(), "the inputs")
                 if session.inplace_replaced:
                     with torch.no_grad():
                         check_same_output(out, forward(model, xs), method)
@@ -574,6 +609,7 @@ def propagate(model: Any, inputs: Any, target: Any, composite: Composite, *, met
                 rows = torch.arange(sl.start, sl.stop)
                 g, s = _select_grad(tgt, out, rows)
                 init = g if start == "gradient" else g * out.detach()
+                session.state["start_total"] = row_sums(init)
                 if not out.requires_grad:
                     raise ValueError(
                         "model: its output does not depend on the input (no gradient path from "
@@ -592,6 +628,21 @@ def propagate(model: Any, inputs: Any, target: Any, composite: Composite, *, met
             outputs.append(out)
             scalars.append(s)
             sessions.append(session)
+        check_attributions(values, method)
         output = torch.cat(outputs)
         prepared = Prepared(model, x, output, tgt, torch.cat(scalars), meta={"target": tgt.description})
         return prepared, values, sessions
+
+
+def row_bytes(x: torch.Tensor) -> int:
+    """Bytes of one sample of ``x`` (sizes the default batch, see ``check_batch_size``)."""
+    return int(x[0].numel() * x.element_size()) if len(x) else 1
+
+
+def row_sums(t: torch.Tensor) -> torch.Tensor:
+    """Per-sample sums over every non-batch axis (no reshape: a channels-last tensor is not
+    copied)."""
+    t = t.detach()
+    if t.ndim == 0:
+        return t.reshape(1)
+    return t.sum(dim=tuple(range(1, t.ndim))) if t.ndim > 1 else t

@@ -36,10 +36,14 @@ from __future__ import annotations
 import weakref
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .engine import OpCall, Rule, RuleParameterError, UnsupportedOperationError
+from ..core.validation import check_number
+from .engine import (
+    OpCall, Rule, RuleParameterError, UnsupportedOperationError, row_sums, depends_on_input,
+)
 
 __all__ = [
     "LRPRule", "Epsilon", "Zero", "Gamma", "AlphaBeta", "ZPlus", "ZBox", "Flat", "WSquare", "Pass",
@@ -65,14 +69,6 @@ def _divide_pos(R: torch.Tensor, zp: torch.Tensor, eps: float, fresh: bool = Fal
     return torch.div(R, den, out=den)
 
 
-def _check_number(value, name, low=None, strict=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number; got {type(value).__name__}")
-    if low is not None and (value < low or (strict and value == low)):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {low}; got {value}")
-    return float(value)
-
-
 # --------------------------------------------------------------------------- affine adapters
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _CONVT_ARGS = ("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation")
@@ -86,7 +82,7 @@ def _bind(call: OpCall, names: Sequence[str], defaults: dict) -> dict:
 
 
 def _const_param(t, what: str, call: OpCall):
-    if isinstance(t, torch.Tensor) and t.requires_grad and t.grad_fn is not None:
+    if depends_on_input(t):
         raise UnsupportedOperationError(
             f"model: the {what} of {call.where} is computed from the input; LRP rules treat "
             "weights as constants (a product of two inputs has no linear rule)"
@@ -226,13 +222,12 @@ class MatmulOp(Affine):
     def __init__(self, call):
         super().__init__(call)
         a, b = call.args[0], call.args[1]
-        if isinstance(a, torch.Tensor) and a.requires_grad and isinstance(b, torch.Tensor) \
-                and b.requires_grad:
+        if depends_on_input(a) and depends_on_input(b):
             raise UnsupportedOperationError(
                 f"model: LRP has no rule for a product of two input-dependent matrices "
                 f"({call.where})"
             )
-        self.left = isinstance(a, torch.Tensor) and a.requires_grad
+        self.left = depends_on_input(a)
         self.x = a if self.left else b
         self.W = _const_param(b if self.left else a, "matrix", call)
 
@@ -374,16 +369,9 @@ class Holder:
         self.terms = None
 
 
-def _row_sums(t: torch.Tensor) -> torch.Tensor:
-    if t.ndim == 0:
-        return t.detach().reshape(1)
-    # a sum over the non-batch axes (no reshape: channels-last tensors would be copied)
-    return t.detach().sum(dim=tuple(range(1, t.ndim))) if t.ndim > 1 else t.detach()
-
-
 def _record(holder: Holder, R: torch.Tensor, R_in: torch.Tensor) -> None:
     if holder.session is not None:
-        holder.session.records.append((holder.index, holder.label, _row_sums(R), _row_sums(R_in)))
+        holder.session.records.append((holder.index, holder.label, row_sums(R), row_sums(R_in)))
 
 
 class _AffineFn(torch.autograd.Function):
@@ -440,7 +428,7 @@ class Epsilon(LRPRule):
     """
 
     def __init__(self, epsilon: float = 1e-6):
-        self.epsilon = _check_number(epsilon, "epsilon", 0)
+        self.epsilon = check_number(epsilon, "epsilon", low=0)
 
     def relevance(self, op, x, z, R):
         return op.vjp(_divide(R, z, self.epsilon), op.W).mul_(x)
@@ -463,8 +451,8 @@ class Gamma(LRPRule):
     """
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6):
-        self.gamma = _check_number(gamma, "gamma", 0)
-        self.stabilizer = _check_number(stabilizer, "stabilizer", 0)
+        self.gamma = check_number(gamma, "gamma", low=0)
+        self.stabilizer = check_number(stabilizer, "stabilizer", low=0)
 
     def relevance(self, op, x, z, R):
         g = self.gamma
@@ -484,11 +472,11 @@ class AlphaBeta(LRPRule):
     """
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6):
-        self.alpha = _check_number(alpha, "alpha", 1)
-        self.beta = _check_number(beta, "beta", 0)
+        self.alpha = check_number(alpha, "alpha", low=1)
+        self.beta = check_number(beta, "beta", low=0)
         if abs(self.alpha - self.beta - 1) > 1e-12:
             raise ValueError(f"alpha - beta must be 1 (conservation); got alpha={alpha}, beta={beta}")
-        self.stabilizer = _check_number(stabilizer, "stabilizer", 0)
+        self.stabilizer = check_number(stabilizer, "stabilizer", low=0)
 
     def relevance(self, op, x, z, R):
         a, b, eps = self.alpha, self.beta, self.stabilizer
@@ -550,8 +538,8 @@ class ZBox(LRPRule):
     """
 
     def __init__(self, low: Any = None, high: Any = None, stabilizer: float = 1e-6):
-        self.low, self.high = low, high
-        self.stabilizer = _check_number(stabilizer, "stabilizer", 0)
+        self.low, self.high = check_bound(low, "low"), check_bound(high, "high")
+        self.stabilizer = check_number(stabilizer, "stabilizer", low=0)
 
     def _bounds(self, x):
         """``low``, ``high`` broadcastable to ``x``: per-sample scalars ``(n, 1, ...)``, one
@@ -612,6 +600,23 @@ class ZBox(LRPRule):
         return f"ZBox(low={_short(self.low)}, high={_short(self.high)})"
 
 
+def check_bound(v: Any, name: str) -> Any:
+    """A zᴮ bound: ``None``, a finite number, or a finite tensor / array."""
+    if v is None:
+        return None
+    if isinstance(v, (torch.Tensor, np.ndarray, list, tuple)):
+        try:
+            t = torch.as_tensor(v.detach() if isinstance(v, torch.Tensor) else np.asarray(v),
+                                dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"{name} must be a number, a tensor or an array of numbers; got "
+                             f"{type(v).__name__}") from None
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} must be finite; it holds NaN or Inf values")
+        return v
+    return check_number(v, name)
+
+
 def _short(v):
     return f"<tensor {tuple(v.shape)}>" if isinstance(v, torch.Tensor) and v.numel() > 4 else repr(v)
 
@@ -622,7 +627,7 @@ class Flat(LRPRule):
     by default (an all-zero row gives 0)."""
 
     def __init__(self, stabilizer: float = 0.0):
-        self.stabilizer = _check_number(stabilizer, "stabilizer", 0)
+        self.stabilizer = check_number(stabilizer, "stabilizer", low=0)
 
     def _weights(self, op):
         return op.ones()
@@ -645,7 +650,17 @@ class _PassFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, call):
         ctx.shape = x.shape
-        return call.run_out_of_place()
+        out = call.run_out_of_place()
+        try:
+            ok = torch.broadcast_shapes(x.shape, out.shape) == out.shape
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise UnsupportedOperationError(
+                f"model: the rule Pass hands relevance on unchanged, but {call.where} maps shape "
+                f"{tuple(x.shape)} to {tuple(out.shape)}; use a rule for weighted operations "
+                "(Epsilon, ZPlus ...) there")
+        return out
 
     @staticmethod
     def backward(ctx, R):
@@ -657,7 +672,8 @@ class Pass(Rule):
     """Relevance passes unchanged (element-wise activations, scaling by a constant)."""
 
     def __call__(self, call: OpCall):
-        xs = [a for a in call.args if isinstance(a, torch.Tensor) and a.requires_grad]
+        # trainable parameters (a linear layer's weight and bias) are constants, not inputs
+        xs = [a for a in (*call.args, *call.kwargs.values()) if depends_on_input(a)]
         if len(xs) != 1:
             raise UnsupportedOperationError(
                 f"model: {call.name} combines {len(xs)} input-dependent tensors; no relevance "
@@ -687,9 +703,9 @@ class _SumFn(torch.autograd.Function):
         for t, coef in h.terms:  # (tensor, signed coefficient) of each input-dependent summand
             grads.append(None if coef is None else (coef * t * s).sum_to_size(t.shape))
         out = [g for g in grads if g is not None]
-        total = sum(_row_sums(g) for g in out)
+        total = sum(row_sums(g) for g in out)
         if h.session is not None:
-            h.session.records.append((h.index, h.label, _row_sums(R), total))
+            h.session.records.append((h.index, h.label, row_sums(R), total))
         return (None, *grads)
 
 
@@ -703,7 +719,7 @@ class AddRule(Rule):
     """
 
     def __init__(self, epsilon: float = 1e-6):
-        self.epsilon = _check_number(epsilon, "epsilon", 0)
+        self.epsilon = check_number(epsilon, "epsilon", low=0)
 
     def __call__(self, call: OpCall):
         name = getattr(call.func, "__name__", "")
@@ -720,11 +736,11 @@ class AddRule(Rule):
             ca, cb = 1.0, -float(alpha)
         terms = []
         for t, c in ((a, ca), (b, cb)):
-            if isinstance(t, torch.Tensor) and t.requires_grad:
+            if depends_on_input(t):
                 terms.append((t.detach(), c))
             else:
                 terms.append((t, None))
-        variables = [t for t in (a, b) if isinstance(t, torch.Tensor) and t.requires_grad]
+        variables = [t for t in (a, b) if depends_on_input(t)]
         if len(variables) == 1:
             return _PassFn.apply(variables[0], call)
         holder = Holder(self, call, _label(call), call.session, call.index)
@@ -751,7 +767,7 @@ class ProductRule(Rule):
     splits it equally, the uniform rule of Achtibat et al. (2024), "AttnLRP"."""
 
     def __call__(self, call: OpCall):
-        ts = [a for a in call.args[:2] if isinstance(a, torch.Tensor) and a.requires_grad]
+        ts = [a for a in call.args[:2] if depends_on_input(a)]
         if len(ts) == 2 and call.kind == "mul":
             return _ProductFn.apply(call, call.args[0], call.args[1])
         return Pass()(call)
