@@ -289,3 +289,92 @@ def test_non_tree_error_suggests_only_registered_methods():
     assert "exact_shapley" in suggested and "kernel_shap" in suggested
     known = {m.name for m in lumos.methods()}
     assert set(suggested) <= known, set(suggested) - known
+
+
+# ----------------------------------------------------------------------------- output spaces
+def _binary_models():
+    X, y = _data(n=400, d=5)
+    yc = (y > 0.2).astype(int)
+    out = [("gb", GradientBoostingClassifier(n_estimators=15, max_depth=3, random_state=0).fit(X, yc))]
+    try:
+        import xgboost as xgb
+        out.append(("xgb", xgb.XGBClassifier(n_estimators=15, max_depth=3, n_jobs=1).fit(X, yc)))
+    except ImportError:
+        pass
+    try:
+        import lightgbm as lgb
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out.append(("lgbm", lgb.LGBMClassifier(n_estimators=15, verbose=-1, n_jobs=1).fit(X, yc)))
+    except ImportError:
+        pass
+    return X, out
+
+
+def test_probability_output_is_efficient_and_rescales_each_pair():
+    X, models = _binary_models()
+    bg = X[300:340]
+    for name, model in models:
+        e = tree_shap(model, X[:20], background=bg, model_output="probability")
+        p = model.predict_proba(X[:20])[:, 1]
+        np.testing.assert_allclose(e.output, p, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(e.baseline_output, model.predict_proba(bg)[:, 1].mean(), atol=1e-6)
+        # efficiency in probability space: values sum to p(x) - E_b p(b)
+        assert e.meta["completeness_gap"].max() < 1e-12, name
+        assert e.meta["output_space"] == "probability"
+    # one background row: the values are that pair's margin values times the pair's factor
+    name, gb = models[0]
+    m = tree_shap(gb, X[:5], background=bg[:1])
+    pr = tree_shap(gb, X[:5], background=bg[:1], model_output="probability")
+    mx, mb = gb.decision_function(X[:5]), gb.decision_function(bg[:1])
+    s = lambda t: 1 / (1 + np.exp(-t))   # noqa: E731
+    factor = (s(mx) - s(mb)) / (mx - mb)
+    np.testing.assert_allclose(pr.values, m.values * factor[:, None], atol=1e-14)
+    # log_odds is the margin of a logistic model
+    lo = tree_shap(gb, X[:5], background=bg[:1], model_output="log_odds")
+    np.testing.assert_array_equal(lo.values, m.values)
+
+
+def test_output_space_errors():
+    X, y = _data(n=200)
+    reg = GradientBoostingRegressor(n_estimators=3, random_state=0).fit(X, y)
+    with pytest.raises(ValueError, match="model_output"):
+        tree_shap(reg, X[:2], background=X[:5], model_output="probability")
+    clf = GradientBoostingClassifier(n_estimators=3, random_state=0).fit(X, (y > 0).astype(int))
+    with pytest.raises(ValueError, match="interventional"):
+        tree_shap(clf, X[:2], model_output="probability")
+    multi = GradientBoostingClassifier(n_estimators=3, random_state=0).fit(X, _classes(y))
+    with pytest.raises(ValueError, match="softmax"):
+        tree_shap(multi, X[:2], background=X[:5], model_output="probability")
+    with pytest.raises(ValueError, match="model_output"):
+        tree_shap(clf, X[:2], model_output="proba")
+    rf = RandomForestClassifier(n_estimators=3, random_state=0).fit(X, (y > 0).astype(int))
+    a = tree_shap(rf, X[:3], target=1, background=X[:5], model_output="probability")
+    b = tree_shap(rf, X[:3], target=1, background=X[:5])
+    np.testing.assert_array_equal(a.values, b.values)   # forests already explain probabilities
+
+
+def test_probability_output_equals_shap():
+    shap = pytest.importorskip("shap")
+    X, models = _binary_models()
+    bg = X[300:350]
+    for name, model in models:
+        ours = tree_shap(model, X[:40], background=bg, model_output="probability")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ex = shap.TreeExplainer(model, data=bg, feature_perturbation="interventional",
+                                    model_output="probability")
+            ref = np.asarray(ex.shap_values(X[:40], check_additivity=False))
+        if ref.ndim == 3:
+            ref = ref[..., 1]
+        tol = 1e-6
+        assert np.abs(ours.values - ref).max() < tol, (name, np.abs(ours.values - ref).max())
+        assert abs(float(np.ravel(ex.expected_value)[-1]) - ours.baseline_output[0]) < tol, name
+
+
+def test_interventional_uses_every_background_row():
+    X, y = _data(n=900)
+    model = RandomForestRegressor(n_estimators=3, max_depth=4, random_state=0).fit(X, y)
+    e = tree_shap(model, X[:3], background=X[100:700])
+    assert e.meta["n_background"] == 600
+    np.testing.assert_allclose(e.baseline_output, model.predict(X[100:700]).mean(), atol=1e-12)

@@ -165,11 +165,14 @@ def _beta_tables(D: int) -> tuple[np.ndarray, np.ndarray]:
     return c1, c0
 
 
-def _interventional_direct(o: np.ndarray, bb: np.ndarray) -> np.ndarray:
+def _interventional_direct(o: np.ndarray, bb: np.ndarray,
+                           pair_weight: np.ndarray | None = None) -> np.ndarray:
     """Sum over background rows, pair by pair: o (D, L, n), bb (D, L, n_b) -> (D, L, n).
 
     A pair contributes when no slot fails for both (``U_x ∩ U_b = ∅``); slots only the row
     satisfies get ``c1(|U_b|, |U_x|)``, slots only the background row satisfies ``−c0``.
+    ``pair_weight`` (n, n_b) scales each pair's contribution (the per-pair rescaling of a
+    probability output).
     """
     D = o.shape[0]
     c1, c0 = _beta_tables(D)
@@ -178,7 +181,11 @@ def _interventional_direct(o: np.ndarray, bb: np.ndarray) -> np.ndarray:
     mx, kb = fx.sum(0), fb.sum(0)
     valid = (ux[:, :, None] & ub[:, None, :]) == 0            # (L, n, n_b)
     W1 = np.where(valid, c1[kb[:, None, :], mx[:, :, None]], 0.0)
-    W0 = np.where(valid, c0[kb[:, None, :], mx[:, :, None]], 0.0).sum(-1)    # (L, n)
+    W0 = np.where(valid, c0[kb[:, None, :], mx[:, :, None]], 0.0)
+    if pair_weight is not None:
+        W1 *= pair_weight[None]
+        W0 *= pair_weight[None]
+    W0 = W0.sum(-1)                                           # (L, n)
     A = W1 @ np.moveaxis(fb, 0, -1).astype(np.float64)        # (L, n, D)
     return np.moveaxis(A, -1, 0) - W0[None] * fx
 
@@ -202,8 +209,12 @@ def _scatter_matrix(feat: np.ndarray, n_features: int):
 
 def _shap(ens: TreeEnsemble, groups: list[PathGroup], X: np.ndarray, cls: np.ndarray,
           background: np.ndarray | None, progress: bool | None,
-          algorithm: str = "auto") -> np.ndarray:
-    """Shapley values (n, F) of output ``cls[r]`` for every row."""
+          algorithm: str = "auto", pair_weight: np.ndarray | None = None) -> np.ndarray:
+    """Shapley values (n, F) of output ``cls[r]`` for every row.
+
+    ``pair_weight`` (n, n_b): interventional only, each (row, background row) pair's values
+    scaled (pair by pair, so the table algorithm is not used).
+    """
     R, F = len(X), ens.n_features
     f32 = np.dtype(ens.input_dtype) == np.float32
     XT = np.ascontiguousarray(X.T, dtype=np.float32 if f32 else np.float64)   # (F, R)
@@ -223,7 +234,9 @@ def _shap(ens: TreeEnsemble, groups: list[PathGroup], X: np.ndarray, cls: np.nda
             P = 1 << D
             Q = max(1, -(-D // 2))
             V = ens.value[g.leaf]                                   # (L, K)
-            if algorithm != "auto":
+            if pair_weight is not None:
+                tab = False
+            elif algorithm != "auto":
                 tab = algorithm == "table"
             elif background is None:
                 tab = 2 * P <= R                                    # a table pays off
@@ -260,7 +273,8 @@ def _shap(ens: TreeEnsemble, groups: list[PathGroup], X: np.ndarray, cls: np.nda
                     elif background is None:
                         c = _path_dependent(o, g.z[:, ls])
                     else:
-                        c = _interventional_direct(o, bb) / nb
+                        c = _interventional_direct(
+                            o, bb, None if pair_weight is None else pair_weight[rs]) / nb
                     if not one_cls:
                         c *= V[ls][:, cls[rs]][None]
                     elif not tab:
@@ -274,6 +288,7 @@ def _shap(ens: TreeEnsemble, groups: list[PathGroup], X: np.ndarray, cls: np.nda
 # The method
 # =============================================================================================
 _PERTURBATIONS = ("auto", "tree_path_dependent", "interventional")
+_OUTPUTS = ("raw", "probability", "log_odds")
 
 
 def _as_matrix(X: Any, name: str, n_features: int) -> tuple[np.ndarray, list[str] | None]:
@@ -301,67 +316,13 @@ def _as_matrix(X: Any, name: str, n_features: int) -> tuple[np.ndarray, list[str
     return X, names
 
 
-@register("tree_shap", "shapley",
-          "Exact TreeSHAP for tree ensembles: path-dependent or interventional (Lundberg 2018/2020)",
-          models="any")
-def tree_shap(model: Any, inputs: Any, target: Any = None, *, background: Any = None,
-              feature_perturbation: str = "auto", algorithm: str = "auto", check: bool = True,
-              progress: bool | None = None) -> Explanation:
-    """Exact Shapley values of a tree ensemble's output.
+def _prepare(model: Any, inputs: Any, target: Any, background: Any, feature_perturbation: str,
+             check: bool, method: str) -> dict:
+    """What both TreeSHAP methods share: the parsed ensemble checked against the model, the
+    rows, the paths, the raw outputs, the background and the resolved target."""
+    from ..core.validation import check_choice
 
-    Lundberg, Erion & Lee (2018), "Consistent Individualized Feature Attribution for Tree
-    Ensembles" (path-dependent); Lundberg et al. (2020), "From local explanations to global
-    understanding with explainable AI for trees" (interventional).
-
-    Parameters
-    ----------
-    model : fitted tree model
-        scikit-learn ``DecisionTree*``, ``RandomForest*``, ``ExtraTrees*``,
-        ``GradientBoosting*``, ``HistGradientBoosting*``; XGBoost and LightGBM models (wrapper or
-        booster).
-    inputs : ndarray or DataFrame, shape (n, n_features)
-        The rows to explain. DataFrame column names become ``feature_names``. Missing values
-        (NaN) follow the model's own missing-value directions.
-    target : int, sequence of int, "predicted" or None
-        The output to explain when the model has several (classes): ``None`` explains the
-        predicted class. See :mod:`lumos.core.targets`.
-    background : ndarray or DataFrame, shape (m, n_features), optional
-        Background rows for the interventional game ``E_b f(x_S, b_S̄)``.
-    feature_perturbation : {"auto", "tree_path_dependent", "interventional"}, default "auto"
-        ``"tree_path_dependent"`` uses the training cover stored in the trees as the
-        distribution of the unknown features (no background needed); ``"interventional"``
-        averages over ``background``. ``"auto"`` is interventional when a background is given.
-    algorithm : {"auto", "table", "direct"}, default "auto"
-        How each group of paths is evaluated: ``"table"`` tabulates the contribution of every
-        pattern of path conditions once and looks rows up; ``"direct"`` computes each
-        (row, path) pair (pair by pair with the background for interventional). ``"auto"``
-        picks the cheaper per group; all give the same values to rounding.
-    check : bool, default True
-        Compare the parsed ensemble's output with the model's own (raw) output on ``inputs``
-        and raise when they differ (a parse the explanation could not be trusted with).
-    progress : bool, optional
-        Progress bar; ``None`` shows one on a terminal for long work.
-
-    Returns
-    -------
-    Explanation
-        ``values`` (n, n_features). The explained output is the model's raw output:
-        ``predict_proba`` for scikit-learn tree/forest classifiers, the margin (log-odds,
-        ``decision_function``) for gradient boosting, ``predict`` for regressors
-        (``meta["model_output"]``, ``meta["output_space"]``). ``baseline_output`` is the
-        expected value (cover-weighted for path-dependent, the background mean for
-        interventional) and ``baseline_output + values.sum(1) == output`` to rounding.
-
-    Examples
-    --------
-    >>> expl = lumos.explain(forest, X_test, "tree_shap", target=1)
-    >>> expl = lumos.explain(gbm, X_test, "tree_shap", background=X_train[:200])
-    """
-    if feature_perturbation not in _PERTURBATIONS:
-        raise ValueError(f"feature_perturbation must be one of {_PERTURBATIONS}; "
-                         f"got {feature_perturbation!r}")
-    if algorithm not in ("auto", "table", "direct"):
-        raise ValueError(f"algorithm must be 'auto', 'table' or 'direct'; got {algorithm!r}")
+    check_choice(feature_perturbation, "feature_perturbation", _PERTURBATIONS)
     if feature_perturbation == "auto":
         feature_perturbation = "tree_path_dependent" if background is None else "interventional"
     if feature_perturbation == "interventional" and background is None:
@@ -396,31 +357,153 @@ def tree_shap(model: Any, inputs: Any, target: Any = None, *, background: Any = 
                 f"model: the parsed trees reproduce the model's {ens.output_name} only to "
                 f"{gap:.3g}; the explanation would not be trustworthy (unsupported option?)"
             )
-    params = {"feature_perturbation": feature_perturbation, "algorithm": algorithm,
-              "check": check}
+    params = {"feature_perturbation": feature_perturbation, "check": check}
     meta: dict[str, Any] = {
         "model_type": ens.model_type, "model_output": ens.output_name,
         "output_space": ens.output_space, "n_trees": ens.n_trees, "max_depth": depth,
         "feature_perturbation": feature_perturbation,
     }
-    bg = None
+    bg = bg_raw = None
     if feature_perturbation == "interventional":
         bg, _ = _as_matrix(background, "background", ens.n_features)
         bg = bg.astype(ens.input_dtype).astype(np.float64)
-        expected = predict(ens, bg, depth).mean(0)
+        bg_raw = predict(ens, bg, depth)
+        expected = bg_raw.mean(0)
+        # every background row is used (no subsample): recorded so a reader can check
         params["background"] = f"<{len(bg)} rows>"
         meta["n_background"] = len(bg)
     tgt = resolve_target(target, raw[:, 0] if raw.shape[1] == 1 else raw)
-    cls = (tgt.indices if tgt.indices is not None else np.zeros(len(X), dtype=np.int64))
     if tgt.fn is not None:
-        raise ValueError("target: tree_shap explains one model output; give a class index")
-    values = _shap(ens, groups, Xm, cls, bg, progress, algorithm)
-    output = raw[np.arange(len(X)), cls]
+        raise ValueError(f"target: {method} explains one model output; give a class index")
+    cls = (tgt.indices if tgt.indices is not None else np.zeros(len(X), dtype=np.int64))
+    return dict(ens=ens, X=X, Xm=Xm, names=names, groups=groups, expected=expected,
+                raw=raw, bg=bg, bg_raw=bg_raw, params=params, meta=meta, tgt=tgt, cls=cls,
+                feature_perturbation=feature_perturbation)
+
+
+def _logistic(m: np.ndarray, scale: float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-scale * m))
+
+
+def _probability_weights(ens: TreeEnsemble, mx: np.ndarray, mb: np.ndarray) -> np.ndarray:
+    """Per (row, background row) factor ``(σ(m_x) − σ(m_b)) / (m_x − m_b)`` (1 where equal).
+
+    Scaling each pair's margin values by it makes them add up to ``σ(m_x) − σ(m_b)``: shap's
+    TreeExplainer(model_output="probability") rescaling of the interventional game, pair by pair.
+    """
+    d = mx[:, None] - mb
+    diff = _logistic(mx, ens.link_scale)[:, None] - _logistic(mb, ens.link_scale)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(d == 0, 1.0, diff / d)
+
+
+@register("tree_shap", "shapley",
+          "Exact TreeSHAP for tree ensembles: path-dependent or interventional (Lundberg 2018/2020)",
+          models="any")
+def tree_shap(model: Any, inputs: Any, target: Any = None, *, background: Any = None,
+              feature_perturbation: str = "auto", model_output: str = "raw",
+              algorithm: str = "auto", check: bool = True,
+              progress: bool | None = None) -> Explanation:
+    """Exact Shapley values of a tree ensemble's output.
+
+    Lundberg, Erion & Lee (2018), "Consistent Individualized Feature Attribution for Tree
+    Ensembles" (path-dependent); Lundberg et al. (2020), "From local explanations to global
+    understanding with explainable AI for trees" (interventional).
+
+    Parameters
+    ----------
+    model : fitted tree model
+        scikit-learn ``DecisionTree*``, ``RandomForest*``, ``ExtraTrees*``,
+        ``GradientBoosting*``, ``HistGradientBoosting*``; XGBoost and LightGBM models (wrapper or
+        booster).
+    inputs : ndarray or DataFrame, shape (n, n_features)
+        The rows to explain. DataFrame column names become ``feature_names``. Missing values
+        (NaN) follow the model's own missing-value directions.
+    target : int, sequence of int, "predicted" or None
+        The output to explain when the model has several (classes): ``None`` explains the
+        predicted class. See :mod:`lumos.core.targets`.
+    background : ndarray or DataFrame, shape (m, n_features), optional
+        Background rows for the interventional game ``E_b f(x_S, b_S̄)``. Every row is used
+        (``meta["n_background"]``); the cost per path does not grow with it.
+    feature_perturbation : {"auto", "tree_path_dependent", "interventional"}, default "auto"
+        ``"tree_path_dependent"`` uses the training cover stored in the trees as the
+        distribution of the unknown features (no background needed); ``"interventional"``
+        averages over ``background``. ``"auto"`` is interventional when a background is given.
+    model_output : {"raw", "probability", "log_odds"}, default "raw"
+        ``"raw"``: the model's raw output (below). ``"probability"`` (interventional only, binary
+        classifiers whose raw output is a log-odds margin): each (row, background row) pair's
+        margin values are rescaled by ``(σ(m_x) − σ(m_b)) / (m_x − m_b)`` so that they add up
+        to the difference of probabilities, as ``shap.TreeExplainer(model, data,
+        feature_perturbation="interventional", model_output="probability")``; values then sum
+        to ``p(x) − E_b p(b)``. ``"log_odds"``: the margin of a logistic model (as ``"raw"``,
+        refused where the raw output is not a log-odds). For tree and forest classifiers the raw
+        output already is the probability, so ``"probability"`` is ``"raw"``.
+    algorithm : {"auto", "table", "direct"}, default "auto"
+        How each group of paths is evaluated: ``"table"`` tabulates the contribution of every
+        pattern of path conditions once and looks rows up; ``"direct"`` computes each
+        (row, path) pair (pair by pair with the background for interventional). ``"auto"``
+        picks the cheaper per group; all give the same values to rounding.
+    check : bool, default True
+        Compare the parsed ensemble's output with the model's own (raw) output on ``inputs``
+        and raise when they differ (a parse the explanation could not be trusted with).
+    progress : bool, optional
+        Progress bar; ``None`` shows one on a terminal for long work.
+
+    Returns
+    -------
+    Explanation
+        ``values`` (n, n_features). The raw output explained is ``predict_proba`` for
+        scikit-learn tree/forest classifiers, the margin (log-odds, ``decision_function``) for
+        gradient boosting, ``predict`` for regressors (``meta["model_output"]``,
+        ``meta["output_space"]``). ``baseline_output`` is the expected value (cover-weighted for
+        path-dependent, the background mean for interventional) and
+        ``baseline_output + values.sum(1) == output`` to rounding.
+
+    Examples
+    --------
+    >>> expl = lumos.explain(forest, X_test, "tree_shap", target=1)
+    >>> expl = lumos.explain(gbm, X_test, "tree_shap", background=X_train[:200])
+    >>> expl = lumos.explain(gbm, X_test, "tree_shap", background=X_train[:200],
+    ...                      model_output="probability")
+    """
+    from ..core.validation import check_choice
+
+    check_choice(algorithm, "algorithm", ("auto", "table", "direct"))
+    check_choice(model_output, "model_output", _OUTPUTS)
+    c = _prepare(model, inputs, target, background, feature_perturbation, check, "tree_shap")
+    ens, cls, raw, expected = c["ens"], c["cls"], c["raw"], c["expected"]
+    params, meta = c["params"], c["meta"]
+    params.update(algorithm=algorithm, model_output=model_output)
+    pair_weight = None
+    if model_output != "raw" and ens.output_space != "probability":
+        if ens.link != "logistic":
+            raise ValueError(
+                f"model_output={model_output!r} needs a binary classifier whose raw output is a "
+                f"log-odds margin; {ens.model_type}'s output ({ens.output_space}) has link "
+                f"{ens.link!r}" + (" (the softmax couples the classes; explain the margins with "
+                                   "model_output='raw')" if ens.link == "softmax" else ""))
+        if model_output == "probability":
+            if c["feature_perturbation"] != "interventional":
+                raise ValueError("model_output='probability' is defined for the interventional "
+                                 "game: pass background= (the path-dependent game explains "
+                                 "the margin, as shap's TreeExplainer)")
+            rows = np.arange(len(cls))
+            pair_weight = _probability_weights(ens, raw[rows, cls], c["bg_raw"][:, cls].T)
+    elif model_output == "log_odds" and ens.output_space == "probability":
+        raise ValueError(f"model_output='log_odds': {ens.model_type} outputs probabilities "
+                         "(averaged leaves), not a log-odds margin; use 'raw' or 'probability'")
+    values = _shap(ens, c["groups"], c["Xm"], cls, c["bg"], progress, algorithm, pair_weight)
+    output = raw[np.arange(len(cls)), cls]
     base = expected[cls]
-    meta["target"] = tgt.description
+    if pair_weight is not None:
+        output = _logistic(output, ens.link_scale)
+        p_bg = _logistic(c["bg_raw"], ens.link_scale).mean(0)
+        base = p_bg[cls]
+        expected = p_bg
+        meta["output_space"] = "probability"
+    meta["target"] = c["tgt"].description
     meta["expected_value"] = expected if len(expected) > 1 else float(expected[0])
     meta["completeness_gap"] = np.abs(values.sum(1) + base - output)
-    return Explanation(values=values, inputs=X, target=tgt.indices, output=output,
+    return Explanation(values=values, inputs=c["X"], target=c["tgt"].indices, output=output,
                        baseline_output=base, method="tree_shap", params=params, meta=meta,
-                       feature_names=names, sample_keys=("completeness_gap",))
-
+                       feature_names=c["names"], sample_keys=("completeness_gap",))

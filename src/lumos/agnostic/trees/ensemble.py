@@ -45,6 +45,13 @@ class TreeEnsemble:
         What is explained (recorded in the explanation's meta).
     reference : callable, optional
         ``X -> (n, K)`` the model's own raw output, to check the parse against.
+    link : str
+        How the raw output becomes a probability: ``"logistic"`` (``1 / (1 + exp(-link_scale *
+        raw))``, binary classifiers' margins), ``"softmax"`` (multi-class margins),
+        ``"identity"`` (the raw output is already the prediction: regressors, forest
+        probabilities) or ``"other"`` (a link lumos does not apply).
+    link_scale : float
+        The logistic's slope (LightGBM's ``sigmoid`` parameter; 1 elsewhere).
     """
 
     left: np.ndarray
@@ -62,6 +69,8 @@ class TreeEnsemble:
     output_space: str = "raw"
     model_type: str = ""
     reference: Callable | None = None
+    link: str = "identity"
+    link_scale: float = 1.0
     meta: dict = field(default_factory=dict)
 
     @property

@@ -54,7 +54,23 @@ def parse_lightgbm(model) -> TreeEnsemble:
         return booster.predict(np.asarray(X, dtype=np.float64), raw_score=True,
                                num_iteration=best if best > 0 else None)
 
+    link, scale = _lgb_link(str(dump.get("objective", "")))
     return b.build(0.0, n_feat, input_dtype=np.float64, output_name="raw_score",
                    output_space="raw score (margin)", model_type=type(model).__name__,
+                   link=link, link_scale=scale,
                    reference=ref)
 
+
+
+def _lgb_link(objective: str) -> tuple[str, float]:
+    """``"binary sigmoid:1"`` -> ("logistic", 1.0); ``"multiclass num_class:3"`` -> softmax."""
+    name = objective.split(" ")[0]
+    if name in ("binary", "cross_entropy", "xentropy"):
+        m = [t for t in objective.split(" ") if t.startswith("sigmoid:")]
+        return "logistic", float(m[0].split(":")[1]) if m else 1.0
+    if name in ("multiclass", "softmax"):
+        return "softmax", 1.0
+    if name in ("regression", "regression_l2", "l2", "regression_l1", "l1", "huber", "fair",
+                "quantile", "mape"):
+        return "identity", 1.0
+    return "other", 1.0

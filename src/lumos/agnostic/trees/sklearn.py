@@ -71,7 +71,8 @@ def _parse_sklearn_gb(model) -> TreeEnsemble:
     else:
         ref, name, space = (lambda X: model.predict(X)), "predict", "raw"
     return b.build(offset, model.n_features_in_, input_dtype=np.float32, output_name=name,
-                   output_space=space, model_type=type(model).__name__, reference=ref)
+                   output_space=space, model_type=type(model).__name__, reference=ref,
+                   link=_link(is_classifier(model), k))
 
 
 def _parse_sklearn_hgb(model) -> TreeEnsemble:
@@ -100,8 +101,17 @@ def _parse_sklearn_hgb(model) -> TreeEnsemble:
         loss = getattr(model, "loss", "squared_error")
         space = "raw" if loss in ("squared_error", "absolute_error", "quantile") else "log (link)"
     return b.build(offset, model.n_features_in_, input_dtype=np.float64, output_name=name,
-                   output_space=space, model_type=type(model).__name__, reference=ref)
+                   output_space=space, model_type=type(model).__name__, reference=ref,
+                   link=_link(clf, k) if clf or space == "raw" else "other")
 
+
+
+def _link(classifier: bool, k: int) -> str:
+    """Gradient boosting: a classifier's margins become probabilities by the logistic (binary)
+    or the softmax (several classes)."""
+    if not classifier:
+        return "identity"
+    return "logistic" if k == 1 else "softmax"
 
 
 def parse_sklearn(model) -> TreeEnsemble | None:

@@ -52,7 +52,8 @@ def parse_xgboost(model) -> TreeEnsemble:
     n_feat = int(param.get("num_feature", 0))
     ens = b.build(_xgb_base_margin(param.get("base_score", "0"), learner["objective"]["name"], k),
                   n_feat, input_dtype=np.float32, output_name="output_margin",
-                  output_space="margin", model_type=type(model).__name__)
+                  output_space="margin", model_type=type(model).__name__,
+                  link=_xgb_link(learner["objective"]["name"]))
     iteration_range = (0, best + 1) if best is not None else (0, 0)
 
     def ref(X):
@@ -79,3 +80,14 @@ def _xgb_base_margin(base_score: str, objective: str, k: int) -> np.ndarray:
             vals = np.log(vals)
     return np.asarray(vals, dtype=np.float32).astype(np.float64)
 
+
+
+def _xgb_link(objective: str) -> str:
+    if objective in ("binary:logistic", "reg:logistic"):
+        return "logistic"
+    if objective in ("multi:softprob", "multi:softmax"):
+        return "softmax"
+    if objective in ("reg:squarederror", "reg:pseudohubererror", "reg:absoluteerror",
+                     "reg:quantileerror"):
+        return "identity"
+    return "other"
