@@ -30,17 +30,44 @@ def _to_numpy(x: Any) -> np.ndarray | None:
     return np.asarray(x)
 
 
+def _is_parts(x: Any) -> bool:
+    """Several inputs' arrays: a tuple/list or a dict (one entry per explained input)."""
+    return isinstance(x, (tuple, list, Mapping))
+
+
+def _map(x: Any, f) -> Any:
+    """Apply ``f`` to each part of a tuple/dict of arrays (or to the one array)."""
+    if x is None:
+        return None
+    if isinstance(x, Mapping):
+        return {str(k): f(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return tuple(f(v) for v in x)
+    return f(x)
+
+
+def _parts(x: Any) -> list:
+    if isinstance(x, Mapping):
+        return list(x.values())
+    if isinstance(x, (tuple, list)):
+        return list(x)
+    return [x]
+
+
 @dataclass(eq=False)
 class Explanation:
     """Attributions for a batch of samples, with everything needed to interpret them.
 
     Parameters
     ----------
-    values : ndarray, shape (batch, ...)
+    values : ndarray, shape (batch, ...); or a tuple / dict of such arrays
         The attribution of each input element (or feature, token, superpixel...). Raw numbers:
-        never normalised, clipped or rectified; display does that.
+        never normalised, clipped or rectified; display does that. For a model of several
+        inputs, one array per input, in the structure the inputs were given (a tuple, or a dict
+        with the inputs' names); :meth:`part` gives the explanation of one input.
     inputs : ndarray, shape (batch, ...), optional
-        The explained inputs (for tabular data, the feature matrix).
+        The explained inputs (for tabular data, the feature matrix); a tuple/dict like
+        ``values`` for several inputs.
     target : ndarray of int, shape (batch,), optional
         The explained class per sample, when the target is a class index. ``None`` for callable
         targets and scalar outputs (``meta["target"]`` then describes it).
@@ -76,16 +103,29 @@ class Explanation:
     sample_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        self.values = _to_numpy(self.values)
-        if self.values.ndim == 0:
+        self.values = _map(self.values, _to_numpy)
+        if _is_parts(self.values):
+            parts = _parts(self.values)
+            if not parts:
+                raise ValueError("Explanation.values holds no input's values")
+            if any(p.ndim == 0 for p in parts) or len({len(p) for p in parts}) != 1:
+                raise ValueError("Explanation.values: every input's values need the same batch axis; "
+                                 f"got shapes {[p.shape for p in parts]}")
+        elif self.values.ndim == 0:
             raise ValueError("Explanation.values must have a batch axis; got a scalar.")
-        self.inputs = _to_numpy(self.inputs) if self.inputs is not None else None
+        self.inputs = _map(self.inputs, _to_numpy)
+        if _is_parts(self.inputs) != _is_parts(self.values) or (
+                _is_parts(self.values) and self.inputs is not None
+                and [p.shape[0] for p in _parts(self.inputs)] != [len(self)] * len(_parts(self.inputs))):
+            if self.inputs is not None:
+                raise ValueError("Explanation.inputs must have the structure of values (one array per "
+                                 "input, each with the batch axis)")
         self.target = _to_numpy(self.target)
         self.output = _to_numpy(self.output)
         self.baseline_output = _to_numpy(self.baseline_output)
         self.sample_keys = tuple(self.sample_keys)
-        n = len(self.values)
-        for name in ("inputs", "target", "output", "baseline_output"):
+        n = len(self)
+        for name in ("target", "output", "baseline_output") + (() if _is_parts(self.inputs) else ("inputs",)):
             arr = getattr(self, name)
             if arr is not None and arr.ndim > 0 and len(arr) != n:
                 raise ValueError(
@@ -100,7 +140,8 @@ class Explanation:
                 raise ValueError(f"meta[{key!r}] has {len(self.meta[key])} rows, expected {n}")
         if self.feature_names is not None:
             self.feature_names = [str(f) for f in self.feature_names]
-            if self.values.ndim >= 2 and len(self.feature_names) != self.values.shape[-1]:
+            if (not self.several and self.values.ndim >= 2
+                    and len(self.feature_names) != self.values.shape[-1]):
                 raise ValueError(
                     f"Explanation.feature_names has {len(self.feature_names)} names but values has "
                     f"{self.values.shape[-1]} features on its last axis (shape {self.values.shape})"
@@ -108,9 +149,49 @@ class Explanation:
 
     # ------------------------------------------------------------------ batch behaviour
     def __len__(self) -> int:
-        return len(self.values)
+        return len(_parts(self.values)[0])
+
+    @property
+    def several(self) -> bool:
+        """True when the model took several explained inputs (``values`` is a tuple or dict)."""
+        return _is_parts(self.values)
+
+    @property
+    def input_names(self) -> list[str] | None:
+        """Names of the explained inputs (dict keys, or "0", "1"... for a tuple); None for one input."""
+        if isinstance(self.values, Mapping):
+            return list(self.values)
+        if isinstance(self.values, tuple):
+            return [str(i) for i in range(len(self.values))]
+        return None
+
+    def part(self, key: int | str) -> "Explanation":
+        """The explanation of one input of a model of several inputs (a tuple index or dict key)."""
+        if not self.several:
+            raise ValueError("part: this explanation has a single input")
+        names = self.input_names
+        if isinstance(self.values, Mapping):
+            if str(key) not in self.values:
+                raise KeyError(f"part: no input named {key!r}; inputs are {names}")
+            k = str(key)
+        else:
+            if isinstance(key, str) or not -len(names) <= int(key) < len(names):
+                raise KeyError(f"part: give an index 0..{len(names) - 1}; got {key!r}")
+            k = int(key)
+        meta = dict(self.meta)
+        meta["input"] = str(k)
+        return Explanation(
+            values=self.values[k], inputs=None if self.inputs is None else self.inputs[k],
+            target=self.target, output=self.output, baseline_output=self.baseline_output,
+            method=self.method, params=dict(self.params), meta=meta,
+            sample_keys=self.sample_keys,
+        )
 
     def __array__(self, dtype=None, copy=None):
+        if self.several:
+            raise TypeError(
+                "this explanation has one values array per input; use explanation.values[k] "
+                "or explanation.part(k)")
         return np.asarray(self.values, dtype=dtype)
 
     def __getitem__(self, index) -> "Explanation":
@@ -127,8 +208,8 @@ class Explanation:
         for key in self.sample_keys:
             meta[key] = self.meta[key][index]
         return Explanation(
-            values=self.values[index],
-            inputs=take(self.inputs),
+            values=_map(self.values, lambda a: a[index]),
+            inputs=_map(self.inputs, take),
             target=take(self.target),
             output=take(self.output),
             baseline_output=take(self.baseline_output),
@@ -151,7 +232,7 @@ class Explanation:
         """``|sum(values) - (output - baseline_output)|`` per sample, where both outputs exist."""
         if self.output is None or self.baseline_output is None:
             return None
-        total = self.values.reshape(len(self), -1).sum(axis=1)
+        total = sum(p.reshape(len(self), -1).sum(axis=1) for p in _parts(self.values))
         return np.abs(total - (self.output - self.baseline_output))
 
     # ------------------------------------------------------------------ display
@@ -175,10 +256,23 @@ class Explanation:
             path = path / "explanation.npz"
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-        arrays: dict[str, np.ndarray] = {"values": self.values}
+        arrays: dict[str, np.ndarray] = {}
+        structure = {}
+        for name in ("values", "inputs"):
+            value = getattr(self, name)
+            if _is_parts(value):
+                names = list(value) if isinstance(value, Mapping) else [str(i) for i in range(len(value))]
+                structure[name] = {"kind": "dict" if isinstance(value, Mapping) else "tuple",
+                                   "names": names}
+                for key, arr in zip(names, _parts(value)):
+                    if arr.dtype == object:
+                        raise TypeError(f"Explanation.{name} holds Python objects and cannot be saved")
+                    arrays[f"{name}__{key}"] = arr
+        if "values" not in structure:
+            arrays["values"] = self.values
         for name in ("inputs", "target", "output", "baseline_output"):
             arr = getattr(self, name)
-            if arr is not None:
+            if arr is not None and name not in structure:
                 if arr.dtype == object:
                     raise TypeError(f"Explanation.{name} holds Python objects and cannot be saved")
                 arrays[name] = arr
@@ -193,6 +287,7 @@ class Explanation:
             "meta_arrays": sorted(meta_arrays),
             "feature_names": self.feature_names,
             "sample_keys": list(self.sample_keys),
+            "parts": structure,
         }
         np.savez_compressed(path, **arrays)
         path.with_suffix(".json").write_text(json.dumps(doc, indent=2))
@@ -284,6 +379,19 @@ def load(path: str | os.PathLike) -> Explanation:
         raise ExplanationFileError(f"{path}: cannot be read without pickle ({e})") from None
     except (OSError, EOFError) as e:
         raise ExplanationFileError(f"{path}: not a readable .npz archive ({e})") from None
+    structure = doc.get("parts") or {}
+    if not isinstance(structure, dict):
+        raise ExplanationFileError(f"{json_path}: field 'parts' must be an object")
+    for name, spec in structure.items():
+        if (name not in ("values", "inputs") or not isinstance(spec, dict)
+                or spec.get("kind") not in ("tuple", "dict") or not isinstance(spec.get("names"), list)
+                or not all(isinstance(k, str) for k in spec["names"])):
+            raise ExplanationFileError(f"{json_path}: field 'parts' has a malformed entry {name!r}")
+        missing = [k for k in spec["names"] if f"{name}__{k}" not in arrays]
+        if missing:
+            raise ExplanationFileError(f"{json_path}: parts of {name!r} missing in {path.name}: {missing}")
+        got = [arrays.pop(f"{name}__{k}") for k in spec["names"]]
+        arrays[name] = dict(zip(spec["names"], got)) if spec["kind"] == "dict" else tuple(got)
     if "values" not in arrays:
         raise ExplanationFileError(f"{path}: the array 'values' is missing")
     meta = dict(doc["meta"])
@@ -348,7 +456,13 @@ def concatenate(explanations: Sequence[Explanation]) -> Explanation:
 
     def cat(name):
         arrs = [getattr(e, name) for e in explanations]
-        return None if any(a is None for a in arrs) else np.concatenate(arrs)
+        if any(a is None for a in arrs):
+            return None
+        if _is_parts(arrs[0]):
+            keys = list(arrs[0]) if isinstance(arrs[0], Mapping) else range(len(arrs[0]))
+            joined = {k: np.concatenate([a[k] for a in arrs]) for k in keys}
+            return joined if isinstance(arrs[0], Mapping) else tuple(joined.values())
+        return np.concatenate(arrs)
 
     meta = dict(first.meta)
     for key in first.sample_keys:

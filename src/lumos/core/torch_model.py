@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .explanation import Explanation
+from .inputs import BoundModel, ForwardArgsError, Packing, bind, is_several, rows_of, unwrap
 from .targets import Target, resolve_target
 
 __all__ = [
@@ -71,6 +72,7 @@ _LOCKS_LOCK = threading.Lock()
 
 def model_lock(model: nn.Module) -> threading.RLock:
     """The re-entrant lock that serialises lumos calls on ``model`` across threads."""
+    model = unwrap(model)
     with _LOCKS_LOCK:
         lock = _LOCKS.get(model)
         if lock is None:
@@ -225,6 +227,10 @@ def _first_conv(model: nn.Module):
 
 def check_input_shape(model: nn.Module, x: torch.Tensor, name: str = "inputs") -> None:
     """Catch the silent cases: a conv net given an unbatched image, or the wrong channel count."""
+    if isinstance(model, BoundModel):
+        if model.packing is not None:  # several inputs, packed: the model checks their shapes
+            return
+        model = model.model
     conv = _first_conv(model)
     if conv is None:
         return
@@ -242,10 +248,17 @@ def check_input_shape(model: nn.Module, x: torch.Tensor, name: str = "inputs") -
         )
 
 
-def forward(model: nn.Module, x: torch.Tensor, name: str = "inputs") -> torch.Tensor:
-    """Call the model, turning a deep torch error on bad input into one that names ``name``."""
+def forward(model: nn.Module, x: torch.Tensor, name: str = "inputs", rows=None) -> torch.Tensor:
+    """Call the model, turning a deep torch error on bad input into one that names ``name``.
+
+    ``rows[k]`` is the sample that row ``k`` of ``x`` belongs to: a model with per-sample forward
+    arguments (:mod:`lumos.core.inputs`) gives each row its sample's arguments.
+    """
     try:
-        out = model(x)
+        with rows_of(model, rows):
+            out = model(x)
+    except ForwardArgsError:
+        raise
     except (RuntimeError, ValueError, IndexError) as e:
         raise ValueError(
             f"the model could not be evaluated on {name} of shape {tuple(x.shape)}: {e}"
@@ -274,7 +287,7 @@ def gradient(model: nn.Module, x: torch.Tensor, target: Target, rows=None,
     """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        out = forward(model, x)
+        out = forward(model, x, rows=rows)
         s = target.select(out, rows)
         if not s.requires_grad:
             raise ValueError(
@@ -289,6 +302,7 @@ def gradient(model: nn.Module, x: torch.Tensor, target: Target, rows=None,
 
 def get_module(model: nn.Module, name: str, arg: str = "at") -> nn.Module:
     """The submodule with dotted name ``name``; a clear error with suggestions otherwise."""
+    model = unwrap(model)  # layer names are the user's model's, also with bound forward arguments
     if isinstance(name, nn.Module):
         for n, m in model.named_modules():
             if m is name:
@@ -360,6 +374,7 @@ class Prepared:
     meta: dict = field(default_factory=dict)
     target_spec: Any = None    # the user's target, kept for resolve()
     feature_names: list[str] | None = None  # a DataFrame's columns
+    packing: Packing | None = None  # several inputs packed into the columns of x
 
     @property
     def n(self) -> int:
@@ -387,13 +402,17 @@ class Prepared:
         m = dict(self.meta)
         m.update(meta or {})
         m.update(sample_meta or {})
+        inputs = self.x if inputs is None else inputs
+        if self.packing is not None:  # one array per input, as the user gave them
+            values = self.packing.unpack_values(values)
+            inputs = self.packing.unpack_values(inputs)
         return Explanation(
-            values=values, inputs=self.x if inputs is None else inputs,
+            values=values, inputs=inputs,
             target=self.target.indices, output=self.scalar,
             baseline_output=baseline_output, method=method, params=_clean_params(params), meta=m,
             sample_keys=tuple((sample_meta or {}).keys()),
             feature_names=self.feature_names if self.feature_names is not None
-            and np.shape(values)[-1:] == (len(self.feature_names),) else None,
+            and self.packing is None and np.shape(values)[-1:] == (len(self.feature_names),) else None,
         )
 
 
@@ -432,7 +451,8 @@ def feature_names_of(inputs: Any) -> list[str] | None:
 
 @contextlib.contextmanager
 def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
-               rules: bool = False, clean_forward: bool = True) -> Iterator[Prepared]:
+               rules: bool = False, clean_forward: bool = True, forward_args: Any = None,
+               several: bool = False) -> Iterator[Prepared]:
     """Validate, resolve the target, and guard the model for the duration of a method.
 
     The inputs (a tensor, an array of any numeric dtype, or a DataFrame) are copied and cast to the
@@ -450,7 +470,22 @@ def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
         target. ``False`` skips that pass for methods whose only work is one forward+backward at
         the inputs (saliency): they call :meth:`Prepared.resolve` with their own output, and
         ``output``, ``target`` and ``scalar`` are ``None`` until then.
+    forward_args : tuple, dict, lumos.Args or None
+        Extra arguments of the model that are not explained (:mod:`lumos.core.inputs`). The method
+        then works on ``Prepared.model``, a :class:`~lumos.core.inputs.BoundModel`, and must pass
+        ``rows=`` to :func:`forward` / :func:`gradient` for batches that are not the samples.
+    several : bool, default False
+        The method supports several explained inputs (a tuple or dict of tensors): they are
+        packed into the columns of ``Prepared.x`` and the Explanation holds one array per input.
+        Methods that need the spatial layout of one input leave it False: several inputs are
+        then refused with a clear error.
     """
+    if is_several(inputs) and not several:
+        raise ValueError(
+            f"inputs: {method} explains one input tensor (it needs the layout of an image or a "
+            "table); this model takes several inputs. Use a method that supports several inputs "
+            "(saliency, gradient_x_input, integrated_gradients, smoothgrad, ...) or explain one "
+            "input with the others passed as forward_args=.")
     if not isinstance(model, nn.Module):
         if callable(model):
             raise TypeError(
@@ -464,13 +499,15 @@ def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
     warn_if_training(model, stacklevel=4)
     names = feature_names_of(inputs)
     with ModelGuard(model):  # also switches inference mode off for the call
+        model, inputs, packing = bind(model, inputs, forward_args, dtype=model_dtype(model),
+                                      device=model_device(model))
         x = as_tensor(inputs, model_device(model), dtype=model_dtype(model))
         if not x.is_floating_point():  # pragma: no cover - as_tensor casts ints to float
             raise TypeError("inputs must be floating point for gradient methods")
         check_input_shape(model, x)
         if not clean_forward:
             yield Prepared(model, x, None, None, None, meta={}, target_spec=target,
-                           feature_names=names)
+                           feature_names=names, packing=packing)
             return
         with torch.no_grad():
             out = forward(model, x)
@@ -479,4 +516,4 @@ def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
         with torch.no_grad():
             scalar = tgt.select(out)
         yield Prepared(model, x, out, tgt, scalar.detach(), meta={"target": tgt.description},
-                       target_spec=target, feature_names=names)
+                       target_spec=target, feature_names=names, packing=packing)
