@@ -5,6 +5,7 @@
 >>> expl.plot()
 """
 from .core.explanation import Explanation, load
+from .core.inputs import Args, Shared
 from .core.registry import explain, methods, get_method
 
 __version__ = "0.1.0"
@@ -17,4 +18,5 @@ def layers(model, inputs=None):
     return _layers(model, inputs)
 
 
-__all__ = ["Explanation", "explain", "methods", "get_method", "load", "layers", "__version__"]
+__all__ = ["Explanation", "explain", "methods", "get_method", "load", "layers", "Args", "Shared",
+           "__version__"]
