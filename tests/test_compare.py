@@ -21,7 +21,7 @@ def image_comparison():
     before = model_state(model)
     comp = lm.compare(model, x, ["saliency", "gradient_x_input", "gradcam", "random"],
                       ["deletion", "insertion", "relevance_mass_accuracy", "randomisation", "sparseness"],
-                      masks=masks, metric_params={"deletion": {"steps": 4}, "insertion": {"steps": 4}})
+                      masks=masks, metric_params={"deletion": {"n_steps": 4}, "insertion": {"n_steps": 4}})
     assert_same_state(before, model_state(model))
     return model, x, masks, comp
 
@@ -46,7 +46,7 @@ def test_table_ranks_follow_each_metrics_direction(image_comparison):
     # every method explained the same classes; curve metrics scored probabilities
     targets = {m: tuple(e.target) for m, e in comp.explanations.items()}
     assert len(set(targets.values())) == 1
-    assert comp.result("gradcam", "deletion").params["softmax"] is True
+    assert comp.result("gradcam", "deletion").params["scale"] == "probability"
     assert comp.result("gradcam", "deletion").params["fill"].startswith("blur")
     # the random baseline is a constant function of the model: randomisation cannot change it
     np.testing.assert_allclose(comp.result("random", "randomisation").scores, 1.0)

@@ -42,12 +42,12 @@ def _f(model, x):
 def test_deletion_curve_of_the_oracle_is_the_closed_form(linear_world):
     model, x, contrib, oracle, _, _ = linear_world
     d = contrib.shape[1]
-    res = lm.deletion(model, oracle, steps=d)  # one feature per step
+    res = lm.deletion(model, oracle, n_steps=d, scale="raw")  # one feature per step
     f0 = _f(model, x)
     closed = f0[:, None] - np.concatenate([np.zeros((len(x), 1)), np.cumsum(-np.sort(-contrib, 1), 1)], 1)
     np.testing.assert_allclose(res.curves["y"], closed, atol=2e-5)
     np.testing.assert_allclose(res.scores, np.trapezoid(closed, np.arange(d + 1) / d, axis=1), atol=2e-5)
-    ins = lm.insertion(model, oracle, steps=d)  # tabular default fill: zero
+    ins = lm.insertion(model, oracle, n_steps=d, scale="raw")  # tabular default fill: zero
     closed_ins = model.bias[1].item() + np.concatenate([np.zeros((len(x), 1)), np.cumsum(-np.sort(-contrib, 1), 1)], 1)
     np.testing.assert_allclose(ins.curves["y"], closed_ins, atol=2e-5)
     assert res.direction == "lower" and ins.direction == "higher"
@@ -57,16 +57,16 @@ def test_oracle_best_random_chance_inverted_worst(linear_world):
     model, x, contrib, oracle, inverted, rand = linear_world
     f0, total = _f(model, x), contrib.sum(1)
     chance = f0 - 0.5 * total  # E[area] for a uniformly random order (the curve is linear in k)
-    dele = {e.method: lm.deletion(model, e, steps=12) for e in (oracle, inverted, rand)}
+    dele = {e.method: lm.deletion(model, e, n_steps=12, scale="raw") for e in (oracle, inverted, rand)}
     # pointwise: the oracle removes the largest contributions first, the inverse the smallest
     assert np.all(dele["oracle"].curves["y"] <= dele["random"].curves["y"] + 1e-5)
     assert np.all(dele["inverted"].curves["y"] >= dele["random"].curves["y"] - 1e-5)
     gap = dele["random"].scores - chance
     assert abs(gap.mean()) < 3 * gap.std(ddof=1) / math.sqrt(len(gap))
     assert (chance - dele["oracle"].scores).mean() > 10 * gap.std(ddof=1) / math.sqrt(len(gap))
-    ins = {e.method: lm.insertion(model, e, steps=12).mean for e in (oracle, inverted, rand)}
+    ins = {e.method: lm.insertion(model, e, n_steps=12).mean for e in (oracle, inverted, rand)}
     assert ins["oracle"] > ins["random"] > ins["inverted"]
-    lerf = {e.method: lm.deletion_lerf(model, e, steps=12).mean for e in (oracle, inverted, rand)}
+    lerf = {e.method: lm.deletion_lerf(model, e, n_steps=12).mean for e in (oracle, inverted, rand)}
     assert lerf["oracle"] > lerf["random"] > lerf["inverted"]
 
     fc = {e.method: lm.faithfulness_correlation(model, e, n_subsets=32, subset_size=0.25) for e in (oracle, inverted, rand)}
@@ -86,22 +86,22 @@ def test_infidelity_zero_for_the_right_attribution(linear_world):
     model, x, contrib, oracle, _, rand = linear_world
     grad = lumos.explain(model, x, method="saliency", target=1)
     for normalise in (True, False):
-        assert lm.infidelity(model, grad, normalise=normalise, n_perturbations=8).mean < 1e-10
-        sub = lm.infidelity(model, oracle, perturbation="subset", normalise=normalise, n_perturbations=8)
+        assert lm.infidelity(model, grad, normalise=normalise, n_samples=8).mean < 1e-10
+        sub = lm.infidelity(model, oracle, perturbation="subset", normalise=normalise, n_samples=8)
         assert sub.mean < 1e-9
-    assert lm.infidelity(model, rand, n_perturbations=8, normalise=False).mean > 0.05
-    assert lm.infidelity(model, oracle, perturbation="subset", n_perturbations=8).mean < \
-        lm.infidelity(model, rand, perturbation="subset", n_perturbations=8).mean / 100
+    assert lm.infidelity(model, rand, n_samples=8, normalise=False).mean > 0.05
+    assert lm.infidelity(model, oracle, perturbation="subset", n_samples=8).mean < \
+        lm.infidelity(model, rand, perturbation="subset", n_samples=8).mean / 100
 
 
 def test_completeness_gap(linear_world):
     model, x, contrib, oracle, _, _ = linear_world
     ig = lumos.explain(model, x, method="integrated_gradients", target=1, n_steps=8)
     res = lm.completeness_gap(model, ig)  # uses ig.baseline_output
-    assert res.params["baseline"] == "explanation" and res.mean < 1e-5
+    assert res.params["baselines"] == "explanation" and res.mean < 1e-5
     assert lm.completeness_gap(model, oracle).mean < 1e-5  # zero baseline evaluated by the model
-    assert lm.completeness_gap(model, oracle, baseline=0.0).params["baseline"] == "constant(0)"
-    shifted = lm.completeness_gap(model, oracle, baseline=np.ones(12, dtype=np.float32))
+    assert lm.completeness_gap(model, oracle, baselines=0.0).params["baselines"] == "constant(0)"
+    shifted = lm.completeness_gap(model, oracle, baselines=np.ones(12, dtype=np.float32))
     expect = np.abs(model.weight[1].detach().numpy().sum())  # f(x) - f(1) - sum(w x) = -sum(w)
     np.testing.assert_allclose(shifted.scores, expect, rtol=1e-5)
 
@@ -114,14 +114,14 @@ def test_black_box_and_callable_target(linear_world):
     def predict(X):  # a numpy predict function
         return np.asarray(X, dtype=np.float64) @ w.T + b
 
-    torch_res = lm.deletion(model, oracle, steps=6)
-    bb_res = lm.deletion(predict, oracle, steps=6)
+    torch_res = lm.deletion(model, oracle, n_steps=6, scale="raw")
+    bb_res = lm.deletion(predict, oracle, n_steps=6, scale="raw")
     np.testing.assert_allclose(bb_res.scores, torch_res.scores, atol=1e-5)
     # an explanation of a callable target does not store the callable: it must be given again
     e = Explanation(values=contrib, inputs=x.numpy(), meta={"target": "diff"}, method="oracle")
     with pytest.raises(ValueError, match="target="):
         lm.deletion(model, e)
-    res = lm.deletion(model, e, steps=6, target=lambda out: out[:, 1])
+    res = lm.deletion(model, e, n_steps=6, target=lambda out: out[:, 1])
     np.testing.assert_allclose(res.scores, torch_res.scores, atol=1e-6)
 
 
@@ -142,7 +142,7 @@ def test_token_sequences_removed_by_a_pad_id():
     W = model.emb.weight.detach().double().numpy()
     contrib = W[ids.numpy(), 2] - W[0, 2]  # the effect of replacing each token by the pad id 0
     e = Explanation(values=contrib, inputs=ids.numpy(), target=np.full(10, 2), method="oracle")
-    res = lm.deletion(model, e, steps=7, fill=0)
+    res = lm.deletion(model, e, n_steps=7, fill=0, scale="raw")
     f0 = W[ids.numpy(), 2].sum(1)
     closed = f0[:, None] - np.concatenate([np.zeros((10, 1)), np.cumsum(-np.sort(-contrib, 1), 1)], 1)
     np.testing.assert_allclose(res.curves["y"], closed, atol=1e-5)
@@ -165,11 +165,11 @@ def cnn_world():
 
 
 @pytest.mark.parametrize("metric, kw", [
-    ("deletion", {"steps": 5}),
-    ("insertion", {"steps": 5}),  # blurred canvas
-    ("road", {"steps": 3}),
+    ("deletion", {"n_steps": 5}),
+    ("insertion", {"n_steps": 5}),  # blurred canvas
+    ("road", {"n_steps": 3}),
     ("faithfulness_correlation", {"n_subsets": 6}),
-    ("infidelity", {"n_perturbations": 5}),
+    ("infidelity", {"n_samples": 5}),
     ("monotonicity", {"n_groups": 5}),
     ("sensitivity_n", {"sizes": (0.1, 0.5), "n_subsets": 4}),
 ])
@@ -192,15 +192,15 @@ def test_cam_shaped_and_superpixel_features(cnn_world):
     model, x, expl = cnn_world
     cam = lumos.explain(model, x, method="gradcam", target=expl.target)
     assert cam.values.shape == (6, 1, 12, 12)
-    r1 = lm.deletion(model, cam, steps=4)
+    r1 = lm.deletion(model, cam, n_steps=4)
     squeezed = Explanation(values=cam.values[:, 0], inputs=cam.inputs, target=cam.target)
-    np.testing.assert_allclose(lm.deletion(model, squeezed, steps=4).scores, r1.scores, rtol=1e-6)
+    np.testing.assert_allclose(lm.deletion(model, squeezed, n_steps=4).scores, r1.scores, rtol=1e-6)
     # one label per pixel (any numbering) is the default pixel layout
     perm = np.random.default_rng(0).permutation(144).reshape(12, 12) * 3 + 10
-    np.testing.assert_allclose(lm.deletion(model, cam, steps=4, features=perm).scores, r1.scores, rtol=1e-6)
+    np.testing.assert_allclose(lm.deletion(model, cam, n_steps=4, features=perm).scores, r1.scores, rtol=1e-6)
     # per-sample superpixels: each sample has its own feature count
     sp = lm.superpixels(x, n_segments=9)
-    res = lm.deletion(model, expl, steps=4, features=sp)
+    res = lm.deletion(model, expl, n_steps=4, features=sp)
     lay = lm.layout(expl, sp)
     assert list(lay.n_features) == [len(np.unique(s)) for s in sp]
     assert res.params["features"] == "features" and np.isfinite(res.scores).all()
@@ -220,7 +220,7 @@ def test_clear_errors(cnn_world):
     with pytest.raises(ValueError, match="mask"):
         lm.evaluate("pointing_game", None, expl)
     with pytest.raises(ValueError, match="steps"):
-        lm.deletion(model, expl, steps=0)
+        lm.deletion(model, expl, n_steps=0)
     with pytest.raises(TypeError, match="Explanation"):
         lm.deletion(model, expl.values)
     tab = Explanation(values=np.zeros((2, 4)), inputs=np.zeros((2, 4)), target=np.zeros(2, int))
@@ -238,7 +238,7 @@ def test_registry_declares_direction_and_needs():
         assert name in names
     info = {m.name: m for m in table}
     assert info["deletion"].direction == "lower" and info["insertion"].direction == "higher"
-    assert info["pointing_game"].needs == ("mask",) and "model" in info["randomisation"].needs
+    assert info["pointing_game"].needs == ("masks",) and "model" in info["randomisation"].needs
     assert "explainer" in info["max_sensitivity"].needs and info["sparseness"].needs == ()
     assert "deletion" in str(table)
 
@@ -279,34 +279,34 @@ def test_localisation_metrics_on_the_mask_itself_and_on_noise():
     noise = Explanation(values=rng.random((n, 1, H, W)), inputs=inputs)
     area = masks.reshape(n, -1).mean(1)
     for fn in (lm.pointing_game, lm.relevance_mass_accuracy, lm.relevance_rank_accuracy, lm.localisation_auc):
-        np.testing.assert_allclose(fn(truth, mask=masks).scores, 1.0, atol=1e-12)
-        r = fn(noise, mask=masks)
+        np.testing.assert_allclose(fn(truth, masks=masks).scores, 1.0, atol=1e-12)
+        r = fn(noise, masks=masks)
         chance = 0.5 if fn is lm.localisation_auc else area
         diff = r.scores - chance
         sem = diff.std(ddof=1) / math.sqrt(n)
         assert abs(diff.mean()) < 4 * sem + 1e-3, (fn.__name__, diff.mean(), sem)
     # a constant map: the pointing game scores the mask's share of the tied maxima
     const = Explanation(values=np.ones((n, H, W)), inputs=inputs)
-    np.testing.assert_allclose(lm.pointing_game(const, mask=masks).scores, area)
+    np.testing.assert_allclose(lm.pointing_game(const, masks=masks).scores, area)
     # a shared (H, W) mask and (n, 1, H, W) masks are accepted
-    np.testing.assert_allclose(lm.pointing_game(truth[:1], mask=masks[0]).scores, 1.0)
-    np.testing.assert_allclose(lm.relevance_mass_accuracy(truth, mask=masks[:, None]).scores, 1.0)
-    with pytest.raises(ValueError, match="mask must have shape"):
-        lm.pointing_game(truth, mask=masks[:, :8])
+    np.testing.assert_allclose(lm.pointing_game(truth[:1], masks=masks[0]).scores, 1.0)
+    np.testing.assert_allclose(lm.relevance_mass_accuracy(truth, masks=masks[:, None]).scores, 1.0)
+    with pytest.raises(ValueError, match="masks must have shape"):
+        lm.pointing_game(truth, masks=masks[:, :8])
 
 
 def test_localisation_small_case_by_hand():
     v = np.array([[0.5, -1.0, 2.0, 0.0, 1.5, 0.2]])
     m = np.array([[False, False, True, False, True, False]])
     e = Explanation(values=v, inputs=np.zeros((1, 6)))
-    assert lm.pointing_game(e, mask=m).scores[0] == 1.0
-    np.testing.assert_allclose(lm.relevance_mass_accuracy(e, mask=m).scores, 3.5 / 4.2)
-    np.testing.assert_allclose(lm.relevance_rank_accuracy(e, mask=m).scores, 1.0)
+    assert lm.pointing_game(e, masks=m).scores[0] == 1.0
+    np.testing.assert_allclose(lm.relevance_mass_accuracy(e, masks=m).scores, 3.5 / 4.2)
+    np.testing.assert_allclose(lm.relevance_rank_accuracy(e, masks=m).scores, 1.0)
     # ranks: -1.0 < 0.0 < 0.2 < 0.5 < 1.5 < 2.0: both mask elements above the 4 others
-    np.testing.assert_allclose(lm.localisation_auc(e, mask=m).scores, 1.0)
+    np.testing.assert_allclose(lm.localisation_auc(e, masks=m).scores, 1.0)
     m2 = np.array([[True, False, False, False, True, False]])  # 0.5 and 1.5 each beat 3 of -1, 2, 0, 0.2
-    np.testing.assert_allclose(lm.localisation_auc(e, mask=m2).scores, (3 + 3) / 8)
-    np.testing.assert_allclose(lm.relevance_rank_accuracy(e, mask=m2).scores, 0.5)
+    np.testing.assert_allclose(lm.localisation_auc(e, masks=m2).scores, (3 + 3) / 8)
+    np.testing.assert_allclose(lm.relevance_rank_accuracy(e, masks=m2).scores, 0.5)
 
 
 # ----------------------------------------------------------------------------- complexity
@@ -447,3 +447,94 @@ def test_sanity_check_reproduced_on_the_demo_model(demo_world):
     # after the whole cascade, saliency and Grad-CAM keep no signed rank structure
     for m in ("saliency", "gradcam"):
         assert abs(np.nanmean(res[m].curves["spearman_signed"][-1])) < 0.15
+
+
+# ----------------------------------------------------------------------------- names and scales
+@pytest.mark.parametrize("metric, bad, message", [
+    ("deletion", {"steps": 4}, "'steps' is now called 'n_steps'"),
+    ("deletion", {"n_step": 4}, "did you mean 'n_steps'"),
+    ("deletion_lerf", {"softmx": True}, "unknown parameter 'softmx'"),
+    ("deletion", {"mode": "insertion"}, "unknown parameter 'mode'"),  # fixed by the metric
+    ("infidelity", {"n_perturbations": 4}, "'n_perturbations' is now called 'n_samples'"),
+    ("monotonicity", {"data": np.zeros((2, 12))}, "'data' is now called 'background'"),
+    ("faithfulness_correlation", {"data": np.zeros((2, 12))}, "'data' is now called 'background'"),
+    ("completeness_gap", {"baseline": 0.0}, "'baseline' is now called 'baselines'"),
+    ("randomisation_independent", {"simlarity": "ssim"}, "did you mean 'similarity'"),
+    ("max_sensitivity", {"n_sample": 3}, "did you mean 'n_samples'"),
+])
+def test_unknown_keywords_name_the_real_parameters(linear_world, metric, bad, message):
+    model, x, contrib, oracle, _, _ = linear_world
+    fn = getattr(lm, metric) if metric != "randomisation_independent" else lm.get_metric(metric).func
+    with pytest.raises(TypeError, match=message) as direct:
+        fn(model, oracle, **bad)
+    assert "Its parameters:" in str(direct.value)
+    with pytest.raises(TypeError, match=message):
+        lm.evaluate(metric, model, oracle, **bad)
+
+
+def test_unknown_keywords_of_localisation_metrics_and_compare(linear_world):
+    model, x, contrib, oracle, _, _ = linear_world
+    m = np.zeros((48, 12), dtype=bool)
+    with pytest.raises(TypeError, match="'mask' is now called 'masks'"):
+        lm.pointing_game(oracle, mask=m)
+    with pytest.raises(TypeError, match="'mask' is now called 'masks'"):
+        lm.evaluate("pointing_game", None, oracle, mask=m)
+    assert lm.pointing_game(oracle, masks=m | True).mean == 1.0
+    with pytest.raises(TypeError, match="'mask' is now called 'masks'"):
+        lm.compare(model, x, ["saliency"], ["deletion"], mask=m)
+    with pytest.raises(TypeError, match=r"compare: metric_params\['deletion'\]: 'steps' is now called 'n_steps'"):
+        lm.compare(model, x, ["saliency"], ["deletion"], metric_params={"deletion": {"steps": 3}})
+
+
+def test_scale_is_a_parameter_recorded_and_printed(linear_world):
+    model, x, contrib, oracle, _, _ = linear_world
+    auto = lm.deletion(model, oracle, n_steps=4)
+    prob = lm.deletion(model, oracle, n_steps=4, scale="probability")
+    raw = lm.deletion(model, oracle, n_steps=4, scale="raw")
+    # auto: a class target of a 3-column output scores the class probability
+    assert auto.params["scale"] == prob.params["scale"] == "probability" and raw.params["scale"] == "raw"
+    np.testing.assert_array_equal(auto.scores, prob.scores)
+    with torch.no_grad():
+        p = torch.softmax(model(x).double(), 1)[:, 1].numpy()
+    np.testing.assert_allclose(prob.curves["y"][:, 0], p, atol=1e-12)
+    np.testing.assert_allclose(raw.curves["y"][:, 0], _f(model, x), atol=1e-6)
+    assert "probability scale" in repr(prob) and "raw scale" in repr(raw) and prob.scale == "probability"
+    # metrics that compare attribution sums with output changes default to the raw output
+    assert lm.faithfulness_correlation(model, oracle, n_subsets=4).scale == "raw"
+    # a model that outputs probabilities is not put through a second softmax
+    soft = nn.Sequential(model, nn.Softmax(dim=1)).eval()
+    np.testing.assert_allclose(lm.deletion(soft, oracle, n_steps=4).scores, prob.scores, atol=1e-6)
+    with pytest.raises(ValueError, match="scale must be one of"):
+        lm.deletion(model, oracle, scale="logit")
+    one = nn.Linear(12, 1).eval()
+    e1 = Explanation(values=contrib, inputs=x.numpy(), method="oracle")
+    assert lm.deletion(one, e1, n_steps=3).scale == "raw"  # a regression: auto is raw
+    with pytest.raises(ValueError, match="scale='probability' needs class-index targets"):
+        lm.deletion(one, e1, n_steps=3, scale="probability")
+
+
+def test_direct_call_equals_the_compare_table(linear_world):
+    """The number in the compare table is the number a direct call with the same settings gives
+    (the same default scale and fill), for tables and for images."""
+    model, x, contrib, oracle, _, _ = linear_world
+    comp = lm.compare(model, x[:8], ["gradient_x_input"], ["deletion", "insertion", "faithfulness_correlation"],
+                      target=1, metric_params={"deletion": {"n_steps": 4}, "insertion": {"n_steps": 4},
+                                               "faithfulness_correlation": {"n_subsets": 8}})
+    e = comp.explanations["gradient_x_input"]
+    for k, direct in [("deletion", lm.deletion(model, e, n_steps=4)),
+                      ("insertion", lm.insertion(model, e, n_steps=4)),
+                      ("faithfulness_correlation", lm.faithfulness_correlation(model, e, n_subsets=8))]:
+        r = comp.result("gradient_x_input", k)
+        np.testing.assert_array_equal(r.scores, direct.scores)
+        assert r.params["scale"] == direct.params["scale"]
+    assert comp.result("gradient_x_input", "deletion").scale == "probability"
+    assert any("probability of the target class: deletion, insertion" in line for line in comp.table())
+
+
+def test_direct_call_equals_the_compare_table_on_images(cnn_world):
+    model, x, expl = cnn_world
+    comp = lm.compare(model, x, ["gradient_x_input"], ["deletion"], metric_params={"deletion": {"n_steps": 3}})
+    e = comp.explanations["gradient_x_input"]
+    direct = lm.deletion(model, e, n_steps=3)
+    np.testing.assert_array_equal(comp.result("gradient_x_input", "deletion").scores, direct.scores)
+    assert direct.params["fill"].startswith("blur") and direct.scale == "probability"

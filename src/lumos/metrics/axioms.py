@@ -23,9 +23,9 @@ from .faithfulness import subset_effects
 __all__ = ["completeness_gap", "sensitivity_n"]
 
 
-@register_metric("completeness_gap", "axioms", "lower", ("model", "baseline"),
-                 "|sum of attributions - (f(x) - f(baseline))|, the gap to completeness (Sundararajan et al., 2017)")
-def completeness_gap(model: Any, explanation: Explanation, *, baseline: Any = None, softmax: bool = False,
+@register_metric("completeness_gap", "axioms", "lower", ("model", "baselines"),
+                 "|sum of attributions - (f(x) - f(baselines))|, the gap to completeness (Sundararajan et al., 2017)")
+def completeness_gap(model: Any, explanation: Explanation, *, baselines: Any = None, scale: str = "raw",
                      target: Any = None, batch_size: int | None = None) -> MetricResult:
     """Completeness (efficiency) gap: ``|sum_i a_i - (f(x) - f(x0))|`` per sample.
 
@@ -36,10 +36,15 @@ def completeness_gap(model: Any, explanation: Explanation, *, baseline: Any = No
 
     Parameters
     ----------
-    baseline : None, "zero", number or array
-        The reference ``x0``. ``None``: the explanation's own reference output
-        (``explanation.baseline_output``, e.g. f at IG's baseline or Shapley's E[f]) when it has
-        one, else the zero input. Otherwise the model is evaluated at the baseline.
+    baselines : None, "zero", number or array
+        The reference ``x0`` (one for all samples, or one per sample). ``None``: the explanation's
+        own reference output (``explanation.baseline_output``, e.g. f at IG's baselines or
+        Shapley's E[f]) when it has one, else the zero input. Otherwise the model is evaluated at
+        the baselines.
+    scale : {"raw", "probability", "auto"}, default "raw"
+        The output the attributions are compared with: the raw output, which is what they
+        explain (see :func:`lumos.metrics.removal_curve`). With another scale the explanation's
+        own reference output (on the raw scale) is not used.
 
     Returns
     -------
@@ -49,19 +54,19 @@ def completeness_gap(model: Any, explanation: Explanation, *, baseline: Any = No
     explanation = check_explanation(explanation)
     lay = layout(explanation)
     total = np.asarray(explanation.values, dtype=np.float64).reshape(len(explanation), -1).sum(1)
-    with model_scorer(model, explanation, target, batch_size=batch_size, softmax=softmax) as sc:
+    with model_scorer(model, explanation, target, batch_size=batch_size, scale=scale) as sc:
         f0 = sc.f0
-        if baseline is None and explanation.baseline_output is not None and not softmax:
+        if baselines is None and explanation.baseline_output is not None and sc.scale == "raw":
             fb, ref = np.asarray(explanation.baseline_output, dtype=np.float64).reshape(-1), "explanation"
         else:
-            fill, ref = removal_fill("zero" if baseline is None else baseline, sc.x, lay, name="baseline")
+            fill, ref = removal_fill("zero" if baselines is None else baselines, sc.x, lay, name="baselines")
             import torch
 
             fb = sc.evaluate(sc.n, lambda sl: (fill[sl], torch.arange(sl.start, sl.stop)), desc="baseline")
     gap = np.abs(total - (f0 - fb))
     with np.errstate(invalid="ignore", divide="ignore"):
         rel = gap / np.abs(f0 - fb)
-    return MetricResult("completeness_gap", gap, "lower", explanation.method, params={"baseline": ref},
+    return MetricResult("completeness_gap", gap, "lower", explanation.method, params={"baselines": ref, "scale": sc.scale},
                         meta={"relative": rel, "f_x": f0, "f_baseline": fb})
 
 
@@ -69,9 +74,10 @@ _DEFAULT_SIZES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8)
 
 
 @register_metric("sensitivity_n", "axioms", "higher", ("model",),
-                 "Correlation of subset attribution and output change over subset sizes n (Ancona et al., 2018)")
+                 "Correlation of subset attribution and output change over subset sizes n (Ancona et al., 2018)",
+                 forwards=subset_effects, fixed=("tag",))
 def sensitivity_n(model: Any, explanation: Explanation, *, sizes: Sequence[float | int] = _DEFAULT_SIZES,
-                  n_subsets: int = 32, fill: Any = "zero", **kwargs: Any) -> MetricResult:
+                  n_subsets: int = 32, fill: Any = None, **kwargs: Any) -> MetricResult:
     """Sensitivity-n (Ancona, Ceolini, Öztireli & Gross, 2018, "Towards better understanding of
     gradient-based attribution methods for Deep Neural Networks", ICLR).
 
@@ -86,8 +92,10 @@ def sensitivity_n(model: Any, explanation: Explanation, *, sizes: Sequence[float
         Subset sizes as fractions of the features or counts.
     n_subsets : int, default 32
         Subsets per size and sample (model evaluations: ``len(sizes) * n_subsets`` per sample).
-    fill, features, data, sigma, softmax, target, seed, batch_size, progress
+    fill, features, background, sigma, target, seed, batch_size, progress
         As for :func:`lumos.metrics.removal_curve`.
+    scale : {"raw", "probability", "auto"}, default "raw"
+        As for :func:`lumos.metrics.faithfulness_correlation`.
 
     Returns
     -------
@@ -95,13 +103,14 @@ def sensitivity_n(model: Any, explanation: Explanation, *, sizes: Sequence[float
         ``curves``: ``{"x": mean subset size per size (L,), "y": correlation (n, L)}``.
     """
     explanation = check_explanation(explanation)
-    sums, drops, counts, lay, n_evals, fill_name = subset_effects(
+    sums, drops, counts, lay, n_evals, fill_name, scale = subset_effects(
         model, explanation, list(sizes), n_subsets, fill=fill, tag=23, **kwargs)
     corr = rowwise_pearson(sums, drops)  # (n, L)
     with np.errstate(invalid="ignore"):
         score = np.nanmean(np.where(np.isfinite(corr), corr, np.nan), axis=1) if corr.size else corr
     return MetricResult(
         "sensitivity_n", score, "higher", explanation.method,
-        params={"sizes": [float(s) for s in sizes], "n_subsets": n_subsets, "fill": fill_name},
+        params={"sizes": [float(s) for s in sizes], "n_subsets": n_subsets, "fill": fill_name,
+                "scale": scale},
         curves={"x": counts.mean(0), "y": corr}, meta={"n_evals": int(n_evals)},
     )

@@ -20,17 +20,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..core.explanation import Explanation
-from .registry import get_metric
+from ..core.validation import check_kwargs
+from .registry import checks_keywords, get_metric
 from .results import MetricResult
 from .scoring import model_scorer
 
 __all__ = ["compare", "Comparison", "random_explanation", "default_methods", "default_metrics", "main"]
 
 RANDOM = "random"
-# Curves of the explained score: compared as softmax probabilities for classifiers.
-_CURVE_METRICS = ("deletion", "deletion_lerf", "insertion", "road")
-# Metrics that replace removed pixels by a fill: the blurred image for image inputs.
-_REMOVAL_METRICS = ("deletion", "deletion_lerf", "faithfulness_correlation", "monotonicity", "sensitivity_n")
 
 # Parameters that keep the compared methods affordable (their own defaults are for single use).
 COMPARE_METHOD_PARAMS: dict[str, dict] = {
@@ -175,6 +172,14 @@ class Comparison:
             lines.append(row + f"  {mean_rank[m]:9.2f}" if np.isfinite(mean_rank[m]) else row + "        n/a")
         lines.append(f"(mean ± std over {self.n_samples} samples; (rank) per metric, 1 = best; "
                      "↑ higher is better, ↓ lower is better)")
+        scales = {}
+        for k in self.metrics:
+            s = {self.result(m, k).scale for m in self.methods if self.result(m, k) is not None} - {None}
+            if s:
+                scales.setdefault(" / ".join(sorted(s)), []).append(k)
+        for s, ks in scales.items():
+            what = "probability of the target class" if s == "probability" else f"{s} model output"
+            lines.append(f"scored on the {what}: {', '.join(ks)}")
         missing = [(m, k, v) for m in self.methods for k, v in self.results.get(m, {}).items()
                    if isinstance(v, str)]
         for m, k, v in missing:
@@ -258,17 +263,15 @@ def _fmt(v: float) -> str:
 
 
 def _resolve_target(model: Any, inputs: Any, target: Any):
-    """Class indices per sample (so every method explains the same classes), or the callable;
-    and whether the target is a class of a multi-class output."""
+    """Class indices per sample (so every method explains the same classes), or the callable."""
     if callable(target) and not isinstance(target, str):
-        return target, False
+        return target
     probe = Explanation(values=np.zeros(len(inputs)), inputs=inputs)
     with model_scorer(model, probe, target) as sc:
-        if sc.target.indices is None:
-            return target, False
-        return sc.target.indices, True
+        return target if sc.target.indices is None else sc.target.indices
 
 
+@checks_keywords
 def compare(model: Any, inputs: Any, methods: Sequence[str] | None = None, metrics: Sequence[str] | None = None,
             *, target: Any = "predicted", masks: Any = None, method_params: dict | None = None,
             metric_params: dict | None = None, seed: int = 0, log: Callable[[str], None] | None = None
@@ -293,11 +296,12 @@ def compare(model: Any, inputs: Any, methods: Sequence[str] | None = None, metri
     method_params : dict of str to dict, optional
         Per-method parameters (added to :data:`COMPARE_METHOD_PARAMS`).
     metric_params : dict of str to dict, optional
-        Per-metric parameters, e.g. ``{"deletion": {"steps": 10}}``. For class targets the curve
-        metrics (deletion, insertion, ROAD) score the softmax probability unless
-        ``{"softmax": False}`` is given: bounded scores average meaningfully over samples. For
-        images, the removal metrics (deletion, faithfulness correlation, monotonicity,
-        sensitivity-n) replace pixels by the blurred image unless a ``fill`` is given.
+        Per-metric parameters, e.g. ``{"deletion": {"n_steps": 10}}``; checked against each
+        metric's parameters before anything runs. Every metric runs with its own defaults
+        otherwise, so a number in the table is what a direct call with the same parameters gives:
+        the curve metrics (deletion, insertion, ROAD) score the class probability for class
+        targets (``scale="auto"``) and the removal metrics replace image pixels by the blurred
+        image (``fill=None``). The scale of each metric is printed under the table.
     seed : int, default 0
         For the random baseline (metrics take their own ``seed`` in ``metric_params``).
     log : callable, optional
@@ -317,13 +321,18 @@ def compare(model: Any, inputs: Any, methods: Sequence[str] | None = None, metri
         raise ValueError("methods and metrics must each name at least one entry")
     for k in metrics:
         get_metric(k)
+    for k, kw in (metric_params or {}).items():
+        if get_metric(k).name not in [get_metric(m).name for m in metrics]:
+            raise ValueError(f"metric_params: {k!r} is not one of the compared metrics {metrics}")
+        if not isinstance(kw, dict):
+            raise TypeError(f"metric_params[{k!r}] must be a dict of parameters; got {type(kw).__name__}")
+        check_kwargs(get_metric(k).parameters, kw, f"compare: metric_params[{k!r}]")
     for m in methods:
         if m != RANDOM:
             get_method(m)
     method_params = dict(method_params or {})
     metric_params = dict(metric_params or {})
-    tgt, classes = _resolve_target(model, inputs, target)
-    images = np.ndim(inputs) == 4
+    tgt = _resolve_target(model, inputs, target)
     results: dict = {}
     explanations: dict = {}
     seconds: dict = {}
@@ -352,23 +361,16 @@ def compare(model: Any, inputs: Any, methods: Sequence[str] | None = None, metri
         results[m] = {}
         for k in metrics:
             info = get_metric(k)
-            if "mask" in info.needs and masks is None:
-                results[m][k] = "needs a ground-truth mask"
+            if "masks" in info.needs and masks is None:
+                results[m][k] = "needs ground-truth masks"
                 continue
             if k.startswith("randomisation") and not isinstance(model, torch.nn.Module):
                 results[m][k] = "needs a torch model"
                 continue
+            # the metrics' own defaults (fill, scale): the table shows what a direct call gives
             kw = dict(metric_params.get(k, {}))
-            if k in _REMOVAL_METRICS and images:
-                # black pixels are far from the data for many image models (a few percent of
-                # scattered ones flip the class whatever the order): remove towards the blurred
-                # image, as insertion starts from it
-                kw.setdefault("fill", "blur")
-            if k in _CURVE_METRICS and classes:
-                # probabilities are bounded: areas of different samples average meaningfully
-                kw.setdefault("softmax", True)
-            if "mask" in info.needs:
-                kw["mask"] = masks
+            if "masks" in info.needs:
+                kw["masks"] = masks
             if "explainer" in info.needs and explainer is not None:
                 kw.setdefault("explainer", explainer)
             t1 = time.perf_counter()

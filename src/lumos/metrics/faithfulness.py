@@ -46,20 +46,28 @@ def _trapezoid(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     return trapezoid(y, x, axis=-1)
 
 
-def _default_fill(fill: Any, mode: str, lay: Layout) -> Any:
+def default_fill(fill: Any, lay: Layout) -> Any:
+    """``fill=None``: the blurred image for images, zero otherwise.
+
+    Petsiuk et al. (2018) delete to black and insert onto a blurred canvas. Black pixels are far
+    from the data of many image models: on the demo CNN a few percent of scattered black pixels
+    flip the class whatever their order, so zero-fill deletion ranks every method like random
+    (docs/metrics.md). Removing towards the blurred image, the canvas insertion starts from, keeps
+    the changed inputs near the data; ``fill="zero"`` gives the paper's deletion.
+    """
     if fill is not None:
         return fill
-    # Petsiuk et al. (2018): delete to black, insert onto a blurred canvas
-    return "blur" if mode == "insertion" and lay.expand == (0,) and len(lay.map_shape) == 2 else "zero"
+    return "blur" if lay.expand == (0,) and len(lay.map_shape) == 2 else "zero"
 
 
 class _Remover:
     """Builds rows of ``x`` with a per-row set of features replaced by the fill."""
 
-    def __init__(self, scorer, lay: Layout, fill: Any, *, data=None, sigma=5.0, noise=0.01, seed=0):
+    def __init__(self, scorer, lay: Layout, fill: Any, *, background=None, sigma=5.0, noise=0.01, seed=0):
         self.x = scorer.x
         self.lay = lay
-        self.fill, self.fill_name = removal_fill(fill, self.x, lay, data=data, sigma=sigma)
+        fill = default_fill(fill, lay)
+        self.fill, self.fill_name = removal_fill(fill, self.x, lay, background=background, sigma=sigma)
         self.noise = check_number(noise, "noise", low=0)
         self.seed = seed
         const = isinstance(fill, (int, float, np.integer, np.floating)) and not isinstance(fill, bool)
@@ -81,15 +89,15 @@ class _Remover:
 
 
 def removal_curve(model: Any, explanation: Explanation, *, mode: str = "deletion", order: str = "morf",
-                  steps: int = 20, fill: Any = None, features: Any = None, data: Any = None,
-                  sigma: float = 5.0, noise: float = 0.01, softmax: bool = False, target: Any = None,
+                  n_steps: int = 20, fill: Any = None, features: Any = None, background: Any = None,
+                  sigma: float = 5.0, noise: float = 0.01, scale: str = "auto", target: Any = None,
                   seed: int = 0, batch_size: int | None = None, progress: bool | None = None,
                   name: str | None = None) -> MetricResult:
     """Deletion or insertion curve of an explanation and the area under it.
 
     Features are ranked by their attribution (the channel sum per pixel for images; random
     tie-breaking). Deletion replaces the first ``k`` features of the ranking by ``fill`` for
-    ``k = round(s / steps · F)``, ``s = 0..steps``; insertion starts from the fill and puts the
+    ``k = round(s / n_steps · F)``, ``s = 0..n_steps``; insertion starts from the fill and puts the
     first ``k`` features back. The explained score is recorded at each step.
 
     Parameters
@@ -100,22 +108,27 @@ def removal_curve(model: Any, explanation: Explanation, *, mode: str = "deletion
     mode : {"deletion", "insertion"}
     order : {"morf", "lerf"}, default "morf"
         Most relevant first or least relevant first.
-    steps : int, default 20
-        Curve resolution: ``steps + 1`` points, ``steps`` model evaluations per sample.
+    n_steps : int, default 20
+        Curve resolution: ``n_steps + 1`` points, ``n_steps`` model evaluations per sample.
     fill : {"zero", "mean", "blur", "road"}, number or array, optional
-        What replaces removed features. Default: ``"zero"`` for deletion; ``"blur"`` for image
-        insertion (Petsiuk et al., 2018), ``"zero"`` otherwise. ``"road"``: noisy linear
-        imputation (Rong et al., 2022). ``"mean"`` uses the mean of ``data`` (or of each sample).
+        What replaces removed features. Default (``None``): ``"blur"`` for images (the canvas of
+        Petsiuk et al.'s insertion; see :func:`default_fill`), ``"zero"`` otherwise. ``"road"``:
+        noisy linear imputation (Rong et al., 2022). ``"mean"`` uses the mean of ``background``
+        (or of each sample).
     features : int array, optional
         Feature labels (superpixels...), see :func:`lumos.metrics.layout`.
-    data : array, optional
+    background : array, optional
         Samples whose mean is the fill for ``fill="mean"``.
     sigma : float, default 5.0
         Blur std in pixels for ``fill="blur"``.
     noise : float, default 0.01
         Std of the ROAD imputation noise.
-    softmax : bool, default False
-        Score the softmax probability of the class instead of the raw output.
+    scale : {"auto", "probability", "raw"}, default "auto"
+        What the curve follows: ``"probability"`` of the target class (the softmax, unless the
+        model outputs probabilities), ``"raw"`` output, or ``"auto"``: the probability for class
+        targets of an output with two or more columns (bounded: areas of different samples then
+        average meaningfully, and :func:`lumos.metrics.compare` uses the same default), the raw
+        output otherwise. The scale used is ``result.params["scale"]`` and is printed with the score.
     target : optional
         Overrides the explanation's target (needed for callable targets).
     seed : int, default 0
@@ -127,27 +140,26 @@ def removal_curve(model: Any, explanation: Explanation, *, mode: str = "deletion
     -------
     MetricResult
         ``scores``: area under the curve per sample (fraction removed on the x axis, from 0 to 1).
-        ``curves``: ``{"x": (steps+1,), "y": (n, steps+1)}``. Direction: lower is better for
+        ``curves``: ``{"x": (n_steps+1,), "y": (n, n_steps+1)}``. Direction: lower is better for
         MoRF deletion and LeRF insertion, higher for the other two.
     """
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}; got {mode!r}")
     if order not in _ORDERS:
         raise ValueError(f"order must be one of {_ORDERS}; got {order!r}")
-    steps = check_number(steps, "steps", low=1, integer=True)
+    steps = check_number(n_steps, "n_steps", low=1, integer=True)
     seed = check_number(seed, "seed", low=0, integer=True)
     explanation = check_explanation(explanation)
     lay = layout(explanation, features)
-    fill = _default_fill(fill, mode, lay)
     attr = lay.feature_sums(lay.map)
     ranks = random_order(attr, lay.valid(), seed, descending=(order == "morf"))
     n = lay.n
     fractions = np.arange(steps + 1) / steps
     # features present after s steps; rounding half-up so that ks is monotone and ends at F
     ks = np.floor(fractions[None, :] * lay.n_features[:, None] + 0.5).astype(np.int64)
-    with model_scorer(model, explanation, target, batch_size=batch_size, softmax=softmax,
+    with model_scorer(model, explanation, target, batch_size=batch_size, scale=scale,
                       progress=progress) as sc:
-        rem = _Remover(sc, lay, fill, data=data, sigma=sigma, noise=noise, seed=seed)
+        rem = _Remover(sc, lay, fill, background=background, sigma=sigma, noise=noise, seed=seed)
         dev = sc.x.device
         ranks_t = torch.as_tensor(ranks, device=dev)
         ks_t = torch.as_tensor(ks, device=dev)
@@ -171,11 +183,11 @@ def removal_curve(model: Any, explanation: Explanation, *, mode: str = "deletion
     auc = _trapezoid(y, fractions)
     lower = (mode == "deletion") == (order == "morf")
     metric = name or (mode if order == "morf" else f"{mode}_lerf")
-    if fill == "road" and name is None:
+    if isinstance(fill, str) and fill == "road" and name is None:
         metric = "road" if mode == "deletion" and order == "morf" else f"road_{mode}_{order}"
     return MetricResult(
         name=metric, scores=auc, direction="lower" if lower else "higher", method=explanation.method,
-        params={"mode": mode, "order": order, "steps": steps, "fill": rem.fill_name, "softmax": softmax,
+        params={"mode": mode, "order": order, "n_steps": steps, "fill": rem.fill_name, "scale": sc.scale,
                 "seed": seed, "features": lay.description},
         curves={"x": fractions, "y": y},
         meta={"n_evals": int(n_evals), "f0": sc.f0, "n_features": lay.n_features},
@@ -183,30 +195,33 @@ def removal_curve(model: Any, explanation: Explanation, *, mode: str = "deletion
 
 
 @register_metric("deletion", "faithfulness", "lower", ("model",),
-                 "Area under the score curve as the most relevant features are removed first (Petsiuk et al., 2018)")
-def deletion(model: Any, explanation: Explanation, *, order: str = "morf", steps: int = 20,
-             fill: Any = "zero", **kwargs: Any) -> MetricResult:
+                 "Area under the score curve as the most relevant features are removed first (Petsiuk et al., 2018)",
+                 forwards=removal_curve, fixed=("mode", "name"))
+def deletion(model: Any, explanation: Explanation, *, order: str = "morf", n_steps: int = 20,
+             fill: Any = None, **kwargs: Any) -> MetricResult:
     """Deletion curve and its area: most relevant features removed first.
 
     Petsiuk, Das & Saenko (2018), "RISE: Randomized Input Sampling for Explanation of Black-box
     Models"; Samek et al. (2017) for the MoRF/LeRF orders. A faithful explanation makes the score
     fall fast (low area). With ``order="lerf"`` (least relevant first) the score should stay high
-    (high area). See :func:`removal_curve` for all parameters.
+    (high area). See :func:`removal_curve` for all parameters (the fill defaults to the blurred
+    image for images, the scale to the class probability for classifiers).
     """
-    return removal_curve(model, explanation, mode="deletion", order=order, steps=steps, fill=fill, **kwargs)
+    return removal_curve(model, explanation, mode="deletion", order=order, n_steps=n_steps, fill=fill, **kwargs)
 
 
 @register_metric("deletion_lerf", "faithfulness", "higher", ("model",),
-                 "Area under the score curve as the least relevant features are removed first (Samek et al., 2017)")
+                 "Area under the score curve as the least relevant features are removed first (Samek et al., 2017)",
+                 forwards=removal_curve, fixed=("mode", "order", "name"))
 def deletion_lerf(model: Any, explanation: Explanation, **kwargs: Any) -> MetricResult:
     """:func:`deletion` with ``order="lerf"``: the score should survive removing the least relevant."""
-    kwargs.setdefault("fill", "zero")
     return removal_curve(model, explanation, mode="deletion", order="lerf", **kwargs)
 
 
 @register_metric("insertion", "faithfulness", "higher", ("model",),
-                 "Area under the score curve as the most relevant features are inserted first (Petsiuk et al., 2018)")
-def insertion(model: Any, explanation: Explanation, *, order: str = "morf", steps: int = 20,
+                 "Area under the score curve as the most relevant features are inserted first (Petsiuk et al., 2018)",
+                 forwards=removal_curve, fixed=("mode", "name"))
+def insertion(model: Any, explanation: Explanation, *, order: str = "morf", n_steps: int = 20,
               fill: Any = None, **kwargs: Any) -> MetricResult:
     """Insertion curve and its area: starting from the fill, most relevant features put back first.
 
@@ -214,12 +229,13 @@ def insertion(model: Any, explanation: Explanation, *, order: str = "morf", step
     The default canvas for images is the blurred image (the paper's choice), ``"zero"`` otherwise.
     See :func:`removal_curve` for all parameters.
     """
-    return removal_curve(model, explanation, mode="insertion", order=order, steps=steps, fill=fill, **kwargs)
+    return removal_curve(model, explanation, mode="insertion", order=order, n_steps=n_steps, fill=fill, **kwargs)
 
 
 @register_metric("road", "faithfulness", "lower", ("model",),
-                 "Deletion with noisy linear imputation, so the mask's shape does not leak (Rong et al., 2022)")
-def road(model: Any, explanation: Explanation, *, order: str = "morf", steps: int = 10,
+                 "Deletion with noisy linear imputation, so the mask's shape does not leak (Rong et al., 2022)",
+                 forwards=removal_curve, fixed=("mode", "fill", "name", "background", "sigma"))
+def road(model: Any, explanation: Explanation, *, order: str = "morf", n_steps: int = 10,
          noise: float = 0.01, **kwargs: Any) -> MetricResult:
     """ROAD: RemOve And Debias (Rong, Leemann, Borisov, Kasneci & Kasneci, 2022, "A Consistent and
     Efficient Evaluation Strategy for Attribution Methods", ICML).
@@ -229,7 +245,7 @@ def road(model: Any, explanation: Explanation, *, order: str = "morf", steps: in
     pattern itself. ``order="morf"`` (default): lower area is better; ``"lerf"``: higher.
     Images only. Each step solves one sparse system per image (a CPU cost beside the model's).
     """
-    return removal_curve(model, explanation, mode="deletion", order=order, steps=steps, fill="road",
+    return removal_curve(model, explanation, mode="deletion", order=order, n_steps=n_steps, fill="road",
                          noise=noise, **kwargs)
 
 
@@ -248,8 +264,8 @@ def _subset_sizes(sizes: Sequence[Any], n_features: np.ndarray, name: str) -> np
 
 
 def subset_effects(model: Any, explanation: Explanation, sizes: Sequence[Any], n_subsets: int, *,
-                   fill: Any = "zero", features: Any = None, data: Any = None, sigma: float = 5.0,
-                   softmax: bool = False, target: Any = None, seed: int = 0,
+                   fill: Any = None, features: Any = None, background: Any = None, sigma: float = 5.0,
+                   scale: str = "raw", target: Any = None, seed: int = 0,
                    batch_size: int | None = None, progress: bool | None = None, tag: int = 3):
     """Attribution sums of random feature subsets and the score drops when they are removed.
 
@@ -274,9 +290,9 @@ def subset_effects(model: Any, explanation: Explanation, sizes: Sequence[Any], n
                     else np.tile(np.arange(Fi), (R, 1)))
             np.put_along_axis(chosen[i, l, :, :Fi], pick, True, axis=1)
             sums[i, l] = attr[i, pick].sum(1)
-    with model_scorer(model, explanation, target, batch_size=batch_size, softmax=softmax,
+    with model_scorer(model, explanation, target, batch_size=batch_size, scale=scale,
                       progress=progress) as sc:
-        rem = _Remover(sc, lay, fill, data=data, sigma=sigma, seed=seed)
+        rem = _Remover(sc, lay, fill, background=background, sigma=sigma, seed=seed)
         dev = sc.x.device
         chosen_t = torch.as_tensor(chosen.reshape(n * L * R, F), device=dev)
 
@@ -288,13 +304,14 @@ def subset_effects(model: Any, explanation: Explanation, sizes: Sequence[Any], n
         vals = sc.evaluate(n * L * R, build, desc="random subsets").reshape(n, L, R)
         drops = sc.f0[:, None, None] - vals
         n_evals = sc.n_evals
-    return sums, drops, counts, lay, n_evals, rem.fill_name
+    return sums, drops, counts, lay, n_evals, rem.fill_name, sc.scale
 
 
 @register_metric("faithfulness_correlation", "faithfulness", "higher", ("model",),
-                 "Pearson correlation of subset attribution and score drop over random subsets (Bhatt et al., 2020)")
+                 "Pearson correlation of subset attribution and score drop over random subsets (Bhatt et al., 2020)",
+                 forwards=subset_effects, fixed=("sizes", "tag"))
 def faithfulness_correlation(model: Any, explanation: Explanation, *, subset_size: float | int = 0.1,
-                             n_subsets: int = 64, fill: Any = "zero", **kwargs: Any) -> MetricResult:
+                             n_subsets: int = 64, fill: Any = None, **kwargs: Any) -> MetricResult:
     """Faithfulness correlation (Bhatt, Weller & Moura, 2020, "Evaluating and Aggregating
     Feature-based Model Explanations", IJCAI).
 
@@ -309,15 +326,18 @@ def faithfulness_correlation(model: Any, explanation: Explanation, *, subset_siz
         Fraction of the features (or a count) per subset.
     n_subsets : int, default 64
         Random subsets per sample (model evaluations per sample).
-    fill, features, data, sigma, softmax, target, seed, batch_size, progress
+    fill, features, background, sigma, target, seed, batch_size, progress
         As for :func:`removal_curve`.
+    scale : {"raw", "probability", "auto"}, default "raw"
+        The output whose drops are compared with the attribution sums: the raw output, which is
+        what the attribution explains (see :func:`removal_curve` for the others).
     """
-    sums, drops, counts, lay, n_evals, fill_name = subset_effects(
+    sums, drops, counts, lay, n_evals, fill_name, scale = subset_effects(
         model, explanation, [subset_size], n_subsets, fill=fill, **kwargs)
     corr = rowwise_pearson(sums[:, 0], drops[:, 0])
     return MetricResult(
         "faithfulness_correlation", corr, "higher", explanation.method,
-        params={"subset_size": subset_size, "n_subsets": n_subsets, "fill": fill_name,
+        params={"subset_size": subset_size, "n_subsets": n_subsets, "fill": fill_name, "scale": scale,
                 "seed": kwargs.get("seed", 0)},
         meta={"n_evals": int(n_evals), "subset_counts": counts[:, 0]},
     )
@@ -325,8 +345,8 @@ def faithfulness_correlation(model: Any, explanation: Explanation, *, subset_siz
 
 @register_metric("monotonicity", "faithfulness", "higher", ("model",),
                  "Spearman correlation of group attribution and the effect of removing the group (Nguyen & Martinez, 2020)")
-def monotonicity(model: Any, explanation: Explanation, *, n_groups: int = 20, fill: Any = "zero",
-                 features: Any = None, data: Any = None, sigma: float = 5.0, softmax: bool = False,
+def monotonicity(model: Any, explanation: Explanation, *, n_groups: int = 20, fill: Any = None,
+                 features: Any = None, background: Any = None, sigma: float = 5.0, scale: str = "raw",
                  target: Any = None, seed: int = 0, batch_size: int | None = None,
                  progress: bool | None = None) -> MetricResult:
     """Monotonicity correlation (Nguyen & Martínez, 2020, "On quantitative aspects of model
@@ -343,6 +363,10 @@ def monotonicity(model: Any, explanation: Explanation, *, n_groups: int = 20, fi
     ----------
     n_groups : int, default 20
         Groups per sample (capped at the number of features); model evaluations per sample.
+    fill, features, background, sigma, target, seed, batch_size, progress
+        As for :func:`removal_curve`.
+    scale : {"raw", "probability", "auto"}, default "raw"
+        As for :func:`faithfulness_correlation`.
     """
     n_groups = check_number(n_groups, "n_groups", low=2, integer=True)
     seed = check_number(seed, "seed", low=0, integer=True)
@@ -356,9 +380,9 @@ def monotonicity(model: Any, explanation: Explanation, *, n_groups: int = 20, fi
     ranks = random_order(attr, lay.valid(), seed, descending=False)
     group = np.where(lay.valid(), ranks * G // lay.n_features[:, None], -1)  # ascending attribution
     gsum = np.stack([np.where(group == g, attr, 0).sum(1) for g in range(G)], axis=1)
-    with model_scorer(model, explanation, target, batch_size=batch_size, softmax=softmax,
+    with model_scorer(model, explanation, target, batch_size=batch_size, scale=scale,
                       progress=progress) as sc:
-        rem = _Remover(sc, lay, fill, data=data, sigma=sigma, seed=seed)
+        rem = _Remover(sc, lay, fill, background=background, sigma=sigma, seed=seed)
         dev = sc.x.device
         group_t = torch.as_tensor(group, device=dev)
 
@@ -373,7 +397,7 @@ def monotonicity(model: Any, explanation: Explanation, *, n_groups: int = 20, fi
     corr = rowwise_spearman(gsum, drops)
     return MetricResult(
         "monotonicity", corr, "higher", explanation.method,
-        params={"n_groups": G, "fill": rem.fill_name, "seed": seed},
+        params={"n_groups": G, "fill": rem.fill_name, "scale": sc.scale, "seed": seed},
         curves={"group_attribution": gsum, "drop": drops},
         meta={"n_evals": int(n_evals)},
     )
@@ -382,8 +406,8 @@ def monotonicity(model: Any, explanation: Explanation, *, n_groups: int = 20, fi
 @register_metric("infidelity", "faithfulness", "lower", ("model",),
                  "Squared error of the attribution's prediction of the effect of perturbations (Yeh et al., 2019)")
 def infidelity(model: Any, explanation: Explanation, *, perturbation: str = "noise",
-               noise_std: float | Any = 0.1, subset_size: float | int = 0.25, n_perturbations: int = 32,
-               normalise: bool = True, fill: Any = "zero", features: Any = None, softmax: bool = False,
+               noise_std: float | Any = 0.1, subset_size: float | int = 0.25, n_samples: int = 32,
+               normalise: bool = True, fill: Any = None, features: Any = None, scale: str = "raw",
                target: Any = None, seed: int = 0, batch_size: int | None = None,
                progress: bool | None = None) -> MetricResult:
     """Explanation infidelity (Yeh, Hsieh, Suggala, Inouye & Ravikumar, 2019, "On the (In)fidelity
@@ -412,10 +436,12 @@ def infidelity(model: Any, explanation: Explanation, *, perturbation: str = "noi
         feature, for tables with features on different scales).
     subset_size : float in (0, 1] or int, default 0.25
         Features per removed subset (``perturbation="subset"``).
-    n_perturbations : int, default 32
-        Perturbations per sample (model evaluations per sample).
+    n_samples : int, default 32
+        Perturbations drawn per sample (model evaluations per sample).
     normalise : bool, default True
     fill, features : for ``perturbation="subset"``, as for :func:`removal_curve`.
+    scale : {"raw", "probability", "auto"}, default "raw"
+        As for :func:`faithfulness_correlation`.
 
     Notes
     -----
@@ -424,18 +450,18 @@ def infidelity(model: Any, explanation: Explanation, *, perturbation: str = "noi
     """
     if perturbation not in ("noise", "subset"):
         raise ValueError(f"perturbation must be 'noise' or 'subset'; got {perturbation!r}")
-    R = check_number(n_perturbations, "n_perturbations", low=2, integer=True)
+    R = check_number(n_samples, "n_samples", low=2, integer=True)
     seed = check_number(seed, "seed", low=0, integer=True)
     explanation = check_explanation(explanation)
     if perturbation == "subset":
-        sums, drops, _, _, n_evals, fill_name = subset_effects(
-            model, explanation, [subset_size], R, fill=fill, features=features, softmax=softmax,
+        sums, drops, _, _, n_evals, fill_name, scale = subset_effects(
+            model, explanation, [subset_size], R, fill=fill, features=features, scale=scale,
             target=target, seed=seed, batch_size=batch_size, progress=progress, tag=29)
         pred, delta = sums[:, 0], drops[:, 0]
         params = {"perturbation": "subset", "subset_size": subset_size, "fill": fill_name}
     else:
-        pred, delta, n_evals, std = _noise_effects(model, explanation, noise_std, R, softmax, target, seed,
-                                                   batch_size, progress)
+        pred, delta, n_evals, std, scale = _noise_effects(model, explanation, noise_std, R, scale, target, seed,
+                                                          batch_size, progress)
         params = {"perturbation": "noise",
                   "noise_std": float(std.flat[0]) if np.all(std == std.flat[0]) else "array"}
     n = len(pred)
@@ -445,19 +471,19 @@ def infidelity(model: Any, explanation: Explanation, *, perturbation: str = "noi
     else:
         beta = np.ones(n)
     infid = ((beta[:, None] * pred - delta) ** 2).mean(1)
-    params.update({"n_perturbations": R, "normalise": normalise, "seed": seed})
+    params.update({"n_samples": R, "normalise": normalise, "scale": scale, "seed": seed})
     return MetricResult("infidelity", infid, "lower", explanation.method, params=params,
                         meta={"n_evals": int(n_evals), "beta": beta})
 
 
-def _noise_effects(model, explanation, noise_std, R, softmax, target, seed, batch_size, progress):
+def _noise_effects(model, explanation, noise_std, R, scale, target, seed, batch_size, progress):
     """(I·a, f(x) - f(x - I)) for Gaussian perturbations, each (n, R)."""
     lay = layout(explanation)
     values = np.asarray(explanation.values, dtype=np.float64)
     elementwise = values.shape[1:] == lay.input_shape
     phi = (values if elementwise else lay.map).reshape(lay.n, -1)
     n = lay.n
-    with model_scorer(model, explanation, target, batch_size=batch_size, softmax=softmax,
+    with model_scorer(model, explanation, target, batch_size=batch_size, scale=scale,
                       progress=progress) as sc:
         x = sc.x
         if not x.is_floating_point():
@@ -491,4 +517,4 @@ def _noise_effects(model, explanation, noise_std, R, softmax, target, seed, batc
         vals = sc.evaluate(n * R, build, desc="infidelity").reshape(n, R)
         delta = sc.f0[:, None] - vals
         n_evals = sc.n_evals
-    return pred.reshape(n, R), delta, n_evals, std
+    return pred.reshape(n, R), delta, n_evals, std, sc.scale

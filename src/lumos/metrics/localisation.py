@@ -2,7 +2,7 @@
 
 Each metric compares the attribution map (for images the per-pixel channel sum of the values, a
 CAM's single channel as is; for tables and token sequences the values) with a ground-truth
-``mask`` of the map's shape: ``(n, H, W)``, ``(H, W)`` shared, or ``(n, 1, H, W)``.
+``masks`` of the map's shape: ``(n, H, W)``, ``(H, W)`` shared, or ``(n, 1, H, W)``.
 
 - :func:`pointing_game`: is the maximum inside the mask? (Zhang et al., 2018)
 - :func:`relevance_mass_accuracy`: share of positive relevance inside the mask (Arras et al., 2022)
@@ -30,21 +30,21 @@ from .streams import row_rng
 __all__ = ["pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy", "localisation_auc"]
 
 
-def _maps_and_masks(explanation: Explanation, mask: Any):
+def _maps_and_masks(explanation: Explanation, masks: Any):
     explanation = check_explanation(explanation)
     lay = layout(explanation)
     n, shape = lay.n, lay.map_shape
-    m = np.asarray(mask.detach().cpu().numpy() if hasattr(mask, "detach") else mask)
+    m = np.asarray(masks.detach().cpu().numpy() if hasattr(masks, "detach") else masks)
     if m.dtype != bool:
         if not np.isin(m, (0, 1)).all():
-            raise ValueError("mask must be boolean (or 0/1): True where the evidence is")
+            raise ValueError("masks must be boolean (or 0/1): True where the evidence is")
         m = m.astype(bool)
     if m.shape == shape:
         m = np.broadcast_to(m, (n,) + shape)
     elif m.shape == (n, 1) + shape:
         m = m[:, 0]
     elif m.shape != (n,) + shape:
-        raise ValueError(f"mask must have shape {(n,) + shape} (or {shape} shared); got {m.shape}")
+        raise ValueError(f"masks must have shape {(n,) + shape} (or {shape} shared); got {m.shape}")
     flat_mask = m.reshape(n, -1)
     area = flat_mask.mean(1)
     return lay.map.reshape(n, -1), flat_mask, area, explanation
@@ -68,9 +68,9 @@ def _dilate(mask: np.ndarray, shape: tuple, tolerance: int) -> np.ndarray:
     return binary_dilation(mask.reshape((-1,) + shape), structure=fp).reshape(mask.shape)
 
 
-@register_metric("pointing_game", "localisation", "higher", ("mask",),
+@register_metric("pointing_game", "localisation", "higher", ("masks",),
                  "Whether the map's maximum lies in the ground-truth mask (Zhang et al., 2018)")
-def pointing_game(explanation: Explanation, mask: Any, *, tolerance: int = 0) -> MetricResult:
+def pointing_game(explanation: Explanation, masks: Any, *, tolerance: int = 0) -> MetricResult:
     """Pointing game (Zhang, Bargal, Lin, Brandt, Shen & Sclaroff, 2018, "Top-Down Neural Attention
     by Excitation Backprop", IJCV).
 
@@ -80,12 +80,12 @@ def pointing_game(explanation: Explanation, mask: Any, *, tolerance: int = 0) ->
 
     Parameters
     ----------
-    mask : bool array, shape (n, *map_shape) or map_shape
+    masks : bool array, shape (n, *map_shape) or map_shape
     tolerance : int, default 0
         Pixels by which the mask is dilated (the paper uses 15 at 224 px).
     """
     tolerance = check_number(tolerance, "tolerance", low=0, integer=True)
-    maps, masks, area, explanation = _maps_and_masks(explanation, mask)
+    maps, masks, area, explanation = _maps_and_masks(explanation, masks)
     lay_shape = layout(explanation).map_shape
     masks = _dilate(masks, lay_shape, tolerance)
     top = maps == maps.max(1, keepdims=True)
@@ -93,16 +93,16 @@ def pointing_game(explanation: Explanation, mask: Any, *, tolerance: int = 0) ->
     return _result("pointing_game", hits, explanation, area, {"tolerance": tolerance})
 
 
-@register_metric("relevance_mass_accuracy", "localisation", "higher", ("mask",),
+@register_metric("relevance_mass_accuracy", "localisation", "higher", ("masks",),
                  "Share of the positive relevance inside the ground-truth mask (Arras et al., 2022)")
-def relevance_mass_accuracy(explanation: Explanation, mask: Any) -> MetricResult:
+def relevance_mass_accuracy(explanation: Explanation, masks: Any) -> MetricResult:
     """Relevance mass accuracy (Arras, Osman & Samek, 2022, "CLEVR-XAI: A benchmark dataset for the
     ground truth evaluation of neural network explanations", Information Fusion).
 
     ``sum of positive relevance inside the mask / sum of positive relevance``; NaN for a map
     without positive relevance.
     """
-    maps, masks, area, explanation = _maps_and_masks(explanation, mask)
+    maps, masks, area, explanation = _maps_and_masks(explanation, masks)
     pos = np.clip(maps, 0, None)
     total = pos.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -110,16 +110,16 @@ def relevance_mass_accuracy(explanation: Explanation, mask: Any) -> MetricResult
     return _result("relevance_mass_accuracy", share, explanation, area)
 
 
-@register_metric("relevance_rank_accuracy", "localisation", "higher", ("mask",),
+@register_metric("relevance_rank_accuracy", "localisation", "higher", ("masks",),
                  "Share of the K most relevant elements inside the mask, K = mask size (Arras et al., 2022)")
-def relevance_rank_accuracy(explanation: Explanation, mask: Any, *, seed: int = 0) -> MetricResult:
+def relevance_rank_accuracy(explanation: Explanation, masks: Any, *, seed: int = 0) -> MetricResult:
     """Relevance rank accuracy (Arras, Osman & Samek, 2022).
 
     With ``K`` the number of mask elements: the share of the ``K`` highest-relevance elements that
     lie inside the mask. Ties at the cut are broken at random (``seed``).
     """
     seed = check_number(seed, "seed", low=0, integer=True)
-    maps, masks, area, explanation = _maps_and_masks(explanation, mask)
+    maps, masks, area, explanation = _maps_and_masks(explanation, masks)
     n, m = maps.shape
     tie = np.stack([row_rng(seed, 19, i).random(m) for i in range(n)])
     order = np.lexsort((tie, -maps), axis=-1)  # descending relevance, random among ties
@@ -131,9 +131,9 @@ def relevance_rank_accuracy(explanation: Explanation, mask: Any, *, seed: int = 
     return _result("relevance_rank_accuracy", acc, explanation, area, {"seed": seed})
 
 
-@register_metric("localisation_auc", "localisation", "higher", ("mask",),
+@register_metric("localisation_auc", "localisation", "higher", ("masks",),
                  "ROC AUC of the map as a detector of the mask's elements (Fawcett, 2006)")
-def localisation_auc(explanation: Explanation, mask: Any) -> MetricResult:
+def localisation_auc(explanation: Explanation, masks: Any) -> MetricResult:
     """Area under the ROC curve of the attribution map as a score for mask membership
     (Fawcett, 2006, "An introduction to ROC analysis").
 
@@ -142,7 +142,7 @@ def localisation_auc(explanation: Explanation, mask: Any) -> MetricResult:
     """
     from scipy.stats import rankdata
 
-    maps, masks, area, explanation = _maps_and_masks(explanation, mask)
+    maps, masks, area, explanation = _maps_and_masks(explanation, masks)
     ranks = rankdata(maps, axis=1)
     pos = masks.sum(1)
     neg = masks.shape[1] - pos

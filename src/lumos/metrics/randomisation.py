@@ -239,7 +239,8 @@ def model_parameter_randomisation(model: nn.Module, explanation: Explanation, *,
 
 
 @register_metric("randomisation_independent", "randomisation", "lower", ("model", "explainer"),
-                 "Mean similarity to the original map when each layer alone is randomised (Adebayo et al., 2018)")
+                 "Mean similarity to the original map when each layer alone is randomised (Adebayo et al., 2018)",
+                 forwards=model_parameter_randomisation, fixed=("order",))
 def randomisation_independent(model: nn.Module, explanation: Explanation, **kwargs: Any) -> MetricResult:
     """:func:`model_parameter_randomisation` with ``order="independent"``."""
     return model_parameter_randomisation(model, explanation, order="independent", **kwargs)

@@ -2,13 +2,16 @@
 a ground-truth mask...); :func:`available` lists them, :func:`evaluate` runs one by name."""
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ..core.explanation import Explanation
+from ..core.validation import check_kwargs
 from .results import DIRECTIONS, MetricResult
 
-__all__ = ["MetricInfo", "MetricTable", "register_metric", "available", "get_metric", "evaluate"]
+__all__ = ["MetricInfo", "MetricTable", "register_metric", "accepting", "checks_keywords", "available", "get_metric", "evaluate"]
 
 
 @dataclass(frozen=True)
@@ -16,9 +19,10 @@ class MetricInfo:
     """One row of the metric registry.
 
     ``needs`` names what the metric takes besides the explanation: ``"model"`` (it evaluates the
-    model; the function is ``fn(model, explanation, ...)``), ``"mask"`` (a ground-truth mask),
-    ``"baseline"`` (a reference input), ``"explainer"`` (it re-runs the explanation method).
-    Metrics without ``"model"`` are ``fn(explanation, ...)``.
+    model; the function is ``fn(model, explanation, ...)``), ``"masks"`` (ground-truth masks),
+    ``"baselines"`` (a reference input), ``"explainer"`` (it re-runs the explanation method).
+    Metrics without ``"model"`` are ``fn(explanation, ...)``. ``parameters`` are the keywords the
+    metric accepts (those it forwards to a shared function included).
     """
 
     name: str
@@ -27,6 +31,7 @@ class MetricInfo:
     needs: tuple[str, ...]
     description: str
     func: Callable
+    parameters: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         arrow = "higher" if self.direction == "higher" else "lower"
@@ -48,12 +53,44 @@ class MetricTable(list):
 
 
 _METRICS: dict[str, MetricInfo] = {}
-_NEEDS = ("model", "mask", "baseline", "explainer")
+_NEEDS = ("model", "masks", "baselines", "explainer")
 
 
-def register_metric(name: str, family: str, direction: str, needs: Sequence[str], description: str
-                    ) -> Callable:
-    """Decorator: register a metric function under ``name``."""
+def _named_parameters(func: Callable) -> list[str]:
+    return [p.name for p in inspect.signature(func).parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def accepting(names: Sequence[str], where: str) -> Callable:
+    """Decorator: unknown keywords of a call raise a TypeError that names the accepted ones and
+    suggests the closest (:func:`lumos.core.validation.check_kwargs`), also for a function that
+    forwards ``**kwargs``. The function's signature (``inspect.signature``) stays its own."""
+    names = tuple(names)
+
+    def deco(func: Callable) -> Callable:
+        @functools.wraps(func)
+        def checked(*args: Any, **kwargs: Any):
+            check_kwargs(names, kwargs, where)
+            return func(*args, **kwargs)
+
+        return checked
+
+    return deco
+
+
+def checks_keywords(func: Callable) -> Callable:
+    """Decorator: :func:`accepting` with the function's own keyword parameters."""
+    return accepting(_named_parameters(func), func.__name__)(func)
+
+
+def register_metric(name: str, family: str, direction: str, needs: Sequence[str], description: str, *,
+                    forwards: Callable | None = None, fixed: Sequence[str] = ()) -> Callable:
+    """Decorator: register a metric function under ``name``.
+
+    Its keywords are checked on every call (a misspelt or renamed one gets "did you mean"). A
+    metric that passes ``**kwargs`` on names the function it ``forwards`` them to; ``fixed`` are
+    that function's parameters the metric sets itself (not accepted from the caller).
+    """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}; got {direction!r}")
     bad = [n for n in needs if n not in _NEEDS]
@@ -61,8 +98,13 @@ def register_metric(name: str, family: str, direction: str, needs: Sequence[str]
         raise ValueError(f"needs: unknown requirement(s) {bad}; known: {_NEEDS}")
 
     def deco(func: Callable) -> Callable:
-        _METRICS[name] = MetricInfo(name, family, direction, tuple(needs), description, func)
-        return func
+        names = _named_parameters(func)
+        if forwards is not None:
+            names += [p for p in _named_parameters(forwards) if p not in names and p not in fixed]
+        checked = accepting(names, name)(func)
+        _METRICS[name] = MetricInfo(name, family, direction, tuple(needs), description, checked,
+                                    tuple(n for n in names if n not in ("model", "explanation")))
+        return checked
 
     return deco
 
@@ -100,11 +142,13 @@ def evaluate(metric: str, model: Any, explanation: Explanation, **params: Any) -
     """Score ``explanation`` with the metric named ``metric``.
 
     ``model`` is passed to metrics that need one and ignored (may be ``None``) by the others;
-    ``params`` are the metric's own parameters (``mask=`` for localisation metrics).
+    ``params`` are the metric's own parameters (``masks=`` for localisation metrics); an unknown
+    one is a TypeError that lists the metric's parameters.
     """
     info = get_metric(metric)
-    if "mask" in info.needs and params.get("mask") is None:
-        raise ValueError(f"mask: the metric {info.name!r} needs a ground-truth mask (mask=...)")
+    check_kwargs(info.parameters, params, f"evaluate({info.name!r})")
+    if "masks" in info.needs and params.get("masks") is None:
+        raise ValueError(f"masks: the metric {info.name!r} needs ground-truth masks (masks=...)")
     if "model" in info.needs:
         if model is None:
             raise ValueError(f"model: the metric {info.name!r} evaluates the model; got None")

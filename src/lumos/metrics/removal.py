@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..core.torch_model import as_tensor
+from ..core.validation import check_number
 from .layout import Layout
 
 __all__ = ["FILLS", "removal_fill", "noisy_linear_impute"]
@@ -15,13 +16,13 @@ __all__ = ["FILLS", "removal_fill", "noisy_linear_impute"]
 FILLS = ("zero", "mean", "blur", "road", "uniform")
 
 
-def removal_fill(fill: Any, x: torch.Tensor, layout_: Layout, *, data: Any = None, sigma: float = 5.0,
+def removal_fill(fill: Any, x: torch.Tensor, layout_: Layout, *, background: Any = None, sigma: float = 5.0,
                  name: str = "fill") -> tuple[torch.Tensor | None, str]:
     """What removed features are replaced with: a tensor of the shape of ``x`` (or ``None`` for
     ``"road"``, whose imputation depends on the removed set and is built per row).
 
-    ``"zero"`` or a number: that value; ``"mean"``: the per-element mean of ``data`` (samples on the
-    first axis; without ``data``, the mean of each sample over its map elements, per channel);
+    ``"zero"`` or a number: that value; ``"mean"``: the per-element mean of ``background`` (samples
+    on the first axis; without ``background``, the mean of each sample over its map elements, per channel);
     ``"blur"``: a Gaussian-blurred copy (std ``sigma`` pixels, images only); ``"road"``: noisy
     linear imputation from the neighbours (Rong et al., 2022; images only); an array that
     broadcasts to one sample or to the batch.
@@ -42,24 +43,22 @@ def removal_fill(fill: Any, x: torch.Tensor, layout_: Layout, *, data: Any = Non
         if fill == "road":
             return None, "road"
         if fill == "blur":
-            if not (np.isfinite(sigma) and sigma > 0):
-                raise ValueError(f"sigma must be positive; got {sigma!r}")
+            sigma = check_number(sigma, "sigma", low=0, low_open=True)
             return gaussian_blur(x, sigma, spatial), f"blur(sigma={sigma:g})"
         if fill == "uniform":
             raise ValueError(f"{name}='uniform' is not a removal fill; give a number, 'zero', 'mean', 'blur' or 'road'")
-        if data is not None:
-            d = as_tensor(data, x.device, name="data", dtype=x.dtype)
+        if background is not None:
+            d = as_tensor(background, x.device, name="background", dtype=x.dtype)
             if tuple(d.shape[1:]) != tuple(x.shape[1:]):
-                raise ValueError(f"data must have samples of shape {tuple(x.shape[1:])}; got {tuple(d.shape)}")
-            return d.mean(0, keepdim=True).expand_as(x).clone(), "mean(data)"
+                raise ValueError(f"background must have samples of shape {tuple(x.shape[1:])}; got {tuple(d.shape)}")
+            return d.mean(0, keepdim=True).expand_as(x).clone(), "mean(background)"
         # the sample's own mean per channel (images) or overall
         axes = tuple(range(2, x.ndim)) if layout_.expand == (0,) else tuple(range(1, x.ndim))
         return x.mean(dim=axes, keepdim=True).expand_as(x).clone(), "mean(sample)"
     if isinstance(fill, bool):
         raise ValueError(f"{name} must be a string, a number or an array; got a bool")
     if isinstance(fill, (int, float, np.integer, np.floating)):
-        if not np.isfinite(fill):
-            raise ValueError(f"{name} must be finite; got {fill!r}")
+        fill = check_number(fill, name)
         return torch.full_like(x, fill), f"constant({fill:g})"
     f = as_tensor(fill, x.device, name=name, dtype=x.dtype)
     try:

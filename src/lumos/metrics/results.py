@@ -70,6 +70,12 @@ class MetricResult:
         return float(s.std(ddof=1) / math.sqrt(len(s))) if len(s) > 1 else float("nan")
 
     @property
+    def scale(self) -> str | None:
+        """What a model-evaluating metric scored: ``"probability"`` of the target class or the
+        ``"raw"`` output (``None`` for metrics that do not evaluate the model)."""
+        return self.params.get("scale")
+
+    @property
     def higher_is_better(self) -> bool:
         return self.direction == "higher"
 
@@ -94,8 +100,9 @@ class MetricResult:
 
     def __repr__(self) -> str:
         arrow = "↑" if self.higher_is_better else "↓"
+        on = f" on the {self.scale} scale" if self.scale else ""
         return (f"MetricResult({self.name}{arrow} of {self.method or 'explanation'!r}: "
-                f"{self.mean:.4g} ± {self.std:.3g} over {len(self)} samples)")
+                f"{self.mean:.4g} ± {self.std:.3g} over {len(self)} samples{on})")
 
 
 def _finite(v: float):

@@ -18,9 +18,10 @@ from ..core.blackbox import as_blackbox
 from ..core.execution import check_batch_size, chunks
 from ..core.explanation import Explanation
 from ..core.targets import resolve_target
-from ..core.torch_model import ModelGuard, as_tensor, check_input_shape, forward, model_device
+from ..core.torch_model import (ModelGuard, as_tensor, check_finite, check_input_shape, forward, model_device,
+                                model_dtype)
 
-__all__ = ["Scorer", "model_scorer", "row_target"]
+__all__ = ["Scorer", "model_scorer", "row_target", "resolve_scale", "SCALES"]
 
 
 class Scorer:
@@ -33,11 +34,13 @@ class Scorer:
     f0 : ndarray of float64, shape (n,)
         The explained scalar at ``x``.
     target : Target
+    scale : {"raw", "probability"}
+        What is scored: the model's output, or the probability of the target class.
     n_evals : int
         Rows evaluated so far (the ``n`` at ``x`` included).
     """
 
-    def __init__(self, x, score_fn, f0, target, batch_size, progress, model_kind):
+    def __init__(self, x, score_fn, f0, target, batch_size, progress, model_kind, scale="raw"):
         self.x = x
         self._score = score_fn
         self.f0 = f0
@@ -46,6 +49,7 @@ class Scorer:
         self.progress = progress
         self.n_evals = len(x)
         self.model_kind = model_kind
+        self.scale = scale
 
     @property
     def n(self) -> int:
@@ -84,7 +88,40 @@ def _target_spec(explanation: Explanation, target: Any) -> Any:
     return None
 
 
-def _softmax_select(target, softmax: bool):
+SCALES = ("auto", "probability", "raw")
+
+
+def _is_probability(out) -> bool:
+    """Rows that are already probabilities: non-negative and summing to one."""
+    o = out.detach().to(torch.float64).cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out, np.float64)
+    return bool(o.ndim == 2 and (o >= 0).all() and np.allclose(o.sum(1), 1.0, rtol=0, atol=1e-6))
+
+
+def resolve_scale(scale: str, target, out, already_probability: bool = False) -> tuple[str, bool]:
+    """The scale a metric scores on, and whether a softmax must be applied to get there.
+
+    ``"raw"``: the model's output as it is. ``"probability"``: the probability of the target
+    class; the softmax of the output, unless the output already is probabilities (a
+    scikit-learn ``predict_proba``, or rows that are non-negative and sum to one). Needs class
+    indices of a multi-column output. ``"auto"``: ``"probability"`` for class indices of an output
+    with two or more columns, ``"raw"`` otherwise (regressions, callable targets).
+    """
+    if scale not in SCALES:
+        close = [s for s in SCALES if s.startswith(str(scale)[:2])]
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"scale must be one of {', '.join(map(repr, SCALES))}; got {scale!r}.{hint}")
+    classes = target.indices is not None and getattr(out, "ndim", 0) == 2 and out.shape[1] >= 2
+    if scale == "auto":
+        scale = "probability" if classes else "raw"
+    if scale == "raw":
+        return "raw", False
+    if not classes:
+        raise ValueError("scale='probability' needs class-index targets of an output with two or more "
+                         "columns; this target or output has none (use scale='raw')")
+    return "probability", not (already_probability or _is_probability(out))
+
+
+def _selector(target, softmax: bool):
     if not softmax:
         return target.select
 
@@ -100,16 +137,9 @@ def _softmax_select(target, softmax: bool):
     return select
 
 
-def _float_dtype(model: nn.Module) -> torch.dtype:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.get_default_dtype()
-
-
 @contextlib.contextmanager
 def model_scorer(model: Any, explanation: Explanation, target: Any = None, *,
-                 batch_size: int | None = None, softmax: bool = False, progress: bool | None = None,
+                 batch_size: int | None = None, scale: str = "raw", progress: bool | None = None,
                  inputs: Any = None) -> Iterator[Scorer]:
     """Evaluate ``model``'s explained scalar on stacks of changed inputs.
 
@@ -124,9 +154,8 @@ def model_scorer(model: Any, explanation: Explanation, target: Any = None, *,
         select the scalar.
     target : int, sequence, callable, optional
         Overrides the explanation's target; needed for explanations of a callable target.
-    softmax : bool, default False
-        Score the softmax probability of the target class instead of the raw output
-        (index targets of multi-class outputs).
+    scale : {"raw", "probability", "auto"}, default "raw"
+        What is scored (see :func:`resolve_scale`); the resolved scale is ``Scorer.scale``.
     """
     bs = check_batch_size(batch_size)
     spec = _target_spec(explanation, target)
@@ -139,25 +168,26 @@ def model_scorer(model: Any, explanation: Explanation, target: Any = None, *,
             # float inputs take the model's float dtype (explanations hold numpy copies, which
             # may have become float64); integer inputs are token ids and stay integers
             x = as_tensor(raw, dev, name="explanation.inputs",
-                          dtype=_float_dtype(model) if arr_kind else torch.long)
+                          dtype=(model_dtype(model) or torch.get_default_dtype()) if arr_kind else torch.long)
             if x.is_floating_point():
                 check_input_shape(model, x, "explanation.inputs")
             with torch.inference_mode():  # in chunks: the metric's batch_size bounds memory
                 out = torch.cat([forward(model, x[sl], name="explanation.inputs")
                                  for sl in chunks(len(x), bs, progress=False)])
-            if not torch.isfinite(out).all():
-                raise ValueError("model returned NaN or Inf at the explained inputs")
+            check_finite(out, "the explained inputs")
             tgt = resolve_target(spec, out)
-            select = _softmax_select(tgt, softmax)
+            scale, softmax = resolve_scale(scale, tgt, out)
+            select = _selector(tgt, softmax)
 
             def score(xb, rows):
                 with torch.inference_mode():
                     o = forward(model, xb, name="changed inputs")
+                    check_finite(o, "the changed inputs of the metric")
                     return select(o, rows).to(torch.float64).cpu().numpy()
 
             with torch.inference_mode():
                 f0 = select(out).to(torch.float64).cpu().numpy()
-            yield Scorer(x, score, f0, tgt, bs, progress, "torch")
+            yield Scorer(x, score, f0, tgt, bs, progress, "torch", scale)
         return
     if not callable(model) and not hasattr(model, "predict"):
         raise TypeError("model must be a torch.nn.Module, a predict function or a scikit-learn "
@@ -181,14 +211,24 @@ def model_scorer(model: Any, explanation: Explanation, target: Any = None, *,
         return xb.detach().cpu().numpy().astype(np_dtype, copy=False)
 
     out = bb(to_user(x))
+    _check_finite_array(out, "the explained inputs")
     tgt = resolve_target(spec, out)
-    select = _softmax_select(tgt, softmax)
+    scale, softmax = resolve_scale(scale, tgt, np.asarray(out), bb.score_name == "predict_proba")
+    select = _selector(tgt, softmax)
 
     def score(xb, rows):
-        return np.asarray(select(bb(to_user(xb)), rows.cpu().numpy()), dtype=np.float64)
+        o = bb(to_user(xb))
+        _check_finite_array(o, "the changed inputs of the metric")
+        return np.asarray(select(o, rows.cpu().numpy()), dtype=np.float64)
 
     f0 = np.asarray(select(out), dtype=np.float64)
-    yield Scorer(x, score, f0, tgt, bs, progress, bb.score_name)
+    yield Scorer(x, score, f0, tgt, bs, progress, bb.score_name, scale)
+
+
+def _check_finite_array(out, what: str) -> None:
+    o = np.asarray(out)
+    if o.dtype.kind in "fc":
+        check_finite(torch.from_numpy(np.ascontiguousarray(o)), what)
 
 
 def row_target(explanation: Explanation, target: Any, rows: np.ndarray) -> Any:
