@@ -10,7 +10,7 @@ several metrics and ranks them.
 >>> import lumos, lumos.metrics as lm
 >>> expl = lumos.explain(model, images, method="saliency", target="predicted")
 >>> lm.deletion(model, expl).mean
->>> lm.pointing_game(expl, mask=masks).mean
+>>> lm.pointing_game(expl, masks=masks).mean
 >>> print(lm.available())
 """
 from ..core.superpixels import superpixels
