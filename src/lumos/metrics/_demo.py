@@ -42,7 +42,7 @@ def compare_demo(out_dir: str | Path, quick: bool = False) -> list[str]:
         ["deletion", "insertion", "randomisation", "relevance_mass_accuracy", "pointing_game", "sparseness"],
         target="predicted", masks=data.masks.numpy(),
         method_params={"integrated_gradients": {"n_steps": 8 if quick else 16}},
-        metric_params={"deletion": {"steps": steps}, "insertion": {"steps": steps}},
+        metric_params={"deletion": {"n_steps": steps}, "insertion": {"n_steps": steps}},
     )
     lines = [f"== Metrics: which explanation to trust? ({n} demo test images) ==", ""]
     lines += ["  " + line for line in comp.table()]
