@@ -10,7 +10,7 @@ from .._game import Game
 from ..maskers import Masker
 from ._common import shapley_weights
 
-__all__ = ["exact_shapley", "shapley_from_table"]
+__all__ = ["exact_shapley", "shapley_from_table", "coalition_tables"]
 
 # Coalitions per value-function call: bounds the memory of the mask matrix.
 _CHUNK = 1 << 16
@@ -41,6 +41,30 @@ def shapley_from_table(v: np.ndarray, M: int) -> np.ndarray:
         diff = v[..., without | (1 << j)] - v[..., without]
         phi[..., j] = diff @ w[size[without]]
     return phi
+
+
+def coalition_tables(game: Game, desc: str):
+    """The value of every coalition, per number of features ``M``: yields ``(M, rows, table)``
+    with ``table[k, c]`` the value of coalition ``c`` (bit ``j`` = feature ``j`` kept) of sample
+    ``rows[k]``; the model sees large batches of coalitions."""
+    base, full = game.empty_value(), game.full_value()
+    Mmax = game.data.max_features
+    for M in np.unique(game.M):
+        M = int(M)
+        rows = np.flatnonzero(game.M == M)
+        table = np.empty((len(rows), 1 << M))
+        table[:, 0] = base[rows]
+        table[:, -1] = full[rows]
+        inner = np.arange(1, (1 << M) - 1, dtype=np.int64)
+        bits = np.arange(M, dtype=np.int64)
+        for start in range(0, len(inner), _CHUNK):
+            codes = inner[start:start + _CHUNK]
+            Z = np.zeros((len(codes), Mmax), bool)
+            Z[:, :M] = ((codes[:, None] >> bits) & 1).astype(bool)
+            r = np.repeat(rows, len(codes))
+            v = game.value(r, np.tile(Z, (len(rows), 1)), desc=desc)
+            table[:, codes] = v.reshape(len(rows), len(codes))
+        yield M, rows, table
 
 
 @register("exact_shapley", "shapley", "Exact Shapley values by enumerating all 2^M coalitions",
@@ -81,24 +105,9 @@ def exact_shapley(model: Any, inputs: Any, target: Any = None, *, background: An
             "features (fewer superpixels), or raise max_features"
         )
     base = game.empty_value()
-    full = game.full_value()
     n, Mmax = game.n, game.data.max_features
     phi = np.zeros((n, Mmax))
-    for M in np.unique(game.M):
-        M = int(M)
-        rows = np.flatnonzero(game.M == M)
-        table = np.empty((len(rows), 1 << M))
-        table[:, 0] = base[rows]
-        table[:, -1] = full[rows]
-        inner = np.arange(1, (1 << M) - 1, dtype=np.int64)
-        bits = np.arange(M, dtype=np.int64)
-        for start in range(0, len(inner), _CHUNK):
-            codes = inner[start:start + _CHUNK]
-            Z = np.zeros((len(codes), Mmax), bool)
-            Z[:, :M] = ((codes[:, None] >> bits) & 1).astype(bool)
-            r = np.repeat(rows, len(codes))
-            v = game.value(r, np.tile(Z, (len(rows), 1)), desc="exact_shapley")
-            table[:, codes] = v.reshape(len(rows), len(codes))
+    for M, rows, table in coalition_tables(game, "exact_shapley"):
         phi[rows, :M] = shapley_from_table(table, M)
     return game.explanation(
         phi, "exact_shapley", {"max_features": max_features, "output": output}, baseline=base,
