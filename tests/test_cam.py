@@ -324,8 +324,8 @@ def test_scorecam_matches_naive_reference(pool_cnn, imgs):
     ref = _scorecam_reference(m, x, m.features, t)
     assert e.meta["score"] == "softmax"
     np.testing.assert_allclose(e.meta["layer_map"], ref.numpy(), rtol=1e-10, atol=1e-13)
-    # raw scores and a baseline blend
-    e2 = lumos.explain(m, x, "scorecam", target=t, score="raw", baseline=0.5)
+    # raw scores and a fill blend
+    e2 = lumos.explain(m, x, "scorecam", target=t, score="raw", fill=0.5)
     ref2 = _scorecam_reference(m, x, m.features, t, baseline=0.5, softmax=False)
     np.testing.assert_allclose(e2.meta["layer_map"], ref2.numpy(), rtol=1e-10, atol=1e-13)
 
@@ -511,8 +511,8 @@ def test_errors_name_the_argument(pool_cnn, imgs):
         lumos.explain(pool_cnn, imgs, "gradcam", target=[0, 1], batch_size=2)
     with pytest.raises(ValueError, match="target out of range"):
         lumos.explain(pool_cnn, imgs, "layercam", target=7)
-    with pytest.raises(ValueError, match="baseline of shape"):
-        lumos.explain(pool_cnn, imgs, "scorecam", baseline=torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="fill of shape"):
+        lumos.explain(pool_cnn, imgs, "scorecam", fill=torch.zeros(2, 5))
     # a module passed as at= is named in meta
     e = lumos.explain(pool_cnn, imgs, "gradcam", at=pool_cnn.features[1])
     assert e.meta["layer"] == "features.1" and e.params["at"] == "features.1"
@@ -581,6 +581,116 @@ def test_guided_gradcam_is_guided_backprop_times_upsampled_gradcam(pool_cnn, img
     np.testing.assert_allclose(e.values, gb.values * gc.values, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(e.meta["gradcam"], gc.values, rtol=1e-6, atol=1e-9)
     assert e.values.shape == imgs.shape
+
+
+def test_guided_gradcam_rectify_is_the_papers_map(pool_cnn, imgs):
+    """The paper rectifies Grad-CAM at the layer, then upsamples: upsample(ReLU(M)), which is
+    not max(upsample(M), 0) where positive and negative cells meet."""
+    from lumos.attribution.guided_backprop import guided_backprop
+
+    t = [0, 3, 1, 2, 0]
+    e = lumos.explain(pool_cnn, imgs, "guided_gradcam", target=t, rectify=True)
+    gb = torch.as_tensor(guided_backprop(pool_cnn, imgs, target=t).values)
+    lm = np.asarray(lumos.explain(pool_cnn, imgs, "gradcam", target=t).meta["layer_map"])
+    assert (lm > 0).any() and (lm < 0).any()  # the maps change sign: the two forms differ
+    paper = _upsample_ref(np.maximum(lm[:, 0], 0), tuple(imgs.shape[2:]))[:, None]
+    tol = 1e-6 * np.abs(paper).max()
+    np.testing.assert_allclose(e.meta["gradcam"], paper, rtol=1e-5, atol=tol)
+    np.testing.assert_allclose(e.values, gb.numpy() * paper, rtol=1e-5, atol=tol * gb.abs().max().item())
+    after = np.maximum(_upsample_ref(lm[:, 0], tuple(imgs.shape[2:])), 0)[:, None]  # the old docs
+    assert np.abs(paper - after).max() > 1e-2 * np.abs(paper).max()
+    np.testing.assert_allclose(e.meta["layer_map"], lm, rtol=1e-6, atol=1e-9)  # still signed
+    assert e.params["rectify"] is True
+    assert lumos.explain(pool_cnn, imgs, "guided_gradcam", target=t).params["rectify"] is False
+    with pytest.raises(ValueError, match="rectify must be True or False"):
+        lumos.explain(pool_cnn, imgs, "guided_gradcam", rectify="yes")
+
+
+class NaNWhenDark(PoolCNN):
+    """NaN output for inputs whose mean is below 0.3: the fill (all zeros) and dark masked inputs."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        dark = x.flatten(1).mean(1) < 0.3
+        return torch.where(dark[:, None], torch.full_like(out, float("nan")), out)
+
+
+class NaNWhenMasked(PoolCNN):
+    """Finite at the input and at the fill; NaN on every partly masked input."""
+
+    def __init__(self, x):
+        super().__init__()
+        self.x = x
+
+    def forward(self, inp):
+        out = super().forward(inp)
+        ok = (inp == 0).flatten(1).all(1) | (inp[:, None] == self.x[None]).flatten(2).all(2).any(1)
+        return torch.where(ok[:, None], out, torch.full_like(out, float("nan")))
+
+
+def test_scorecam_raises_on_non_finite_masked_or_fill_outputs(imgs):
+    from lumos.core.torch_model import NonFiniteOutputError
+
+    with pytest.raises(NonFiniteOutputError, match="on the fill input"):
+        lumos.explain(_seeded(NaNWhenDark), imgs + 0.5, "scorecam", target=1)
+    with pytest.raises(NonFiniteOutputError, match="on Score-CAM's masked inputs"):
+        lumos.explain(_seeded(NaNWhenMasked, imgs), imgs, "scorecam", target=1)
+
+
+class Overflow(nn.Module):
+    """GAP -> linear on a 1x1 conv whose channel 0 is 1e30 * (x0 - x1): inf - inf = NaN and
+    +-Inf activations for inputs near 1e10, while the input itself is finite."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([[1e30, -1e30], [1.0, 0.0]])[:, :, None, None])
+            self.conv.bias.zero_()
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(2, 3)
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_overflowing_input_is_not_blamed_on_the_architecture(method):
+    from lumos.core.torch_model import NonFiniteOutputError
+
+    m = _seeded(Overflow)
+    x = torch.rand(2, 2, 6, 6, generator=torch.Generator().manual_seed(0))
+    assert lumos.explain(m, x, method, target=0).values.shape[0] == 2  # a fine network
+    with pytest.raises(NonFiniteOutputError) as err:
+        lumos.explain(m, x * 1e10, method, target=0)
+    msg = str(err.value)
+    assert "NaN or Inf" in msg and "on the inputs" in msg
+    for blame in ("global average pooling", "linear layer", "convolutional", "does not depend"):
+        assert blame not in msg
+
+
+def test_scorecam_fill_and_parameters_are_checked(pool_cnn, imgs):
+    for bad in (float("nan"), float("inf"), True, "0"):
+        with pytest.raises(ValueError, match="fill"):
+            lumos.explain(pool_cnn, imgs, "scorecam", fill=bad)
+    with pytest.raises(ValueError, match="fill contains 432 NaN"):
+        lumos.explain(pool_cnn, imgs, "scorecam", fill=torch.full((3, 12, 12), float("nan")))
+    for bad in (True, 2.5, float("nan"), 0):
+        with pytest.raises(ValueError, match="n_channels"):
+            lumos.explain(pool_cnn, imgs, "scorecam", n_channels=bad)
+    with pytest.raises(ValueError, match="seed"):
+        lumos.explain(pool_cnn, imgs, "scorecam", seed="abc")
+    with pytest.raises(ValueError, match="score must be one of"):
+        lumos.explain(pool_cnn, imgs, "scorecam", score="logit")
+    with pytest.raises(TypeError, match="'baseline' is now called 'fill'"):
+        lumos.explain(pool_cnn, imgs, "scorecam", baseline=0.5)
+
+
+def test_scorecam_channel_subset_is_reproducible_by_default(pool_cnn, imgs):
+    a = lumos.explain(pool_cnn, imgs, "scorecam", n_channels=4)
+    b = lumos.explain(pool_cnn, imgs, "scorecam", n_channels=4)
+    assert a.meta["channels"] == b.meta["channels"]
+    np.testing.assert_array_equal(a.values, b.values)
 
 
 # ---------------------------------------------------------------------------------- demo model

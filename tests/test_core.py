@@ -451,7 +451,7 @@ def test_bad_method_parameters(small_cnn, images):
         ("integrated_gradients", {"baselines": "black"}, "baselines must be one of"),
         ("integrated_gradients", {"baselines": torch.zeros(3, 5, 5)}, "cannot be broadcast"),
         ("integrated_gradients", {"baselines": torch.zeros(2, 2)}, r"baselines must have shape \(3, 12, 12\)"),
-        ("integrated_gradients", {"baselines": "mean"}, "needs data="),
+        ("integrated_gradients", {"baselines": "mean"}, "needs background="),
         ("integrated_gradients", {"sigma": 2.0}, "sigma is only used"),
         ("integrated_gradients", {"baselines": "blur", "sigma": -1.0}, "sigma must be"),
         ("integrated_gradients", {"n_baselines": 0, "baselines": "uniform"}, "n_baselines must be"),

@@ -47,7 +47,7 @@ def test_linear_model_converges_to_w_times_x_minus_mean_background(linear_model)
 def test_noise_enters_point_and_difference(linear_model):
     x = torch.zeros(1, 6)
     bg = torch.zeros(3, 6)
-    e = gradient_shap(linear_model, x, target=2, background=bg, n_samples=20000, noise=0.5,
+    e = gradient_shap(linear_model, x, target=2, background=bg, n_samples=20000, noise_std=0.5,
                       seed=1, batch_size=5000)
     # φ = w ⊙ mean(ε): zero mean with standard deviation 0.5 |w| / sqrt(n)
     w = linear_model.weight.detach().double()[2].numpy()
@@ -70,15 +70,15 @@ def test_seeded_and_batch_size_independent():
     x = torch.randn(5, 6, generator=torch.Generator().manual_seed(2))
     bg = _bg()
     before = model_state(model)
-    runs = [gradient_shap(model, x, target="predicted", background=bg, n_samples=12, noise=0.1,
+    runs = [gradient_shap(model, x, target="predicted", background=bg, n_samples=12, noise_std=0.1,
                           seed=7, batch_size=b) for b in (1, 7, 64)]
     assert_same_state(before, model_state(model))
     for r in runs[1:]:
         np.testing.assert_allclose(r.values, runs[0].values, rtol=1e-5, atol=1e-7)
-    other = gradient_shap(model, x, target="predicted", background=bg, n_samples=12, noise=0.1,
+    other = gradient_shap(model, x, target="predicted", background=bg, n_samples=12, noise_std=0.1,
                           seed=8)
     assert np.abs(other.values - runs[0].values).max() > 1e-4
-    again = gradient_shap(model, x, target="predicted", background=bg, n_samples=12, noise=0.1,
+    again = gradient_shap(model, x, target="predicted", background=bg, n_samples=12, noise_std=0.1,
                           seed=7, batch_size=7)
     np.testing.assert_array_equal(again.values, runs[1].values)
 
@@ -101,7 +101,7 @@ def test_errors_name_the_argument(linear_model):
     with pytest.raises(ValueError, match="n_samples"):
         gradient_shap(linear_model, x, target=0, background=_bg(), n_samples=0)
     with pytest.raises(ValueError, match="noise"):
-        gradient_shap(linear_model, x, target=0, background=_bg(), noise=-1)
+        gradient_shap(linear_model, x, target=0, background=_bg(), noise_std=-1)
     with pytest.raises(TypeError, match="torch.nn.Module"):
         gradient_shap(lambda z: z, x, target=0, background=_bg())
 

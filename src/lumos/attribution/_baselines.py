@@ -134,7 +134,7 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def make_baselines(baselines: Any, x: torch.Tensor, *, n_baselines: int | None = None,
-                   sigma: float | None = None, data: Any = None,
+                   sigma: float | None = None, background: Any = None,
                    seed: int | np.random.Generator | None = 0,
                    name: str = "baselines") -> BaselineSet:
     """Build the baselines of each sample of ``x``.
@@ -150,7 +150,7 @@ def make_baselines(baselines: Any, x: torch.Tensor, *, n_baselines: int | None =
           ``n_baselines`` draws (default 1), seeded.
         - ``"gaussian"``: the input plus Gaussian noise of standard deviation ``sigma`` times the
           sample's value range (default 0.1), clipped to that range; ``n_baselines`` draws.
-        - ``"mean"``: the mean of ``data`` (shape ``(m, ...)``).
+        - ``"mean"``: the mean of ``background`` (shape ``(m, ...)``).
         - a tensor broadcastable to one sample (``(...)`` or ``(1, ...)``): one shared baseline.
         - a tensor of shape ``(batch, ...)``: one baseline per sample.
         - a tensor of shape ``(k, ...)``, ``k`` neither 1 nor the batch size: ``k`` baselines
@@ -167,8 +167,8 @@ def make_baselines(baselines: Any, x: torch.Tensor, *, n_baselines: int | None =
     sigma : float, optional
         ``"blur"``: Gaussian standard deviation in pixels. ``"gaussian"``: noise standard deviation
         relative to each sample's ``max - min``.
-    data : array-like, shape (m, ...), optional
-        Data for ``"mean"``.
+    background : array-like, shape (m, ...), optional
+        Reference data for ``"mean"`` (its mean is the baseline).
     seed : int or numpy Generator, default 0
         Seed of every random draw.
 
@@ -181,8 +181,8 @@ def make_baselines(baselines: Any, x: torch.Tensor, *, n_baselines: int | None =
         n_baselines = _check_count(n_baselines, "n_baselines")
     if sigma is not None and not (isinstance(baselines, str) and baselines in ("blur", "gaussian")):
         raise ValueError(f"sigma is only used by baselines='blur' or 'gaussian'; got {name}={baselines!r}")
-    if data is not None and not (isinstance(baselines, str) and baselines == "mean"):
-        raise ValueError(f"data is only used by baselines='mean'; got {name}={baselines!r}")
+    if background is not None and not (isinstance(baselines, str) and baselines == "mean"):
+        raise ValueError(f"background is only used by baselines='mean'; got {name}={baselines!r}")
     random_kinds = ("uniform", "gaussian")
     if n_baselines is not None and isinstance(baselines, str) and baselines not in random_kinds:
         raise ValueError(
@@ -213,12 +213,13 @@ def make_baselines(baselines: Any, x: torch.Tensor, *, n_baselines: int | None =
             extra = {"sigma": s} if kind == "gaussian" else {}
             return _per_sample(bank.reshape((n * k,) + feat), n, f"{kind}(k={k})", **extra)
         if kind == "mean":
-            if data is None:
-                raise ValueError(f"{name}='mean' needs data=: an array of shape (m, *{feat})")
-            d = _as_float_tensor(data, x, "data")
-            if tuple(d.shape[1:]) != feat or d.ndim != x.ndim:
-                raise ValueError(f"data must have shape (m, *{feat}); got {tuple(d.shape)}")
-            return _shared(d.mean(0, keepdim=True), n, f"mean of data (m={len(d)})")
+            if background is None:
+                raise ValueError(f"{name}='mean' needs background=: an array of shape (m, *{feat})")
+            d = _as_float_tensor(background, x, "background")
+            if tuple(d.shape[1:]) != feat or d.ndim != x.ndim or len(d) == 0:
+                raise ValueError(f"background must have shape (m, *{feat}) with m >= 1; got "
+                                 f"{tuple(d.shape)}")
+            return _shared(d.mean(0, keepdim=True), n, f"mean of background (m={len(d)})")
         raise ValueError(
             f"{name} must be one of {BASELINE_KINDS}, a number or a tensor; got {baselines!r}"
         )

@@ -23,31 +23,48 @@ from ..core.execution import check_batch_size, chunks
 from ..core.registry import register
 from ..core.targets import Target, resolve_target
 from ..core.layout import BatchLayout, layout_for, memory_format_of, run_in_layout  # noqa: F401 (re-exported)
-from ..core.torch_model import Prepared, forward, gradient, torch_call
+from ..core.torch_model import Prepared, check_finite, forward, gradient, torch_call
 
-__all__ = ["saliency", "gradient_x_input", "batched_gradient", "fused_input_gradient"]
+__all__ = ["saliency", "gradient_x_input", "batched_gradient", "fused_input_gradient",
+           "checked_gradient"]
 
 _MODES = ("signed", "abs", "squared")
 
 
+def checked_gradient(model, x: torch.Tensor, target: Target, rows, what: str) -> torch.Tensor:
+    """:func:`lumos.core.torch_model.gradient` of rows ``x``, with the explained scalars and the
+    gradient checked finite (:func:`check_finite` names ``what``, the evaluation that went bad)."""
+    g, s = gradient(model, x, target, rows=rows)
+    check_finite(s, what)
+    check_finite(g, f"{what} (the gradient of the target)")
+    return g
+
+
+def row_bytes(x: torch.Tensor) -> int:
+    """Bytes of one row of ``x``: sizes the default ``batch_size`` by memory."""
+    return int(x[0].numel() * x.element_size()) if len(x) else 1
+
+
 def batched_gradient(model, x: torch.Tensor, target, rows=None, batch_size: int | None = None,
-                     progress: bool | None = None, desc: str = "") -> torch.Tensor:
+                     progress: bool | None = None, desc: str = "",
+                     what: str = "the inputs") -> torch.Tensor:
     """Gradient of the target scalar for every row of ``x``, evaluated ``batch_size`` rows at a time.
 
     ``rows[k]`` is the original sample of row ``k`` (for per-sample targets); ``None`` means the
     rows are the samples themselves. Rows are fed in :func:`layout_for`'s layout; the result has
-    the layout of ``x``.
+    the layout of ``x``. Every evaluation is checked finite (``what`` names the rows in the error).
     """
     if rows is None:
         rows = torch.arange(len(x))
     fmt = layout_for(model, x)
     own = memory_format_of(x) or torch.contiguous_format
-    if len(x) <= check_batch_size(batch_size):  # one pass: no copy into a result buffer
-        return run_in_layout(model, lambda t: gradient(model, t, target, rows=rows)[0], x,
+    bs = check_batch_size(batch_size, row_bytes=row_bytes(x))
+    if len(x) <= bs:  # one pass: no copy into a result buffer
+        return run_in_layout(model, lambda t: checked_gradient(model, t, target, rows, what), x,
                              fmt).contiguous(memory_format=own)
     out = torch.empty_like(x, memory_format=own)
-    for sl in chunks(len(x), batch_size, desc=desc, progress=progress):
-        out[sl] = run_in_layout(model, lambda t: gradient(model, t, target, rows=rows[sl])[0],
+    for sl in chunks(len(x), bs, desc=desc, progress=progress):
+        out[sl] = run_in_layout(model, lambda t: checked_gradient(model, t, target, rows[sl], what),
                                 x[sl], fmt)
     return out
 
@@ -72,7 +89,7 @@ def fused_input_gradient(p: Prepared, batch_size: int | None = None, progress: b
     """
     model, x = p.model, p.x
     n = len(x)
-    bs = check_batch_size(batch_size)
+    bs = check_batch_size(batch_size, row_bytes=row_bytes(x))
     fmt = layout_for(model, x)
     grads = torch.empty_like(x, memory_format=torch.contiguous_format) if n > bs else None
     outs, tgt = [], None
@@ -81,8 +98,7 @@ def fused_input_gradient(p: Prepared, batch_size: int | None = None, progress: b
         xs = xs.detach().requires_grad_(True)
         with torch.enable_grad():
             out = forward(model, xs)
-            if not torch.isfinite(out.detach()).all():
-                raise ValueError("model returned NaN or Inf on inputs; explanations need finite outputs")
+            check_finite(out.detach(), "the inputs")
             tgt = resolve_target(spec, out.detach())
             s = tgt.select(out)
             if not s.requires_grad:
@@ -93,6 +109,7 @@ def fused_input_gradient(p: Prepared, batch_size: int | None = None, progress: b
             (g,) = torch.autograd.grad(s.sum(), xs, allow_unused=True)
         if g is None:
             raise ValueError("model: its output does not depend on the input (the gradient is undefined)")
+        check_finite(g, "the inputs (the gradient of the target)")
         return g, out.detach(), tgt
 
     for sl in chunks(n, bs, desc=desc, progress=progress):
@@ -138,7 +155,7 @@ def saliency(model: torch.nn.Module, inputs: Any, target: Any = None, *, mode: s
     mode : {"signed", "abs", "squared"}, default "signed"
         The raw gradient, its absolute value (the paper's map before the channel max), or its square.
     batch_size : int, optional
-        Samples per forward+backward pass (default 64).
+        Samples per forward+backward pass (default: sized by memory, at most 64).
     progress : bool, optional
         Progress bar: ``None`` shows one on a terminal for long work.
 
@@ -180,7 +197,7 @@ def gradient_x_input(model: torch.nn.Module, inputs: Any, target: Any = None, *,
     inputs : Tensor or ndarray, shape (batch, ...)
     target : int, sequence, "predicted", callable or None
     batch_size : int, optional
-        Samples per forward+backward pass (default 64).
+        Samples per forward+backward pass (default: sized by memory, at most 64).
     progress : bool, optional
 
     Returns

@@ -5,8 +5,8 @@ replace the path integral by a single random point per draw:
 
     φ(x) = E_{b ~ background, α ~ U(0, 1)} [ (x − b) ⊙ ∇f(b + α (x − b)) ],
 
-an unbiased estimate of the average of IG over the background. With ``noise`` > 0 every draw
-also perturbs the input, ``x̃ = x + ε``, ``ε ~ N(0, noise²)`` (SHAP's ``local_smoothing``,
+an unbiased estimate of the average of IG over the background. With ``noise_std`` > 0 every draw
+also perturbs the input, ``x̃ = x + ε``, ``ε ~ N(0, noise_std²)`` (SHAP's ``local_smoothing``,
 Captum's ``stdevs``), and uses ``x̃`` in both the point and the difference.
 
 For a linear model the gradient is constant and ``φ = w ⊙ (x − mean of the drawn baselines)``
@@ -15,9 +15,10 @@ exactly, whatever the path points. Completeness holds in expectation:
 error of every value over the draws.
 
 The work table rows ``(sample, draw)`` are evaluated ``batch_size`` at a time by the integrated
-gradients engine (:func:`lumos.attribution.integrated_gradients._path_attributions`); every draw
-is made beforehand (one random stream per sample position), so results do not depend on
-``batch_size``.
+gradients engine (:func:`lumos.attribution.integrated_gradients._path_attributions`); the draws
+come from one random stream per sample position (background rows and path positions first, the
+input noise chunk by chunk, so at most one chunk of noise is in memory), so results do not depend
+on ``batch_size``.
 """
 from __future__ import annotations
 
@@ -26,10 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.execution import check_batch_size
+from ..core.execution import check_batch_size, rng
 from ..core.registry import register
 from ..core.torch_model import as_tensor, torch_call
+from ..core.validation import check_number
 from ._baselines import BaselineSet
+from .gradient import row_bytes
 from .integrated_gradients import _baseline_outputs, _path_attributions
 
 __all__ = ["gradient_shap"]
@@ -38,27 +41,31 @@ __all__ = ["gradient_shap"]
 _CHUNK_ELEMENTS = 1 << 22
 
 
-def _draws(seed: int | None, n: int, m: int, n_samples: int, noise: float, shape: tuple):
-    """Background indices, path positions and noise of every (sample, draw); a stream per sample."""
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-        raise ValueError(f"seed must be an int or None; got {seed!r}")
+def _draws(seed: int | None, n: int, m: int, n_samples: int):
+    """Background indices and path positions of every (sample, draw), and the per-sample streams
+    (which then give the input noise of each sample, chunk by chunk: :func:`_noise`)."""
     gens = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n)]
     idx = np.empty((n, n_samples), dtype=np.int64)
     alpha = np.empty((n, n_samples))
-    eps = np.zeros((n, n_samples) + shape, dtype=np.float32) if noise > 0 else None
     for i, g in enumerate(gens):
         idx[i] = g.integers(0, m, n_samples)
         alpha[i] = g.random(n_samples)
-        if eps is not None:
-            eps[i] = g.normal(0.0, noise, (n_samples,) + shape)
-    return idx, alpha, eps
+    return idx, alpha, gens
+
+
+def _noise(gens: list, i0: int, i1: int, n_samples: int, noise_std: float, shape: tuple) -> np.ndarray:
+    """Input noise of samples ``i0..i1-1``, shape ``(i1 - i0, n_samples, *shape)``, float32."""
+    eps = np.empty((i1 - i0, n_samples) + shape, dtype=np.float32)
+    for i in range(i0, i1):
+        eps[i - i0] = gens[i].normal(0.0, noise_std, (n_samples,) + shape)
+    return eps
 
 
 @register("gradient_shap", "shapley",
           "Expected gradients: gradients at random points between background rows and the input "
           "(Erion et al. 2021)")
 def gradient_shap(model: torch.nn.Module, inputs: Any, target: Any = None, *, background: Any = None,
-                  n_samples: int = 50, noise: float = 0.0, seed: int | None = 0,
+                  n_samples: int = 50, noise_std: float = 0.0, seed: int | None = 0,
                   batch_size: int | None = None, progress: bool | None = None):
     """Gradient SHAP (expected gradients): SHAP values of a differentiable model by sampling.
 
@@ -76,12 +83,13 @@ def gradient_shap(model: torch.nn.Module, inputs: Any, target: Any = None, *, ba
         Reference inputs (e.g. 50-1000 training samples); each draw picks one uniformly.
     n_samples : int, default 50
         Draws (baseline, path point[, noise]) per sample.
-    noise : float, default 0.0
-        Standard deviation of Gaussian noise added to the input in each draw (in input units).
+    noise_std : float, default 0.0
+        Standard deviation of Gaussian noise added to the input in each draw, absolute (in input
+        units; SmoothGrad's ``noise_level`` is relative to the input range instead).
     seed : int, default 0
         Seed of the draws (one independent stream per sample).
     batch_size : int, optional
-        Draws per forward+backward pass (default 64).
+        Draws per forward+backward pass (default: sized by memory, at most 64).
     progress : bool, optional
         Progress bar; ``None`` shows one on a terminal for long work.
 
@@ -93,6 +101,8 @@ def gradient_shap(model: torch.nn.Module, inputs: Any, target: Any = None, *, ba
         the standard error of each value over the draws; ``meta["completeness_gap"]``
         ``|Σφ − (f(x) − E_b f(b))|`` (zero in expectation, not per estimate);
         ``meta["background_index"]`` the background row of every draw, shape (batch, n_samples).
+        A NaN or Inf model output at the background or at a path point raises
+        :class:`~lumos.core.torch_model.NonFiniteOutputError` naming which.
 
     Examples
     --------
@@ -104,14 +114,12 @@ def gradient_shap(model: torch.nn.Module, inputs: Any, target: Any = None, *, ba
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive int; got {n_samples!r}")
     n_samples = int(n_samples)
-    try:
-        noise = float(noise)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"noise must be a non-negative float; got {noise!r}") from e
-    if not np.isfinite(noise) or noise < 0:
-        raise ValueError(f"noise must be a non-negative float; got {noise!r}")
-    bs = check_batch_size(batch_size)
-    params = {"n_samples": n_samples, "noise": noise, "seed": seed,
+    noise_std = check_number(noise_std, "noise_std", low=0)
+    if isinstance(seed, np.random.Generator):  # one stream per sample needs a seed to spawn from
+        raise ValueError("seed must be an int or None; got a numpy Generator")
+    rng(seed)  # the seed's own check
+    check_batch_size(batch_size)
+    params = {"n_samples": n_samples, "noise_std": noise_std, "seed": seed,
               "background": f"<array {tuple(np.shape(background))}>"}
     with torch_call(model, inputs, target, method="gradient_shap") as p:
         bank = as_tensor(background, p.x.device, name="background", dtype=p.x.dtype)
@@ -120,7 +128,8 @@ def gradient_shap(model: torch.nn.Module, inputs: Any, target: Any = None, *, ba
                              f"have {tuple(p.x.shape[1:])}; give background shape (m, "
                              f"{', '.join(map(str, p.x.shape[1:]))})")
         n, m, shape = p.n, len(bank), tuple(p.x.shape[1:])
-        idx, alpha, eps = _draws(seed, n, m, n_samples, noise, shape)
+        bs = check_batch_size(batch_size, row_bytes=row_bytes(p.x))
+        idx, alpha, gens = _draws(seed, n, m, n_samples)
         size = int(np.prod(shape)) if shape else 1
         per = max(1, _CHUNK_ELEMENTS // (n_samples * size))   # samples per chunk of draws
         values = torch.empty((n,) + shape, dtype=torch.float64)
@@ -131,10 +140,11 @@ def gradient_shap(model: torch.nn.Module, inputs: Any, target: Any = None, *, ba
             c = i1 - i0
             rows = torch.arange(c * n_samples)
             sample = torch.arange(i0, i1).repeat_interleave(n_samples)
-            if eps is None:
+            if noise_std == 0:
                 x_in, in_idx = p.x, sample
             else:  # the noisy inputs of these draws, one row per draw
-                x_in = p.x[sample] + torch.as_tensor(eps[i0:i1].reshape((-1,) + shape),
+                eps = _noise(gens, i0, i1, n_samples, noise_std, shape)
+                x_in = p.x[sample] + torch.as_tensor(eps.reshape((-1,) + shape),
                                                      device=p.x.device, dtype=p.x.dtype)
                 in_idx = rows
             per_draw = _path_attributions(
@@ -143,19 +153,21 @@ def gradient_shap(model: torch.nn.Module, inputs: Any, target: Any = None, *, ba
                 alphas=torch.as_tensor(alpha[i0:i1].reshape(-1), dtype=torch.float64),
                 weights=torch.ones(len(rows), dtype=torch.float64), out_idx=rows,
                 target_rows=sample, n_out=len(rows), batch_size=bs, progress=progress,
-                desc="gradient shap",
+                desc="gradient shap", what="gradient-SHAP path points" + (
+                    " (noisy inputs)" if noise_std else ""),
             ).cpu().view((c, n_samples) + shape)
             values[i0:i1] = per_draw.mean(1)
             se[i0:i1] = (per_draw.std(1, correction=1) / np.sqrt(n_samples) if n_samples > 1
                          else torch.full_like(per_draw[:, 0], float("nan")))
             totals[i0:i1] = per_draw.reshape(c, n_samples, -1).sum(-1)
         everyone = BaselineSet(bank, torch.arange(m).repeat(n, 1), "background")
-        f_base = _baseline_outputs(model, everyone, p.target, batch_size=bs).cpu()
+        f_base = _baseline_outputs(model, everyone, p.target, batch_size=bs,
+                                   what="the background rows").cpu()
         delta = p.scalar.cpu().to(torch.float64) - f_base
         gap = (values.reshape(n, -1).sum(1) - delta).abs()
         tot_se = (totals.std(1, correction=1) / np.sqrt(n_samples) if n_samples > 1
                   else torch.full((n,), float("nan"), dtype=torch.float64))
-        meta = {"n_samples": n_samples, "noise": noise, "seed": seed, "n_background": m,
+        meta = {"n_samples": n_samples, "noise_std": noise_std, "seed": seed, "n_background": m,
                 "n_model_rows": n * n_samples}
         return p.explanation(
             values.to(p.x.dtype), "gradient_shap", params, meta=meta,

@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.execution import check_batch_size, chunks
+from ..core.execution import check_batch_size, chunks, rng
 from ..core.registry import register
 from ..core.targets import Target
-from ..core.torch_model import forward, gradient, torch_call
+from ..core.torch_model import check_finite, forward, torch_call
 from ._approximation import check_integration, integration_points
 from ._baselines import BaselineSet, make_baselines
 from ..core.layout import BatchLayout, run_in_layout
+from .gradient import checked_gradient, row_bytes
 
 __all__ = ["integrated_gradients"]
 
@@ -37,7 +38,8 @@ def _path_attributions(model: torch.nn.Module, target: Target, *, inputs: torch.
                        alphas: torch.Tensor, weights: torch.Tensor, out_idx: torch.Tensor,
                        target_rows: torch.Tensor, n_out: int, batch_size: int | None = None,
                        progress: bool | None = None, shared_diff: bool = False,
-                       desc: str = "integrated gradients") -> torch.Tensor:
+                       desc: str = "integrated gradients",
+                       what: str = "integrated-gradients path points") -> torch.Tensor:
     """Sum of weighted gradient × difference terms over an arbitrary table of path points.
 
     Row ``r`` of the table is the point ``b + alphas[r] * (x - b)`` with ``x = inputs[input_idx[r]]``
@@ -55,11 +57,13 @@ def _path_attributions(model: torch.nn.Module, target: Target, *, inputs: torch.
     n_out : int
         Number of output rows.
     batch_size : int, optional
-        Table rows per forward+backward pass (default 64).
+        Table rows per forward+backward pass (default: sized by memory, at most 64).
     shared_diff : bool, default False
         Every row of an output row has the same ``x`` and ``b`` (one baseline per sample): the
         weighted gradients are summed first and multiplied by ``x - b`` once at the end, which
         saves a pass over every row.
+    what : str
+        The evaluations, as named when the model returns NaN or Inf there.
 
     Returns
     -------
@@ -73,13 +77,14 @@ def _path_attributions(model: torch.nn.Module, target: Target, *, inputs: torch.
     alphas = alphas.to(device=dev, dtype=dtype)
     weights = weights.to(device=dev, dtype=dtype)
     input_idx, baseline_idx, out_idx = input_idx.to(dev), baseline_idx.to(dev), out_idx.to(dev)
-    for sl in chunks(len(alphas), check_batch_size(batch_size), desc=desc, progress=progress):
+    bs = check_batch_size(batch_size, row_bytes=row_bytes(inputs))
+    for sl in chunks(len(alphas), bs, desc=desc, progress=progress):
         xi = inputs.index_select(0, input_idx[sl])
         bi = bank.index_select(0, baseline_idx[sl])
         diff = xi.sub_(bi)
         points = torch.addcmul(bi, alphas[sl].view(view), diff)
         rows = target_rows[sl]
-        g = lay.from_model(run_in_layout(model, lambda t: gradient(model, t, target, rows=rows)[0],
+        g = lay.from_model(run_in_layout(model, lambda t: checked_gradient(model, t, target, rows, what),
                                          lay.model_view(points), lay.fmt))
         g = g * weights[sl].view(view)
         if not shared_diff:
@@ -130,20 +135,24 @@ def _ig_core(model: torch.nn.Module, x: torch.Tensor, baselines: BaselineSet, ta
 
 
 def _baseline_outputs(model: torch.nn.Module, baselines: BaselineSet, target: Target, *,
-                      rows: torch.Tensor | None = None,
-                      batch_size: int | None = None) -> torch.Tensor:
+                      rows: torch.Tensor | None = None, batch_size: int | None = None,
+                      what: str = "the baselines") -> torch.Tensor:
     """Mean target scalar over each sample's baselines, shape (n,), float64.
 
     Each distinct bank row is evaluated once; the scalar is then picked per (sample, baseline)
-    pair, because the target may differ per sample.
+    pair, because the target may differ per sample. The outputs are checked finite (a NaN here
+    would make ``baseline_output`` and the completeness gap NaN).
     """
     n, k = baselines.n, baselines.k
     used, inverse = torch.unique(baselines.index.reshape(-1), return_inverse=True)
     outs = []
+    bs = check_batch_size(batch_size, row_bytes=row_bytes(baselines.bank))
     with torch.no_grad():
-        for sl in chunks(len(used), check_batch_size(batch_size), progress=False):
-            outs.append(forward(model, baselines.bank.index_select(0, used[sl].to(baselines.bank.device)),
-                                name="baselines"))
+        for sl in chunks(len(used), bs, progress=False):
+            out = forward(model, baselines.bank.index_select(0, used[sl].to(baselines.bank.device)),
+                          name="baselines")
+            check_finite(out, what)
+            outs.append(out)
     out = torch.cat(outs)[inverse.to(outs[0].device)]
     sample = torch.arange(n).repeat_interleave(k)
     tr = sample if rows is None else torch.as_tensor(rows).cpu()[sample]
@@ -163,7 +172,7 @@ def _check_steps(n_steps: Any) -> int:
 def integrated_gradients(model: torch.nn.Module, inputs: Any, target: Any = None, *,
                          baselines: Any = "zero", n_steps: int = 50,
                          integration: str = "gausslegendre", n_baselines: int | None = None,
-                         sigma: float | None = None, data: Any = None, seed: int | None = 0,
+                         sigma: float | None = None, background: Any = None, seed: int | None = 0,
                          batch_size: int | None = None, progress: bool | None = None):
     """Integrated gradients: gradients averaged along the straight path from a baseline.
 
@@ -179,7 +188,7 @@ def integrated_gradients(model: torch.nn.Module, inputs: Any, target: Any = None
         See :mod:`lumos.core.targets`.
     baselines : str, float or Tensor, default "zero"
         ``"zero"``, a constant, ``"blur"``, ``"uniform"``, ``"gaussian"``, ``"mean"`` (with
-        ``data``), a tensor broadcastable to the inputs, or a set of ``k`` baselines ``(k, ...)``
+        ``background``), a tensor broadcastable to the inputs, or a set of ``k`` baselines ``(k, ...)``
         / ``(batch, k, ...)`` to average over; see
         :func:`lumos.attribution._baselines.make_baselines` for every form.
     n_steps : int, default 50
@@ -194,12 +203,13 @@ def integrated_gradients(model: torch.nn.Module, inputs: Any, target: Any = None
     sigma : float, optional
         ``"blur"``: Gaussian width in pixels (default 5). ``"gaussian"``: noise standard deviation
         relative to each sample's value range (default 0.1).
-    data : array-like, shape (m, ...), optional
-        Data whose mean is the baseline for ``baselines="mean"``.
+    background : array-like, shape (m, ...), optional
+        Reference data whose mean is the baseline for ``baselines="mean"``.
     seed : int, default 0
         Seed of the random baselines (drawn before batching; shared by all samples).
     batch_size : int, optional
-        Rows ``(sample, step, baseline)`` per forward+backward pass (default 64).
+        Rows ``(sample, step, baseline)`` per forward+backward pass (default: sized by memory, at
+        most 64).
     progress : bool, optional
         Progress bar; ``None`` shows one on a terminal for long work.
 
@@ -210,7 +220,10 @@ def integrated_gradients(model: torch.nn.Module, inputs: Any, target: Any = None
         sample's baselines. ``meta["completeness_gap"]`` (per sample) is
         ``|sum(values) - (output - baseline_output)|``, the quadrature error, and
         ``meta["relative_gap"]`` that gap divided by ``|output - baseline_output|`` (NaN where
-        that difference is 0).
+        that difference is 0). The model's outputs at the baselines and along the paths are
+        checked: NaN or Inf there raises :class:`~lumos.core.torch_model.NonFiniteOutputError`
+        naming the evaluation (``the baselines``, ``integrated-gradients path points``) instead
+        of returning a NaN ``baseline_output`` beside finite but wrong values.
 
     Notes
     -----
@@ -227,17 +240,18 @@ def integrated_gradients(model: torch.nn.Module, inputs: Any, target: Any = None
     n_steps = _check_steps(n_steps)
     integration = check_integration(integration)
     alphas, weights = integration_points(n_steps, integration)
-    bs = check_batch_size(batch_size)
+    rng(seed)  # a bad seed is an error even where no baseline is random
+    check_batch_size(batch_size)
     params = {"baselines": baselines if isinstance(baselines, (str, int, float)) or baselines is None
               else f"<array {tuple(getattr(baselines, 'shape', np.shape(baselines)))}>",
               "n_steps": n_steps, "integration": integration, "n_baselines": n_baselines,
               "sigma": sigma, "seed": seed}
     with torch_call(model, inputs, target, method="integrated_gradients") as p:
-        base = make_baselines(baselines, p.x, n_baselines=n_baselines, sigma=sigma, data=data,
-                              seed=seed)
-        values = _ig_core(model, p.x, base, p.target, alphas, weights, batch_size=bs,
+        base = make_baselines(baselines, p.x, n_baselines=n_baselines, sigma=sigma,
+                              background=background, seed=seed)
+        values = _ig_core(model, p.x, base, p.target, alphas, weights, batch_size=batch_size,
                           progress=progress)
-        f_base = _baseline_outputs(model, base, p.target, batch_size=bs)
+        f_base = _baseline_outputs(model, base, p.target, batch_size=batch_size)
         delta = p.scalar.to(torch.float64) - f_base
         gap = (values.reshape(p.n, -1).to(torch.float64).sum(1) - delta).abs()
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -256,12 +270,13 @@ def integrated_gradients(model: torch.nn.Module, inputs: Any, target: Any = None
 
 def _ig_kernel(model, x: torch.Tensor, target: Target, rows, *, baselines: Any = "zero",
                n_steps: int = 50, integration: str = "gausslegendre",
-               n_baselines: int | None = None, sigma: float | None = None, data: Any = None,
+               n_baselines: int | None = None, sigma: float | None = None, background: Any = None,
                seed: int | None = 0, batch_size: int | None = None,
                progress: bool | None = None) -> torch.Tensor:
     """Row kernel (see :mod:`lumos.attribution.gradient`): IG of every row of ``x``."""
     alphas, weights = integration_points(_check_steps(n_steps), integration)
-    base = make_baselines(baselines, x, n_baselines=n_baselines, sigma=sigma, data=data, seed=seed)
+    base = make_baselines(baselines, x, n_baselines=n_baselines, sigma=sigma, background=background,
+                          seed=seed)
     return _ig_core(model, x, base, target, alphas, weights, rows=rows, batch_size=batch_size,
                     progress=progress)
 

@@ -8,10 +8,12 @@
   Networks Lack Sensitivity to Parameter Values"): their variance.
 
 The noise of sample ``i`` has standard deviation ``noise_level * (max(x_i) - min(x_i))`` (the
-paper's "noise level relative to the input range"). One set of ``n_samples`` standard-normal
-draws, made from ``seed`` before any batching, is shared by all samples (each scaled by its own
-sigma): a sample's result depends only on the sample and the seed, never on ``batch_size`` nor on
-the other samples in the batch.
+paper's "noise level relative to the input range"). Draw ``j`` is a standard-normal field from its
+own random stream, keyed by ``(seed, j)`` (:func:`noise_draws`), shared by all samples (each
+scaled by its own sigma): a sample's result depends only on the sample and the seed, never on
+``batch_size`` nor on the other samples in the batch. The draws are made per chunk, for the rows
+of that chunk only, so ``batch_size`` bounds the memory of the noise as it bounds that of the
+passes (all ``n_samples`` draws are never held at once).
 
 All noisy copies are evaluated as one stacked batch of ``batch * n_samples`` rows, ``batch_size``
 rows at a time, with the target resolved once at the clean input (``"predicted"`` means the class
@@ -27,12 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.execution import check_batch_size, chunks, torch_generator
-from ..core.registry import get_method, register
-from ..core.torch_model import Prepared, torch_call
+from ..core.execution import check_batch_size, chunks
+from ..core.registry import _REGISTRY, get_method, register
+from ..core.torch_model import NonFiniteOutputError, Prepared, torch_call
 from ..core.layout import BatchLayout
+from ..core.validation import check_choice, check_number
+from .gradient import row_bytes
 
-__all__ = ["smoothgrad", "smoothgrad_sq", "vargrad", "VARIANTS"]
+__all__ = ["smoothgrad", "smoothgrad_sq", "vargrad", "VARIANTS", "noise_draws"]
 
 VARIANTS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 _VARIANT_ALIASES = {"smoothgrad2": "smoothgrad_sq", "smoothgrad_squared": "smoothgrad_sq",
@@ -42,10 +46,8 @@ _OWN = ("batch_size", "progress")
 
 def _check_variant(variant: Any) -> str:
     key = variant.strip().lower() if isinstance(variant, str) else variant
-    key = _VARIANT_ALIASES.get(key, key)
-    if key not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}")
-    return key
+    key = _VARIANT_ALIASES.get(key, key) if isinstance(key, str) else key
+    return check_choice(key if key in VARIANTS else variant, "variant", VARIANTS)
 
 
 def _check_positive_int(value: Any, name: str) -> int:
@@ -54,11 +56,41 @@ def _check_positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def _check_seed(seed: Any) -> int:
+    """The seed as an int; ``None`` draws one from the OS (recorded in the Explanation)."""
+    if seed is None:
+        return int(np.random.SeedSequence().entropy)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int or None; got {seed!r}")
+    return int(seed)
+
+
+def noise_draws(seed: int, draws: Any, shape: tuple, dtype: torch.dtype = torch.float32,
+                device: Any = "cpu") -> torch.Tensor:
+    """Standard-normal fields ``z_j`` for the draw indices ``draws``, shape ``(len(draws), *shape)``.
+
+    Draw ``j`` comes from its own stream (a generator seeded from ``SeedSequence(seed,
+    spawn_key=(j,))``), so it is the same whichever other draws are made with it: chunks of any
+    size give identical noise, and only the draws a chunk needs are ever in memory.
+    """
+    draws = [int(j) for j in draws]
+    z = torch.empty((len(draws),) + tuple(shape), dtype=dtype)
+    g = torch.Generator()
+    for k, j in enumerate(draws):
+        g.manual_seed(int(np.random.SeedSequence(seed, spawn_key=(j,)).generate_state(1, np.uint64)[0]))
+        z[k] = torch.randn(tuple(shape), generator=g, dtype=dtype)
+    return z.to(device)
+
+
 def _base_call(base: str, base_params: dict, seed):
     """Resolve the base method and validate the parameters forwarded to it."""
     if not isinstance(base, str):
         raise TypeError(f"base must be the name of a registered method; got {type(base).__name__}")
-    info = get_method(base)
+    try:
+        info = get_method(base)
+    except ValueError:  # the registry's message names `method`; here the argument is `base`
+        check_choice(base, "base", sorted(k for k in _REGISTRY if k not in VARIANTS))
+        raise
     if info.name in VARIANTS:
         raise ValueError(f"base must be a method other than {VARIANTS}; got {base!r}")
     sig = inspect.signature(info.func)
@@ -127,17 +159,14 @@ class _Moments:
 
 
 def _run(p: Prepared, info, params: dict, accepted: set, variant: str, noise_level: float,
-         n_samples: int, seed, bs: int, progress) -> tuple[torch.Tensor, torch.Tensor]:
+         n_samples: int, seed: int, bs: int, progress) -> tuple[torch.Tensor, torch.Tensor]:
     x, n = p.x, p.n
     flat = x.reshape(n, -1)
     sigma = noise_level * (flat.max(1).values - flat.min(1).values)  # (n,)
-    # One set of draws for all samples, made before batching (see module docstring).
-    g = torch_generator(seed)
-    z = torch.randn((n_samples,) + tuple(x.shape[1:]), generator=g, dtype=x.dtype).to(x.device)
     # Noisy copies are built in the storage layout of the batches (NHWC for channels-last conv
     # nets) and handed to the base method as model-layout views, without copies.
     lay = BatchLayout(p.model, x)
-    x_int, z_int = lay.internal(x), lay.internal(z)
+    x_int = lay.internal(x)
     view = (-1,) + (1,) * (x.ndim - 1)
     kernel = getattr(info.func, "row_kernel", None)
     moments = _Moments(n, need_m2=variant == "vargrad")
@@ -147,21 +176,30 @@ def _run(p: Prepared, info, params: dict, accepted: set, variant: str, noise_lev
         r = torch.arange(sl.start, sl.stop)
         sample, draw = r // n_samples, r % n_samples
         dev_sample = sample.to(x.device)
+        # only this chunk's draws, each from its own stream (see module docstring)
+        used, which = torch.unique(draw, return_inverse=True)
+        z_int = lay.internal(noise_draws(seed, used.tolist(), tuple(x.shape[1:]), x.dtype, x.device))
         noisy = lay.model_view(torch.addcmul(
             x_int.index_select(0, dev_sample), sigma.index_select(0, dev_sample).view(view),
-            z_int.index_select(0, draw.to(x.device))))
-        if kernel is not None:
-            a = kernel(p.model, noisy, p.target, sample, batch_size=bs, progress=False, **params)
-        else:
-            if p.target.fn is not None:
-                tgt = p.target.fn
-            elif p.target.indices is not None:
-                tgt = p.target.indices[sample.numpy()]
+            z_int.index_select(0, which.to(x.device))))
+        del z_int
+        try:
+            if kernel is not None:
+                a = kernel(p.model, noisy, p.target, sample, batch_size=bs, progress=False, **params)
             else:
-                tgt = None
-            extra = {k: v for k, v in (("batch_size", bs), ("progress", False)) if k in accepted}
-            a = torch.as_tensor(np.asarray(info.func(p.model, noisy, target=tgt, **extra,
-                                                     **params).values), device=x.device)
+                if p.target.fn is not None:
+                    tgt = p.target.fn
+                elif p.target.indices is not None:
+                    tgt = p.target.indices[sample.numpy()]
+                else:
+                    tgt = None
+                extra = {k: v for k, v in (("batch_size", bs), ("progress", False)) if k in accepted}
+                a = torch.as_tensor(np.asarray(info.func(p.model, noisy, target=tgt, **extra,
+                                                         **params).values), device=x.device)
+        except NonFiniteOutputError as err:  # say that the bad evaluation was a noisy copy
+            raise NonFiniteOutputError(
+                f"smoothgrad: on the noisy copies of the inputs (noise_level={noise_level:g}, "
+                f"rows {sl.start}..{sl.stop - 1} of sample x draw): {err}") from err
         if same_shape is None:  # attributions shaped like the inputs share their layout
             same_shape = lay.nhwc and tuple(a.shape) == tuple(noisy.shape)
         if same_shape:
@@ -202,12 +240,15 @@ def smoothgrad(model: torch.nn.Module, inputs: Any, target: Any = None, *, base:
         recommends 0.1 to 0.2. ``0`` gives the base method itself.
     n_samples : int, default 50
         Noisy copies per sample.
-    seed : int, default 0
-        Seed of the noise (drawn before batching, shared by all samples); also passed to a
-        random base method that takes a ``seed``.
+    seed : int or None, default 0
+        Seed of the noise: draw ``j`` comes from its own stream keyed by ``(seed, j)``, shared by
+        all samples, so results do not depend on ``batch_size`` or on the other samples. Also
+        passed to a random base method that takes a ``seed``. ``None`` draws a seed from the OS
+        and records it in ``meta["seed"]``.
     batch_size : int, optional
-        Noisy copies per forward+backward pass (default 64). A base method with internal rows
-        (integrated gradients' steps) evaluates its own rows ``batch_size`` at a time.
+        Noisy copies per forward+backward pass (default: sized by memory, at most 64); it also
+        bounds the noise held in memory. A base method with internal rows (integrated gradients'
+        steps) evaluates its own rows ``batch_size`` at a time.
     progress : bool, optional
     **base_params
         Parameters of the base method (``mode="abs"`` for saliency, ``n_steps=20`` for
@@ -219,20 +260,21 @@ def smoothgrad(model: torch.nn.Module, inputs: Any, target: Any = None, *, base:
     Explanation
         ``values`` has the shape of the base method's values; raw (the squared and variance
         variants are not normalised). ``meta["noise_sigma"]`` holds each sample's noise standard
-        deviation.
+        deviation. A NaN or Inf model output on a noisy copy raises
+        :class:`~lumos.core.torch_model.NonFiniteOutputError` naming the noisy copies.
     """
     variant = _check_variant(variant)
-    if isinstance(noise_level, bool) or not isinstance(noise_level, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(noise_level) or noise_level < 0:
-        raise ValueError(f"noise_level must be a non-negative number; got {noise_level!r}")
+    noise_level = check_number(noise_level, "noise_level", low=0)
     n_samples = _check_positive_int(n_samples, "n_samples")
-    bs = check_batch_size(batch_size)
+    check_batch_size(batch_size)
+    seed = _check_seed(seed)
     for k in _OWN:
         if k in base_params:  # pragma: no cover - caught by Python's signature already
             raise ValueError(f"{k} is smoothgrad's own parameter")
     info, params, accepted = _base_call(base, base_params, seed)
     with torch_call(model, inputs, target, method="smoothgrad") as p:
-        values, sigma = _run(p, info, params, accepted, variant, float(noise_level), n_samples,
+        bs = check_batch_size(batch_size, row_bytes=row_bytes(p.x))
+        values, sigma = _run(p, info, params, accepted, variant, noise_level, n_samples,
                              seed, bs, progress)
         return p.explanation(
             values, variant,

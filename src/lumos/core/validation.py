@@ -16,13 +16,15 @@ __all__ = ["check_number", "check_choice", "check_kwargs", "RENAMED"]
 
 # Parameters renamed for one name per concept across the API (old name -> new name). Consulted by
 # check_kwargs so that a user with an old spelling is told the new one.
-RENAMED: dict[str, str] = {
+RENAMED: dict[str, str | tuple[str, ...]] = {
     "data": "background",
     "mask": "masks",
     "steps": "n_steps",
     "n_perturbations": "n_samples",
-    "baseline": "baselines",
+    "baseline": ("baselines", "fill"),  # path methods; Score-CAM's masked-out value is a fill
+    "noise": "noise_std",  # gradient_shap: an absolute standard deviation
     "baselines": "background",  # deep_shap: its reference set is a background sample
+    "softmax": "scale",  # metrics: softmax=True became scale="probability"
 }
 
 
@@ -111,8 +113,10 @@ def check_kwargs(func: Callable | Iterable[str], params: dict, where: str,
         return
     msgs = []
     for k in unknown:
-        if k in RENAMED and RENAMED[k] in known:
-            msgs.append(f"{k!r} is now called {RENAMED[k]!r}")
+        new = RENAMED.get(k, ())
+        hit = next((n for n in ((new,) if isinstance(new, str) else new) if n in known), None)
+        if hit is not None:  # a renamed parameter may have a different new name per method
+            msgs.append(f"{k!r} is now called {hit!r}")
             continue
         close = difflib.get_close_matches(k, known, n=1, cutoff=0.6)
         msgs.append(f"unknown parameter {k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))

@@ -29,13 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...core.execution import chunks
+from ...core.execution import check_batch_size, chunks
 from ...core.targets import resolve_target
-from ...core.torch_model import Prepared, forward, get_module
+from ...core.torch_model import Prepared, check_finite, forward, get_module
+from ..gradient import row_bytes
 
 __all__ = [
     "Layer", "find_spatial_layers", "resolve_layer", "upsample", "capture", "activation_and_gradient",
     "gradient_cam", "finish", "slice_target", "Layout", "spatial_dims", "weighted_sum", "FAMILY",
+    "row_bytes",
 ]
 
 FAMILY = "cam"
@@ -214,11 +216,17 @@ class _Hook:
         return None
 
 
-def _validate(hook: _Hook, layer: Layer, model: nn.Module, x: torch.Tensor) -> None:
-    """The layer ran once and gave a spatial output; otherwise the error that explains why."""
+def _validate(hook: _Hook, layer: Layer, model: nn.Module, x: torch.Tensor,
+              what: str = "the inputs") -> None:
+    """The layer ran once and gave a spatial, finite output; otherwise the error that explains why.
+
+    Non-finite activations (an input so large that the layer overflows) are reported as such,
+    before any check of the network's structure could blame the architecture.
+    """
     if hook.calls == 1 and hook.act is not None and _is_spatial(hook.act, x.ndim - 2):
         if layer.shape is None:
             layer.shape = tuple(hook.act.shape[1:])
+        check_finite(hook.act, f"{what}, at layer {layer.name!r} (its activations overflow)")
         return
     resolve_layer(model, x, layer.module, layer.method)  # raises the detailed error
     raise ValueError(
@@ -256,8 +264,10 @@ class Layout:
 
 
 def capture(model: nn.Module, x: torch.Tensor, layer: Layer,
-            extra_hooks: dict[nn.Module, Callable] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass without gradients: ``(output, activation)`` at ``layer``."""
+            extra_hooks: dict[nn.Module, Callable] | None = None,
+            what: str = "the inputs") -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass without gradients: ``(output, activation)`` at ``layer``, both checked
+    finite (``what`` names the evaluation in the error)."""
     hook = _Hook(grad=False)
     handles = [layer.module.register_forward_hook(hook)]
     for mod, fn in (extra_hooks or {}).items():
@@ -268,7 +278,8 @@ def capture(model: nn.Module, x: torch.Tensor, layer: Layer,
     finally:
         for h in handles:
             h.remove()
-    _validate(hook, layer, model, x)
+    _validate(hook, layer, model, x, what)
+    check_finite(out, what)
     return out, hook.act
 
 
@@ -287,6 +298,7 @@ def activation_and_gradient(model: nn.Module, x: torch.Tensor, select: Callable,
         with torch.enable_grad():
             out = forward(model, x)
             _validate(hook, layer, model, x)
+            check_finite(out.detach(), "the inputs")
             s = select(out)
             if not (isinstance(s, torch.Tensor) and s.requires_grad):
                 raise ValueError(
@@ -298,6 +310,7 @@ def activation_and_gradient(model: nn.Module, x: torch.Tensor, select: Callable,
         handle.remove()
     if g is None:
         raise ValueError(f"target: the explained scalar does not depend on layer {layer.name!r}")
+    check_finite(g, f"the inputs (the gradient of the target at layer {layer.name!r})")
     return hook.act.detach(), g, out.detach()
 
 
@@ -336,7 +349,8 @@ def gradient_cam(p: Prepared, *, method: str, at: Any, batch_size: int | None,
     layout = Layout(p.model, p.x)
     fused = p.target is None
     maps, weights, outs = [], [], []
-    for sl in chunks(p.n, batch_size, desc=method, progress=progress):
+    bs = check_batch_size(batch_size, row_bytes=row_bytes(p.x))
+    for sl in chunks(p.n, bs, desc=method, progress=progress):
         if fused:
             spec = slice_target(p.target_spec, sl, p.n)
 

@@ -6,11 +6,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...core.execution import chunks
+from ...core.execution import check_batch_size, chunks
 from ...core.registry import register
 from ...core.torch_model import torch_call
 from ...core.targets import resolve_target
-from ._base import FAMILY, Layer, Layout, slice_target, capture, finish, resolve_layer, weighted_sum
+from ._base import (FAMILY, Layer, Layout, capture, finish, resolve_layer, row_bytes, slice_target,
+                    weighted_sum)
 
 __all__ = ["cam"]
 
@@ -72,7 +73,7 @@ def cam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any = No
     at : str, nn.Module or None, default None
         The pooled layer; None takes the last layer with a spatial output.
     batch_size : int, optional
-        Samples per forward pass (default 64).
+        Samples per forward pass (default: sized by memory, at most 64).
     progress : bool, optional
 
     Returns
@@ -94,7 +95,8 @@ def cam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any = No
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         layout = Layout(model, p.x)
         maps, weights, biases, outs = [], [], [], []
-        for sl in chunks(p.n, batch_size, desc="cam", progress=progress):
+        bs = check_batch_size(batch_size, row_bytes=row_bytes(p.x))
+        for sl in chunks(p.n, bs, desc="cam", progress=progress):
             calls: list = []
 
             def record(mod, inp, out):

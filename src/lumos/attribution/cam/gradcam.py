@@ -43,7 +43,7 @@ def gradcam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any 
         The layer (dotted name). None takes the last layer with a spatial output (recorded in
         ``meta["layer"]``). Any spatial layer works.
     batch_size : int, optional
-        Samples per forward/backward pass (default 64).
+        Samples per forward/backward pass (default: sized by memory, at most 64).
     progress : bool, optional
         Progress bar (default: on a terminal for long runs).
 

@@ -8,37 +8,39 @@ import torch
 
 from ...core.execution import check_batch_size, chunks, rng
 from ...core.registry import register
-from ...core.torch_model import as_tensor, forward, torch_call
-from ._base import FAMILY, Layout, capture, finish, resolve_layer, upsample, weighted_sum
+from ...core.torch_model import as_tensor, check_finite, forward, torch_call
+from ...core.validation import check_choice, check_number
+from ._base import FAMILY, Layout, capture, finish, resolve_layer, row_bytes, upsample, weighted_sum
 
 __all__ = ["scorecam"]
 
 _SCORES = ("softmax", "raw")
 
 
-def _baseline(baseline: Any, x: torch.Tensor) -> torch.Tensor:
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return torch.full_like(x, float(baseline))
-    b = as_tensor(baseline, x.device, name="baseline", dtype=x.dtype)
+def _fill(fill: Any, x: torch.Tensor) -> torch.Tensor:
+    """``X_b``: the fill as a tensor shaped like ``x`` (a finite number or a broadcastable tensor)."""
+    if not isinstance(fill, (torch.Tensor, np.ndarray, list, tuple)):
+        return torch.full_like(x, check_number(fill, "fill"))
+    b = as_tensor(fill, x.device, name="fill", dtype=x.dtype)  # also refuses NaN and Inf
     try:
         return torch.broadcast_to(b, x.shape).clone()
     except RuntimeError:
-        raise ValueError(f"baseline of shape {tuple(b.shape)} does not broadcast to inputs of shape "
+        raise ValueError(f"fill of shape {tuple(b.shape)} does not broadcast to inputs of shape "
                          f"{tuple(x.shape)}; give a number, one sample's shape or the batch's shape")
 
 
 @register("scorecam", FAMILY, "Score-CAM: channel weights from forward passes on inputs masked by "
           "each activation map (Wang et al., 2020)")
 def scorecam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any = None,
-             score: str | None = None, baseline: Any = 0.0, n_channels: int | None = None,
-             seed: int | None = None, batch_size: int | None = None, progress: bool | None = None):
+             score: str | None = None, fill: Any = 0.0, n_channels: int | None = None,
+             seed: int | None = 0, batch_size: int | None = None, progress: bool | None = None):
     """Score-CAM: each channel weighted by how much the input seen through it raises the score.
 
     Wang, Wang, Du, Yang, Zhang, Ding, Mardziel & Hu (2020), "Score-CAM: Score-Weighted Visual
     Explanations for Convolutional Neural Networks". For each channel ``k`` the activation map is
     upsampled to the input (bilinear, ``align_corners=False``) and scaled to [0, 1] -- this mask
     ``H_k`` is part of the method, not display. The input seen through it,
-    ``X_k = X_b + (X - X_b) * H_k`` (the paper's ``X * H_k`` for the default ``baseline=0``), is
+    ``X_k = X_b + (X - X_b) * H_k`` (the paper's ``X * H_k`` for the default ``fill=0``), is
     scored, and the weight is the increase of confidence over the baseline (the paper's
     Definition 2): ``alpha_k = f(X_k) - f(X_b)``. The map is ``sum_k alpha_k A_k`` (the paper's
     final ReLU is left to display). Channels whose map is constant give an all-zero mask, hence
@@ -60,17 +62,20 @@ def scorecam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any
         ``f``: ``"softmax"`` is the target class's softmax probability, as in the paper (needs a
         class-index target); ``"raw"`` is the target scalar itself (logit, callable target's
         value). None: ``"softmax"`` for class-index targets on a multi-class output, else ``"raw"``.
-    baseline : float or Tensor, default 0.0
-        ``X_b``, what the masked-out part of the input becomes; a number, one sample's shape or
-        the batch's shape.
+    fill : float or Tensor, default 0.0
+        ``X_b``, the fill value of the masked-out part of the input (called ``baseline`` before;
+        it is a fill, not a path baseline); a finite number, one sample's shape or the batch's
+        shape.
     n_channels : int, optional
         Use a random subset of this many channels (the same subset for every sample, drawn from
         ``seed``) and scale the weights by ``K / n_channels`` so the map estimates the full one.
         None uses every channel.
-    seed : int, optional
-        Seed of the channel subset (only used with ``n_channels``).
+    seed : int or None, default 0
+        Seed of the channel subset (only used with ``n_channels``): two identical calls give the
+        same map. ``None`` draws a fresh subset each call.
     batch_size : int, optional
-        Masked inputs per forward pass (default 64). The result does not depend on it.
+        Masked inputs per forward pass (default: sized by memory, at most 64). The result does
+        not depend on it.
     progress : bool, optional
 
     Returns
@@ -79,12 +84,17 @@ def scorecam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any
         ``values`` (batch, 1, *input_spatial) upsampled; ``meta["layer_map"]`` at the layer;
         ``meta["channel_weights"]`` (batch, K): ``alpha`` (0 for channels not used);
         ``meta["baseline_score"]`` (batch,): ``f(X_b)``; ``meta["n_forward"]``: masked passes.
+        A NaN or Inf model output on the filled or masked inputs raises
+        :class:`~lumos.core.torch_model.NonFiniteOutputError` naming which.
     """
-    if score not in (None,) + _SCORES:
-        raise ValueError(f"score must be one of {_SCORES} or None; got {score!r}")
-    bs = check_batch_size(batch_size)
+    check_choice(score, "score", (None,) + _SCORES)
+    check_batch_size(batch_size)
+    rng(seed)  # the seed's own check, also when no subset is drawn
+    if n_channels is not None:
+        n_channels = check_number(n_channels, "n_channels", low=1, integer=True)
     # The activation pass gives the output too: no separate clean forward pass.
     with torch_call(model, inputs, target, method="scorecam", clean_forward=False) as p:
+        bs = check_batch_size(batch_size, row_bytes=row_bytes(p.x))
         layer = resolve_layer(model, p.x, at, "scorecam", probe=False)
         layout = Layout(model, p.x)
         outs, acts = zip(*[layout.run(lambda xb: capture(model, xb, layer), p.x[sl])
@@ -109,20 +119,22 @@ def scorecam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any
         k_total = a.shape[1]
         channels = np.arange(k_total)
         if n_channels is not None:
-            if isinstance(n_channels, bool) or not isinstance(n_channels, (int, np.integer)) \
-                    or not 1 <= n_channels <= k_total:
+            if n_channels > k_total:
                 raise ValueError(f"n_channels must be an int in 1..{k_total} (the layer's channels) "
                                  f"or None; got {n_channels!r}")
             # One draw, before any batching, shared by all samples: batch-size independent.
             channels = np.sort(rng(seed).choice(k_total, size=int(n_channels), replace=False))
-        base = _baseline(baseline, p.x)
+        base = _fill(fill, p.x)
 
-        def scores(xb, rows):
+        def scores(xb, rows, what="Score-CAM's masked inputs"):
             # inference_mode: scores are only compared, never differentiated
             with torch.inference_mode():
-                return f(forward(model, xb, name="masked inputs"), rows)
+                out = forward(model, xb, name="masked inputs")
+                check_finite(out, what)
+                return f(out, rows)
 
-        f_base = torch.cat([layout.run(scores, base[sl], torch.arange(sl.start, sl.stop))
+        f_base = torch.cat([layout.run(scores, base[sl], torch.arange(sl.start, sl.stop),
+                                       what="the fill input X_b (everything masked out)")
                             for sl in chunks(p.n, bs, progress=False)])
 
         sub = a[:, torch.as_tensor(channels, device=a.device)]
@@ -147,6 +159,6 @@ def scorecam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any
         if n_channels is not None:
             meta.update(channels=channels.tolist(), seed=seed)
         return finish(p, layer, weighted_sum(weights, a), "scorecam",
-                      {"score": score, "baseline": baseline if isinstance(baseline, (int, float)) else
+                      {"score": score, "fill": fill if isinstance(fill, (int, float)) else
                        "<tensor>", "n_channels": n_channels, "seed": seed}, meta,
                       {"channel_weights": weights, "baseline_score": f_base})
