@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Args", "Shared", "Packing", "BoundModel", "bind", "rows_of", "unwrap", "is_several",
-           "ForwardArgsError"]
+__all__ = ["Args", "Shared", "Packing", "Wrapper", "BoundModel", "bind", "rows_of", "unwrap",
+           "is_several", "ForwardArgsError"]
 
 
 class ForwardArgsError(ValueError):
@@ -204,22 +204,17 @@ class Packing:
         return dict(zip(self.names, parts)) if self.kind == "dict" else tuple(parts)
 
 
-class BoundModel(nn.Module):
-    """The user's model seen as a function of one batch ``z`` (see the module docs).
+class Wrapper(nn.Module):
+    """A view of the user's ``model`` that lumos builds for one call (never seen by the user).
 
-    ``packing`` is ``None`` when a single input is explained (``z`` has its shape) and only
-    forward arguments are bound.
+    Wrappers nest (a layer splice around bound forward arguments); :meth:`rows` tells every level
+    which sample each row of the next batches belongs to, and :func:`unwrap` finds the user's model
+    (for layer names and the model lock).
     """
 
-    def __init__(self, model: nn.Module, packing: Packing | None, n: int,
-                 args: tuple = (), kwargs: Mapping[str, Any] | None = None):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.packing = packing
-        self.n = n
-        self.args = list(args)
-        self.kwargs = dict(kwargs or {})
-        self._per_sample = any(_per_sample(a, n) for a in self.args + list(self.kwargs.values()))
         self._rows: torch.Tensor | None = None
 
     @contextlib.contextmanager
@@ -228,9 +223,29 @@ class BoundModel(nn.Module):
         prev = self._rows
         self._rows = None if rows is None else torch.as_tensor(rows, dtype=torch.long).reshape(-1)
         try:
-            yield
+            if isinstance(self.model, Wrapper):
+                with self.model.rows(rows):
+                    yield
+            else:
+                yield
         finally:
             self._rows = prev
+
+
+class BoundModel(Wrapper):
+    """The user's model seen as a function of one batch ``z`` (see the module docs).
+
+    ``packing`` is ``None`` when a single input is explained (``z`` has its shape) and only
+    forward arguments are bound.
+    """
+
+    def __init__(self, model: nn.Module, packing: Packing | None, n: int,
+                 args: tuple = (), kwargs: Mapping[str, Any] | None = None):
+        super().__init__(model)
+        self.packing = packing
+        self.n = n
+        self.args = list(args)
+        self.kwargs = dict(kwargs or {})
 
     def _expand(self, value: Any, rows: torch.Tensor | None, m: int) -> Any:
         if isinstance(value, Shared):
@@ -322,14 +337,16 @@ def _move(value: Any, device) -> Any:
 
 
 def unwrap(model: Any) -> Any:
-    """The user's model inside a :class:`BoundModel` (else ``model``)."""
-    return model.model if isinstance(model, BoundModel) else model
+    """The user's model inside lumos's wrappers (else ``model`` itself)."""
+    while isinstance(model, Wrapper):
+        model = model.model
+    return model
 
 
 @contextlib.contextmanager
 def rows_of(model: Any, rows: Any) -> Iterator[None]:
-    """Tell a bound model which sample each row of the next batches belongs to (no-op otherwise)."""
-    if isinstance(model, BoundModel) and rows is not None:
+    """Tell a wrapped model which sample each row of the next batches belongs to (no-op otherwise)."""
+    if isinstance(model, Wrapper) and rows is not None:
         with model.rows(rows):
             yield
     else:

@@ -452,7 +452,8 @@ def feature_names_of(inputs: Any) -> list[str] | None:
 @contextlib.contextmanager
 def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
                rules: bool = False, clean_forward: bool = True, forward_args: Any = None,
-               several: bool = False) -> Iterator[Prepared]:
+               several: bool = False, at: Any = None, layer_side: str = "output"
+               ) -> Iterator[Prepared]:
     """Validate, resolve the target, and guard the model for the duration of a method.
 
     The inputs (a tensor, an array of any numeric dtype, or a DataFrame) are copied and cast to the
@@ -479,7 +480,16 @@ def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
         packed into the columns of ``Prepared.x`` and the Explanation holds one array per input.
         Methods that need the spatial layout of one input leave it False: several inputs are
         then refused with a clear error.
+    at, layer_side : str (a dotted layer name), {"output", "input"}
+        Attribute to that layer's output (input) activation instead of the inputs
+        (:mod:`lumos.core.units`): ``Prepared.x`` is then the activation and ``Prepared.model``
+        the map from it to the output. A :class:`~lumos.core.units.Neuron` target explains a
+        unit inside the network instead of an output.
     """
+    from .units import ActivationModel, Neuron, SpliceModel, activation
+
+    if layer_side not in ("output", "input"):
+        raise ValueError(f"layer_side must be 'output' or 'input'; got {layer_side!r}")
     if is_several(inputs) and not several:
         raise ValueError(
             f"inputs: {method} explains one input tensor (it needs the layout of an image or a "
@@ -505,8 +515,20 @@ def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
         if not x.is_floating_point():  # pragma: no cover - as_tensor casts ints to float
             raise TypeError("inputs must be floating point for gradient methods")
         check_input_shape(model, x)
+        meta: dict = {}
+        if isinstance(target, Neuron):  # explain a unit: the model ends at its layer
+            model = ActivationModel(model, target.at, target.layer_side)
+            with torch.no_grad():
+                shape = tuple(forward(model, x[:1], rows=[0]).shape)
+            meta["neuron"] = repr(target)
+            target = target.target(shape)
+        if at is not None:  # attribute to a layer: the model starts at its activation
+            act = activation(model, x, at, layer_side)
+            model = SpliceModel(model, at, x, layer_side)
+            meta.update(at=model.name, layer_side=layer_side)
+            x, packing, names = act, None, None
         if not clean_forward:
-            yield Prepared(model, x, None, None, None, meta={}, target_spec=target,
+            yield Prepared(model, x, None, None, None, meta=meta, target_spec=target,
                            feature_names=names, packing=packing)
             return
         with torch.no_grad():
@@ -515,5 +537,6 @@ def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
         tgt = resolve_target(target, out)
         with torch.no_grad():
             scalar = tgt.select(out)
-        yield Prepared(model, x, out, tgt, scalar.detach(), meta={"target": tgt.description},
+        meta["target"] = tgt.description
+        yield Prepared(model, x, out, tgt, scalar.detach(), meta=meta,
                        target_spec=target, feature_names=names, packing=packing)
