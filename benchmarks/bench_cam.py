@@ -14,31 +14,23 @@ the table also shows Captum and the forward+backward pass on channels-last input
 gain and the method's own cost can be told apart.
 
 The demo CNN (``lumos.data.load_demo_model``) on a batch of 16 images of 64x64; a randomly
-initialised DemoCNN if the shipped weights are missing. Median of a few repeats after a warm-up.
+initialised DemoCNN if the shipped weights are missing. Timing follows ``benchmarks/_timing.py``:
+every contender of a group runs interleaved in one process, order rotated each round, one warm-up
+round discarded; the minimum wall-clock time over the rounds is reported with the machine load.
 """
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 import lumos
+from _timing import compare, header, set_threads
 
-torch.set_num_threads(int(os.environ.get("LUMOS_BENCH_THREADS", "1")))
-
-
-def timeit(fn, repeats=5):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+set_threads(int(os.environ.get("LUMOS_BENCH_THREADS", "1")))
+REPEATS = int(os.environ.get("LUMOS_BENCH_REPEATS", "10"))
 
 
 def load():
@@ -92,7 +84,7 @@ def main():
     with torch.no_grad():
         target = model(x).argmax(1)
     size = tuple(x.shape[2:])
-    print(f"model: {note}; inputs {tuple(x.shape)}; torch threads {torch.get_num_threads()}")
+    print(header(f"{note}; inputs {tuple(x.shape)}; torch threads {torch.get_num_threads()}"))
 
     def fwd_bwd():
         xi = x.clone().requires_grad_(True)
@@ -142,15 +134,17 @@ def main():
           f"Score-CAM vs naive loop max rel. diff {sc_diff:.1e}; "
           f"Score-CAM masked passes {e_sc.meta['n_forward']} of {len(x) * 64} (constant maps skipped)")
 
-    t_fwd = timeit(fwd, 10)
-    t_fb = timeit(fwd_bwd, 10)
-    t_gc = timeit(lumos_gradcam, 10)
-    t_gc_at = timeit(lumos_gradcam_at, 10)
-    t_cap = timeit(captum_gradcam, 10)
-    t_cap_cl = timeit(captum_gradcam_cl, 10)
-    t_fb_cl = timeit(fwd_bwd_cl, 10)
-    t_sc = timeit(lumos_scorecam, 3)
-    t_naive = timeit(naive, 3)
+    # Grad-CAM group: like for like, every contender explains the same 16 images and targets
+    g = compare({"fwd": fwd, "fwd_bwd": fwd_bwd, "fwd_bwd_cl": fwd_bwd_cl, "gradcam": lumos_gradcam,
+                 "gradcam_at": lumos_gradcam_at, "captum": captum_gradcam,
+                 "captum_cl": captum_gradcam_cl}, repeats=REPEATS)
+    t_fwd, t_fb, t_fb_cl = g.best("fwd"), g.best("fwd_bwd"), g.best("fwd_bwd_cl")
+    t_gc, t_gc_at, t_cap, t_cap_cl = (g.best("gradcam"), g.best("gradcam_at"), g.best("captum"),
+                                      g.best("captum_cl"))
+    sc = compare({"scorecam": lumos_scorecam, "naive": naive}, repeats=max(1, REPEATS // 3))
+    t_sc, t_naive = sc.best("scorecam"), sc.best("naive")
+    print(f"(machine load per core: Grad-CAM group {g.load_before:.2f} -> {g.load_after:.2f}, "
+          f"Score-CAM group {sc.load_before:.2f} -> {sc.load_after:.2f})")
 
     rows = [
         ("gradcam (auto layer)", t_gc, "captum LayerGradCam+interpolate", t_cap),

@@ -1,10 +1,10 @@
 """Benchmark: lumos gradient methods beside Captum, and beside the model passes they need.
 
 Run: ``python benchmarks/bench_gradients.py`` (CPU, one thread by default;
-``LUMOS_BENCH_THREADS=2`` to change, ``LUMOS_BENCH_REPEATS`` for the repeats). With one thread
-the clock is the process CPU time (robust to other load on a shared machine) and the median of the
-repeats is reported; with more threads the wall clock and the fastest repeat (the least disturbed
-by other programs); ``LUMOS_BENCH_CLOCK=wall|cpu`` and ``LUMOS_BENCH_STAT=median|min`` override.
+``LUMOS_BENCH_THREADS=2`` to change, ``LUMOS_BENCH_REPEATS`` for the repeats). Timing follows
+``benchmarks/_timing.py``: lumos, the peers and the bare passes run interleaved in one process,
+their order rotated each round, one warm-up round discarded; the minimum wall-clock time over the
+rounds is reported (median beside it) with the machine load.
 
 Each lumos method and its Captum equivalent run on the same model, inputs and targets:
 
@@ -26,15 +26,11 @@ resolution, noise, path points, accumulation and, for IG and SmoothGrad, one cle
 over the 16 inputs and the baselines).
 
 The demo CNN (``lumos.data.load_demo_model``) on a batch of 16 images of 3x64x64; a randomly
-initialised DemoCNN if the shipped weights are missing. Median of a few repeats after a warm-up,
-lumos and Captum interleaved so that machine load hits both alike.
+initialised DemoCNN if the shipped weights are missing.
 """
 from __future__ import annotations
 
 import os
-import statistics
-import time
-
 import warnings
 
 import numpy as np
@@ -43,33 +39,14 @@ import torch
 import lumos
 from lumos.attribution import gradient as gradient_module  # noqa: F401
 from lumos.core import layout as layout_module
+from _timing import compare, header, set_threads
 
 warnings.filterwarnings("ignore", module="captum")
 warnings.filterwarnings("ignore", message=".*requires_grad.*")
 
-torch.set_num_threads(int(os.environ.get("LUMOS_BENCH_THREADS", "1")))
+set_threads(int(os.environ.get("LUMOS_BENCH_THREADS", "1")))
 REPEATS = int(os.environ.get("LUMOS_BENCH_REPEATS", "5"))
-# On one thread the process CPU time is the work done, and hardly moves when other programs load
-# the machine; with several threads only wall-clock time says how fast the answer comes.
-CLOCK = os.environ.get("LUMOS_BENCH_CLOCK", "cpu" if torch.get_num_threads() == 1 else "wall")
-_now = time.process_time if CLOCK == "cpu" else time.perf_counter
-# Wall-clock runs on a shared machine are disturbed now and then by other programs: the fastest
-# repeat is the least disturbed one. CPU time hardly moves: its median.
-STAT = os.environ.get("LUMOS_BENCH_STAT", "median" if CLOCK == "cpu" else "min")
 N_STEPS, N_NOISE, BATCH = 50, 50, 64
-
-
-def timeit_pair(fns, repeats=REPEATS):
-    """Median time of each function, interleaved run by run."""
-    for fn in fns:
-        fn()  # warm-up
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for t, fn in zip(times, fns):
-            t0 = _now()
-            fn()
-            t.append(_now() - t0)
-    return [statistics.median(t) if STAT == "median" else min(t) for t in times]
 
 
 def load():
@@ -118,8 +95,8 @@ def main():
         target = model(x).argmax(1)
     flat = x.reshape(n, -1)
     sigma = 0.15 * float((flat.max(1).values - flat.min(1).values).mean())
-    print(f"model: {note}; inputs {tuple(x.shape)}; torch threads {torch.get_num_threads()}; "
-          f"clock: {'process CPU time' if CLOCK == 'cpu' else 'wall'}, {STAT} of {REPEATS}")
+    print(header(f"{note}; inputs {tuple(x.shape)}; torch threads {torch.get_num_threads()}; "
+                 f"wall clock, min of {REPEATS} interleaved rounds"))
 
     layout = layout_module.layout_for(model, x)
 
@@ -196,18 +173,20 @@ def main():
     print(head)
     print("-" * len(head))
     for name, fl, peers, n_rows in rows:
-        fns = [fl] + [f for _, f in peers] + [passes(n_rows, BATCH)]
+        fns = {"lumos": fl, **{p: f for p, f in peers}, "passes": passes(n_rows, BATCH)}
         if layout is not None:
-            fns.append(passes(n_rows, BATCH, layout))
-        ts = timeit_pair(fns)
-        tl, tpass = ts[0], ts[1 + len(peers)]
-        tpass_l = ts[-1] if layout is not None else tpass
+            fns["passes*"] = passes(n_rows, BATCH, layout)
+        t = compare(fns, repeats=REPEATS)
+        tl, tpass = t.best("lumos"), t.best("passes")
+        tpass_l = t.best("passes*") if layout is not None else tpass
+        ts = [tl] + [t.best(p) for p, _ in peers]
         for k, (peer, _) in enumerate(peers):
             tp = ts[1 + k]
             lead = (f"{name:<21}{tl:>9.4f}" if k == 0 else " " * 30)
             tail = (f"{tpass:>10.4f}{tpass_l:>10.4f}{tl / tpass:>13.2f}{tl / tpass_l:>14.2f}"
                     if k == 0 else "")
             print(f"{lead}  {peer:<24}{tp:>9.4f}{tp / tl:>13.2f}{tail}")
+        print(f"{'':<30}(machine load {t.load_before:.2f} -> {t.load_after:.2f} per core)")
     print("\ngoals: captum/lumos >= 1 everywhere (clearly > 1 for smoothgrad and guided backprop); "
           "lumos/passes* <= 1.10")
 

@@ -26,7 +26,7 @@ from ..core.layout import BatchLayout, layout_for, memory_format_of, run_in_layo
 from ..core.torch_model import Prepared, check_finite, forward, gradient, torch_call
 
 __all__ = ["saliency", "gradient_x_input", "batched_gradient", "fused_input_gradient",
-           "checked_gradient"]
+           "checked_gradient", "row_bytes", "slice_target"]
 
 _MODES = ("signed", "abs", "squared")
 
@@ -69,7 +69,7 @@ def batched_gradient(model, x: torch.Tensor, target, rows=None, batch_size: int 
     return out
 
 
-def _slice_target(spec: Any, sl: slice, n: int, name: str = "target") -> Any:
+def slice_target(spec: Any, sl: slice, n: int, name: str = "target") -> Any:
     """The part of a per-sample target that belongs to rows ``sl`` (other kinds pass through)."""
     if spec is None or isinstance(spec, (str, bool, int, np.integer)) or callable(spec):
         return spec
@@ -113,7 +113,7 @@ def fused_input_gradient(p: Prepared, batch_size: int | None = None, progress: b
         return g, out.detach(), tgt
 
     for sl in chunks(n, bs, desc=desc, progress=progress):
-        spec = _slice_target(p.target_spec, sl, n)  # a wrong length fails before any model call
+        spec = slice_target(p.target_spec, sl, n)  # a wrong length fails before any model call
         g, out, tgt = run_in_layout(model, lambda t: one_pass(t, spec), x[sl], fmt)
         if grads is None:  # one chunk: keep its gradient, no copy
             grads = g.contiguous()

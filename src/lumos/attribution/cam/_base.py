@@ -32,7 +32,7 @@ from torch import nn
 from ...core.execution import check_batch_size, chunks
 from ...core.targets import resolve_target
 from ...core.torch_model import Prepared, check_finite, forward, get_module
-from ..gradient import row_bytes
+from ..gradient import row_bytes, slice_target
 
 __all__ = [
     "Layer", "find_spatial_layers", "resolve_layer", "upsample", "capture", "activation_and_gradient",
@@ -312,16 +312,6 @@ def activation_and_gradient(model: nn.Module, x: torch.Tensor, select: Callable,
         raise ValueError(f"target: the explained scalar does not depend on layer {layer.name!r}")
     check_finite(g, f"the inputs (the gradient of the target at layer {layer.name!r})")
     return hook.act.detach(), g, out.detach()
-
-
-def slice_target(spec: Any, sl: slice, n: int) -> Any:
-    """The part of a per-sample target that belongs to rows ``sl`` (other kinds pass through)."""
-    if spec is None or isinstance(spec, (str, bool, int, np.integer)) or callable(spec):
-        return spec
-    arr = np.asarray(spec.detach().cpu().numpy() if isinstance(spec, torch.Tensor) else spec)
-    if arr.ndim == 1 and len(arr) != n:
-        raise ValueError(f"target has {len(arr)} entries but there are {n} samples")
-    return arr[sl] if arr.ndim == 1 else spec  # other shapes: resolve_target explains the error
 
 
 def _freeze(model: nn.Module) -> None:
