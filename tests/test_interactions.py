@@ -144,3 +144,86 @@ def test_tree_interactions_equal_shap(name):
     if ref.ndim == 4:
         ref = ref[..., k] if ref.shape[0] == 30 else ref[k]
     assert np.abs(ours.values - ref).max() < tol, np.abs(ours.values - ref).max()
+
+
+# ----------------------------------------------------------------------------- pictures
+def _inside(fig):
+    """Everything drawn (tick labels, axis labels, titles, colour bars, cell numbers) lies inside
+    the figure after drawing: each axes' tight box (only what is drawn) and every text of it."""
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    W, H = fig.bbox.width, fig.bbox.height
+    bad = []
+    boxes = [(f"axes {k}", ax.get_tightbbox(r)) for k, ax in enumerate(fig.axes)]
+    boxes += [(t.get_text(), t.get_window_extent(r)) for ax in fig.axes for t in ax.texts]
+    for name, b in boxes:
+        if b.x0 < -0.5 or b.y0 < -0.5 or b.x1 > W + 0.5 or b.y1 > H + 0.5:
+            bad.append((name, tuple(np.round(b.extents, 1))))
+    return bad
+
+
+def _explained():
+    import pandas as pd
+
+    Xt, y = _tree_data()
+    cols = ["income", "debt ratio of the household (share)", "age", "years at the current employer",
+            "late payments"]
+    df = pd.DataFrame(Xt, columns=cols)
+    model = GradientBoostingRegressor(n_estimators=50, max_depth=4, random_state=0).fit(df, y)
+    return lumos.explain(model, df.iloc[:60], "tree_shap_interactions"), cols
+
+
+def test_interaction_heatmap_draws_readable_labels():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lumos.display.interactions import InteractionHeatmapDisplay, interaction_heatmap
+
+    e, cols = _explained()
+    d = interaction_heatmap(e)
+    assert d.image_ is not None and d.colorbar_ is not None
+    assert d.colorbar_.ax.get_ylabel() == "mean |interaction value|"
+    # the strongest pair is (x1, x2): the model's product term
+    m = InteractionHeatmapDisplay.from_explanation(e, main_effects=True).matrix_
+    names = InteractionHeatmapDisplay.from_explanation(e).labels_
+    off = m.copy()
+    np.fill_diagonal(off, 0)
+    i, j = np.unravel_index(np.argmax(off), off.shape)
+    assert {names[i], names[j]} == {cols[1], cols[2]}
+    np.testing.assert_allclose(np.diag(m), np.abs(e.values).mean(0)[[cols.index(n) for n in names],
+                                                                     [cols.index(n) for n in names]])
+    assert np.isnan(np.diag(d.matrix_)).all()
+    assert len(d.ax_.get_xticklabels()) == 5
+    assert _inside(d.figure_) == []
+    plt.close("all")
+
+
+def test_interaction_dependence_is_coloured_by_the_strongest_partner():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lumos.display.interactions import interaction_dependence
+
+    e, cols = _explained()
+    d = interaction_dependence(e, cols[1])
+    assert d.interaction_ == cols[2]
+    np.testing.assert_allclose(d.y_, e.meta["shapley_values"][:, 1], atol=1e-12)
+    np.testing.assert_array_equal(d.x_, e.inputs[:, 1])
+    np.testing.assert_array_equal(d.collection_.get_array(), e.inputs[:, 2])
+    assert d.colorbar_ is not None
+    assert _inside(d.figure_) == []
+    # beside other axes in one figure, with a tight bounding box
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    interaction_dependence(e, 0, ax=axes[0])
+    from lumos.display.interactions import interaction_heatmap
+
+    interaction_heatmap(e, ax=axes[1])
+    assert _inside(fig) == []
+    with pytest.raises(ValueError, match="feature"):
+        interaction_dependence(e, "nope")
+    with pytest.raises(ValueError, match="interaction"):
+        interaction_dependence(lumos.explain(GradientBoostingRegressor(n_estimators=2).fit(
+            *_tree_data()), _tree_data()[0][:5], "tree_shap"), 0)
+    plt.close("all")
