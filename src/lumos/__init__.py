@@ -5,7 +5,6 @@
 >>> expl.plot()
 """
 from .core.explanation import Explanation, load
-from .core.inputs import Args, Shared
 from .core.registry import explain, methods, get_method
 
 __version__ = "0.1.0"
@@ -18,5 +17,15 @@ def layers(model, inputs=None):
     return _layers(model, inputs)
 
 
-__all__ = ["Explanation", "explain", "methods", "get_method", "load", "layers", "Args", "Shared",
+def __getattr__(name):
+    # Args and Shared live beside torch: imported on first use, so that `import lumos` (and the
+    # command line, which reports a typo or a missing file at once) does not wait for torch.
+    if name in ("Args", "Shared"):
+        from .core import inputs
+
+        return getattr(inputs, name)
+    raise AttributeError(f"module 'lumos' has no attribute {name!r}")
+
+
+__all__ = ["Explanation", "explain", "methods", "get_method", "load", "layers", "Args", "Shared", "Neuron",
            "__version__"]
