@@ -52,7 +52,7 @@ def test_waterfall_draws_the_values_and_closes_at_the_output():
     top_bar = d.bars_[0]
     np.testing.assert_allclose(top_bar.get_x() + top_bar.get_width(), e.output[3])
     np.testing.assert_allclose(d.bars_[-1].get_x(), 0.7)
-    assert [t.get_text() for t in d.texts_][-1] == f"{d.values_[0]:+.3g}"
+    assert [t.get_text() for t in d.texts_] == [f"{v:+.3g}" for v in d.values_]
 
 
 def test_bar_single_row_and_global_mean_abs():
@@ -188,7 +188,8 @@ def test_segments_recover_the_segment_values_and_shade_them():
     d = plot_segments(e, 0, segments=seg, alpha=0.6)
     np.testing.assert_allclose(d.values, phi)
     drawn = np.asarray(d.image_.get_array())
-    np.testing.assert_allclose(drawn, (phi / 2.0)[seg])               # scaled by max |phi|
+    np.testing.assert_allclose(drawn, phi[seg])                       # in the values' units
+    assert d.image_.norm.vmin == -2.0 and d.image_.norm.vmax == 2.0    # scale: max |phi|
     assert d.background_ is not None and d.boundaries_ is not None
     assert set(d.shown_) == {0, 1, 2}
     top = SegmentsDisplay.from_explanation(e, 0, segments=seg).plot(top_k=1, boundaries=False)
@@ -209,3 +210,95 @@ def test_import_lumos_does_not_import_matplotlib():
             "lumos.display.shap_plots, lumos.display.text, lumos.display.segments; "
             "assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------------------------- readable labels
+def _drawn_texts(fig):
+    """Every text the renderer draws (tick labels only for the ticks it draws), after a draw."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    all_ticks, drawn = set(), set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                all_ticks.update((tick.label1, tick.label2))
+            for tick in axis._update_ticks():      # what Axis.draw draws
+                drawn.update((tick.label1, tick.label2))
+    return [t for t in fig.findobj(Text)
+            if t.get_visible() and t.get_text().strip() and (t not in all_ticks or t in drawn)]
+
+
+def _assert_readable(fig, tol=0.5):
+    """No two drawn texts overlap and every one lies inside the figure."""
+    renderer = fig.canvas.get_renderer()
+    texts = _drawn_texts(fig)
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    w, h = fig.bbox.width, fig.bbox.height
+    for t, b in zip(texts, boxes):
+        assert b.x0 >= -tol and b.y0 >= -tol and b.x1 <= w + tol and b.y1 <= h + tol, \
+            f"{t.get_text()!r} is clipped: {b} outside (0, 0, {w}, {h})"
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            a, b = boxes[i], boxes[j]
+            if a.x0 < b.x1 - tol and b.x0 < a.x1 - tol and a.y0 < b.y1 - tol and b.y0 < a.y1 - tol:
+                raise AssertionError(f"{texts[i].get_text()!r} overlaps {texts[j].get_text()!r}")
+    return len(texts)
+
+
+def _assert_readable_saved(fig):
+    """Readable as drawn, and saved with bbox_inches="tight" nothing lies outside the figure."""
+    import io
+
+    n = _assert_readable(fig)
+    fig.savefig(io.BytesIO(), format="png", bbox_inches="tight")
+    fig.canvas.draw()
+    tight = fig.get_tightbbox(fig.canvas.get_renderer())
+    assert tight.x0 >= -0.02 and tight.y0 >= -0.02 and tight.x1 <= fig.get_figwidth() + 0.02 \
+        and tight.y1 <= fig.get_figheight() + 0.02, f"drawn outside the figure: {tight}"
+    assert _assert_readable(fig) == n
+    return n
+
+
+def _hard_tab(n=40, d=40, seed=3):
+    """Long names, both signs, magnitudes from 1e-4 to 1e4, a base value far from zero."""
+    r = np.random.default_rng(seed)
+    mag = 10.0 ** np.linspace(4, -4, d)
+    v = r.choice([-1.0, 1.0], size=(n, d)) * mag * r.uniform(0.5, 1.5, size=(n, d))
+    x = r.normal(size=(n, d)) * 1000
+    names = [("monthly income after taxes in the applicant's household, in euros " if j % 3 == 0
+              else f"f{j}") + f" #{j}" for j in range(d)]
+    base = np.full(n, -12345.6)
+    return Explanation(values=v, inputs=x, output=base + v.sum(1), baseline_output=base,
+                       method="toy", feature_names=names)
+
+
+@pytest.mark.parametrize("kind", ["waterfall", "bar", "force", "beeswarm"])
+@pytest.mark.parametrize("max_display", [5, 25])
+def test_one_panel_has_no_clipped_or_overlapping_text(kind, max_display):
+    e = _hard_tab()
+    if kind == "force":
+        d = force(e, index=1)
+    elif kind == "beeswarm":
+        d = beeswarm(e, max_display=max_display)
+    else:
+        d = {"waterfall": waterfall, "bar": bar}[kind](e, index=1, max_display=max_display)
+    assert _assert_readable_saved(d.figure_) >= 4
+
+
+def test_several_panels_have_no_clipped_or_overlapping_text():
+    e = _hard_tab()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    waterfall(e, index=0, ax=axes[0])
+    bar(e, index=2, ax=axes[1])
+    beeswarm(e, ax=axes[2])
+    assert _assert_readable_saved(fig) > 30
+    fig, axes = plt.subplots(3, 1, figsize=(9, 7))
+    for i, ax in enumerate(axes):
+        force(e, index=i, ax=ax)
+    assert _assert_readable_saved(fig) > 10
+    # the demo's picture: a waterfall beside a beeswarm, saved tight
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    WaterfallDisplay.from_explanation(e, index=0).plot(ax=axes[0])
+    BeeswarmDisplay.from_explanation(e).plot(ax=axes[1])
+    assert _assert_readable_saved(fig) > 20

@@ -221,10 +221,33 @@ class Explanation:
         )
 
     def __repr__(self) -> str:
-        parts = [f"method={self.method!r}", f"values{tuple(self.values.shape)}"]
+        """One short line: method, values' shape and dtype, a few targets — never the arrays."""
+        def few(a, k=4):
+            items = np.asarray(a).ravel()
+            return "[" + ", ".join(map(str, items[:k].tolist())) + (", …]" if len(items) > k else "]")
+
+        if self.several:
+            shapes = ", ".join(f"{k}: {tuple(v.shape)}" for k, v in zip(self.input_names, _parts(self.values)))
+            values = "{" + (shapes if len(shapes) <= 120 else shapes[:119] + "…") + "}"
+        else:
+            values = f"{tuple(self.values.shape)} {self.values.dtype}"
+        parts = [f"method={self.method[:40]!r}", f"values={values}"]
         if self.target is not None:
-            parts.append(f"target={np.asarray(self.target).tolist()[:8]}")
+            parts.append(f"target={few(self.target)}")
+        elif isinstance(self.meta.get("target"), str):
+            parts.append(f"target={self.meta['target'][:30]!r}")
+        if self.feature_names is not None:
+            parts.append(f"features={len(self.feature_names)}")
+        has = [n for n in ("inputs", "output", "baseline_output") if getattr(self, n) is not None]
+        if has:
+            parts.append("with " + "/".join(has))
         return f"Explanation({', '.join(parts)})"
+
+    def _repr_html_(self) -> str:
+        """Notebooks: a small table and a picture (inline PNG); every text is escaped."""
+        from ..display.explanation import explanation_html
+
+        return explanation_html(self)
 
     # ------------------------------------------------------------------ checks
     @property
@@ -236,11 +259,18 @@ class Explanation:
         return np.abs(total - (self.output - self.baseline_output))
 
     # ------------------------------------------------------------------ display
-    def plot(self, *args, **kwargs):
-        """Draw the explanation through :mod:`lumos.display` (imports matplotlib lazily)."""
-        from ..display import plot_explanation
+    def plot(self, kind: str | None = None, *, index: int | None = None, ax=None, **kwargs):
+        """Draw the explanation and return the display (imports matplotlib lazily).
 
-        return plot_explanation(self, *args, **kwargs)
+        A batch draws the batch: a grid of heatmaps for images, a beeswarm for tables; one sample
+        (``index=i``, or a batch of one) a heatmap, or a waterfall (bar without a base value).
+        ``kind`` names a display: ``"heatmap"``, ``"grid"``, ``"segments"``, ``"waterfall"``,
+        ``"bar"``, ``"beeswarm"``, ``"force"``, ``"text"``, e.g. ``e[0].plot("force")``. Other
+        keywords go to the display; see :func:`lumos.display.explanation.plot_explanation`.
+        """
+        from ..display.explanation import plot_explanation
+
+        return plot_explanation(self, kind, index=index, ax=ax, **kwargs)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> Path:

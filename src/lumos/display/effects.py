@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ._common import ShortRepr
+
 __all__ = ["PartialDependenceDisplay", "ALEDisplay", "ImportanceDisplay", "InteractionDisplay"]
 
 _LINE = "#1f4e79"
@@ -56,8 +58,8 @@ def _level_labels(levels) -> list[str]:
     return [str(v) for v in levels]
 
 
-@dataclass
-class PartialDependenceDisplay:
+@dataclass(repr=False)
+class PartialDependenceDisplay(ShortRepr):
     """ICE curves with the partial dependence over them; bars per level for a categorical
     feature; a contour map for a pair.
 
@@ -163,8 +165,8 @@ class PartialDependenceDisplay:
         ax.set_ylabel(r.feature_names[1])
 
 
-@dataclass
-class ALEDisplay:
+@dataclass(repr=False)
+class ALEDisplay(ShortRepr):
     """ALE with its bootstrap band and a rug of the data; points with error bars per level; a
     contour map with the data for a pair.
 
@@ -232,8 +234,8 @@ class ALEDisplay:
         ax.set_ylabel(r.feature_names[1])
 
 
-@dataclass
-class ImportanceDisplay:
+@dataclass(repr=False)
+class ImportanceDisplay(ShortRepr):
     """Permutation importance as horizontal bars (mean over repeats) with error bars (standard
     deviation) and each repeat as a dot.
 
@@ -268,8 +270,8 @@ class ImportanceDisplay:
         return self
 
 
-@dataclass
-class InteractionDisplay:
+@dataclass(repr=False)
+class InteractionDisplay(ShortRepr):
     """Friedman's H²: per feature (total), per pair (the strongest), or the pairwise matrix.
 
     Attributes set by :meth:`plot`: ``ax_``, ``figure_``, ``bars_``, ``image_``, ``colorbar_``.

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ._common import ShortRepr
+
 __all__ = ["CurvesDisplay", "RandomisationDisplay"]
 
 _COLOURS = ["#1f4e79", "#c0392b", "#27ae60", "#8e44ad", "#d35400", "#2c3e50", "#16a085", "#7f8c8d"]
@@ -23,8 +25,8 @@ def _colour(i: int, name: str) -> str:
     return "#999999" if name == "random" else _COLOURS[i % len(_COLOURS)]
 
 
-@dataclass
-class CurvesDisplay:
+@dataclass(repr=False)
+class CurvesDisplay(ShortRepr):
     """Mean score curves (deletion, insertion, ROAD) of several methods, with a band of ± one
     standard error of the mean over samples.
 
@@ -83,8 +85,8 @@ class CurvesDisplay:
         return self
 
 
-@dataclass
-class RandomisationDisplay:
+@dataclass(repr=False)
+class RandomisationDisplay(ShortRepr):
     """The model-parameter randomisation picture (Adebayo et al., 2018).
 
     One row per method: the input, the original map and the map after each randomisation step

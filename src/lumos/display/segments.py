@@ -4,7 +4,8 @@ For explanations over superpixels (LIME, KernelSHAP and other Shapley estimators
 labels come from ``meta["segments"]`` (the maskers' layout) or from ``segments=``, the value per
 segment from ``meta["segment_values"]`` or, for any pixel map, the sum of the map over each
 segment's pixels and channels (so a map that spreads ``φ_s`` evenly over its segment gives back
-``φ_s`` exactly). Colours scale with ``max |value|`` of the image — for the picture only.
+``φ_s`` exactly). Colours run from ``-max |value|`` to ``max |value|`` of the image (the colour
+bar, ``colorbar=True``, shows that scale in the values' units) — for the picture only.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ._common import ShortRepr, finish_image
 from .heatmap import DIVERGING, image_for_display
 
 __all__ = ["SegmentsDisplay", "segment_values", "plot_segments"]
@@ -31,8 +33,8 @@ def segment_values(values: Any, segments: np.ndarray) -> np.ndarray:
     return np.bincount(seg.ravel(), weights=v.ravel(), minlength=int(seg.max()) + 1)
 
 
-@dataclass
-class SegmentsDisplay:
+@dataclass(repr=False)
+class SegmentsDisplay(ShortRepr):
     """One image with its superpixels shaded by attribution.
 
     Attributes set by :meth:`plot`: ``ax_``, ``figure_``, ``image_`` (the overlay AxesImage),
@@ -99,14 +101,14 @@ class SegmentsDisplay:
             keep &= chosen
         self.shown_ = np.flatnonzero(keep & (vals != 0))
         scale = float(np.abs(vals[keep]).max()) if keep.any() else 0.0
-        scaled = np.where(keep, vals / scale if scale > 0 else 0.0, 0.0)
-        per_pixel = scaled[self.segments]
+        scale = scale if scale > 0 else 1.0
+        per_pixel = np.where(keep, vals, 0.0)[self.segments]
         self.background_ = None
         if self.image is not None and self.image.shape[:2] == self.segments.shape:
             self.background_ = ax.imshow(self.image, cmap=None if self.image.ndim == 3 else "gray",
                                          vmin=0, vmax=1)
-        a = np.where(keep[self.segments], alpha * np.abs(per_pixel) ** 0.5, 0.0)
-        self.image_ = ax.imshow(per_pixel, cmap=cmap, vmin=-1, vmax=1, alpha=a,
+        a = np.where(keep[self.segments], alpha * np.abs(per_pixel / scale) ** 0.5, 0.0)
+        self.image_ = ax.imshow(per_pixel, cmap=cmap, vmin=-scale, vmax=scale, alpha=a,
                                 interpolation="nearest")
         self.boundaries_ = None
         if boundaries:
@@ -116,15 +118,8 @@ class SegmentsDisplay:
             rgba = np.zeros(self.segments.shape + (4,))
             rgba[edge] = (1.0, 1.0, 0.0, 0.7)
             self.boundaries_ = ax.imshow(rgba, interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if self.title:
-            ax.set_title(self.title, fontsize=9)
-        self.colorbar_ = ax.figure.colorbar(self.image_, ax=ax, fraction=0.046) if colorbar else None
-        self.scale_ = scale
-        self.ax_, self.figure_ = ax, ax.figure
-        return self
-
+        return finish_image(self, ax, self.image_, colorbar=colorbar, scale=scale, signed=True,
+                            label="attribution per segment")
 
 def plot_segments(explanation, index: int = 0, segments: Any = None, ax=None, **kwargs
                   ) -> SegmentsDisplay:

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ._common import ShortRepr, label_fontsize, new_axes, short_label
+
 __all__ = ["WaterfallDisplay", "BarDisplay", "BeeswarmDisplay", "ForceDisplay",
            "waterfall", "bar", "beeswarm", "force"]
 
@@ -99,11 +101,31 @@ def _top(values: np.ndarray, max_display: int):
 
 
 def _ax(ax, figsize):
-    import matplotlib.pyplot as plt
+    return new_axes(ax, figsize)
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=figsize)
-    return ax
+
+def _value_column(ax, y, values, fmt, colors, fontsize):
+    """The values as a column right of the axes, one per row: never over a bar or a tick label,
+    and inside the layout (the layout engine makes room for it)."""
+    from matplotlib.transforms import offset_copy
+
+    trans = offset_copy(ax.get_yaxis_transform(), fig=ax.figure, x=4, units="points")
+    return [ax.text(1.0, yi, fmt(v), transform=trans, ha="left", va="center", fontsize=fontsize,
+                    color=c, clip_on=False) for yi, v, c in zip(y, values, colors)]
+
+
+def _sparse_locator():
+    """Few x ticks (labels like "-1.2e+04" need room)."""
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(nbins=4, min_n_ticks=2)
+
+
+def _tick_labels(ax, labels, rows):
+    """Shortened labels (two lines at most) and a font size at which ``rows`` of them fit."""
+    short = [short_label(lab) for lab in labels]
+    lines = max((s.count("\n") + 1 for s in short), default=1)
+    return short, label_fontsize(ax, rows, lines)
 
 
 def _finish(display, ax):
@@ -117,8 +139,8 @@ def _finish(display, ax):
 
 
 # ----------------------------------------------------------------------------- waterfall
-@dataclass
-class WaterfallDisplay:
+@dataclass(repr=False)
+class WaterfallDisplay(ShortRepr):
     """How one sample's output is built from the base value, feature by feature.
 
     Attributes set by :meth:`plot`: ``ax_``, ``figure_``, ``bars_`` (one Rectangle per row, in
@@ -150,9 +172,14 @@ class WaterfallDisplay:
         return cls(values, labels, base, output, explanation.method if title is None else title)
 
     def plot(self, ax=None, *, show_values: bool = True) -> "WaterfallDisplay":
-        """Draw the waterfall: bars from the base value (bottom) to the output (top)."""
-        ax = _ax(ax, (6, 0.45 * len(self.values_) + 1.5))
+        """Draw the waterfall: bars from the base value (bottom) to the output (top).
+
+        Each contribution is written in a column right of the axes, on its row; labels longer
+        than 32 characters are wrapped (two lines at most); the figure gets constrained layout
+        when it has no layout engine (see :func:`lumos.display._common.ensure_layout`).
+        """
         k = len(self.values_)
+        ax = _ax(ax, (6.5, 0.45 * k + 1.5))
         # bottom row is the last value; cumulative sums start at the base value
         order = np.arange(k)[::-1]
         starts = self.base_value_ + np.r_[0.0, np.cumsum(self.values_[order])[:-1]]
@@ -160,29 +187,30 @@ class WaterfallDisplay:
         colors = [POSITIVE if self.values_[i] >= 0 else NEGATIVE for i in order]
         bars = ax.barh(y, self.values_[order], left=starts, color=colors, height=0.6)
         self.bars_ = list(bars.patches)[::-1]          # back to the order of values_
+        labels, size = _tick_labels(ax, [self.labels_[i] for i in order], k)
         self.texts_ = []
         if show_values:
-            span = float(np.ptp(np.r_[starts, starts + self.values_[order]])) or 1.0
-            for yi, i, s in zip(y, order, starts):
-                v = self.values_[i]
-                end = s + v
-                self.texts_.append(ax.text(max(s, end) + 0.01 * span, yi, f"{v:+.3g}",
-                                           va="center", fontsize=8))
+            self.texts_ = _value_column(ax, y, self.values_[order], lambda v: f"{v:+.3g}", colors,
+                                        size)[::-1]
         ax.set_yticks(y)
-        ax.set_yticklabels([self.labels_[i] for i in order], fontsize=8)
+        ax.set_yticklabels(labels, fontsize=size)
+        ax.set_ylim(-0.6, k - 0.4)
         ax.axvline(self.base_value_, color="0.5", lw=0.8, ls="--")
         ax.axvline(self.output_, color="0.2", lw=0.8)
         ends = np.r_[starts, starts + self.values_[order], self.base_value_, self.output_]
         lo, hi = float(ends.min()), float(ends.max())
-        pad = 0.08 * ((hi - lo) or 1.0)
-        ax.set_xlim(lo - pad, hi + 2 * pad)          # room for the value labels on the right
-        ax.set_xlabel(f"E[f(X)] = {self.base_value_:.3g}   →   f(x) = {self.output_:.3g}")
+        pad = 0.05 * ((hi - lo) or max(abs(hi), 1.0))
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.xaxis.set_major_locator(_sparse_locator())
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_xlabel(f"E[f(X)] = {self.base_value_:.3g}  →  f(x) = {self.output_:.3g}",
+                      fontsize=9)
         return _finish(self, ax)
 
 
 # ----------------------------------------------------------------------------- bar
-@dataclass
-class BarDisplay:
+@dataclass(repr=False)
+class BarDisplay(ShortRepr):
     """Attributions as horizontal bars: of one sample, or mean |value| over all samples.
 
     Attributes set by :meth:`plot`: ``ax_``, ``figure_``, ``bars_`` (Rectangles in the order of
@@ -218,26 +246,27 @@ class BarDisplay:
         return cls(values, labels, explanation.method if title is None else title, xlabel)
 
     def plot(self, ax=None, *, show_values: bool = True, color: str | None = None) -> "BarDisplay":
-        """Draw the bars, largest at the top."""
-        ax = _ax(ax, (6, 0.4 * len(self.values_) + 1.2))
+        """Draw the bars, largest at the top; the values in a column right of the axes."""
         k = len(self.values_)
+        ax = _ax(ax, (6.5, 0.4 * k + 1.2))
         y = np.arange(k)[::-1]
-        colors = color or [POSITIVE if v >= 0 else NEGATIVE for v in self.values_]
+        colors = [color] * k if color else [POSITIVE if v >= 0 else NEGATIVE for v in self.values_]
         bars = ax.barh(y, self.values_, color=colors, height=0.6)
         self.bars_ = list(bars.patches)
+        labels, size = _tick_labels(ax, self.labels_, k)
         self.texts_ = []
         if show_values:
-            span = float(np.abs(self.values_).max()) or 1.0
             signed = bool((self.values_ < 0).any())
-            for yi, v in zip(y, self.values_):
-                self.texts_.append(ax.text(v + (0.01 if v >= 0 else -0.01) * span, yi,
-                                           f"{v:+.3g}" if signed else f"{v:.3g}", va="center",
-                                           fontsize=8,
-                                           ha="left" if v >= 0 else "right"))
+            self.texts_ = _value_column(ax, y, self.values_,
+                                        (lambda v: f"{v:+.3g}") if signed else (lambda v: f"{v:.3g}"),
+                                        colors, size)
         ax.set_yticks(y)
-        ax.set_yticklabels(self.labels_, fontsize=8)
+        ax.set_yticklabels(labels, fontsize=size)
+        ax.set_ylim(-0.6, k - 0.4)
         ax.axvline(0, color="0.3", lw=0.8)
-        ax.set_xlabel(self.xlabel)
+        ax.xaxis.set_major_locator(_sparse_locator())
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_xlabel(self.xlabel, fontsize=9)
         return _finish(self, ax)
 
 
@@ -262,8 +291,8 @@ def _swarm_offsets(x: np.ndarray, n_bins: int = 100, width: float = 0.4) -> np.n
     return out
 
 
-@dataclass
-class BeeswarmDisplay:
+@dataclass(repr=False)
+class BeeswarmDisplay(ShortRepr):
     """A summary over many samples: per feature, one dot per sample at its attribution, coloured
     by the feature's value (low blue, high red).
 
@@ -313,8 +342,8 @@ class BeeswarmDisplay:
         """Draw one swarm per feature, the most important at the top."""
         import matplotlib as mpl
 
-        ax = _ax(ax, (6, 0.45 * len(self.labels_) + 1.5))
         k = len(self.labels_)
+        ax = _ax(ax, (6.5, 0.45 * k + 1.5))
         cm = mpl.colormaps[cmap]
         self.collections_ = []
         for c in range(k):
@@ -327,10 +356,14 @@ class BeeswarmDisplay:
                 col = np.where(np.isnan(t)[:, None], mpl.colors.to_rgba("0.6"),
                                cm(np.nan_to_num(t, nan=0.5)))
             self.collections_.append(ax.scatter(x, y, c=col, s=size, linewidths=0))
+        labels, fontsize = _tick_labels(ax, self.labels_, k)
         ax.set_yticks(np.arange(k)[::-1])
-        ax.set_yticklabels(self.labels_, fontsize=8)
+        ax.set_yticklabels(labels, fontsize=fontsize)
+        ax.set_ylim(-0.6, k - 0.4)
         ax.axvline(0, color="0.3", lw=0.8)
-        ax.set_xlabel("attribution (impact on the output)")
+        ax.xaxis.set_major_locator(_sparse_locator())
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_xlabel("attribution (impact on the output)", fontsize=9)
         self.colorbar_ = None
         if colorbar and self.colors_ is not None:
             sm = mpl.cm.ScalarMappable(cmap=cm, norm=mpl.colors.Normalize(0, 1))
@@ -341,13 +374,95 @@ class BeeswarmDisplay:
 
 
 # ----------------------------------------------------------------------------- force strip
-@dataclass
-class ForceDisplay:
+def _lane_labels_class():
+    """The artist class below (built on first use: matplotlib is imported only when drawing)."""
+    global _LaneLabels
+    if _LaneLabels is not None:
+        return _LaneLabels
+    from matplotlib.artist import Artist
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox, IdentityTransform
+
+    class LaneLabels(Artist):
+        """Labels in lanes under the axes, each centred under its x (data units, kept inside the
+        axes' width), placed at draw time (so for the final layout, size and dpi): by priority,
+        each in the first lane where it overlaps no label already placed; a label that finds no
+        lane is hidden."""
+
+        def __init__(self, ax, xs, texts, *, n_lanes: int = 3, fontsize: float = 7.0,
+                     weights=None, colors=None):
+            super().__init__()
+            self._ax = ax
+            self._xs = [float(x) for x in xs]
+            self._n_lanes = n_lanes
+            self._fontsize = fontsize
+            self.texts = [Text(0, 0, t, fontsize=fontsize, ha="left", va="top",
+                               fontweight=(weights or ["normal"] * len(texts))[i],
+                               color=(colors or ["0.1"] * len(texts))[i])
+                          for i, t in enumerate(texts)]
+            for t in self.texts:
+                t.set_transform(IdentityTransform())
+                t.set_clip_on(False)
+                t.set_figure(ax.figure)
+
+        def get_children(self):
+            return list(self.texts)
+
+        def _place(self, renderer):
+            box = self._ax.bbox
+            pt = self._ax.figure.dpi / 72.0
+            gap, lane_h = 3.0 * pt, 1.35 * self._fontsize * pt
+            lanes: list[list[tuple[float, float]]] = [[] for _ in range(self._n_lanes)]
+            for t, x in zip(self.texts, self._xs):        # texts come in order of priority
+                t.set_visible(True)
+                t.set_position((0.0, 0.0))
+                w = t.get_window_extent(renderer).width
+                centre = self._ax.transData.transform((x, 0.0))[0]
+                left = min(max(centre - w / 2, box.x0), box.x1 - w)
+                lane = next((k for k, used in enumerate(lanes)
+                             if w <= box.width and all(left + w + gap <= a or left >= b + gap
+                                                       for a, b in used)), None)
+                if lane is None:
+                    t.set_visible(False)
+                    continue
+                lanes[lane].append((left, left + w))
+                t.set_position((left, box.y0 - gap - lane * lane_h))
+
+        def draw(self, renderer):
+            if not self.get_visible():
+                return
+            self._place(renderer)
+            for t in self.texts:
+                if t.get_visible():
+                    t.draw(renderer)
+            self.stale = False
+
+        def get_window_extent(self, renderer=None):
+            if renderer is None:
+                renderer = self._ax.figure.canvas.get_renderer()
+            self._place(renderer)
+            boxes = [t.get_window_extent(renderer) for t in self.texts if t.get_visible()]
+            return Bbox.union(boxes) if boxes else Bbox.null()
+
+    _LaneLabels = LaneLabels
+    return LaneLabels
+
+
+_LaneLabels = None
+
+
+@dataclass(repr=False)
+class ForceDisplay(ShortRepr):
     """A force-style strip: the features pushing the output up (red, left of ``f(x)``) and down
     (blue, right of it), stacked on one axis from the base value to the output.
 
+    Below the strip, ``f(x)``, the base value and the features' labels ("name = value") stand
+    in up to three lanes, largest contributions first; a label that would overlap another is
+    left out (at draw time, for the final size of the picture). The x axis is on top.
+
     Attributes set by :meth:`plot`: ``ax_``, ``figure_``, ``patches_`` (one Rectangle per feature,
-    in the order of ``values_``), ``texts_``.
+    in the order of ``values_``), ``texts_`` (the label texts: ``f(x)``, base, then features;
+    those hidden at draw time have ``get_visible() == False``), ``labels_artist_``.
     """
 
     values_: np.ndarray
@@ -355,7 +470,7 @@ class ForceDisplay:
     base_value_: float
     output_: float
     title: str = ""
-    min_label_fraction: float = 0.05
+    min_label_fraction: float = 0.02
     intervals_: list[tuple[float, float]] = field(default_factory=list)
 
     @classmethod
@@ -372,18 +487,17 @@ class ForceDisplay:
         return cls(vals[order], [labels[j] for j in order], base, output,
                    explanation.method if title is None else title)
 
-    def plot(self, ax=None, *, height: float = 0.5) -> "ForceDisplay":
+    def plot(self, ax=None, *, height: float = 0.5, n_lanes: int = 3) -> "ForceDisplay":
         """Draw the strip; positive pushes end at ``f(x)`` from the left, negative from the right."""
         from matplotlib.patches import Rectangle
 
-        ax = _ax(ax, (8, 1.8))
+        ax = _ax(ax, (8, 1.9))
         pos = [i for i, v in enumerate(self.values_) if v > 0]
         neg = [i for i, v in enumerate(self.values_) if v < 0]
         # the base value, in a sum that closes exactly at the output
         left_end = self.output_ - sum(self.values_[i] for i in pos)
         self.intervals_ = [(0.0, 0.0)] * len(self.values_)
         self.patches_ = [None] * len(self.values_)
-        self.texts_ = []
         total = float(np.abs(self.values_).sum()) or 1.0
         x = left_end
         for i in reversed(pos):                          # smallest far left, largest next to f(x)
@@ -393,6 +507,9 @@ class ForceDisplay:
         for i in neg:                                    # largest next to f(x)
             self.intervals_[i] = (x, x - self.values_[i])
             x -= self.values_[i]
+        xs = [self.output_, self.base_value_]
+        texts = [f"f(x) = {self.output_:.3g}", f"base {self.base_value_:.3g}"]
+        weights, colors = ["bold", "normal"], ["0.1", "0.4"]
         for i, (a, b) in enumerate(self.intervals_):
             if a == b:
                 continue
@@ -402,20 +519,28 @@ class ForceDisplay:
             ax.add_patch(r)
             self.patches_[i] = r
             if abs(self.values_[i]) >= self.min_label_fraction * total:
-                self.texts_.append(ax.text((a + b) / 2, -height / 2 - 0.08, self.labels_[i],
-                                           rotation=30, ha="right", va="top", fontsize=7))
+                xs.append((a + b) / 2)
+                texts.append(short_label(self.labels_[i], width=40, lines=1))
+                weights.append("normal")
+                colors.append(color)
+        lanes = _lane_labels_class()(ax, xs, texts, n_lanes=n_lanes, weights=weights,
+                                     colors=colors)
+        ax.add_artist(lanes)
+        lanes.set_clip_on(False)                          # add_artist clips to the axes
+        self.labels_artist_ = lanes
+        self.texts_ = lanes.texts
         lo = min([self.base_value_, self.output_] + [a for a, _ in self.intervals_])
         hi = max([self.base_value_, self.output_] + [b for _, b in self.intervals_])
-        pad = 0.05 * ((hi - lo) or 1.0)
+        pad = 0.03 * ((hi - lo) or max(abs(hi), 1.0))
         ax.set_xlim(lo - pad, hi + pad)
-        ax.set_ylim(-1.6, 1.0)
+        ax.set_ylim(-height / 2 - 0.05, height / 2 + 0.05)
         ax.axvline(self.base_value_, color="0.5", lw=0.8, ls="--")
-        ax.text(self.base_value_, height / 2 + 0.1, f"base {self.base_value_:.3g}",
-                ha="center", fontsize=8, color="0.4")
-        ax.text(self.output_, height / 2 + 0.35, f"f(x) = {self.output_:.3g}", ha="center",
-                fontsize=9, fontweight="bold")
+        ax.axvline(self.output_, color="0.1", lw=1.2)
+        ax.xaxis.tick_top()
+        ax.xaxis.set_major_locator(_sparse_locator())
+        ax.tick_params(axis="x", labelsize=7)
         ax.set_yticks([])
-        for side in ("top", "right", "left"):
+        for side in ("bottom", "right", "left"):
             ax.spines[side].set_visible(False)
         if self.title:
             ax.set_title(self.title, fontsize=9)

@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ._common import ShortRepr
+
 __all__ = ["TextDisplay", "text_html"]
 
 _POS = (255, 0, 81)
@@ -31,8 +33,8 @@ def _template():
     return Environment(autoescape=True).from_string(_TEMPLATE)
 
 
-@dataclass
-class TextDisplay:
+@dataclass(repr=False)
+class TextDisplay(ShortRepr):
     """One text's tokens and their attributions.
 
     Attributes set by :meth:`plot`: ``ax_``, ``figure_``, ``texts_`` (one matplotlib Text per
