@@ -212,8 +212,10 @@ def test_pd_errors_name_the_argument():
     f = lambda X: X[:, 0]  # noqa: E731
     with pytest.raises(ValueError, match="features: unknown feature 'x9'"):
         partial_dependence(f, X, "x9")
-    with pytest.raises(ValueError, match="one feature or a pair"):
-        partial_dependence(f, X, [0, 1, 2])
+    with pytest.raises(ValueError, match="a tuple is a pair of features"):
+        partial_dependence(f, X, (0, 1, 2))
+    with pytest.raises(ValueError, match="a pair of features is a tuple"):
+        partial_dependence(f, X, [[0, 1]])
     with pytest.raises(ValueError, match="grid_values must hold one grid per feature"):
         partial_dependence(f, X, (0, 1), grid_values=[np.zeros(3)])
     with pytest.raises(ValueError, match="kind must be"):
@@ -448,7 +450,7 @@ def test_permutation_importance_groups_classifiers_and_errors():
 
     X, y = _regression_world(n=200)
     grouped = permutation_importance(lambda D: D.to_numpy() @ np.array([1.0, 0, 1.0]), X, y,
-                                     metric="r2", features={"both": ["signal", "target_copy"], "noise": ["noise"]})
+                                     metric="r2", groups={"both": ["signal", "target_copy"], "noise": ["noise"]})
     single = permutation_importance(lambda D: D.to_numpy() @ np.array([1.0, 0, 1.0]), X, y, metric="r2")
     assert grouped.groups == {"both": ["signal", "target_copy"], "noise": ["noise"]}
     assert grouped.mean[0] > single.mean.max() and grouped.mean[1] == 0
@@ -458,7 +460,7 @@ def test_permutation_importance_groups_classifiers_and_errors():
     assert acc.metric == "accuracy" and acc.mean[0] > 0.2 and abs(acc.mean[1]) < 0.05
     auc = permutation_importance(clf, X[["signal", "noise"]], labels, metric=roc_auc_score)
     assert auc.greater_is_better and auc.target.startswith("predict_proba[:, 1]") and auc.mean[0] > 0.2
-    ll = permutation_importance(clf, X[["signal", "noise"]], labels, metric=log_loss, features=[["signal", "noise"]])
+    ll = permutation_importance(clf, X[["signal", "noise"]], labels, metric=log_loss, groups=[["signal", "noise"]])
     assert ll.feature_names == ["signal+noise"] and ll.mean[0] > 0.2
     with pytest.raises(ValueError, match="greater_is_better"):
         permutation_importance(clf, X[["signal", "noise"]], labels, metric=lambda a, b: 0.0)
@@ -582,3 +584,153 @@ def test_results_are_the_documented_types():
     assert isinstance(ale(f, X, 0), ALE)
     assert isinstance(permutation_importance(f, X, f(X), metric="r2"), PermutationImportance)
     assert isinstance(h_statistic(f, X, n_rows=10), HStatistic)
+
+
+# ------------------------------------------------------------------------ weights, lists, groups
+
+def test_weighted_pd_equals_weighted_brute_reference_and_row_repetition():
+    X = uniform(31, 3, seed=8)
+    fn = lambda X: np.sin(2 * X[:, 0]) * X[:, 1] + X[:, 2] ** 2  # noqa: E731
+    w = np.random.default_rng(4).integers(0, 4, size=31).astype(float)
+    w[0] = 5.0
+    grid = np.linspace(-1, 1, 7)
+    res = partial_dependence(fn, X, 0, grid_values=grid, sample_weight=w)
+    ref = _hand_pd(fn, X, [0], grid)
+    np.testing.assert_allclose(res.ice, ref, rtol=0, atol=1e-13)  # the curves are not weighted
+    np.testing.assert_allclose(res.average, (w[:, None] * ref).sum(0) / w.sum(), rtol=0, atol=1e-13)
+    assert np.abs(res.average - ref.mean(0)).max() > 1e-2  # the weights matter here
+    rep = partial_dependence(fn, np.repeat(X, w.astype(int), axis=0), 0, grid_values=grid)
+    np.testing.assert_allclose(res.average, rep.average, rtol=0, atol=1e-13)
+    two = partial_dependence(fn, X, (0, 2), grid_values=(grid, grid[:3]), kind="average", sample_weight=w)
+    two_rep = partial_dependence(fn, np.repeat(X, w.astype(int), axis=0), (0, 2), grid_values=(grid, grid[:3]),
+                                 kind="average")
+    np.testing.assert_allclose(two.average, two_rep.average, rtol=0, atol=1e-13)
+    with pytest.raises(ValueError, match="sample_weight must have one weight per row"):
+        partial_dependence(fn, X, 0, sample_weight=w[:5])
+    with pytest.raises(ValueError, match="non-negative"):
+        partial_dependence(fn, X, 0, sample_weight=-w)
+
+
+def test_weighted_pd_recursion_is_checked_against_the_weighted_average():
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    X = uniform(300, 3, seed=6)
+    y = X[:, 0] ** 2 + X[:, 1] * X[:, 2]
+    stumps = GradientBoostingRegressor(n_estimators=30, max_depth=1, random_state=0).fit(X, y)
+    w = np.random.default_rng(2).uniform(0.5, 2.0, size=300)
+    auto = partial_dependence(stumps, X, 1, kind="average", sample_weight=w)
+    brute = partial_dependence(stumps, X, 1, kind="average", sample_weight=w, method="brute")
+    # the trees' training fractions are unweighted: with weights they differ, so "auto" is brute
+    assert auto.method == "brute"
+    np.testing.assert_allclose(auto.average, brute.average, rtol=0, atol=1e-12)
+    ones = partial_dependence(stumps, X, 1, kind="average", sample_weight=np.full(300, 2.0))
+    assert ones.method == "recursion"  # constant weights keep the fractions: still exact
+    plain = partial_dependence(stumps, X, 1, kind="average", method="brute")
+    np.testing.assert_allclose(ones.average, plain.average, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="sample_weight was given"):
+        partial_dependence(stumps, X, 1, kind="average", sample_weight=w, method="recursion")
+
+
+def test_pd_of_a_list_of_features_is_one_result_per_feature():
+    X = pd.DataFrame(uniform(40, 3, seed=3), columns=["a", "b", "c"])
+    fn = lambda D: np.asarray(D, dtype=float) @ np.array([1.0, -2.0, 0.5])  # noqa: E731
+    many = partial_dependence(fn, X, ["a", "c", ("a", "b")], grid_resolution=5)
+    assert isinstance(many, list) and [r.feature_names for r in many] == [["a"], ["c"], ["a", "b"]]
+    for r, single in zip(many, [partial_dependence(fn, X, "a", grid_resolution=5),
+                                partial_dependence(fn, X, "c", grid_resolution=5),
+                                partial_dependence(fn, X, ("a", "b"), grid_resolution=5)]):
+        np.testing.assert_array_equal(r.average, single.average)
+    np.testing.assert_allclose(np.diff(many[1].average) / np.diff(many[1].grid[0]), 0.5, atol=1e-12)
+    custom = partial_dependence(fn, X, ["a", "b"], grid_values=[[0.0, 1.0], [0.0, 2.0]])
+    np.testing.assert_allclose(custom[1].average[1] - custom[1].average[0], -4.0, atol=1e-12)
+    with pytest.raises(ValueError, match="one grid per entry"):
+        partial_dependence(fn, X, ["a", "b"], grid_values=[[0.0, 1.0]])
+
+
+def _draws(seed, n_groups, n_repeats, n):
+    gen = np.random.default_rng(seed)
+    return [[gen.permutation(n) for _ in range(n_repeats)] for _ in range(n_groups)]
+
+
+def test_weighted_permutation_importance_equals_a_weighted_hand_loop_and_repetition():
+    from sklearn.metrics import mean_squared_error
+
+    X, y = _regression_world(n=60)
+    coef = np.array([1.0, 0.2, 0.5])
+    model = lambda D: np.asarray(D, dtype=float) @ coef  # noqa: E731
+    w = np.random.default_rng(9).integers(1, 4, size=60).astype(float)
+    res = permutation_importance(model, X, y, metric=mean_squared_error, n_repeats=2, seed=5, sample_weight=w)
+    Xa = X.to_numpy()
+    base = mean_squared_error(y, Xa @ coef, sample_weight=w)
+    assert abs(res.baseline_score - base) < 1e-12
+    # integer weights: the score of the data with each row repeated
+    reps = w.astype(int)
+    assert abs(base - mean_squared_error(np.repeat(y, reps), np.repeat(Xa, reps, axis=0) @ coef)) < 1e-12
+    perms = _draws(5, 3, 2, 60)
+    for j in range(3):
+        for r in range(2):
+            Xp = Xa.copy()
+            Xp[:, j] = Xa[perms[j][r], j]
+            loss = np.sum(w * (y - Xp @ coef) ** 2) / w.sum()
+            assert abs(res.importances[j, r] - (loss - base)) < 1e-12
+    scorer = permutation_importance(model, X, y, metric="neg_mean_squared_error", n_repeats=2, seed=5,
+                                    sample_weight=w)
+    np.testing.assert_allclose(scorer.importances, res.importances, rtol=0, atol=1e-12)
+    unweighted = permutation_importance(model, X, y, metric=mean_squared_error, n_repeats=2, seed=5)
+    assert np.abs(unweighted.importances - res.importances).max() > 1e-3
+    with pytest.raises(TypeError, match="does not take sample_weight"):
+        permutation_importance(model, X, y, metric=lambda a, b: float(np.mean((a - b) ** 2)),
+                               greater_is_better=False, sample_weight=w)
+
+
+def test_permutation_importance_groups_are_permuted_together_and_named():
+    X, y = _regression_world(n=50)
+    coef = np.array([1.0, 0.2, 0.5])
+    model = lambda D: np.asarray(D, dtype=float) @ coef  # noqa: E731
+    from sklearn.metrics import mean_squared_error
+
+    res = permutation_importance(model, X, y, metric=mean_squared_error, n_repeats=2, seed=1,
+                                 groups=[["signal", "noise"], ["target_copy"]])
+    assert res.feature_names == ["signal+noise", "target_copy"]
+    assert res.groups == {"signal+noise": ["signal", "noise"], "target_copy": ["target_copy"]}
+    perms = _draws(1, 2, 2, 50)
+    Xa = X.to_numpy()
+    base = mean_squared_error(y, Xa @ coef)
+    for g, cols in enumerate([[0, 1], [2]]):
+        for r in range(2):
+            Xp = Xa.copy()
+            Xp[:, cols] = Xa[perms[g][r]][:, cols]  # one permutation for the whole group
+            assert abs(res.importances[g, r] - (mean_squared_error(y, Xp @ coef) - base)) < 1e-12
+    named = permutation_importance(model, X, y, metric=mean_squared_error, n_repeats=2, seed=1,
+                                   features=["target_copy"], groups={"pair": ["signal", "noise"]})
+    assert named.feature_names == ["target_copy", "pair"]
+    with pytest.raises(TypeError, match="pass groups="):
+        permutation_importance(model, X, y, metric=mean_squared_error, features=[["signal", "noise"]])
+
+
+def test_permutation_importance_of_a_torch_classifier_defaults_to_accuracy():
+    import torch
+
+    X = uniform(120, 3, seed=11).astype(np.float32)
+    model = torch.nn.Linear(3, 3)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[3.0, 0, 0], [0, 3.0, 0], [0, 0, 0.1]]))
+        model.bias.zero_()
+    model.eval()
+    with torch.no_grad():
+        y = model(torch.from_numpy(X)).argmax(1).numpy()
+    y[:12] = (y[:12] + 1) % 3  # some mistakes: the baseline accuracy is 0.9
+    res = permutation_importance(model, X, y, n_repeats=3, seed=2)
+    assert res.metric == "accuracy" and res.greater_is_better
+    assert abs(res.baseline_score - 0.9) < 1e-12
+    perms = _draws(2, 3, 3, 120)
+    W = model.weight.detach().numpy()
+    for j in range(3):
+        for r in range(3):
+            Xp = X.copy()
+            Xp[:, j] = X[perms[j][r], j]
+            acc = np.mean((Xp @ W.T).argmax(1) == y)
+            assert abs(res.importances[j, r] - (0.9 - acc)) < 1e-12
+    assert res.ranking()[-1] == "x2"
+    with pytest.raises(ValueError, match="integer class indices"):
+        permutation_importance(model, X, y + 0.5, n_repeats=1)

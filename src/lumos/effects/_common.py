@@ -20,10 +20,11 @@ import numpy as np
 from ..core.blackbox import BlackBox
 from ..core.execution import chunks
 from ..core.execution import rng as make_rng
+from ..core.validation import check_number
 
 __all__ = [
     "Table", "as_table", "feature_index", "feature_indices", "ScalarModel", "eval_grid", "eval_grids",
-    "eval_rows", "subsample", "check_positive_int", "DEFAULT_ROWS_PER_CALL",
+    "eval_rows", "subsample", "check_sample_weight", "DEFAULT_ROWS_PER_CALL",
 ]
 
 # Rows per model call. Tabular models are cheap per row and pay a fixed cost per call, so
@@ -31,10 +32,23 @@ __all__ = [
 DEFAULT_ROWS_PER_CALL = 8192
 
 
-def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
-    return int(value)
+def check_sample_weight(sample_weight: Any, n: int) -> np.ndarray | None:
+    """Row weights as float64 (n,): finite, non-negative, not all zero; None stays None."""
+    if sample_weight is None:
+        return None
+    w = sample_weight
+    w = w.to_numpy() if hasattr(w, "to_numpy") else (w.detach().cpu().numpy() if hasattr(w, "detach") else w)
+    try:
+        w = np.asarray(w, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("sample_weight must be numbers, one per row of X") from None
+    if w.shape != (n,):
+        raise ValueError(f"sample_weight must have one weight per row of X, shape ({n},); got {w.shape}")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError("sample_weight must be finite and non-negative")
+    if not w.sum() > 0:
+        raise ValueError("sample_weight: the weights sum to zero")
+    return w
 
 
 def _is_frame(X: Any) -> bool:
@@ -195,7 +209,7 @@ def subsample(n: int, max_rows: int | None, seed: Any, name: str = "max_rows") -
     """Sorted row indices of a sample of ``max_rows`` rows (None: all rows)."""
     if max_rows is None:
         return None
-    m = check_positive_int(max_rows, name)
+    m = check_number(max_rows, name, low=1, integer=True)
     if m >= n:
         return None
     return np.sort(make_rng(seed).choice(n, size=m, replace=False))
@@ -225,7 +239,7 @@ class ScalarModel:
         if isinstance(target, (bool, np.bool_)):
             raise ValueError("target must be an int output column, not a bool")
         self.batch_size = (DEFAULT_ROWS_PER_CALL if batch_size is None
-                           else check_positive_int(batch_size, "batch_size"))
+                           else check_number(batch_size, "batch_size", low=1, integer=True))
         self.bb = BlackBox(model, columns=table.labels, dtypes=table.dtypes, output=output,
                            batch_size=self.batch_size)
         self.target = target

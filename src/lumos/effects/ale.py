@@ -27,7 +27,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..core.execution import rng as make_rng
-from ._common import ScalarModel, Table, as_table, check_positive_int, eval_rows, feature_indices
+from ..core.validation import check_number
+from ._common import ScalarModel, Table, as_table, eval_rows, feature_indices
 from ._grid import is_ordered, levels, quantile_edges
 
 __all__ = ["ale", "ALE"]
@@ -155,7 +156,7 @@ def ale(model: Any, X: Any, features: Any, *, target: Any = None, bins: Any = No
     if len(feats) not in (1, 2):
         raise ValueError(f"features must be one feature or a pair; got {len(feats)}")
     cols = feature_indices(table, feats)
-    n_bootstrap = check_positive_int(n_bootstrap, "n_bootstrap", minimum=0)
+    n_bootstrap = check_number(n_bootstrap, "n_bootstrap", low=0, integer=True)
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1); got {confidence!r}")
     f = ScalarModel(model, table, target, output, batch_size)
@@ -197,7 +198,7 @@ def ale(model: Any, X: Any, features: Any, *, target: Any = None, bins: Any = No
 
 def _edges(x: np.ndarray, bins: Any, name: str) -> np.ndarray:
     if np.ndim(bins) == 0:
-        return quantile_edges(x, check_positive_int(bins, "bins"))
+        return quantile_edges(x, check_number(bins, "bins", low=1, integer=True))
     edges = np.unique(np.asarray(bins, dtype=np.float64))
     if edges.ndim != 1 or len(edges) < 2 or not np.isfinite(edges).all():
         raise ValueError(f"bins for {name!r} must be an int or at least two finite edges")

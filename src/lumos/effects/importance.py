@@ -15,7 +15,8 @@ import numpy as np
 
 from ..core.execution import chunks
 from ..core.execution import rng as make_rng
-from ._common import ScalarModel, Table, as_table, check_positive_int, feature_index, subsample
+from ..core.validation import check_number
+from ._common import ScalarModel, Table, as_table, check_sample_weight, feature_index, subsample
 
 __all__ = ["permutation_importance", "PermutationImportance"]
 
@@ -95,29 +96,42 @@ class PermutationImportance:
         return ImportanceDisplay.from_result(self).plot(ax=ax, **kwargs)
 
 
-def _groups(table: Table, features: Any) -> dict[str, list[int]]:
-    if features is None:
-        return {name: [j] for j, name in enumerate(table.names)}
-    if isinstance(features, Mapping):
-        items = list(features.items())
-    else:
+def _groups(table: Table, features: Any, groups: Any) -> dict[str, list[int]]:
+    """Name -> columns of every permuted player: the single ``features`` (default: every column
+    when no ``groups`` are given), then the ``groups``."""
+    items: list[tuple[Any, Any, str]] = []
+    if features is None and groups is None:
+        features = list(range(table.p))
+    if features is not None:
         if isinstance(features, (str, int, np.integer)):
             features = [features]
-        items = []
+        if isinstance(features, Mapping):
+            raise TypeError("features: a dict of named column groups goes to groups=")
         for f in features:
-            if isinstance(f, (list, tuple)):
-                items.append(("+".join(table.names[feature_index(table, c)] for c in f), f))
-            else:
-                items.append((None, f))
+            if isinstance(f, (list, tuple, set, np.ndarray)):
+                raise TypeError(f"features: {f!r} is a group of columns; pass groups= (a list of column "
+                                "lists or a dict name -> columns) to permute columns together")
+            items.append((None, f, "features"))
+    if groups is not None:
+        if isinstance(groups, Mapping):
+            items += [(k, v, "groups") for k, v in groups.items()]
+        elif isinstance(groups, (str, int, np.integer)) or not isinstance(groups, (list, tuple)):
+            raise TypeError("groups must be a list of column lists or a dict name -> columns; "
+                            f"got {type(groups).__name__}")
+        else:
+            for g in groups:
+                if not isinstance(g, (list, tuple, np.ndarray)):
+                    raise TypeError(f"groups: each group is a list of columns; got {g!r}")
+                items.append(("+".join(table.names[feature_index(table, c, "groups")] for c in g), g, "groups"))
     out: dict[str, list[int]] = {}
-    for key, cols in items:
+    for key, cols, arg in items:
         cols = [cols] if isinstance(cols, (str, int, np.integer)) else list(cols)
         if not cols:
-            raise ValueError(f"features: group {key!r} has no columns")
-        idx = [feature_index(table, c) for c in cols]
+            raise ValueError(f"{arg}: group {key!r} has no columns")
+        idx = [feature_index(table, c, arg) for c in cols]
         name = str(key) if key is not None else table.names[idx[0]]
         if name in out:
-            raise ValueError(f"features: {name!r} is named twice")
+            raise ValueError(f"{arg}: {name!r} is named twice")
         out[name] = sorted(set(idx))
     return out
 
@@ -141,7 +155,8 @@ def _is_estimator(model: Any) -> bool:
 
 
 def permutation_importance(model: Any, X: Any, y: Any, *, metric: str | Callable | None = None,
-                           features: Any = None, n_repeats: int = 5, greater_is_better: bool | None = None,
+                           features: Any = None, groups: Any = None, n_repeats: int = 5,
+                           sample_weight: Any = None, greater_is_better: bool | None = None,
                            target: Any = None, max_rows: int | None = None, seed: Any = 0,
                            output: str = "auto", batch_size: int | None = None,
                            progress: bool | None = None) -> PermutationImportance:
@@ -163,12 +178,22 @@ def permutation_importance(model: Any, X: Any, y: Any, *, metric: str | Callable
         output. Or a callable ``metric(y_true, y_pred)`` where ``y_pred`` is the model's output
         (through ``target``; a binary classifier's positive-class probability; without a target a
         multi-class output is given whole, as log-loss needs). Default: ``"accuracy"`` for a
-        classifier, else ``"r2"``.
-    features : None, list or dict, optional
-        What to permute: None, each column; a list of names/indices, where a nested list is a group
-        permuted together (named by its columns joined with ``+``); a dict name -> columns.
+        classifier (a scikit-learn classifier, or a model such as a torch module whose output has
+        two or more columns: its predicted class is the arg-max column, compared with the integer
+        labels ``y``), else ``"r2"``.
+    features : None or list, optional
+        Single columns to permute, by name or index. Default: every column, unless ``groups`` are
+        given (then only the groups).
+    groups : list of column lists or dict name -> columns, optional
+        Feature groups permuted together (one-hot blocks, sensor groups), so their joint
+        distribution is kept; one importance per group, named by its key or by its columns joined
+        with ``+``.
     n_repeats : int, default 5
         Permutations per feature.
+    sample_weight : array-like, shape (n,), optional
+        Row weights of the score: passed to a scikit-learn scorer or to a callable metric
+        (``metric(y_true, y_pred, sample_weight=...)``); integer weights give the score of the
+        data with each row repeated that many times.
     greater_is_better : bool, optional
         Direction of a callable metric; inferred from its name where it says (``*_score`` and
         accuracy are scores, ``*_error``/``*_loss`` are losses), else required.
@@ -194,34 +219,52 @@ def permutation_importance(model: Any, X: Any, y: Any, *, metric: str | Callable
                    (y.detach().cpu().numpy() if hasattr(y, "detach") else y))
     if y.ndim == 0 or len(y) != table.n:
         raise ValueError(f"y must have one value per row of X ({table.n}); got shape {y.shape}")
-    n_repeats = check_positive_int(n_repeats, "n_repeats")
-    groups = _groups(table, features)
+    n_repeats = check_number(n_repeats, "n_repeats", low=1, integer=True)
+    weights = check_sample_weight(sample_weight, table.n)
+    groups = _groups(table, features, groups)
     gen = make_rng(seed)
     rows = subsample(table.n, max_rows, gen)
     if rows is not None:
         table, y = table.take(rows), y[rows]
+        weights = None if weights is None else weights[rows]
     n = table.n
     # All permutations first, in a fixed order: the result depends on the seed only.
     perms = np.stack([np.stack([gen.permutation(n) for _ in range(n_repeats)]) for _ in groups])
     names = list(groups)
     cols = [groups[k] for k in names]
 
+    n_classes = None
+    if not _is_estimator(model) and target is None and (metric is None or isinstance(metric, str)):
+        # a model that is not an estimator (a torch module, a function) with several output columns
+        # is a classifier: its prediction is the arg-max column
+        probe = ScalarModel(model, table, None, output, batch_size)
+        out = np.asarray(probe.raw(table.values[:1]))
+        if out.ndim == 2 and out.shape[1] >= 2 and out.dtype.kind in "biuf":
+            n_classes = out.shape[1]
     if metric is None:
-        metric = "accuracy" if (hasattr(model, "classes_") and _is_estimator(model)) else "r2"
+        classifier = (hasattr(model, "classes_") and _is_estimator(model)) or n_classes is not None
+        metric = "accuracy" if classifier else "r2"
     if isinstance(metric, str):
         scores, base, gib, f, desc = _score_with_scorer(model, table, y, metric, cols, perms, target,
-                                                        output, batch_size, progress)
+                                                        output, batch_size, progress, weights, n_classes)
         metric_name = metric
     elif callable(metric):
         gib = _direction(metric, greater_is_better)
         f = ScalarModel(model, table, target, output, batch_size, for_metric=True)
+        kw = {} if weights is None else {"sample_weight": weights}
         pred_base = f(table.values)
-        base = float(metric(y, pred_base))
+        try:
+            base = float(metric(y, pred_base, **kw))
+        except TypeError as exc:
+            if not kw:
+                raise
+            raise TypeError(f"sample_weight: the metric {getattr(metric, '__name__', metric)!r} does not "
+                            f"take sample_weight= ({exc})") from None
         scores = np.empty((len(names), n_repeats))
         preds = _eval_permuted(f, f.batch_size, table.values, cols, perms, progress)
         for g in range(len(names)):
             for r in range(n_repeats):
-                scores[g, r] = float(metric(y, preds[g, r]))
+                scores[g, r] = float(metric(y, preds[g, r], **kw))
         metric_name = getattr(metric, "__name__", "metric")
         desc = f.description
     else:
@@ -233,7 +276,8 @@ def permutation_importance(model: Any, X: Any, y: Any, *, metric: str | Callable
         greater_is_better=gib, n_repeats=n_repeats, target=desc, output_name=f.output_name,
         n_evals=f.n_evals,
         params={"metric": metric_name, "n_repeats": n_repeats, "max_rows": max_rows,
-                "features": {k: [table.names[j] for j in groups[k]] for k in names}, "output": output},
+                "features": {k: [table.names[j] for j in groups[k]] for k in names}, "output": output,
+                "sample_weight": weights is not None},
     )
 
 
@@ -279,6 +323,36 @@ def _output_regressor(f: ScalarModel):
     return OutputRegressor(f)
 
 
+def _output_classifier(f: ScalarModel, n_classes: int):
+    """A model with ``n_classes`` output columns seen by scikit-learn scorers as a classifier:
+    ``predict`` is the arg-max column, ``predict_proba`` the softmax of the outputs (or the
+    outputs, where they are probabilities already)."""
+    from sklearn.base import BaseEstimator, ClassifierMixin
+
+    class OutputClassifier(ClassifierMixin, BaseEstimator):
+        def __init__(self, f=None):
+            self.f = f
+            self.classes_ = np.arange(n_classes)
+
+        def fit(self, X, y=None):  # pragma: no cover - never fitted; scorers only look for it
+            return self
+
+        def predict(self, X):
+            return np.asarray(self.f.raw(X)).argmax(1)
+
+        def predict_proba(self, X):
+            o = np.asarray(self.f.raw(X), dtype=np.float64)
+            if (o >= 0).all() and np.allclose(o.sum(1), 1.0, rtol=0, atol=1e-6):
+                return o
+            e = np.exp(o - o.max(1, keepdims=True))
+            return e / e.sum(1, keepdims=True)
+
+        def decision_function(self, X):
+            return np.asarray(self.f.raw(X), dtype=np.float64)
+
+    return OutputClassifier(f)
+
+
 _RESPONSES = ("predict", "predict_proba", "decision_function")
 
 
@@ -314,7 +388,7 @@ class _Replay:
 
 
 def _score_with_scorer(model, table: Table, y, metric: str, cols, perms, target, output, batch_size,
-                       progress):
+                       progress, weights=None, n_classes=None):
     from sklearn.metrics import get_scorer
 
     try:
@@ -327,23 +401,36 @@ def _score_with_scorer(model, table: Table, y, metric: str, cols, perms, target,
             raise ValueError("target applies to callable metrics; a scikit-learn scorer picks the output it needs")
         estimator = model
         desc = f"the scorer's response ({metric})"
+    elif n_classes is not None:
+        y_int = np.asarray(y)
+        if y_int.dtype.kind not in "biu" and not (y_int.dtype.kind == "f" and np.all(y_int == np.round(y_int))):
+            raise ValueError(f"y: a model with {n_classes} output columns is scored as a classifier; y must "
+                             "hold integer class indices (or pass metric= and target=)")
+        if y_int.min() < 0 or y_int.max() >= n_classes:
+            raise ValueError(f"y: class indices must lie in 0..{n_classes - 1} (the model's output columns); "
+                             f"got {y_int.min()}..{y_int.max()}")
+        estimator = _output_classifier(f, n_classes)
+        desc = f"arg-max of the {n_classes} output columns ({metric})"
     else:
         estimator = _output_regressor(f)
         desc = ""
+    kw = {} if weights is None else {"sample_weight": weights}
     X0 = table.frame(table.values) if table.labels is not None else table.values
     replay = _Replay(estimator)
-    base = float(scorer(replay, X0, y))
+    base = float(scorer(replay, X0, y, **kw))
     methods = list(dict.fromkeys(replay.used))
     G, R, n = perms.shape
     f.bb.n_evals += n * len(methods) if estimator is model else 0
     responders = {}
     for m in methods:
-        if estimator is not model:
+        if n_classes is not None and m in _RESPONSES:
+            responders[m] = getattr(estimator, m)
+        elif estimator is not model:
             responders[m] = f
         elif m in _RESPONSES:
             responders[m] = ScalarModel(model, table, None, m, batch_size).raw
     if len(responders) < len(methods):  # an unusual response: score each permuted copy directly
-        return _score_each_copy(scorer, estimator, f, table, y, cols, perms, progress), base, True, f, desc
+        return _score_each_copy(scorer, estimator, f, table, y, cols, perms, progress, kw), base, True, f, desc
     outs = {m: _eval_permuted(fn, f.batch_size, table.values, cols, perms, progress) for m, fn in responders.items()}
     if estimator is model:
         f.bb.n_evals += G * R * n * len(methods)
@@ -351,11 +438,11 @@ def _score_with_scorer(model, table: Table, y, metric: str, cols, perms, target,
     for g in range(G):
         for r in range(R):
             replay.cache = {m: outs[m][g, r] for m in methods}
-            scores[g, r] = float(scorer(replay, X0, y))
+            scores[g, r] = float(scorer(replay, X0, y, **kw))
     return scores, base, True, f, desc or f.description
 
 
-def _score_each_copy(scorer, estimator, f, table, y, cols, perms, progress) -> np.ndarray:
+def _score_each_copy(scorer, estimator, f, table, y, cols, perms, progress, kw) -> np.ndarray:
     G, R, n = perms.shape
     scores = np.empty((G, R))
     for g in range(G):
@@ -363,5 +450,5 @@ def _score_each_copy(scorer, estimator, f, table, y, cols, perms, progress) -> n
             rows = table.values.copy()
             rows[:, cols[g]] = table.values[np.ix_(perms[g, r], cols[g])]
             f.bb.n_evals += n
-            scores[g, r] = float(scorer(estimator, table.frame(rows) if table.labels is not None else rows, y))
+            scores[g, r] = float(scorer(estimator, table.frame(rows) if table.labels is not None else rows, y, **kw))
     return scores

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ._common import ScalarModel, as_table, check_positive_int, eval_grids, feature_index, subsample
+from ..core.validation import check_number
+from ._common import ScalarModel, as_table, eval_grids, feature_index, subsample
 
 __all__ = ["h_statistic", "HStatistic"]
 
@@ -169,7 +170,7 @@ def h_statistic(model: Any, X: Any, features: Any = None, *, pairs: Any = "all",
     if not pair_idx and not total:
         raise ValueError("nothing to compute: pairs is empty and total=False")
     if n_rows is not None:
-        check_positive_int(n_rows, "n_rows", minimum=2)
+        check_number(n_rows, "n_rows", low=2, integer=True)
     rows = subsample(table.n, n_rows, seed, "n_rows")
     if rows is not None:
         table = table.take(rows)

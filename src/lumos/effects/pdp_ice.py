@@ -16,8 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._common import (ScalarModel, Table, as_table, check_positive_int, eval_grid, feature_indices,
-                      subsample)
+from ..core.validation import check_number
+from ._common import ScalarModel, Table, as_table, check_sample_weight, eval_grid, feature_indices, subsample
 from ._grid import GRIDS, check_percentiles, feature_grid, user_grid
 
 __all__ = ["partial_dependence", "PartialDependence"]
@@ -150,23 +150,26 @@ class PartialDependence:
 
 
 def _as_features(features: Any) -> list:
-    if isinstance(features, (str, int, np.integer)) or not isinstance(features, Sequence):
-        return [features]
-    feats = list(features)
-    if len(feats) not in (1, 2):
-        raise ValueError(
-            f"features must be one feature or a pair; got {len(feats)} (call once per feature for "
-            "several one-way effects)"
-        )
-    return feats
+    """One effect's features: a single feature, or a pair given as a tuple."""
+    if isinstance(features, tuple):
+        feats = list(features)
+        if len(feats) not in (1, 2):
+            raise ValueError(f"features: a tuple is a pair of features (a two-way effect); got {len(feats)} "
+                             "entries (a list gives several one-way effects)")
+        for f in feats:
+            if isinstance(f, (tuple, list)):
+                raise ValueError(f"features: a pair holds two features, not {f!r}")
+        return feats
+    return [features]
 
 
 def partial_dependence(model: Any, X: Any, features: Any, *, target: Any = None,
                        kind: str = "both", grid: str = "uniform", grid_resolution: int | None = None,
                        percentiles: tuple[float, float] = (0.05, 0.95), grid_values: Any = None,
                        categorical_features: Any = None, anchor: Any = None, method: str = "auto",
-                       max_rows: int | None = None, seed: Any = 0, output: str = "auto",
-                       batch_size: int | None = None, progress: bool | None = None) -> PartialDependence:
+                       sample_weight: Any = None, max_rows: int | None = None, seed: Any = 0,
+                       output: str = "auto", batch_size: int | None = None,
+                       progress: bool | None = None) -> PartialDependence | list[PartialDependence]:
     """Partial dependence of ``model`` on one feature or a pair, with ICE curves.
 
     Friedman (2001); ICE, centred and derivative ICE: Goldstein et al. (2015).
@@ -179,8 +182,11 @@ def partial_dependence(model: Any, X: Any, features: Any, *, target: Any = None,
     X : ndarray or DataFrame, shape (n, p)
         The data averaged over. DataFrames go to the model as DataFrames with their column names
         and dtypes, so pipelines with column transformers and string categories work.
-    features : str or int, or a pair of them
-        One feature (a one-way effect) or two (a two-way effect), by name or position.
+    features : str or int, a tuple of two, or a list of them
+        One feature (a one-way effect) or a tuple of two (a two-way effect), by name or position;
+        a list of them (``["age", ("age", "income")]``, as scikit-learn) returns a list with one
+        result per entry, in order (the other parameters apply to each; ``grid_values`` then
+        holds one entry per list entry).
     target : None, int, class label or callable, default None
         Which output is explained. None: a scalar output as is, and for two outputs (a binary
         classifier) the second one, the positive class. More outputs need an explicit column index,
@@ -204,6 +210,10 @@ def partial_dependence(model: Any, X: Any, features: Any, *, target: Any = None,
     anchor : value, optional
         Where the centred ICE curves are anchored (one feature): default the first grid point
         (Goldstein et al.'s choice, the minimum). A value off the grid costs ``n`` more rows.
+    sample_weight : array-like, shape (n,), optional
+        Row weights of the average over ``X``: the partial dependence is the weighted mean of the
+        ICE curves (integer weights give the result of ``X`` with each row repeated that many
+        times). The recursion shortcut is checked against the weighted average.
     method : {"auto", "brute", "recursion"}, default "auto"
         ``"brute"`` sets the feature and averages the predictions. ``"recursion"`` is
         scikit-learn's weighted tree traversal, which averages over the *training* data stored in
@@ -226,8 +236,23 @@ def partial_dependence(model: Any, X: Any, features: Any, *, target: Any = None,
 
     Returns
     -------
-    PartialDependence
+    PartialDependence, or a list of them for a list of features
     """
+    if isinstance(features, list):
+        if not features:
+            raise ValueError("features: the list is empty")
+        if grid_values is not None and (not isinstance(grid_values, (list, tuple)) or len(grid_values) != len(features)):
+            raise ValueError(f"grid_values: with a list of {len(features)} features give one grid per entry")
+        for f in features:
+            if isinstance(f, list):
+                raise ValueError(f"features: {f!r} inside the list; a pair of features is a tuple")
+        return [partial_dependence(
+            model, X, f, target=target, kind=kind, grid=grid,
+            grid_resolution=grid_resolution, percentiles=percentiles,
+            grid_values=None if grid_values is None else grid_values[i],
+            categorical_features=categorical_features, anchor=anchor, method=method,
+            sample_weight=sample_weight, max_rows=max_rows, seed=seed, output=output,
+            batch_size=batch_size, progress=progress) for i, f in enumerate(features)]
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
     if method not in METHODS:
@@ -236,12 +261,13 @@ def partial_dependence(model: Any, X: Any, features: Any, *, target: Any = None,
         raise ValueError(f"grid must be one of {GRIDS}; got {grid!r}")
     check_percentiles(percentiles)
     table = as_table(X, categorical_features)
+    weights = check_sample_weight(sample_weight, table.n)
     feats = _as_features(features)
     cols = feature_indices(table, feats)
     k = len(cols)
     if grid_resolution is None:
         grid_resolution = 50 if k == 1 else 20
-    grid_resolution = check_positive_int(grid_resolution, "grid_resolution", minimum=2)
+    grid_resolution = check_number(grid_resolution, "grid_resolution", low=2, integer=True)
     if grid_values is not None:
         gv = [grid_values] if k == 1 else list(grid_values)
         if len(gv) != k:
@@ -252,6 +278,7 @@ def partial_dependence(model: Any, X: Any, features: Any, *, target: Any = None,
     rows = subsample(table.n, max_rows, seed)
     if rows is not None:
         table = table.take(rows)
+        weights = None if weights is None else weights[rows]
     categorical = [bool(table.categorical[j]) for j in cols]
     f = ScalarModel(model, table, target, output, batch_size)
 
@@ -278,7 +305,7 @@ def partial_dependence(model: Any, X: Any, features: Any, *, target: Any = None,
     used = "brute"
     average = ice = anchor_output = None
     if method != "brute" and kind == "average":
-        rec = _try_recursion(model, table, cols, grids, f, explicit=(method == "recursion"))
+        rec = _try_recursion(model, table, cols, grids, f, explicit=(method == "recursion"), weights=weights)
         if rec is not None:
             average, used = rec.reshape(shape), "recursion"
     elif method == "recursion":
@@ -289,7 +316,7 @@ def partial_dependence(model: Any, X: Any, features: Any, *, target: Any = None,
         if extra is not None:
             anchor_output, out = out[:, -1].copy(), out[:, :-1]
         curves = out.reshape((table.n,) + shape)
-        average = curves.mean(axis=0)
+        average = curves.mean(axis=0) if weights is None else np.average(curves, axis=0, weights=weights)
         if kind != "average":
             ice = curves
             if anchor_col is not None:
@@ -300,7 +327,8 @@ def partial_dependence(model: Any, X: Any, features: Any, *, target: Any = None,
     params = {"features": [table.names[j] for j in cols], "kind": kind, "grid": grid,
               "grid_resolution": grid_resolution, "percentiles": list(map(float, percentiles)),
               "custom_grid": grid_values is not None, "max_rows": max_rows, "method": method,
-              "output": output, "target": target if not callable(target) else f.description}
+              "output": output, "target": target if not callable(target) else f.description,
+              "sample_weight": weights is not None}
     return PartialDependence(
         feature_names=[table.names[j] for j in cols], grid=grids, average=average, ice=ice,
         anchor=anchor_value, anchor_output=anchor_output, categorical=categorical,
@@ -329,10 +357,11 @@ def _tree_estimators(model):
     return None
 
 
-def _recursion_matches_brute(trees, X32: np.ndarray, cols: Sequence[int]) -> bool:
+def _recursion_matches_brute(trees, X32: np.ndarray, cols: Sequence[int], weights=None) -> bool:
     """True where the recursion's average over the trees' training fractions equals the brute
     average over the rows of ``X32`` (see :func:`partial_dependence`, ``method``)."""
     S = set(cols)
+    root_left = _RootSplits(X32, weights)
     for est in trees:
         tree = est.tree_
         feat, left, right = tree.feature, tree.children_left, tree.children_right
@@ -348,10 +377,20 @@ def _recursion_matches_brute(trees, X32: np.ndarray, cols: Sequence[int]) -> boo
             if not on_s:
                 if below_s:
                     return False  # the recursion re-weights rows already routed by x_S: not brute
+                if node == 0:
+                    # every row reaches the root: its left share is a count of one column below
+                    # the threshold (one sort per feature for all trees: stumps need no apply)
+                    left_share = root_left(int(feat[0]), float(tree.threshold[0]))
+                    if not np.isclose(left_share * w[0], w[left[0]] * root_left.total, rtol=1e-12, atol=0):
+                        return False
+                    stack.append((left[node], False))
+                    stack.append((right[node], False))
+                    continue
                 if counts is None:
                     # Rows of X per node: leaf counts, summed up the tree (children come after
                     # their parent in scikit-learn's node order).
-                    counts = np.bincount(tree.apply(X32), minlength=tree.node_count).astype(np.float64)
+                    counts = np.bincount(tree.apply(X32), weights=weights,
+                                         minlength=tree.node_count).astype(np.float64)
                     for node_id in children[::-1]:
                         counts[node_id] = counts[left[node_id]] + counts[right[node_id]]
                 # Rows of X reaching this node are routed by their own (non-S) values only, so
@@ -364,7 +403,28 @@ def _recursion_matches_brute(trees, X32: np.ndarray, cols: Sequence[int]) -> boo
     return True
 
 
-def _try_recursion(model, table: Table, cols, grids, f: ScalarModel, explicit: bool):
+class _RootSplits:
+    """Rows of ``X`` (their weight) going left at a root split ``x_j <= t``, as the tree routes
+    them (float32 values against the float64 threshold): one sort per column, a binary search
+    per tree."""
+
+    def __init__(self, X32: np.ndarray, weights=None):
+        self.X32, self.weights = X32, weights
+        self.total = float(len(X32)) if weights is None else float(np.sum(weights))
+        self._sorted: dict[int, tuple] = {}
+
+    def __call__(self, j: int, threshold: float) -> float:
+        if j not in self._sorted:
+            col = self.X32[:, j].astype(np.float64)
+            order = np.argsort(col, kind="stable")
+            cw = None if self.weights is None else np.concatenate([[0.0], np.cumsum(self.weights[order])])
+            self._sorted[j] = (col[order], cw)
+        values, cw = self._sorted[j]
+        k = int(np.searchsorted(values, threshold, side="right"))
+        return float(k) if cw is None else float(cw[k])
+
+
+def _try_recursion(model, table: Table, cols, grids, f: ScalarModel, explicit: bool, weights=None):
     """The recursion's partial dependence (flattened over the grid), or None to go brute."""
     from sklearn.inspection import partial_dependence as sk_pd
 
@@ -375,6 +435,8 @@ def _try_recursion(model, table: Table, cols, grids, f: ScalarModel, explicit: b
         reason = "a target was given"
     trees = _tree_estimators(model)
     if explicit:
+        if reason is None and weights is not None:
+            reason = "sample_weight was given (the recursion averages over the training data)"
         if reason is not None:
             raise ValueError(f"method='recursion' is not available: {reason}")
         try:
@@ -394,7 +456,7 @@ def _try_recursion(model, table: Table, cols, grids, f: ScalarModel, explicit: b
     if reason is not None or trees is None or f.bb.score_name != "predict":
         return None
     X32 = np.ascontiguousarray(table.values, dtype=np.float32)
-    if not _recursion_matches_brute(trees, X32, cols):
+    if not _recursion_matches_brute(trees, X32, cols, weights):
         return None
     res = sk_pd(model, _sk_input(table), [int(c) for c in cols], method="recursion", kind="average",
                 custom_values={int(c): g for c, g in zip(cols, grids)})
