@@ -24,10 +24,12 @@ import torch
 from torch import nn
 
 from ...core.blackbox import as_blackbox
-from ...core.execution import chunks, rng
+from ...core.execution import check_batch_size, chunks, rng
 from ...core.explanation import Explanation
 from ...core.targets import resolve_target
-from ...core.torch_model import Prepared, _clean_params, as_tensor, forward, torch_call
+from ...core.validation import check_number
+from ...core.torch_model import (Prepared, _clean_params, as_tensor, check_finite, forward,
+                                torch_call)
 
 __all__ = ["Run", "perturbation_call", "axes_spec", "make_fill", "constant_fill", "gaussian_blur", "FILLS"]
 
@@ -77,6 +79,12 @@ class Run:
         self.n_evals += len(xb)
         return s
 
+    def batch_size(self, batch_size: int | None) -> int:
+        """Rows per model call: ``batch_size``, or by default as many as fit the memory budget of
+        :func:`~lumos.core.execution.check_batch_size` (64 small rows, fewer large images: on
+        128x128 images 64-row chunks made occlusion 2.4x slower than 8-row ones)."""
+        return check_batch_size(batch_size, row_bytes=self.x[0].numel() * self.x.element_size())
+
     def evaluate(self, total: int, build: Callable[[slice], tuple], batch_size: int | None,
                  progress: bool | None = None, desc: str = "",
                  consume: Callable | None = None) -> torch.Tensor:
@@ -87,7 +95,8 @@ class Run:
         maps on the fly). Returns the scores of all rows, shape (total,), float64.
         """
         out = torch.empty(total, dtype=torch.float64, device=self.x.device)
-        for sl in chunks(total, batch_size, desc=desc, progress=progress, unit="input"):
+        bs = self.batch_size(batch_size)
+        for sl in chunks(total, bs, desc=desc, progress=progress, unit="input"):
             xb, rows, ctx = build(sl)
             s = self.score(xb, rows)
             out[sl] = s
@@ -96,31 +105,35 @@ class Run:
         return out
 
     def explanation(self, values, method: str, params: dict, meta: dict | None = None,
-                    sample_meta: dict | None = None) -> Explanation:
+                    sample_meta: dict | None = None, feature_names: list[str] | None = None) -> Explanation:
+        """The result; ``feature_names`` name the last axis of ``values`` (default: a DataFrame's
+        columns when ``values`` has one value per column)."""
         m = dict(self.meta)
         m.update(meta or {})
         m["n_evals"] = int(self.n_evals)
-        return self._build_explanation(values, method, params, m, sample_meta or {})
+        return self._build_explanation(values, method, params, m, sample_meta or {}, feature_names)
 
 
 @contextlib.contextmanager
-def perturbation_call(model: Any, inputs: Any, target: Any, *, method: str) -> Iterator[Run]:
+def perturbation_call(model: Any, inputs: Any, target: Any, *, method: str, what: str) -> Iterator[Run]:
     """Validate ``inputs`` and ``target`` for a perturbation method and yield a :class:`Run`.
 
     A torch module is evaluated under ``torch.inference_mode`` inside :func:`torch_call` (the
     model is left as found, also on error), conv nets on CPU with channels-last image chunks
     (``meta["memory_format"]``); anything else callable is wrapped in :class:`BlackBox`.
+    Every model evaluation is checked: numeric (black boxes) and finite outputs, the error naming
+    the evaluation (``"the inputs"`` or ``what``, e.g. ``"occluded inputs"``).
     """
     if isinstance(model, nn.Module):
-        with torch_call(model, inputs, target, method=method) as p:
-            yield _torch_run(p)
+        with torch_call(model, inputs, target, method=method, clean_forward=False) as p:
+            yield _torch_run(p, what)
         return
     if not callable(model) and not hasattr(model, "predict"):
         raise TypeError(
             "model must be a torch.nn.Module, a predict function that scores a batch, or a "
             f"scikit-learn estimator; got {type(model).__name__}"
         )
-    yield _blackbox_run(model, inputs, target)
+    yield _blackbox_run(model, inputs, target, method, what)
 
 
 def _channels_last_helps(model: nn.Module, x: torch.Tensor) -> bool:
@@ -130,42 +143,48 @@ def _channels_last_helps(model: nn.Module, x: torch.Tensor) -> bool:
             and any(isinstance(m, nn.Conv2d) for m in model.modules()))
 
 
-def _torch_run(p: Prepared) -> Run:
-    model, target = p.model, p.target
+def _torch_run(p: Prepared, what: str) -> Run:
+    """``p`` from ``torch_call(..., clean_forward=False)``: f(x) is evaluated here, once, in the
+    layout the perturbed inputs will have (so that differences carry no layout rounding)."""
+    model = p.model
     layout = {"cl": _channels_last_helps(model, p.x)}
 
-    def score(xb, rows):
+    def outputs(xb, name):
         # inference_mode: only the scores are kept, never differentiated (a little faster)
         with torch.inference_mode():
             if layout["cl"]:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            out = forward(model, xb, name="perturbed inputs")
-            return target.select(out, rows).to(torch.float64)
+            return forward(model, xb, name=name)
 
-    scalar, n_evals = p.scalar, len(p.x)
     if layout["cl"]:
-        # f(x) in the same layout as the perturbed inputs, so that differences carry no layout
-        # rounding; a model that cannot take channels-last inputs (a .view on its activations)
-        # is run as it is.
+        # a model that cannot take channels-last inputs (a .view on its activations) is run as it is
         try:
-            scalar = score(p.x, torch.arange(len(p.x)))
-            n_evals += len(p.x)
+            out = outputs(p.x, "inputs")
         except ValueError:
             layout["cl"] = False
+    if not layout["cl"]:
+        out = outputs(p.x, "inputs")
+    target = p.resolve(out.clone())  # checks the outputs at the inputs are finite
 
-    def build(values, method, params, meta, sample_meta):
+    def score(xb, rows):
+        out = outputs(xb, what)
+        check_finite(out, what)
+        return target.select(out, rows).to(torch.float64)
+
+    def build(values, method, params, meta, sample_meta, feature_names):
+        if feature_names is not None:
+            p.feature_names = feature_names
         return p.explanation(values, method, params, meta=meta, sample_meta=sample_meta)
 
     meta = dict(p.meta)
     meta["memory_format"] = "channels_last" if layout["cl"] else "contiguous"
-    run = Run(p.x, scalar, score, build, meta)
-    run.n_evals = n_evals
+    run = Run(p.x, p.scalar, score, build, meta)
     if layout["cl"]:
         run.memory_format = torch.channels_last
     return run
 
 
-def _blackbox_run(model: Any, inputs: Any, target: Any) -> Run:
+def _blackbox_run(model: Any, inputs: Any, target: Any, method: str, what: str) -> Run:
     columns = None
     if hasattr(inputs, "columns") and hasattr(inputs, "dtypes"):  # a DataFrame
         columns = [str(c) for c in inputs.columns]
@@ -183,30 +202,34 @@ def _blackbox_run(model: Any, inputs: Any, target: Any) -> Run:
         arr = np.asarray(inputs)
         np_dtype = arr.dtype if arr.dtype.kind == "f" else np.float64
         x, kind = as_tensor(inputs, dtype=torch.float64 if arr.dtype.kind != "f" else None), "array"
-    bb = as_blackbox(model, inputs if kind == "frame" else None)
+    # BlackBox hands the model a copy of every batch (a predict function that normalises its
+    # argument in place cannot change the inputs the perturbations are built from, nor
+    # Explanation.inputs) and checks every answer: numeric, finite, named by ``what``.
+    bb = as_blackbox(model, inputs if kind == "frame" else None, method=method)
 
     def to_user(xb: torch.Tensor):
         # The model gets what the user gave: tensors stay tensors, arrays come back as arrays
         # of the user's float dtype, DataFrames are rebuilt by BlackBox from the columns.
         return xb if kind == "tensor" else xb.detach().cpu().numpy().astype(np_dtype, copy=False)
 
-    output = bb(to_user(x))
+    output = bb(to_user(x), what="the inputs")
     tgt = resolve_target(target, output)
     scalar = torch.as_tensor(np.asarray(tgt.select(output), dtype=np.float64), device=x.device)
 
     def score(xb, rows):
-        out = bb(to_user(xb))
+        out = bb(to_user(xb), what=what)
         s = np.asarray(tgt.select(out, rows.cpu().numpy()), dtype=np.float64)
         return torch.as_tensor(s, device=xb.device)
 
     meta = {"target": tgt.description, "model_output": bb.score_name}
 
-    def build(values, method, params, meta, sample_meta):
+    def build(values, method, params, meta, sample_meta, feature_names):
         m = dict(meta)
         m.update(sample_meta)
         return Explanation(
             values=values, inputs=x, target=tgt.indices, output=scalar, method=method,
-            params=_clean_params(params), meta=m, feature_names=columns,
+            params=_clean_params(params), meta=m,
+            feature_names=feature_names if feature_names is not None else columns,
             sample_keys=tuple(sample_meta.keys()),
         )
 
@@ -277,17 +300,20 @@ def gaussian_blur(x: torch.Tensor, sigma: float | Sequence[float], axes: Sequenc
 
 
 def make_fill(fill: Any, x: torch.Tensor, *, blur_axes: Sequence[int], sigma: float | Sequence[float] = 5.0,
-              data: Any = None, seed: int | None = 0) -> tuple[torch.Tensor, str]:
+              background: Any = None, seed: int | None = 0) -> tuple[torch.Tensor, str]:
     """What hidden elements are replaced with: a tensor of the shape of ``x`` (n, ...).
 
     Parameters
     ----------
     fill : {"zero", "mean", "blur", "noise"}, float, or array/Tensor
-        ``"zero"`` (or ``0``), a constant, ``"mean"`` (the per-element mean of ``data`` over its
-        first axis: a dataset mean image), ``"blur"`` (a Gaussian-blurred copy of each input,
-        std ``sigma`` along ``blur_axes``), ``"noise"`` (one fixed Gaussian noise draw per sample
-        with that sample's mean and std, from ``seed``), or an array broadcastable to one sample
-        (a mean image, a per-channel mean of shape (C, 1, 1)) or to the whole batch.
+        ``"zero"`` (or ``0``), a constant, ``"mean"`` (the per-element mean of ``background``
+        over its first axis: a dataset mean image), ``"blur"`` (a Gaussian-blurred copy of each
+        input, std ``sigma`` along ``blur_axes``), ``"noise"`` (one fixed Gaussian noise draw per
+        sample with that sample's mean and std, from ``seed``), or an array: with the inputs'
+        number of axes it is **per sample** (leading axis ``n``, or 1 for all), e.g. one baseline
+        image per input (n, C, H, W) or one constant per input (n, 1, 1, 1); with fewer axes it is
+        one sample's fill given once and broadcast to every sample (a mean image (C, H, W), a
+        per-channel mean (C, 1, 1), per-column values (F,) of a table).
     Returns ``(fill tensor, description)``.
     """
     n, shape = len(x), tuple(x.shape[1:])
@@ -298,8 +324,8 @@ def make_fill(fill: Any, x: torch.Tensor, *, blur_axes: Sequence[int], sigma: fl
             return torch.zeros_like(x), "zero"
         if fill == "blur":
             sig = [sigma] * len(blur_axes) if np.isscalar(sigma) else list(sigma)
-            if any((not np.isfinite(s)) or s <= 0 for s in sig):
-                raise ValueError(f"sigma must be positive; got {sigma!r}")
+            for s in sig:
+                check_number(s, "sigma", low=0, low_open=True)
             return gaussian_blur(x, sigma, blur_axes), f"blur(sigma={sigma})"
         if fill == "noise":
             flat = x.detach().reshape(n, -1).to(torch.float64).cpu().numpy()
@@ -308,30 +334,34 @@ def make_fill(fill: Any, x: torch.Tensor, *, blur_axes: Sequence[int], sigma: fl
             z = rng(seed).standard_normal(flat.shape)
             noise = (mu[:, None] + sd[:, None] * z).reshape(x.shape)
             return torch.as_tensor(noise, dtype=x.dtype, device=x.device), f"noise(seed={seed})"
-        if data is None:
+        if background is None:
             raise ValueError(
-                "fill='mean' needs data=: a dataset (samples along the first axis) whose mean "
-                "replaces hidden elements; or pass the mean itself as fill="
+                "fill='mean' needs background=: a dataset (samples along the first axis) whose "
+                "mean replaces hidden elements; or pass the mean itself as fill="
             )
-        d = as_tensor(data, x.device, name="data", dtype=x.dtype)
+        d = as_tensor(background, x.device, name="background", dtype=x.dtype)
         if tuple(d.shape[1:]) != shape:
-            raise ValueError(f"data must have samples of shape {shape} like inputs; got {tuple(d.shape)}")
+            raise ValueError(f"background must have samples of shape {shape} like inputs; got "
+                             f"{tuple(d.shape)}")
         return d.mean(0, keepdim=True).expand_as(x).clone(), "mean"
-    if isinstance(fill, bool):
-        raise ValueError("fill must be a string, a number or an array; got a bool")
-    if isinstance(fill, (int, float, np.integer, np.floating)):
-        if not np.isfinite(fill):
-            raise ValueError(f"fill must be finite; got {fill!r}")
-        return torch.full_like(x, float(fill)), f"constant({float(fill):g})"
+    if isinstance(fill, (bool, int, float, np.integer, np.floating)):
+        value = check_number(fill, "fill")
+        return torch.full_like(x, value), f"constant({value:g})"
     f = as_tensor(fill, x.device, name="fill", dtype=x.dtype)
-    try:
-        out = torch.broadcast_to(f, x.shape)
-    except RuntimeError:
+    per_sample = f.ndim == x.ndim
+    ok = f.ndim <= x.ndim and (not per_sample or f.shape[0] in (1, n))
+    if ok:
+        try:
+            out = torch.broadcast_to(f, x.shape)
+        except RuntimeError:
+            ok = False
+    if not ok:
         raise ValueError(
-            f"fill of shape {tuple(f.shape)} broadcasts neither to one sample {shape} nor to the "
-            f"inputs {tuple(x.shape)}"
-        ) from None
-    return out.clone(), "array"
+            f"fill of shape {tuple(f.shape)} broadcasts neither to one sample {shape} (a fill "
+            f"given once) nor, with a leading axis of {n} (one per sample) or 1, to the inputs "
+            f"{tuple(x.shape)}"
+        )
+    return out.clone(), "per-sample array" if per_sample and f.shape[0] == n and n > 1 else "array"
 
 
 def constant_fill(fill: Any) -> float | None:
@@ -342,12 +372,6 @@ def constant_fill(fill: Any) -> float | None:
     if isinstance(fill, (int, float, np.integer, np.floating)) and not isinstance(fill, bool):
         return float(fill)
     return None
-
-
-def check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
-    return int(value)
 
 
 def spatial_axes(sample_shape: Sequence[int]) -> list[int]:

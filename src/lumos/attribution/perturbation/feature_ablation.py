@@ -1,110 +1,45 @@
 """Feature ablation: remove groups of features together (pixels, superpixels, column groups)."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
+from ...core.groups import column_groups
 from ...core.registry import register
+from ...core.superpixels import SUPERPIXEL_METHODS, superpixels
 from ._base import constant_fill, make_fill, perturbation_call, spatial_axes
 
-__all__ = ["feature_ablation", "superpixels"]
-
-_SUPERPIXELS = ("slic", "quickshift")
+__all__ = ["feature_ablation"]
 
 
-def superpixels(images: Any, method: str = "slic", **params: Any) -> np.ndarray:
-    """Superpixel labels of a batch of images with scikit-image.
-
-    Parameters
-    ----------
-    images : Tensor or ndarray, shape (n, C, H, W)
-        Channels first (lumos' layout); any value range (each image is scaled to [0, 1] for the
-        segmentation only).
-    method : {"slic", "quickshift"}, default "slic"
-        :func:`skimage.segmentation.slic` (Achanta et al., 2012; default ``n_segments=50``,
-        ``compactness=10``) or :func:`skimage.segmentation.quickshift` (Vedaldi & Soatto, 2008;
-        default ``kernel_size=3``, ``max_dist=6``, ``ratio=0.5``, ``rng=0``).
-    **params
-        Passed to the scikit-image function (they override the defaults).
-
-    Returns
-    -------
-    ndarray of int64, shape (n, 1, H, W)
-        Labels 0..k-1 per image, broadcastable over the channels.
-    """
-    from skimage import segmentation
-
-    if method not in _SUPERPIXELS:
-        raise ValueError(f"superpixels: method must be one of {_SUPERPIXELS}; got {method!r}")
-    arr = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-    if arr.ndim != 4:
-        raise ValueError(
-            f"superpixels need images of shape (batch, channels, height, width); got shape {arr.shape}"
-        )
-    out = np.empty((arr.shape[0], 1) + arr.shape[2:], dtype=np.int64)
-    for i, img in enumerate(arr.astype(np.float64)):
-        lo, hi = img.min(), img.max()
-        img = np.moveaxis((img - lo) / (hi - lo) if hi > lo else img * 0, 0, -1)
-        gray = img.shape[-1] == 1
-        if method == "slic":
-            kw = {"n_segments": 50, "compactness": 10.0, "start_label": 0}
-            kw.update(params)
-            lab = segmentation.slic(img[..., 0] if gray else img, channel_axis=None if gray else -1, **kw)
-        else:
-            kw = {"kernel_size": 3, "max_dist": 6, "ratio": 0.5, "rng": 0,
-                  "convert2lab": img.shape[-1] == 3}
-            kw.update(params)
-            lab = segmentation.quickshift(np.repeat(img, 3, -1) if gray else img, **kw)
-        # dense labels 0..k-1 whatever the library numbered
-        out[i, 0] = np.unique(lab, return_inverse=True)[1].reshape(lab.shape)
-    return out
-
-
-def _column_groups(groups: Sequence | Mapping, n_features: int, columns: list[str] | None) -> np.ndarray:
-    """Lists of column indices/names -> one label per column; columns in no group stand alone."""
-    items = list(groups.values()) if isinstance(groups, Mapping) else list(groups)
-    labels = np.full(n_features, -1, dtype=np.int64)
-    for g, cols in enumerate(items):
-        cols = [cols] if isinstance(cols, (str, int, np.integer)) else list(cols)
-        if not cols:
-            raise ValueError(f"groups: group {g} is empty")
-        for c in cols:
-            if isinstance(c, str):
-                if columns is None or c not in columns:
-                    raise ValueError(f"groups: unknown column {c!r}" + (
-                        "" if columns is None else f"; the columns are {columns}"))
-                c = columns.index(c)
-            if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < n_features:
-                raise ValueError(f"groups: column {c!r} is not an index in 0..{n_features - 1}")
-            if labels[c] >= 0:
-                raise ValueError(f"groups: column {c} is in two groups; groups must not overlap")
-            labels[c] = g
-    alone = labels < 0
-    labels[alone] = len(items) + np.arange(alone.sum())
-    return labels
+def _label_names(labels: np.ndarray, names: list[str]) -> list[str]:
+    """Names of the groups of integer column labels (d,): members joined by ``+``, in label order."""
+    return ["+".join(names[c] for c in np.flatnonzero(labels == g)) for g in np.unique(labels)]
 
 
 def _resolve_groups(groups: Any, x: torch.Tensor, columns: list[str] | None,
-                    superpixel_params: dict | None) -> tuple[np.ndarray, str]:
+                    superpixel_params: dict | None) -> tuple[np.ndarray, str, list[str] | None]:
     """Integer labels of shape (1 or n, ...) with ``x``'s number of axes, broadcastable to ``x``;
-    and a description of the grouping."""
+    a description of the grouping; and for tables grouped alike in every row, the group names
+    (values then come back per group)."""
     n, shape = len(x), tuple(x.shape[1:])
     if groups is None:
-        return np.arange(int(np.prod(shape)), dtype=np.int64).reshape((1,) + shape), "single features"
+        return np.arange(int(np.prod(shape)), dtype=np.int64).reshape((1,) + shape), "single features", None
     if isinstance(groups, str):
-        if groups not in _SUPERPIXELS:
+        if groups not in SUPERPIXEL_METHODS:
             raise ValueError(
-                f"groups must be 'slic', 'quickshift', an array of labels, or a list of column "
-                f"groups; got {groups!r}"
+                f"groups must be one of {', '.join(map(repr, SUPERPIXEL_METHODS))} (superpixels), an "
+                f"array of labels, or a list of column groups; got {groups!r}"
             )
         if len(shape) != 3:
             raise ValueError(
                 f"groups={groups!r} makes superpixels of images (batch, C, H, W); inputs have "
                 f"shape {tuple(x.shape)}"
             )
-        return superpixels(x, groups, **(superpixel_params or {})), groups
+        return superpixels(x, groups, channels="first", **(superpixel_params or {}))[:, None], groups, None
+    names = columns if columns is not None else [f"x{j}" for j in range(shape[0])] if len(shape) == 1 else None
     if isinstance(groups, Mapping) or (isinstance(groups, (list, tuple))
                                         and any(isinstance(g, (list, tuple, str)) for g in groups)):
         if len(shape) != 1:
@@ -112,9 +47,10 @@ def _resolve_groups(groups: Any, x: torch.Tensor, columns: list[str] | None,
                 "groups as lists of columns are for tabular inputs (batch, features); for other "
                 "inputs give an array of integer labels"
             )
-        return _column_groups(groups, shape[0], columns)[None], "column groups"
+        labels, group_names = column_groups(groups, names)
+        return labels[None], "column groups", group_names
     lab = groups.detach().cpu().numpy() if isinstance(groups, torch.Tensor) else np.asarray(groups)
-    if lab.dtype.kind not in "iub":
+    if lab.dtype.kind not in "iu":
         raise ValueError(f"groups must hold integer labels; got dtype {lab.dtype}")
     lab = lab.astype(np.int64)
     per_sample = lab.ndim == len(shape) + 1
@@ -130,7 +66,9 @@ def _resolve_groups(groups: Any, x: torch.Tensor, columns: list[str] | None,
         ) from None
     if not per_sample:
         lab = lab.reshape((1,) * (len(shape) + 1 - lab.ndim) + lab.shape)
-    return lab, "user labels"
+    if len(shape) == 1 and lab.shape == (1, shape[0]):  # a group mask of the columns of a table
+        return lab, "column labels", _label_names(lab[0], names)
+    return lab, "user labels", None
 
 
 @register("feature_ablation", "perturbation",
@@ -138,7 +76,7 @@ def _resolve_groups(groups: Any, x: torch.Tensor, columns: list[str] | None,
           models="any")
 def feature_ablation(model: Any, inputs: Any, target: Any = None, *, groups: Any = None,
                      superpixel_params: dict | None = None, fill: Any = "zero", sigma: float = 5.0,
-                     data: Any = None, seed: int = 0, batch_size: int | None = None,
+                     background: Any = None, seed: int = 0, batch_size: int | None = None,
                      progress: bool | None = None):
     """Feature ablation: the drop of the score when a group of features is replaced together.
 
@@ -162,32 +100,39 @@ def feature_ablation(model: Any, inputs: Any, target: Any = None, *, groups: Any
           (H, W) for images, shared by every sample; or with a leading batch axis, per sample,
           e.g. (batch, 1, H, W).
         - for tabular inputs (batch, features): a list of column groups such as
-          ``[[0, 1], [2, 5]]`` or ``{"size": ["height", "weight"]}`` (names need a DataFrame);
-          columns in no group stand alone.
+          ``[[0, 1], [2, 5]]`` or ``{"size": ["height", "weight"]}`` (names need a DataFrame), or
+          a group mask: one integer label per column (features,). Columns in no group stand
+          alone. ``values`` then has **one column per group**, named in ``feature_names`` (a
+          mapping's keys, else the members' names joined by ``+``; arrays' columns are
+          ``x0, x1, ...``), like LIME's and the Shapley methods' groups.
     superpixel_params : dict, optional
-        Options for :func:`skimage.segmentation.slic` / ``quickshift``.
+        Options for :func:`lumos.core.superpixels.superpixels` (scikit-image's parameters, e.g.
+        ``n_segments``; defaults documented there, quickshift's are LIME's).
     fill : {"zero", "mean", "blur", "noise"}, float or array, default "zero"
-        What ablated features become (see :func:`occlusion`); for tabular data ``fill="mean"``
-        with ``data=X_train`` is the usual choice.
-    sigma, data, seed : as in :func:`occlusion`.
+        What ablated features become (see :func:`occlusion`; an array with the inputs' number of
+        axes is one fill per sample, e.g. one baseline row per table row); for tabular data
+        ``fill="mean"`` with ``background=X_train`` is the usual choice.
+    sigma, background, seed : as in :func:`occlusion`.
     batch_size : int, optional
-        Ablated inputs per model call (default 64).
+        Ablated inputs per model call; default 64 rows, fewer for large inputs (as in
+        :func:`occlusion`).
 
     Returns
     -------
     Explanation
-        ``values`` has the shape of ``inputs``. ``meta``: ``n_evals``; per sample ``groups`` (the
-        labels), ``n_groups`` and ``group_values`` (batch, max groups; NaN-padded), the drop of
-        each group in the order of its label.
+        ``values`` has the shape of ``inputs``, or (batch, groups) for grouped tables.
+        ``meta``: ``n_evals``; per sample ``groups`` (the labels), ``n_groups`` and
+        ``group_values`` (batch, max groups; NaN-padded), the drop of each group in the order of
+        its label; for grouped tables ``groups`` maps each group name to its columns instead.
     """
-    with perturbation_call(model, inputs, target, method="feature_ablation") as run:
+    with perturbation_call(model, inputs, target, method="feature_ablation", what="ablated inputs") as run:
         x, n, shape = run.x, run.n, run.sample_shape
         dev = x.device
         columns = getattr(inputs, "columns", None)
         columns = [str(c) for c in columns] if columns is not None else None
-        labels, desc = _resolve_groups(groups, x, columns, superpixel_params)
-        fill_t, fill_desc = make_fill(fill, x, blur_axes=spatial_axes(shape), sigma=sigma, data=data,
-                                      seed=seed)
+        labels, desc, group_names = _resolve_groups(groups, x, columns, superpixel_params)
+        fill_t, fill_desc = make_fill(fill, x, blur_axes=spatial_axes(shape), sigma=sigma,
+                                      background=background, seed=seed)
         const = constant_fill(fill)
         x_eval, fill_eval = run.prepare(x), run.prepare(fill_t)
 
@@ -231,12 +176,18 @@ def feature_ablation(model: Any, inputs: Any, target: Any = None, *, groups: Any
         drop = run.scalar[pair_sample] - scores
         group_values = torch.full((n, int(n_groups.max())), float("nan"), dtype=torch.float64, device=dev)
         group_values[pair_sample, pair_group] = drop
-        values = torch.gather(group_values, 1, dense_t.reshape(n, -1)).reshape(dense_t.shape)
-        values = values.expand((n,) + shape).to(x.dtype).clone()
-        sample_meta = {"groups": np.stack(dense), "n_groups": n_groups, "group_values": group_values}
         meta = {"fill": fill_desc, "grouping": desc}
         params = {"groups": groups if isinstance(groups, (str, type(None))) else desc,
                   "superpixel_params": superpixel_params,
                   "fill": fill if isinstance(fill, (str, int, float)) else "array",
                   "sigma": sigma, "seed": seed}
+        if group_names is not None:  # a table grouped alike in every row: one value per group
+            names = columns if columns is not None else [f"x{j}" for j in range(shape[0])]
+            meta["groups"] = {g: [names[c] for c in np.flatnonzero(dense[0] == k)]
+                              for k, g in enumerate(group_names)}
+            return run.explanation(group_values.to(x.dtype), "feature_ablation", params, meta=meta,
+                                   sample_meta={"n_groups": n_groups}, feature_names=group_names)
+        values = torch.gather(group_values, 1, dense_t.reshape(n, -1)).reshape(dense_t.shape)
+        values = values.expand((n,) + shape).to(x.dtype).clone()
+        sample_meta = {"groups": np.stack(dense), "n_groups": n_groups, "group_values": group_values}
         return run.explanation(values, "feature_ablation", params, meta=meta, sample_meta=sample_meta)

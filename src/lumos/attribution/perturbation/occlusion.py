@@ -33,7 +33,7 @@ def _as_list(spec: Any) -> list:
           "Sliding-window occlusion: score drop when a window is hidden (Zeiler & Fergus, 2014)",
           models="any")
 def occlusion(model: Any, inputs: Any, target: Any = None, *, window: Any = 8, stride: Any = None,
-              fill: Any = "zero", sigma: float = 5.0, data: Any = None, seed: int = 0,
+              fill: Any = "zero", sigma: float = 5.0, background: Any = None, seed: int = 0,
               batch_size: int | None = None, progress: bool | None = None):
     """Occlusion: how much the explained score drops when a window of the input is hidden.
 
@@ -70,17 +70,21 @@ def occlusion(model: Any, inputs: Any, target: Any = None, *, window: Any = 8, s
         Step per axis; default half the window (at least 1) along each axis. A list gives one
         stride per window size.
     fill : {"zero", "mean", "blur", "noise"}, float or array, default "zero"
-        What hides a window: zeros, a constant, the dataset mean (``fill="mean"`` with ``data=``),
-        a Gaussian-blurred copy of the input (std ``sigma`` along the axes windows slide on), a
-        fixed noise draw (``seed``), or an array broadcastable to a sample (a mean image).
+        What hides a window: zeros, a constant, the dataset mean (``fill="mean"`` with
+        ``background=``), a Gaussian-blurred copy of the input (std ``sigma`` along the axes
+        windows slide on), a fixed noise draw (``seed``), or an array: **one fill per sample**
+        when it has the inputs' number of axes (a baseline image per input (batch, C, H, W), a
+        constant per input (batch, 1, 1, 1)), else one fill given once and broadcast to every
+        sample (a mean image (C, H, W), per-channel values (C, 1, 1), per-column values (F,)).
     sigma : float, default 5.0
         Blur standard deviation in elements, for ``fill="blur"``.
-    data : array, optional
-        A dataset whose mean is the fill for ``fill="mean"``.
+    background : array, optional
+        A dataset (samples along the first axis) whose mean is the fill for ``fill="mean"``.
     seed : int, default 0
         Seed of the noise for ``fill="noise"``.
     batch_size : int, optional
-        Perturbed inputs per model call (default 64).
+        Perturbed inputs per model call; default 64 rows, fewer for large inputs (a 2 MiB budget
+        of input per call: 10 rows of 3x128x128 float32 images).
     progress : bool, optional
         Progress bar (default: on a terminal for long work).
 
@@ -96,7 +100,7 @@ def occlusion(model: Any, inputs: Any, target: Any = None, *, window: Any = 8, s
         raise ValueError(f"stride: give one stride per window size ({len(windows)}); got {len(strides)}")
     if not windows:
         raise ValueError("window: give at least one window shape")
-    with perturbation_call(model, inputs, target, method="occlusion") as run:
+    with perturbation_call(model, inputs, target, method="occlusion", what="occluded inputs") as run:
         x, n, shape = run.x, run.n, run.sample_shape
         nd, dev = len(shape), x.device
         sizes, positions = [], []
@@ -120,7 +124,7 @@ def occlusion(model: Any, inputs: Any, target: Any = None, *, window: Any = 8, s
             sizes.append((w, s))
             positions.append(starts)
         fill_t, fill_desc = make_fill(fill, x, blur_axes=sorted(moving) or list(range(nd)),
-                                      sigma=sigma, data=data, seed=seed)
+                                      sigma=sigma, background=background, seed=seed)
         const = constant_fill(fill)
 
         # Every window of every size, flattened: start per axis and size index.

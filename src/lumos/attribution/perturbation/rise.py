@@ -8,8 +8,9 @@ import torch
 
 from ...core.execution import rng
 from ...core.registry import register
-from ._base import (axes_spec, ceil_div, check_positive_int, checkpoints, constant_fill, expand_mask,
-                    make_fill, perturbation_call, upsample)
+from ...core.validation import check_number
+from ._base import (axes_spec, ceil_div, checkpoints, constant_fill, expand_mask, make_fill,
+                    perturbation_call, upsample)
 
 __all__ = ["rise", "rise_masks"]
 
@@ -44,7 +45,7 @@ def rise_masks(grids: torch.Tensor, shifts: torch.Tensor, size: tuple[int, ...],
           "Random low-resolution masks, score-weighted average (Petsiuk, Das & Saenko, 2018)",
           models="any")
 def rise(model: Any, inputs: Any, target: Any = None, *, n_masks: int = 2000, grid: Any = 8,
-         p: float = 0.5, center: bool = True, fill: Any = "zero", sigma: float = 5.0, data: Any = None,
+         p: float = 0.5, center: bool = True, fill: Any = "zero", sigma: float = 5.0, background: Any = None,
          seed: int = 0, batch_size: int | None = None, progress: bool | None = None):
     """RISE: the average of random smooth masks, each weighted by the score of the masked input.
 
@@ -80,11 +81,12 @@ def rise(model: Any, inputs: Any, target: Any = None, *, n_masks: int = 2000, gr
         Subtract the mean masked score (see above); ``False`` gives the paper's map exactly.
     fill : {"zero", "mean", "blur", "noise"}, float or array, default "zero"
         What masked-out elements become (the paper: zero).
-    sigma, data : for ``fill="blur"`` / ``fill="mean"``, as in :func:`occlusion`.
+    sigma, background : for ``fill="blur"`` / ``fill="mean"``, as in :func:`occlusion`.
     seed : int, default 0
         Seed of the masks (and of a noise fill).
     batch_size : int, optional
-        Masked inputs per model call (default 64).
+        Masked inputs per model call; default 64 rows, fewer for large inputs (as in
+        :func:`occlusion`).
 
     Returns
     -------
@@ -95,10 +97,9 @@ def rise(model: Any, inputs: Any, target: Any = None, *, n_masks: int = 2000, gr
         checkpoint (mean over samples) — how far the estimate still moves as N doubles;
         per sample in ``meta["relative_change"]`` (batch, checkpoints - 1).
     """
-    n_masks = check_positive_int(n_masks, "n_masks")
-    if isinstance(p, bool) or not isinstance(p, (int, float, np.floating)) or not 0 < p < 1:
-        raise ValueError(f"p must be a probability in (0, 1); got {p!r}")
-    with perturbation_call(model, inputs, target, method="rise") as run:
+    n_masks = check_number(n_masks, "n_masks", low=1, integer=True)
+    p = check_number(p, "p (a probability)", low=0, high=1, low_open=True, high_open=True)
+    with perturbation_call(model, inputs, target, method="rise", what="masked inputs") as run:
         x, n, shape = run.x, run.n, run.sample_shape
         dev = x.device
         g = axes_spec(grid, shape, "grid")
@@ -111,7 +112,8 @@ def rise(model: Any, inputs: Any, target: Any = None, *, n_masks: int = 2000, gr
             if c > L:
                 raise ValueError(f"grid has {c} cells along axis {a}, more than its {L} elements")
         cell = tuple(ceil_div(L, c) for L, c in zip(size, cells))
-        fill_t, fill_desc = make_fill(fill, x, blur_axes=masked, sigma=sigma, data=data, seed=seed)
+        fill_t, fill_desc = make_fill(fill, x, blur_axes=masked, sigma=sigma, background=background,
+                                      seed=seed)
         const = constant_fill(fill)
         x_eval, fill_eval = run.prepare(x), run.prepare(fill_t)
 
