@@ -639,3 +639,37 @@ def test_renamed_parameters_say_their_new_name(small_cnn, images):
     for method in ("occlusion", "rise", "feature_ablation", "meaningful_perturbation"):
         with pytest.raises(TypeError, match="'data' is now called 'background'"):
             lumos.explain(small_cnn, images, method=method, fill="mean", data=images)
+
+
+# --------------------------------------------------------------------------- superpixels (one function)
+def test_superpixels_layouts_ranges_and_lime_quickshift():
+    from skimage import data as skdata
+    from skimage.segmentation import quickshift
+
+    from lumos.agnostic.maskers import ImageMasker
+
+    img = skdata.astronaut()[::8, ::8]                                   # (64, 64, 3) uint8
+    first = torch.as_tensor(img).permute(2, 0, 1)[None].float() / 255    # (1, 3, 64, 64) in [0, 1]
+    for method in ("slic", "quickshift", "felzenszwalb"):
+        lab = superpixels(first, method)
+        assert lab.shape == (1, 64, 64) and lab.dtype == np.int64
+        np.testing.assert_array_equal(np.unique(lab), np.arange(lab.max() + 1))      # dense labels
+        # channels last, and any value range (0-255 floats, normalised), give the same segments
+        np.testing.assert_array_equal(superpixels(img[None].astype(np.float64), method), lab)
+        np.testing.assert_array_equal(superpixels((first - 0.5) / 0.2, method), lab)
+    # quickshift's defaults are LIME's (kernel 4, max_dist 200, ratio 0.2 on 0-255 images): on a
+    # [0, 1] image they give exactly LIME's segments (scikit-image converts both to the same Lab)
+    lime = quickshift(img, kernel_size=4, max_dist=200, ratio=0.2, rng=0)
+    ref = np.unique(lime, return_inverse=True)[1].reshape(lime.shape)
+    np.testing.assert_array_equal(superpixels(first, "quickshift")[0], ref)
+    # the image masker uses the same function: before, it scaled [0, 1] floats to 0-255 before
+    # the Lab conversion and got 89 segments here instead of LIME's 4
+    masked = ImageMasker("quickshift").bind(first)
+    np.testing.assert_array_equal(masked.segments[0], ref)
+    # grey images: one channel, or none
+    grey = first.mean(1, keepdim=True)
+    np.testing.assert_array_equal(superpixels(grey, "slic"), superpixels(grey[:, 0], "slic"))
+    with pytest.raises(ValueError, match="method must be one of"):
+        superpixels(first, "watershed")
+    with pytest.raises(ValueError, match="cannot tell the channel axis"):
+        superpixels(np.zeros((1, 5, 8, 7)))
