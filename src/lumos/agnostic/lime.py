@@ -12,6 +12,7 @@ import numpy as np
 from ..core.blackbox import BlackBox
 from ..core.execution import chunks
 from ..core.explanation import Explanation
+from ..core.groups import column_groups
 from ..core.registry import register
 from ..core.targets import resolve_target
 from ._game import Game, clean_params, row_generators
@@ -371,44 +372,6 @@ class _TabularSampler:
                 else:
                     out[i, j] = f"{e[k - 1]:.4g} < {names[j]} <= {e[k]:.4g}"
         return out.astype(str)
-
-
-def column_groups(groups: Sequence | Mapping, names: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Column groups -> (group label of each column (d,), group names); a column in no group
-    stands alone under its own name."""
-    d = len(names)
-    if isinstance(groups, Mapping):
-        keys, items = [str(k) for k in groups], list(groups.values())
-    elif isinstance(groups, (list, tuple)):
-        keys, items = None, list(groups)
-    else:
-        raise TypeError(f"groups must be a list of column lists or a mapping name -> columns; "
-                        f"got {type(groups).__name__}")
-    labels = np.full(d, -1, dtype=np.int64)
-    members: list[list[int]] = []
-    for g, cols in enumerate(items):
-        cols = [cols] if isinstance(cols, (str, int, np.integer)) else list(cols)
-        if not cols:
-            raise ValueError(f"groups: group {g} is empty")
-        idx = []
-        for c in cols:
-            if isinstance(c, str):
-                if c not in names:
-                    raise ValueError(f"groups: unknown column {c!r}; the columns are {names}")
-                c = names.index(c)
-            if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < d:
-                raise ValueError(f"groups: column {c!r} is not an index in 0..{d - 1}")
-            if labels[c] >= 0:
-                raise ValueError(f"groups: column {names[c]!r} is in two groups; groups must not "
-                                 "overlap")
-            labels[c] = g
-            idx.append(int(c))
-        members.append(idx)
-    group_names = keys or ["+".join(names[c] for c in m) for m in members]
-    for c in np.flatnonzero(labels < 0):
-        labels[c] = len(group_names)
-        group_names.append(names[c])
-    return labels, group_names
 
 
 def _evaluate(f: BlackBox, tgt, table: TabularData, Zs: np.ndarray, b0: int, progress) -> np.ndarray:

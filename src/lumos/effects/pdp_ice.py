@@ -362,13 +362,27 @@ def _recursion_matches_brute(trees, X32: np.ndarray, cols: Sequence[int], weight
     average over the rows of ``X32`` (see :func:`partial_dependence`, ``method``)."""
     S = set(cols)
     root_left = _RootSplits(X32, weights)
-    for est in trees:
-        tree = est.tree_
+    tree_arrays = [est.tree_ for est in trees]
+    stumps = [tr for tr in tree_arrays if tr.node_count == 3]
+    if stumps:
+        # Stumps, all at once: a split on S is exact; any other split sends the share of X below
+        # its threshold left in brute, the training share in the recursion: they must agree.
+        feat = np.array([tr.feature[0] for tr in stumps])
+        other = ~np.isin(feat, list(S))
+        if other.any():
+            thr = np.array([tr.threshold[0] for tr in stumps])[other]
+            w_root = np.array([tr.weighted_n_node_samples[0] for tr in stumps])[other]
+            w_left = np.array([tr.weighted_n_node_samples[1] for tr in stumps])[other]
+            share = np.array([root_left(int(j), float(s)) for j, s in zip(feat[other], thr)])
+            if not np.allclose(share * w_root, w_left * root_left.total, rtol=1e-12, atol=0):
+                return False
+    for tree in tree_arrays:
+        if tree.node_count == 3:
+            continue
         feat, left, right = tree.feature, tree.children_left, tree.children_right
         w = tree.weighted_n_node_samples
         counts = None
         stack = [(0, False)]
-        children = np.flatnonzero(left >= 0)
         while stack:
             node, below_s = stack.pop()
             if left[node] < 0:  # leaf
@@ -391,7 +405,7 @@ def _recursion_matches_brute(trees, X32: np.ndarray, cols: Sequence[int], weight
                     # their parent in scikit-learn's node order).
                     counts = np.bincount(tree.apply(X32), weights=weights,
                                          minlength=tree.node_count).astype(np.float64)
-                    for node_id in children[::-1]:
+                    for node_id in np.flatnonzero(left >= 0)[::-1]:
                         counts[node_id] = counts[left[node_id]] + counts[right[node_id]]
                 # Rows of X reaching this node are routed by their own (non-S) values only, so
                 # brute sends the fraction counts[left]/counts[node] left; the recursion w[left]/w[node].
@@ -416,9 +430,11 @@ class _RootSplits:
     def __call__(self, j: int, threshold: float) -> float:
         if j not in self._sorted:
             col = self.X32[:, j].astype(np.float64)
-            order = np.argsort(col, kind="stable")
-            cw = None if self.weights is None else np.concatenate([[0.0], np.cumsum(self.weights[order])])
-            self._sorted[j] = (col[order], cw)
+            if self.weights is None:
+                self._sorted[j] = (np.sort(col), None)
+            else:
+                order = np.argsort(col, kind="stable")
+                self._sorted[j] = (col[order], np.concatenate([[0.0], np.cumsum(self.weights[order])]))
         values, cw = self._sorted[j]
         k = int(np.searchsorted(values, threshold, side="right"))
         return float(k) if cw is None else float(cw[k])
@@ -458,18 +474,29 @@ def _try_recursion(model, table: Table, cols, grids, f: ScalarModel, explicit: b
     X32 = np.ascontiguousarray(table.values, dtype=np.float32)
     if not _recursion_matches_brute(trees, X32, cols, weights):
         return None
-    res = sk_pd(model, _sk_input(table), [int(c) for c in cols], method="recursion", kind="average",
-                custom_values={int(c): g for c, g in zip(cols, grids)})
+    # The recursion averages over the trees' training weights and the grid is given: X is only
+    # validated, so one row is enough (building the whole frame cost more than the recursion).
+    res = sk_pd(model, _sk_input(table.take(np.array([0]))), [int(c) for c in cols], method="recursion",
+                kind="average", custom_values={int(c): g for c, g in zip(cols, grids)})
     f.description = "predict"
-    return np.asarray(res["average"])[0].ravel() + _gb_offset(model, table)
+    return np.asarray(res["average"])[0].ravel() + _init_offset(model)
+
+
+def _init_offset(model) -> float:
+    """The constant scikit-learn's recursion leaves out, for the models "auto" shortcuts: a
+    gradient boosting regressor's initial prediction (the training mean with ``init=None``, 0
+    with ``init="zero"``); 0 for trees and forests, whose recursion holds the whole prediction."""
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    if type(model) is GradientBoostingRegressor and model.init is None:
+        return float(np.ravel(model.init_.constant_)[0])
+    return 0.0
 
 
 def _sk_input(table: Table):
     if table.labels is None:
         return table.values
-    import pandas as pd
-
-    return pd.DataFrame(table.values, columns=table.labels).astype(table.dtypes)
+    return table.frame(table.values)
 
 
 def _gb_offset(model, table: Table) -> float:
