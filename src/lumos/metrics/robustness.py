@@ -46,11 +46,18 @@ def explanation_changes(model: Any, explanation: Explanation, *, n_samples: int,
         raise ValueError("robustness metrics perturb inputs with noise; integer inputs (token ids) have none")
     n, shape = len(x), x.shape[1:]
     deltas = np.empty((n, R) + shape, dtype=x.dtype)
-    for i in range(n):  # draws per sample, before the batched explanation
+    draw_dtype = np.float32 if x.dtype == np.float32 else np.float64  # float32 draws: half the cost
+    for i in range(n):  # draws per (sample, draw), before the batched explanation
         for r in range(R):
             g = row_rng(seed, 9, i, r)
-            deltas[i, r] = (g.uniform(-scale, scale, shape) if noise == "uniform"
-                            else g.normal(0.0, scale, shape))
+            if noise == "uniform":
+                d = g.random(shape, dtype=draw_dtype)
+                d *= 2 * scale
+                d -= scale
+            else:
+                d = g.standard_normal(shape, dtype=draw_dtype)
+                d *= scale
+            deltas[i, r] = d
     stack = np.concatenate([x, (x[:, None] + deltas).reshape((n * R,) + shape)])
     rows = np.concatenate([np.arange(n), np.repeat(np.arange(n), R)])
     tgt = row_target(explanation, target, rows)
