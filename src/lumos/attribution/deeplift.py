@@ -11,15 +11,12 @@ from ..core.execution import check_batch_size, chunks
 from ..core.layout import layout_for, run_in_layout
 from ..core.registry import register
 from ..core.targets import resolve_target
-from ..core.torch_model import (
-    ModelGuard, Prepared, as_tensor, check_finite, check_input_shape, forward, model_device,
-    model_dtype, warn_if_training,
-)
+from ..core.torch_model import Prepared, as_tensor, check_finite, forward
 from ..core.validation import check_number
 from ..rules.deeplift import DeepLiftComposite
 from ..rules.engine import (
-    _select_grad, apply, check_attributions, check_same_output, check_visible, freeze_parameters,
-    keep_buffers, row_bytes,
+    _select_grad, apply, check_attributions, check_same_output, row_bytes, rules_call,
+    target_on_batch,
 )
 
 __all__ = ["deeplift", "deep_shap"]
@@ -79,25 +76,13 @@ def _run(model, inputs, target, make_refs, *, method: str, eps: float, batch_siz
     ``shared``: the references' pass is recorded once for all rows; otherwise (one reference
     per sample) once per chunk.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: {method} needs a torch.nn.Module; got {type(model).__name__}")
-    check_visible(model, method)
-    warn_if_training(model, stacklevel=4)
-    with ModelGuard(model), keep_buffers(model):
-        x = as_tensor(inputs, model_device(model), dtype=model_dtype(model))
-        check_input_shape(model, x)
-        freeze_parameters(model)
+    with rules_call(model, inputs, method) as x:
         n = len(x)
         refs, k, shared = make_refs(x)
         total = n * k
         bs = check_batch_size(batch_size, row_bytes=row_bytes(x))
         slices = list(chunks(total, bs, desc=method, progress=progress))
-        tgt = None
-        if len(slices) > 1 or k > 1:
-            with torch.no_grad():
-                outs = torch.cat([forward(model, x[sl]) for sl in chunks(n, bs, progress=False)])
-            check_finite(outs, "the inputs")
-            tgt = resolve_target(target, outs)
+        tgt = target_on_batch(model, x, target, bs) if len(slices) > 1 or k > 1 else None
         fmt = layout_for(model, x)  # channels-last batches where the model takes them
 
         def record(r):

@@ -127,7 +127,7 @@ def layer_relevance(sessions, n: int) -> tuple[list[str], np.ndarray]:
     per: dict[str, list] = {}
     order: dict[str, int] = {}
     for s in sessions:
-        for index, label, _r_out, r_in in s.records:
+        for index, label, r_in in s.records:
             per.setdefault(label, []).append(r_in.cpu().numpy())
             order[label] = index
     labels = sorted(per, key=order.get)

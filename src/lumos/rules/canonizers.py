@@ -25,7 +25,8 @@ class _FoldedFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, call, holder):
         y = call.run_out_of_place()
-        holder.z = y.detach()  # the merged operation's output is the batch norm's output
+        if holder.z is not None:  # the merged operation's output is the batch norm's output
+            holder.z = y.detach()
         return y
 
     @staticmethod

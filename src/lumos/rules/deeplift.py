@@ -79,7 +79,7 @@ class _RescaleFn(torch.autograd.Function):
         else:
             m = (y - y0).div_(du)
             adu = du.abs_()
-            if bool(adu.min() <= eps):  # one reduction; the mask only where it is needed
+            if bool(adu.amin() <= eps):  # one reduction; the mask only where it is needed
                 m = torch.where(adu <= eps, _derivative(call, u), m)
         ctx.m = m
         return y

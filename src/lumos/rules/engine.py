@@ -41,7 +41,7 @@ from ..core.torch_model import (
 __all__ = [
     "KINDS", "OpCall", "Rule", "Composite", "Session", "apply", "UnsupportedOperationError",
     "classify", "func_name", "propagate", "check_visible", "depends_on_input", "freeze_parameters",
-    "check_attributions",
+    "check_attributions", "rules_call", "target_on_batch",
 ]
 
 
@@ -475,6 +475,9 @@ def apply(model: nn.Module | None, composite: Composite, *, method: str = "rules
     finally:
         for h in handles:
             h.remove()
+        # the forward pass's bookkeeping (which operation produced which tensor) holds every
+        # ruled operation's inputs; drop it so that memory is bounded by one chunk's graph
+        session.state.pop("producers", None)
 
 
 def _push(session: Session, name: str):
@@ -569,28 +572,14 @@ def propagate(model: Any, inputs: Any, target: Any, composite: Composite, *, met
         The prepared call (output, target, scalar), the propagated map of the inputs' shape, and
         the session of each chunk.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"model: {method} needs a torch.nn.Module (it changes backward rules of its "
-            f"operations); got {type(model).__name__}"
-        )
-    check_visible(model, method)
     if start not in ("gradient", "relevance"):  # pragma: no cover - internal
         raise ValueError(f"start must be 'gradient' or 'relevance'; got {start!r}")
-    warn_if_training(model, stacklevel=4)
-    with ModelGuard(model), keep_buffers(model):
-        x = as_tensor(inputs, model_device(model), dtype=model_dtype(model))
-        check_input_shape(model, x)
-        freeze_parameters(model)
+    with rules_call(model, inputs, method) as x:
         n = len(x)
         bs = check_batch_size(batch_size, row_bytes=row_bytes(x))
         slices = list(chunks(n, bs, desc=method, progress=progress))
-        tgt = None
-        if len(slices) > 1:  # resolve the target on the whole batch first ("predicted", ranges)
-            with torch.no_grad():
-                outs = torch.cat([forward(model, x[sl]) for sl in slices])
-            check_finite(outs, "the inputs")
-            tgt = resolve_target(target, outs)
+        # several chunks: resolve the target on the whole batch first ("predicted", ranges)
+        tgt = target_on_batch(model, x, target, bs) if len(slices) > 1 else None
         values = torch.empty_like(x, memory_format=torch.contiguous_format)
         outputs, scalars, sessions = [], [], []
         fmt = layout_for(model, x)
@@ -632,6 +621,34 @@ def propagate(model: Any, inputs: Any, target: Any, composite: Composite, *, met
         output = torch.cat(outputs)
         prepared = Prepared(model, x, output, tgt, torch.cat(scalars), meta={"target": tgt.description})
         return prepared, values, sessions
+
+
+@contextlib.contextmanager
+def rules_call(model: Any, inputs: Any, method: str) -> Iterator[torch.Tensor]:
+    """The set-up every rules method shares: check the model (an ``nn.Module`` whose operations
+    the mode can see), guard it (state restored, buffers kept, the per-model lock held), and yield
+    the inputs as a tensor of the model's dtype, with the parameters frozen for the call."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model: {method} needs a torch.nn.Module (it changes backward rules of its "
+            f"operations); got {type(model).__name__}"
+        )
+    check_visible(model, method)
+    warn_if_training(model, stacklevel=6)  # the user's call, through propagate and a method
+    with ModelGuard(model), keep_buffers(model):
+        x = as_tensor(inputs, model_device(model), dtype=model_dtype(model))
+        check_input_shape(model, x)
+        freeze_parameters(model)
+        yield x
+
+
+def target_on_batch(model: nn.Module, x: torch.Tensor, target: Any, batch_size: int):
+    """The target resolved on the model's output for the whole batch (plain forward passes in
+    chunks, checked for NaN/Inf): needed before chunking for ``"predicted"`` and ranges."""
+    with torch.no_grad():
+        outs = torch.cat([forward(model, x[sl]) for sl in chunks(len(x), batch_size, progress=False)])
+    check_finite(outs, "the inputs")
+    return resolve_target(target, outs)
 
 
 def row_bytes(x: torch.Tensor) -> int:
