@@ -207,6 +207,17 @@ def _scatter_matrix(feat: np.ndarray, n_features: int):
                       shape=(n_features, len(flat)))
 
 
+def _each_group(ens: TreeEnsemble, groups: list[PathGroup], R: int, desc: str,
+                progress: bool | None, long_work: int):
+    """Each path group (bounds rounded to float32 where the model compares in float32) with the
+    progress bar (shown for long work: paths x rows above ``long_work``)."""
+    f32 = np.dtype(ens.input_dtype) == np.float32
+    work = sum(len(g.leaf) for g in groups)
+    with progress_bar(work, desc, progress if work * R > long_work else False, unit="path") as bar:
+        for g in groups:
+            yield (g.as_float32() if f32 else g), bar
+
+
 def _shap(ens: TreeEnsemble, groups: list[PathGroup], X: np.ndarray, cls: np.ndarray,
           background: np.ndarray | None, progress: bool | None,
           algorithm: str = "auto", pair_weight: np.ndarray | None = None) -> np.ndarray:
@@ -224,63 +235,58 @@ def _shap(ens: TreeEnsemble, groups: list[PathGroup], X: np.ndarray, cls: np.nda
     BT = None if background is None else np.ascontiguousarray(background.T, dtype=XT.dtype)
     nb = 0 if background is None else len(background)
     bg_nan = background is not None and bool(np.isnan(background).any())
-    work = sum(len(g.leaf) for g in groups)
-    with progress_bar(work, "tree_shap", progress if work * R > 50_000_000 else False,
-                      unit="path") as bar:
-        for g in groups:
-            if f32:
-                g = g.as_float32()
-            D, L = g.D, len(g.leaf)
-            P = 1 << D
-            Q = max(1, -(-D // 2))
-            V = ens.value[g.leaf]                                   # (L, K)
-            if pair_weight is not None:
-                tab = False
-            elif algorithm != "auto":
-                tab = algorithm == "table"
-            elif background is None:
-                tab = 2 * P <= R                                    # a table pays off
-            else:
-                tab = P * Q * D <= 10 * R * nb
-            if background is None:
-                per, row_cost = P * (D + 2 * Q), (D if tab else D + 2 * Q)
-            else:
-                per, row_cost = P * Q * (D + 3), (D if tab else nb + D)
-            lstep = max(1, min(L, (_TABLE // per) if tab else (_WORK // (16 * row_cost))))
-            for l0 in range(0, L, lstep):
-                ls = slice(l0, min(L, l0 + lstep))
-                nl = ls.stop - ls.start
-                v = V[ls, cls[0]] if one_cls else None              # (nl,)
-                S = _scatter_matrix(g.feat[:, ls], F)
-                if background is not None:
-                    bb = g.bits(BT, ls, bg_nan)                     # (D, nl, nb)
+    for g, bar in _each_group(ens, groups, R, "tree_shap", progress, 50_000_000):
+        D, L = g.D, len(g.leaf)
+        P = 1 << D
+        Q = max(1, -(-D // 2))
+        V = ens.value[g.leaf]                                   # (L, K)
+        if pair_weight is not None:
+            tab = False
+        elif algorithm != "auto":
+            tab = algorithm == "table"
+        elif background is None:
+            tab = 2 * P <= R                                    # a table pays off
+        else:
+            tab = P * Q * D <= 10 * R * nb
+        if background is None:
+            per, row_cost = P * (D + 2 * Q), (D if tab else D + 2 * Q)
+        else:
+            per, row_cost = P * Q * (D + 3), (D if tab else nb + D)
+        lstep = max(1, min(L, (_TABLE // per) if tab else (_WORK // (16 * row_cost))))
+        for l0 in range(0, L, lstep):
+            ls = slice(l0, min(L, l0 + lstep))
+            nl = ls.stop - ls.start
+            v = V[ls, cls[0]] if one_cls else None              # (nl,)
+            S = _scatter_matrix(g.feat[:, ls], F)
+            if background is not None:
+                bb = g.bits(BT, ls, bg_nan)                     # (D, nl, nb)
+            if tab:
+                if background is None:
+                    T = _path_dependent(np.broadcast_to(_all_patterns(D)[:, None, :],
+                                                        (D, nl, P)), g.z[:, ls])
+                else:
+                    T = _interventional_table(bb) / nb
+                if one_cls:
+                    T *= v[None, :, None]
+                T = T.reshape(-1)
+                offs = (np.arange(D)[:, None, None] * nl + np.arange(nl)[None, :, None]) * P
+            rstep = max(1, _WORK // (nl * row_cost))
+            for r0 in range(0, R, rstep):
+                rs = slice(r0, min(R, r0 + rstep))
+                o = g.bits(np.ascontiguousarray(XT[:, rs]), ls, has_nan)   # (D, nl, r)
                 if tab:
-                    if background is None:
-                        T = _path_dependent(np.broadcast_to(_all_patterns(D)[:, None, :],
-                                                            (D, nl, P)), g.z[:, ls])
-                    else:
-                        T = _interventional_table(bb) / nb
-                    if one_cls:
-                        T *= v[None, :, None]
-                    T = T.reshape(-1)
-                    offs = (np.arange(D)[:, None, None] * nl + np.arange(nl)[None, :, None]) * P
-                rstep = max(1, _WORK // (nl * row_cost))
-                for r0 in range(0, R, rstep):
-                    rs = slice(r0, min(R, r0 + rstep))
-                    o = g.bits(np.ascontiguousarray(XT[:, rs]), ls, has_nan)   # (D, nl, r)
-                    if tab:
-                        c = T[offs + _pack(o)[None]]                # (D, nl, r)
-                    elif background is None:
-                        c = _path_dependent(o, g.z[:, ls])
-                    else:
-                        c = _interventional_direct(
-                            o, bb, None if pair_weight is None else pair_weight[rs]) / nb
-                    if not one_cls:
-                        c *= V[ls][:, cls[rs]][None]
-                    elif not tab:
-                        c *= v[None, :, None]
-                    phiT[:, rs] += S @ c.reshape(D * nl, -1)
-                bar.update(nl)
+                    c = T[offs + _pack(o)[None]]                # (D, nl, r)
+                elif background is None:
+                    c = _path_dependent(o, g.z[:, ls])
+                else:
+                    c = _interventional_direct(
+                        o, bb, None if pair_weight is None else pair_weight[rs]) / nb
+                if not one_cls:
+                    c *= V[ls][:, cls[rs]][None]
+                elif not tab:
+                    c *= v[None, :, None]
+                phiT[:, rs] += S @ c.reshape(D * nl, -1)
+            bar.update(nl)
     return phiT.T.copy()
 
 
@@ -325,33 +331,28 @@ def _interactions(ens: TreeEnsemble, groups: list[PathGroup], X: np.ndarray, cls
     has_nan = bool(np.isnan(X).any())
     out = np.zeros((F * F, R))
     one_cls = bool(np.all(cls == cls[0]))
-    work = sum(len(g.leaf) for g in groups)
-    with progress_bar(work, "tree_shap_interactions", progress if work * R > 5_000_000 else False,
-                      unit="path") as bar:
-        for g in groups:
-            if f32:
-                g = g.as_float32()
-            D, L = g.D, len(g.leaf)
-            if D < 2:
-                bar.update(L)
-                continue
-            Q = max(1, -(-D // 2))
-            V = ens.value[g.leaf]
-            per = D * D * Q
-            lstep = max(1, min(L, _WORK // (16 * per)))
-            for l0 in range(0, L, lstep):
-                ls = slice(l0, min(L, l0 + lstep))
-                nl = ls.stop - ls.start
-                pair = (g.feat[:, None, ls] * F + g.feat[None, :, ls])            # (D, D, nl)
-                S = _scatter_matrix(pair, F * F)
-                rstep = max(1, _WORK // (nl * per))
-                for r0 in range(0, R, rstep):
-                    rs = slice(r0, min(R, r0 + rstep))
-                    o = g.bits(np.ascontiguousarray(XT[:, rs]), ls, has_nan)
-                    c = _path_interactions(o, g.z[:, ls])                          # (D, D, nl, r)
-                    c *= (V[ls, cls[0]][:, None] if one_cls else V[ls][:, cls[rs]])[None, None]
-                    out[:, rs] += S @ c.reshape(D * D * nl, -1)
-                bar.update(nl)
+    for g, bar in _each_group(ens, groups, R, "tree_shap_interactions", progress, 5_000_000):
+        D, L = g.D, len(g.leaf)
+        if D < 2:
+            bar.update(L)
+            continue
+        Q = max(1, -(-D // 2))
+        V = ens.value[g.leaf]
+        per = D * D * Q
+        lstep = max(1, min(L, _WORK // (16 * per)))
+        for l0 in range(0, L, lstep):
+            ls = slice(l0, min(L, l0 + lstep))
+            nl = ls.stop - ls.start
+            pair = (g.feat[:, None, ls] * F + g.feat[None, :, ls])            # (D, D, nl)
+            S = _scatter_matrix(pair, F * F)
+            rstep = max(1, _WORK // (nl * per))
+            for r0 in range(0, R, rstep):
+                rs = slice(r0, min(R, r0 + rstep))
+                o = g.bits(np.ascontiguousarray(XT[:, rs]), ls, has_nan)
+                c = _path_interactions(o, g.z[:, ls])                          # (D, D, nl, r)
+                c *= (V[ls, cls[0]][:, None] if one_cls else V[ls][:, cls[rs]])[None, None]
+                out[:, rs] += S @ c.reshape(D * D * nl, -1)
+            bar.update(nl)
     return out.T.reshape(R, F, F)
 
 
