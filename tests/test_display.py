@@ -251,3 +251,18 @@ def test_several_inputs_repr_and_plot_say_which_parts():
     assert "e.part(name) draws one" in page and "<img" not in page
     assert isinstance(e.part("image").plot(), GridDisplay)
     plt.close("all")
+
+
+def test_metric_result_repr_is_short_and_html_is_an_escaped_table():
+    from lumos.metrics.results import MetricResult
+
+    scores = np.r_[np.linspace(0, 1, 9999), np.nan]
+    res = MetricResult("deletion", scores, "lower", method="<b>ig</b>",
+                       params={"n_steps": 20, "scale": "probability", "model": object()},
+                       curves={"x": np.linspace(0, 1, 21), "y": np.zeros((10000, 21))})
+    assert len(repr(res)) < 300 and "deletion" in repr(res)
+    page = res._repr_html_()
+    assert page.startswith("<table") and "<b>" not in page and "&lt;b&gt;ig&lt;/b&gt;" in page
+    assert "0.5 ± 0.0029" in page                        # mean ± standard error of the mean
+    assert "10000 (1 undefined)" in page and "probability" in page
+    assert "y (10000, 21)" in page and "model=&lt;object&gt;" in page

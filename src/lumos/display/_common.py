@@ -59,7 +59,7 @@ def label_fontsize(ax, rows: int, lines: int = 1, largest: float = 8.0, smallest
     """A font size at which ``rows`` labels of ``lines`` lines fit the height of ``ax``."""
     height_pt = ax.get_position().height * ax.figure.get_figheight() * 72
     pitch = height_pt / max(rows, 1)
-    return float(np.clip(0.55 * pitch / max(lines, 1), smallest, largest))
+    return float(np.clip(0.65 * pitch / max(lines, 1), smallest, largest))
 
 
 def finish_image(display, ax, mappable, *, colorbar: bool = False, scale: float | None = None,

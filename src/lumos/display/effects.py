@@ -54,6 +54,14 @@ def _data_rug(ax, values: np.ndarray, max_points: int = 2000):
     return ax.vlines(v, 0, 0.04, transform=trans, color="k", linewidth=0.5, alpha=0.35)
 
 
+def _finish_2d(display, ax, label: str) -> None:
+    """The end of a 2-D effect map: its colour bar (labelled) and the two features' names."""
+    display.colorbar_ = ax.figure.colorbar(display.contour_, ax=ax, fraction=0.046)
+    display.colorbar_.set_label(label, fontsize=7)
+    ax.set_xlabel(display.result.feature_names[0])
+    ax.set_ylabel(display.result.feature_names[1])
+
+
 def _level_labels(levels) -> list[str]:
     return [str(v) for v in levels]
 
@@ -159,10 +167,7 @@ class PartialDependenceDisplay(ShortRepr):
             self.contour_ = ax.contourf(X1, X2, Z, levels=levels, cmap=cmap)
             lines = ax.contour(X1, X2, Z, levels=levels, colors="k", linewidths=0.4, alpha=0.6)
             ax.clabel(lines, inline=True, fontsize=6, fmt="%.3g")
-        self.colorbar_ = ax.figure.colorbar(self.contour_, ax=ax, fraction=0.046)
-        self.colorbar_.set_label("partial dependence", fontsize=7)
-        ax.set_xlabel(r.feature_names[0])
-        ax.set_ylabel(r.feature_names[1])
+        _finish_2d(self, ax, "partial dependence")
 
 
 @dataclass(repr=False)
@@ -228,10 +233,7 @@ class ALEDisplay(ShortRepr):
             a, b = r.feature_values
             keep = np.linspace(0, len(a) - 1, min(len(a), 1500)).astype(int)
             self.points_ = ax.scatter(a[keep], b[keep], s=2, color="k", alpha=0.3)
-        self.colorbar_ = ax.figure.colorbar(self.contour_, ax=ax, fraction=0.046)
-        self.colorbar_.set_label("second-order ALE", fontsize=7)
-        ax.set_xlabel(r.feature_names[0])
-        ax.set_ylabel(r.feature_names[1])
+        _finish_2d(self, ax, "second-order ALE")
 
 
 @dataclass(repr=False)

@@ -372,7 +372,7 @@ class GridDisplay(ShortRepr):
             d = self.displays_[0, g[0]]
             self.colorbars_.append(add_colorbar(
                 fig, d.image_, cols_axes, scale=scales[g[0]][0], signed=signed[g[0]],
-                label=d.label, location="bottom", shrink=0.9, aspect=12 * len(g)))
+                label=d.label, location="bottom", shrink=0.9, aspect=12 * len(g), pad=0.01))
         if colorbar == "relative":
             s = signed[names[0]]
             sm = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(-1.0 if s else 0.0, 1.0),
@@ -380,7 +380,7 @@ class GridDisplay(ShortRepr):
             self.colorbars_.append(add_colorbar(
                 fig, sm, list(axes[:, has_images:].ravel()), scale=1.0, signed=s,
                 label=f"value / the map's {percentile:g}th percentile of |value|",
-                location="bottom", shrink=0.6, aspect=30))
+                location="bottom", shrink=0.6, aspect=30, pad=0.01))
         self.figure_, self.axes_ = fig, axes
         return self
 

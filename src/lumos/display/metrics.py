@@ -16,7 +16,7 @@ import numpy as np
 
 from ._common import ShortRepr
 
-__all__ = ["CurvesDisplay", "RandomisationDisplay"]
+__all__ = ["CurvesDisplay", "RandomisationDisplay", "metric_result_html"]
 
 _COLOURS = ["#1f4e79", "#c0392b", "#27ae60", "#8e44ad", "#d35400", "#2c3e50", "#16a085", "#7f8c8d"]
 
@@ -181,3 +181,42 @@ class RandomisationDisplay(ShortRepr):
         self.ax_similarity_ = ax
         self.figure_ = fig
         return self
+
+
+_RESULT_TEMPLATE = """\
+<table class="lumos-metric" style="border-collapse: collapse; font-family: sans-serif; font-size: 12px;">
+<caption style="text-align: left; font-weight: bold;">{{ caption }}</caption>
+{%- for key, value in rows %}
+<tr><th style="text-align: left; padding: 1px 8px 1px 0; vertical-align: top;">{{ key }}</th>\
+<td style="text-align: left; font-family: monospace;">{{ value }}</td></tr>
+{%- endfor %}
+</table>"""
+
+
+def metric_result_html(result) -> str:
+    """A small HTML table of a :class:`~lumos.metrics.results.MetricResult` (for notebooks):
+    the score (mean ± standard error), its direction and scale, the spread, the samples, the
+    parameters and the curves behind it. Every text is escaped (Jinja2 autoescape)."""
+    from jinja2 import Environment
+
+    scores = np.asarray(result.scores, dtype=np.float64)
+    finite = scores[np.isfinite(scores)]
+    rows = [("method", result.method or "—"),
+            ("mean ± sem", f"{result.mean:.4g} ± {result.sem:.2g}"),
+            ("better", f"{result.direction} ({'↑' if result.direction == 'higher' else '↓'})")]
+    scale = result.params.get("scale")
+    if scale:
+        rows.append(("scale", str(scale)))
+    if len(finite):
+        q = np.percentile(finite, [0, 50, 100])
+        rows.append(("min / median / max", f"{q[0]:.4g} / {q[1]:.4g} / {q[2]:.4g}"))
+    rows.append(("samples", f"{len(scores)}" + (f" ({len(scores) - len(finite)} undefined)"
+                                                 if len(finite) < len(scores) else "")))
+    params = ", ".join(f"{k}={v!r}" if isinstance(v, (str, int, float, bool)) or v is None
+                       else f"{k}=<{type(v).__name__}>" for k, v in result.params.items())
+    if params:
+        rows.append(("params", params if len(params) <= 160 else params[:159] + "…"))
+    if result.curves:
+        rows.append(("curves", ", ".join(f"{k} {tuple(np.shape(v))}" for k, v in result.curves.items())))
+    return Environment(autoescape=True).from_string(_RESULT_TEMPLATE).render(
+        caption=f"{result.name}", rows=rows)

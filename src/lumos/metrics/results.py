@@ -104,6 +104,12 @@ class MetricResult:
         return (f"MetricResult({self.name}{arrow} of {self.method or 'explanation'!r}: "
                 f"{self.mean:.4g} ± {self.std:.3g} over {len(self)} samples{on})")
 
+    def _repr_html_(self) -> str:
+        """Notebooks: a table of the score, its direction, spread and parameters (escaped)."""
+        from ..display.metrics import metric_result_html
+
+        return metric_result_html(self)
+
 
 def _finite(v: float):
     return float(v) if np.isfinite(v) else None
