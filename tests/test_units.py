@@ -8,7 +8,8 @@ from torch import nn
 
 from lumos.attribution.gradient import fused_input_gradient
 from lumos.core.torch_model import torch_call
-from lumos.core.units import ActivationModel, Neuron, SpliceModel, activation, through
+from lumos.core.torch_model import activation, through
+from lumos.core.units import ActivationModel, Neuron, SpliceModel
 
 
 def _mlp():

@@ -8,7 +8,6 @@ on exit, also when the method raises half-way.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import threading
 import warnings
 import weakref
@@ -21,7 +20,9 @@ from torch import nn
 
 from .explanation import Explanation
 from .inputs import BoundModel, ForwardArgsError, Packing, bind, is_several, rows_of, unwrap
+from .modules import get_module  # noqa: F401 (re-exported: methods import it from here)
 from .targets import Target, resolve_target
+from .units import ActivationModel, Neuron, SpliceModel
 
 __all__ = [
     "ModelGuard", "torch_call", "Prepared", "as_tensor", "get_module", "layers", "model_device",
@@ -300,23 +301,22 @@ def gradient(model: nn.Module, x: torch.Tensor, target: Target, rows=None,
     return (g if create_graph else g.detach()), s.detach()
 
 
-def get_module(model: nn.Module, name: str, arg: str = "at") -> nn.Module:
-    """The submodule with dotted name ``name``; a clear error with suggestions otherwise."""
-    model = unwrap(model)  # layer names are the user's model's, also with bound forward arguments
-    if isinstance(name, nn.Module):
-        for n, m in model.named_modules():
-            if m is name:
-                return m
-        raise ValueError(f"{arg}: the given module is not part of the model")
-    if not isinstance(name, str):
-        raise TypeError(f"{arg} must be a dotted module name (str); got {type(name).__name__}")
-    named = dict(model.named_modules())
-    if name in named:
-        return named[name]
-    close = difflib.get_close_matches(name, [n for n in named if n], n=4, cutoff=0.4)
-    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-    raise ValueError(f"{arg}: the model has no layer named {name!r}.{hint} "
-                     "lumos.layers(model, inputs) lists the layers with their output shapes.")
+def activation(model: nn.Module, x: torch.Tensor, at: Any, layer_side: str = "output",
+               rows=None) -> torch.Tensor:
+    """The activation of layer ``at`` (its output, or its first input) at ``x``, detached."""
+    with torch.no_grad():
+        return forward(ActivationModel(model, at, layer_side), x, rows=rows).detach()
+
+
+def through(model: nn.Module, at: Any, inputs: Any, layer_side: str = "output") -> torch.Tensor:
+    """Inputs (e.g. baselines in input space) mapped to layer ``at``'s activation.
+
+    With ``at=`` a method's baselines are activations; ``baselines=through(model, at, x0)`` gives
+    Captum's LayerIntegratedGradients convention (input baselines mapped through the layer).
+    """
+    with ModelGuard(model):
+        x = as_tensor(inputs, model_device(model), name="inputs", dtype=model_dtype(model))
+        return activation(model, x, at, layer_side)
 
 
 @dataclass
@@ -486,8 +486,6 @@ def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
         the map from it to the output. A :class:`~lumos.core.units.Neuron` target explains a
         unit inside the network instead of an output.
     """
-    from .units import ActivationModel, Neuron, SpliceModel, activation
-
     if layer_side not in ("output", "input"):
         raise ValueError(f"layer_side must be 'output' or 'input'; got {layer_side!r}")
     if is_several(inputs) and not several:

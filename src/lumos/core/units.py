@@ -17,7 +17,8 @@ Two questions that peers answer with a class per combination (``LayerIntegratedG
   holds in the layer's space (``sum = f(x) - f(baseline activation)``): baselines of integrated
   gradients and DeepLIFT are *activations* (``"zero"`` is the zero activation). Captum's
   ``LayerIntegratedGradients`` instead maps input baselines through the layer; give
-  ``baselines=lumos.units.through(model, "layer", input_baselines)`` for that convention.
+  ``baselines=lumos.core.torch_model.through(model, "layer", input_baselines)`` for that
+  convention.
 """
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ import torch
 from torch import nn
 
 from .inputs import BoundModel, Wrapper
+from .modules import get_module
 
-__all__ = ["Neuron", "ActivationModel", "SpliceModel", "activation", "through"]
+__all__ = ["Neuron", "ActivationModel", "SpliceModel"]
 
 _SIDES = ("output", "input")
 
@@ -87,8 +89,6 @@ class _Stop(Exception):
 
 
 def _resolve(model: nn.Module, at: Any) -> tuple[str, nn.Module]:
-    from .torch_model import get_module
-
     layer = get_module(model, at)
     name = at if isinstance(at, str) else next(n for n, m in model.named_modules() if m is layer)
     return name, layer
@@ -168,21 +168,3 @@ class SpliceModel(Wrapper):
             return self.model(x)
         finally:
             h.remove()
-
-
-def activation(model: nn.Module, x: torch.Tensor, at: Any, layer_side: str = "output",
-               rows=None) -> torch.Tensor:
-    """The activation of layer ``at`` at the inputs ``x`` (no gradient), detached."""
-    from .torch_model import forward
-
-    with torch.no_grad():
-        return forward(ActivationModel(model, at, layer_side), x, rows=rows).detach()
-
-
-def through(model: nn.Module, at: Any, inputs: Any, layer_side: str = "output") -> torch.Tensor:
-    """Inputs (e.g. baselines in input space) mapped to layer ``at``'s activation."""
-    from .torch_model import ModelGuard, as_tensor, model_device, model_dtype
-
-    with ModelGuard(model):
-        x = as_tensor(inputs, model_device(model), name="inputs", dtype=model_dtype(model))
-        return activation(model, x, at, layer_side)
