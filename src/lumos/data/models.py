@@ -87,4 +87,7 @@ def load_demo_model(device: str | torch.device = "cpu") -> DemoCNN:
     n_classes = int(state["classifier.weight"].shape[0])
     model = DemoCNN(n_classes=n_classes)
     model.load_state_dict(state)
+    from .shapes import CLASS_NAMES
+
+    model.class_names = list(CLASS_NAMES[:n_classes])  # what `lumos explain` prints beside a class index
     return model.to(device).eval()

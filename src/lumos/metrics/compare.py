@@ -402,7 +402,7 @@ def main(args) -> int:
 
     matplotlib.use("Agg")
 
-    from ..cli import _parse_target, load_input, load_user_model
+    from ..core.io import load_input, load_user_model, parse_target as _parse_target
 
     masks = None
     if args.model or getattr(args, "torchscript", None):

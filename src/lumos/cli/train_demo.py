@@ -1,0 +1,27 @@
+"""``lumos train-demo``: reproduce the shipped demo model's weights."""
+from __future__ import annotations
+
+import json
+
+from ._args import positive_int
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train-demo", help="retrain the shipped demo model reproducibly")
+    p.add_argument("--out", default=None,
+                   help="folder for demo_cnn.pt/.json ('package' replaces the shipped weights; default: print only)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (the float result depends on it)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..data.train import train_demo_model
+
+    kwargs = {"epochs": args.epochs} if args.epochs is not None else {}
+    _, report = train_demo_model(out=args.out, seed=args.seed, progress=True, threads=args.threads, **kwargs)
+    print(json.dumps(report, indent=2, default=str))
+    return 0

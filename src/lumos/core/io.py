@@ -1,0 +1,236 @@
+"""Loading a user's model and inputs from files, safely.
+
+The command line (``lumos explain``, ``lumos layers``, ``lumos compare``) and any script that
+starts from files use these: a model from ``package.module:factory`` plus a state-dict file, or a
+TorchScript file; inputs from an image file, a ``.pt`` tensor or a ``.npy`` array.
+
+Nothing is ever unpickled: ``.pt`` files are read with ``torch.load(..., weights_only=True)`` and
+``.npy`` files with ``allow_pickle=False``. A file that would need to run code to load, or that is
+not what it claims to be, raises :class:`LoadError` (a ``ValueError``) that names the argument and
+the file, never a deep torch traceback.
+
+Path checks (:func:`check_file`) and text parsing (:func:`parse_target`) import neither torch nor
+NumPy, so that a command line can report a missing file or a bad value at once.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["LoadError", "check_file", "parse_target", "load_user_model", "load_input", "class_names_of"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class LoadError(ValueError):
+    """A model or input file that cannot be loaded safely (wrong format, corrupt, or pickled code)."""
+
+
+def check_file(path: str | Path, name: str) -> Path:
+    """``path`` as a :class:`~pathlib.Path` to an existing regular file.
+
+    Parameters
+    ----------
+    path : str or Path
+    name : str
+        The argument's name for the message (``"--input"``, ``"weights"``).
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming ``name`` and the path, when it does not exist or is a folder.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{name} {str(path)!r} does not exist")
+    if not p.is_file():
+        raise FileNotFoundError(f"{name} {str(path)!r} is not a file")
+    return p
+
+
+def parse_target(text: str | None, name: str = "--target"):
+    """A target given as text: ``None``/``"predicted"``, an int, or a comma list of ints.
+
+    Raises
+    ------
+    ValueError
+        Naming ``name``, for anything else.
+    """
+    if text is None or text == "predicted":
+        return text
+    try:
+        if "," in text:
+            return [int(t) for t in text.split(",")]
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be an int, a comma list of ints or 'predicted'; got {text!r}") from None
+
+
+def _torch_load(path: Path, name: str):
+    """``torch.load(weights_only=True)`` with the reasons it refuses a file put in one clear error."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message suggests weights_only=False: exactly what must not be done with a file
+        # that wants to run code. Keep only the name of what it asked for.
+        # keep only torch's line naming what the file asked for ("unsupported GLOBAL posix.system ...")
+        detail = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line.upper()
+                       and "unsupported" in line.lower()), "")
+        if not detail:  # not a pickle of objects at all: bytes the unpickler cannot read
+            raise LoadError(f"{name} {str(path)!r} is not a readable torch file (refused by the "
+                            f"weights-only unpickler)") from None
+        raise LoadError(
+            f"{name} {str(path)!r} holds pickled Python objects, not plain tensors ({detail}). lumos "
+            f"never unpickles code: save the weights with torch.save(model.state_dict(), path) and "
+            f"the inputs with torch.save(tensor, path)"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise LoadError(f"{name} {str(path)!r} is not a readable torch file ({first})") from None
+
+
+def load_user_model(spec: str | None = None, weights: str | Path | None = None,
+                    torchscript: str | Path | None = None):
+    """A user's model, in eval mode on the CPU.
+
+    Parameters
+    ----------
+    spec : str, optional
+        ``"package.module:factory"``: ``factory()`` returns a ``torch.nn.Module``. The current
+        folder is searched first, so a script beside the command works.
+    weights : str or Path, optional
+        A state-dict file for the factory's model (``torch.save(model.state_dict(), path)``, or a
+        dict with a ``"state_dict"`` entry), read with ``weights_only=True``.
+    torchscript : str or Path, optional
+        A TorchScript file (``torch.jit.save``), instead of ``spec``.
+
+    Returns
+    -------
+    torch.nn.Module
+
+    Raises
+    ------
+    FileNotFoundError
+        A named file does not exist (checked before torch is imported).
+    LoadError
+        A file that is not a state dict / TorchScript archive, that holds pickled code, or whose
+        keys do not fit the factory's model.
+    ValueError
+        ``spec`` is not ``package.module:factory``, or cannot be imported.
+    """
+    if torchscript:
+        path = check_file(torchscript, "torchscript")
+        import warnings
+
+        import torch
+
+        try:
+            with warnings.catch_warnings():  # torch deprecates jit.load; the user chose TorchScript
+                warnings.filterwarnings("ignore", r".*torch\.jit\.load.* is deprecated", DeprecationWarning)
+                model = torch.jit.load(str(path), map_location="cpu")
+        except (RuntimeError, ValueError, OSError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise LoadError(f"torchscript {str(path)!r} is not a TorchScript archive ({first})") from None
+        return model.eval()
+    if not spec or ":" not in spec:
+        raise ValueError(f"model must be 'package.module:factory' (or give a TorchScript file); got {spec!r}")
+    wpath = check_file(weights, "weights") if weights else None
+    mod_name, attr = spec.split(":", 1)
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        factory = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot load model {spec!r}: {err}") from None
+    model = factory()
+    if wpath is not None:
+        state = _torch_load(wpath, "weights")
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise LoadError(f"weights {str(wpath)!r} must hold a state dict; got {type(state).__name__}")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise LoadError(f"weights {str(wpath)!r} do not fit the model of {spec!r}: "
+                            f"{' '.join(str(err).split())[:400]}") from None
+    return model.eval()
+
+
+def load_input(path: str | Path, size: Sequence[int] | None = None, name: str = "input"):
+    """Inputs from a file, as a float32 tensor.
+
+    Parameters
+    ----------
+    path : str or Path
+        An image (PNG, JPEG, ...) → ``(1, 3, H, W)`` in ``[0, 1]``; a ``.pt`` file holding one
+        tensor, or a ``.npy`` array → that tensor as saved.
+    size : (H, W), optional
+        Resize image inputs (bilinear).
+    name : str, default "input"
+        The argument's name for messages.
+
+    Raises
+    ------
+    FileNotFoundError, LoadError
+    """
+    p = check_file(path, name)
+    suffix = p.suffix.lower()
+    if suffix not in (".pt", ".pth", ".npy") + IMAGE_SUFFIXES:
+        raise LoadError(f"{name} {str(path)!r}: expected an image ({', '.join(IMAGE_SUFFIXES)}), "
+                        f"a .pt tensor or a .npy array")
+    import numpy as np
+    import torch
+
+    if suffix in (".pt", ".pth"):
+        t = _torch_load(p, name)
+        if not isinstance(t, torch.Tensor):
+            raise LoadError(f"{name} {str(path)!r} must hold one tensor; got {type(t).__name__}")
+        return t.float()
+    if suffix == ".npy":
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except ValueError as err:  # object arrays need pickle; corrupt headers
+            raise LoadError(f"{name} {str(path)!r} is not a plain .npy array ({err})") from None
+        if not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
+            raise LoadError(f"{name} {str(path)!r} must hold numbers; got dtype {arr.dtype}")
+        return torch.from_numpy(np.ascontiguousarray(arr)).float()
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        im = Image.open(p).convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise LoadError(f"{name} {str(path)!r} is not a readable image ({err})") from None
+    if size:
+        im = im.resize((int(size[-1]), int(size[0])), Image.BILINEAR)
+    arr = np.asarray(im, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+
+
+def class_names_of(model: Any) -> list[str] | None:
+    """The model's class names where it carries them, else ``None``.
+
+    Looks at ``class_names``, ``classes`` (scikit-learn, torchvision-style) and a Hugging Face
+    ``config.id2label``.
+    """
+    for attr in ("class_names", "classes"):
+        names = getattr(model, attr, None)
+        if names is not None and not callable(names) and not isinstance(names, (str, bytes)):
+            try:
+                return [str(n) for n in names]
+            except TypeError:
+                pass
+    id2label = getattr(getattr(model, "config", None), "id2label", None)
+    if isinstance(id2label, dict) and id2label:
+        try:
+            return [str(id2label[i]) for i in range(len(id2label))]
+        except KeyError:
+            return None
+    return None
