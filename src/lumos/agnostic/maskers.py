@@ -101,6 +101,10 @@ class MaskedInputs:
         """JSON-able description for ``Explanation.params``."""
         return {"masker": type(self).__name__}
 
+    def background_meta(self) -> dict:
+        """What background the values were computed against (for ``Explanation.meta``)."""
+        return {}
+
 
 class Masker:
     """Base class: ``bind(inputs)`` returns a :class:`MaskedInputs`."""
@@ -115,16 +119,19 @@ class TabularMasker(Masker):
 
     Parameters
     ----------
-    data : DataFrame or array, shape (rows, d)
-        Background data: typically (a sample of) the training data.
-    summary : {"sample", "kmeans", None}, default "sample"
-        When ``data`` has more than ``max_samples`` rows: a random sample of ``max_samples`` rows
-        (unbiased base value), or a ``max_samples``-cluster k-means summary weighted by cluster
-        size (scikit-learn's KMeans on standardised numeric and one-hot categorical columns; each
+    background : DataFrame or array, shape (rows, d)
+        Background data: typically (a sample of) the training data. Every row is used unless
+        ``background_size`` asks for fewer: each coalition then costs one model row per kept row.
+    background_size : int, optional
+        Reduce a larger background to this many rows, by ``summary``. ``None`` (default) keeps
+        every row, so that ``exact_shapley`` is exact for the background the user passed.
+    summary : {"sample", "kmeans"}, default "sample"
+        How to reduce it: a random sample without replacement (weights respected; an unbiased
+        base value), or a ``background_size``-cluster k-means summary weighted by cluster size
+        (scikit-learn's KMeans on standardised numeric and one-hot categorical columns; each
         centre's numeric values are snapped to the nearest value of a member row and its
         categorical values to the cluster's most frequent category, so every background row is a
-        valid input). ``None`` keeps all rows.
-    max_samples : int, default 100
+        valid input).
     weights : array of shape (rows,), optional
         Weights of the background rows (default equal).
     categorical : sequence of int or str, optional
@@ -135,20 +142,22 @@ class TabularMasker(Masker):
         Seed of the sample / k-means summary.
     """
 
-    def __init__(self, data: Any, summary: str | None = "sample", max_samples: int = 100,
+    def __init__(self, background: Any, background_size: int | None = None, summary: str = "sample",
                  weights: np.ndarray | None = None, categorical: Sequence | None = None,
                  feature_names: Sequence[str] | None = None, seed: int = 0):
-        if data is None:
-            raise ValueError("data: TabularMasker needs background data (for example the training set)")
-        if summary not in ("sample", "kmeans", None):
-            raise ValueError(f"summary must be 'sample', 'kmeans' or None; got {summary!r}")
-        if not isinstance(max_samples, (int, np.integer)) or max_samples < 1:
-            raise ValueError(f"max_samples must be a positive int; got {max_samples!r}")
-        if not is_tabular(data):
-            raise ValueError("data: the background must be a DataFrame or a 2-D array (rows, features)")
-        self.data = data
+        from ..core.validation import check_choice, check_number
+
+        if background is None:
+            raise ValueError("background: TabularMasker needs background data (for example the "
+                             "training set)")
+        check_choice(summary, "summary", ("sample", "kmeans"))
+        if background_size is not None:
+            background_size = check_number(background_size, "background_size", low=1, integer=True)
+        if not is_tabular(background):
+            raise ValueError("background must be a DataFrame or a 2-D array (rows, features)")
+        self.background = background
         self.summary = summary
-        self.max_samples = int(max_samples)
+        self.background_size = background_size
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
         self.categorical = categorical
         self.feature_names = feature_names
@@ -158,22 +167,26 @@ class TabularMasker(Masker):
         if not is_tabular(inputs):
             raise ValueError(f"{name}: a TabularMasker explains a DataFrame or a 2-D array (rows, "
                              f"features); got {type(inputs).__name__} of shape {np.shape(inputs)}")
-        if _is_frame(self.data) != _is_frame(inputs):
-            raise ValueError(f"{name} and the background data must both be DataFrames or both arrays")
-        layout = TabularData.from_data(self.data, inputs, categorical=self.categorical,
+        if _is_frame(self.background) != _is_frame(inputs):
+            raise ValueError(f"{name} and the background must both be DataFrames or both arrays")
+        layout = TabularData.from_data(self.background, inputs, categorical=self.categorical,
                                        feature_names=self.feature_names, name=name)
-        bg = layout.encode(self.data, name="background")
+        bg = layout.encode(self.background, name="background")
         w = np.ones(len(bg)) if self.weights is None else self.weights
         if len(w) != len(bg) or np.any(w < 0) or w.sum() <= 0:
             raise ValueError(f"weights must be {len(bg)} non-negative numbers with a positive sum")
-        bg, w = summarise(bg, w, layout.categorical, self.summary, self.max_samples, self.seed)
+        given = len(bg)
+        size = self.background_size
+        bg, w = summarise(bg, w, layout.categorical, self.summary if size else None,
+                          size or given, self.seed)
         X = layout.encode(inputs, name=name)
-        return MaskedTable(layout, X, bg, w / w.sum(), self)
+        return MaskedTable(layout, X, bg, w / w.sum(), self, given)
 
 
 def summarise(bg: np.ndarray, w: np.ndarray, categorical: np.ndarray, summary: str | None,
               max_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reduce the encoded background to at most ``max_samples`` weighted rows."""
+    """Reduce the encoded background to at most ``max_samples`` weighted rows (``summary=None``
+    keeps every row)."""
     if summary is None or len(bg) <= max_samples:
         return bg, w
     gen = make_rng(seed)
@@ -220,8 +233,9 @@ class MaskedTable(MaskedInputs):
     default_batch = 65536
 
     def __init__(self, layout: TabularData, X: np.ndarray, background: np.ndarray,
-                 weights: np.ndarray, masker: TabularMasker | None = None):
+                 weights: np.ndarray, masker: TabularMasker | None = None, n_given: int | None = None):
         self.table = layout
+        self.n_given = len(background) if n_given is None else n_given
         self.X = X
         self.background = background
         self.weights = weights
@@ -244,11 +258,29 @@ class MaskedTable(MaskedInputs):
     def layout(self, per_feature):
         return per_feature, table_fields(self.table, self.X)
 
+    def null_features(self) -> np.ndarray:
+        """(n, d) bool: the explained value equals every (weighted) background row's value, so
+        keeping or removing the column gives the same model inputs."""
+        bg = self.background[self.weights > 0]
+        same = (bg[None] == self.X[:, None]) | (np.isnan(bg[None]) & np.isnan(self.X[:, None]))
+        return same.all(1)
+
+    def background_meta(self) -> dict:
+        m = self._masker
+        B = self.n_background
+        if m is None or m.background_size is None or B == self.n_given:
+            how = f"all {self.n_given} rows"
+        elif m.summary == "sample":
+            how = f"a random sample of {B} of {self.n_given} rows (seed {m.seed})"
+        else:
+            how = f"a weighted k-means summary: {B} centres of {self.n_given} rows (seed {m.seed})"
+        return {"background": how, "n_background_given": self.n_given}
+
     def describe(self):
         m = self._masker
         out = {"masker": "TabularMasker", "n_background": self.n_background}
         if m is not None:
-            out.update(summary=m.summary, max_samples=m.max_samples)
+            out.update(background_size=m.background_size, summary=m.summary)
         return out
 
 
@@ -603,11 +635,12 @@ class MaskedTexts(MaskedInputs):
 
 # ====================================================================== choice
 def default_masker(inputs: Any, masker: Masker | None = None, background: Any = None,
-                   method: str = "this method") -> Masker:
+                   method: str = "this method", background_size: int | None = None) -> Masker:
     """The masker to use: the user's, or one that fits the inputs.
 
-    A table needs ``background`` data (a :class:`TabularMasker` over it); images get SLIC
-    superpixels with mean fill; texts get word deletion.
+    A table needs ``background`` data (a :class:`TabularMasker` over all of it, or over a random
+    sample of ``background_size`` rows); images get SLIC superpixels with mean fill; texts get
+    word deletion.
     """
     if masker is not None:
         if not isinstance(masker, Masker):
@@ -615,6 +648,9 @@ def default_masker(inputs: Any, masker: Masker | None = None, background: Any = 
                             f"{type(masker).__name__}")
         if background is not None:
             raise ValueError("give either masker= or background=, not both (the masker holds its background)")
+        if background_size is not None:
+            raise ValueError("background_size applies to background=; a masker holds its own "
+                             "background (TabularMasker(background, background_size=...))")
         return masker
     if is_text(inputs):
         return TextMasker()
@@ -624,7 +660,9 @@ def default_masker(inputs: Any, masker: Masker | None = None, background: Any = 
                 f"background: {method} on a table needs background data to stand in for removed "
                 "features: pass background=X_train (or a sample of it), or masker=TabularMasker(X_train)"
             )
-        return TabularMasker(background)
+        return TabularMasker(background, background_size=background_size)
+    if background_size is not None:
+        raise ValueError(f"background_size: {method} takes background rows for tables only")
     nd = np.ndim(inputs.detach().cpu().numpy() if hasattr(inputs, "detach") else inputs)
     if nd in (3, 4):
         return ImageMasker()
