@@ -2,7 +2,6 @@
 true attributions are known, and on scikit-learn's breast-cancer data."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ def _fit_credit_model(X, y):
     return make_pipeline(prep, gbm).fit(X, y)
 
 
-def _pictures(out_dir: Path, explanations: dict) -> list[str]:
+def _pictures(out_dir: Path, explanations: dict, files: dict) -> list[str]:
     """A waterfall of the first row and a beeswarm over all rows, per method."""
     import matplotlib
 
@@ -46,10 +45,13 @@ def _pictures(out_dir: Path, explanations: dict) -> list[str]:
         fig.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(fig)
         written.append(str(path))
+        files[str(path)] = (f"{name} on the credit world: the first applicant's "
+                            f"{'waterfall' if first is WaterfallDisplay else 'bar chart'} and a beeswarm of "
+                            f"every explained applicant")
     return written
 
 
-def tabular_demo(out_dir: Path, quick: bool = False) -> list[str]:
+def tabular_demo(out_dir: Path, quick: bool = False, files: dict | None = None) -> list[str]:
     """Explain a gradient-boosting pipeline on the credit world and on breast-cancer data.
 
     Parameters
@@ -57,7 +59,9 @@ def tabular_demo(out_dir: Path, quick: bool = False) -> list[str]:
     out_dir : Path
         Where pictures go (when the tabular displays are available).
     quick : bool, default False
-        Smaller data and fewer explained rows.
+        The tour form: smaller data, fewer explained rows, no breast-cancer part.
+    files : dict, optional
+        Receives ``path -> what it shows`` for every picture written.
 
     Returns
     -------
@@ -73,7 +77,7 @@ def tabular_demo(out_dir: Path, quick: bool = False) -> list[str]:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    files = {} if files is None else files
     lines: list[str] = []
     # a few OpenMP threads fight over shared cores; one thread is faster and reproducible
     with threadpool_limits(1):
@@ -129,7 +133,10 @@ def tabular_demo(out_dir: Path, quick: bool = False) -> list[str]:
         lines.append(f"proxy: '{world.proxy}' carries {100 * share:.0f}% of the attribution mass; its mean "
                      f"attribution is {a:+.2f} for group A and {b:+.2f} for group B, although the "
                      f"protected attribute is not an input (true mean {world.true_shapley(many, background)[grp == 'B', prox].mean():+.2f} for B)")
-        # 4. a real data set
+        # 4. a real data set (full form only)
+        if quick:
+            lines.append("(the breast-cancer part runs with `lumos demo tabular`)")
+            return _finish(lines, out_dir, {"kernel_shap": ks, "lime": lm}, files)
         from sklearn.ensemble import HistGradientBoostingClassifier
 
         Xc, yc = breast_cancer_dataset()
@@ -140,8 +147,11 @@ def tabular_demo(out_dir: Path, quick: bool = False) -> list[str]:
         lines.append("breast cancer (30 features): top features of tumour 450: " + ", ".join(
             f"{bc.feature_names[j]} {bc.values[0, j]:+.2f}" for j in top)
             + f" ({int(bc.meta['n_coalitions'][0])} coalitions, efficiency gap {bc.completeness_gap.max():.0e})")
-    pictures = _pictures(out_dir, {"kernel_shap": ks, "lime": lm})
+    return _finish(lines, out_dir, {"kernel_shap": ks, "lime": lm}, files)
+
+
+def _finish(lines: list[str], out_dir: Path, explanations: dict, files: dict) -> list[str]:
+    pictures = _pictures(out_dir, explanations, files)
     if pictures:
         lines.append(f"pictures: {', '.join(Path(p).name for p in pictures)}")
-    lines.append(f"tabular demo took {time.perf_counter() - t0:.1f} s")
-    return lines
+    return ["  " + line for line in lines]
