@@ -138,9 +138,11 @@ def test_image_masker_variants():
     given = ImageMasker(segmentation=labels, fill=0.5).bind(r.random((2, 1, 16, 16)))
     np.testing.assert_array_equal(given.segments[1], labels)
     assert np.all(given.fill == 0.5)
-    blocks = np.zeros((1, 3, 24, 24), np.float32)
-    blocks[0, 0, :12] = 1.0
-    blocks[0, 1, :, :12] = 1.0
+    # four colour blocks: LIME's quickshift settings (kernel 4) need blocks larger than 12 pixels
+    # to keep them apart (on 24x24 LIME itself gives one segment)
+    blocks = np.zeros((1, 3, 48, 48), np.float32)
+    blocks[0, 0, :24] = 1.0
+    blocks[0, 1, :, :24] = 1.0
     qs = ImageMasker(segmentation="quickshift").bind(blocks)
     assert qs.axis == 1 and qs.max_features >= 4
     with pytest.raises(ValueError, match="channel"):

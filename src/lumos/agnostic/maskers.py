@@ -42,6 +42,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..core.execution import rng as make_rng
+from ..core.superpixels import channel_axis, superpixels
 from ._tabular import TabularData, _is_frame, is_tabular
 
 __all__ = ["Masker", "MaskedInputs", "TabularMasker", "ImageMasker", "TextMasker", "default_masker",
@@ -344,24 +345,7 @@ class ImageMasker(Masker):
         self.seed = seed
 
     def _channel_axis(self, shape: tuple) -> int | None:
-        if len(shape) == 3:
-            return None
-        if len(shape) != 4:
-            raise ValueError(f"inputs: an image batch must have shape (n, C, H, W), (n, H, W, C) or "
-                             f"(n, H, W); got {shape}. A single image needs a batch axis.")
-        if self.channels == "first":
-            return 1
-        if self.channels == "last":
-            return 3
-        first, last = shape[1] in (1, 3, 4), shape[3] in (1, 3, 4)
-        if first and not last:
-            return 1
-        if last and not first:
-            return 3
-        if first and last:
-            return 1 if shape[1] <= shape[3] else 3
-        raise ValueError(f"inputs: cannot tell the channel axis of shape {shape}; pass "
-                         "ImageMasker(channels='first' or 'last')")
+        return channel_axis(shape, self.channels, name="inputs")
 
     def bind(self, inputs: Any, name: str = "inputs") -> "MaskedImages":
         if hasattr(inputs, "detach"):
@@ -391,6 +375,11 @@ class ImageMasker(Masker):
                 raise ValueError(f"segmentation: a label array must be int of shape ({H}, {W}) or "
                                  f"({n}, {H}, {W}); got {labels.dtype} {labels.shape}")
             return np.stack([_relabel(l) for l in labels])
+        if seg == "slic":
+            return superpixels(hwc, "slic", channels="last", n_segments=self.n_segments,
+                               compactness=self.compactness)
+        if seg == "quickshift":  # LIME's settings (see lumos.core.superpixels)
+            return superpixels(hwc, "quickshift", channels="last", seed=self.seed)
         out = np.empty((n, H, W), dtype=np.int64)
         for i in range(n):
             if seg == "grid":
@@ -399,22 +388,9 @@ class ImageMasker(Masker):
             img = hwc[i].astype(np.float64)
             lo, hi = img.min(), img.max()
             img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
-            if callable(seg):
-                lab = np.asarray(seg(img))
-                if lab.shape != (H, W):
-                    raise ValueError(f"segmentation: the callable returned shape {lab.shape}; expected ({H}, {W})")
-            elif seg == "slic":
-                from skimage.segmentation import slic
-
-                lab = slic(img, n_segments=self.n_segments, compactness=self.compactness,
-                           start_label=0, channel_axis=-1)
-            else:
-                from skimage.segmentation import quickshift
-
-                rgb = img if C == 3 else np.repeat(img[..., :1], 3, axis=-1)
-                # LIME's settings, which assume 0..255 intensities
-                lab = quickshift(rgb * 255.0, kernel_size=4, max_dist=200, ratio=0.2,
-                                 rng=self.seed)
+            lab = np.asarray(seg(img))
+            if lab.shape != (H, W):
+                raise ValueError(f"segmentation: the callable returned shape {lab.shape}; expected ({H}, {W})")
             out[i] = _relabel(lab)
         return out
 
