@@ -44,3 +44,27 @@ def test_python_examples_run(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_command_line_examples_parse():
+    """Every `lumos ...` line of the README's command-line block is a command the parser accepts."""
+    import shlex
+
+    from lumos.cli import build_parser
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Command line", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands, current = [], ""
+    for line in block.splitlines():
+        code = line.split("#", 1)[0].rstrip()
+        if not code.strip():
+            continue
+        current = f"{current} {code.strip().rstrip(chr(92))}" if current else code.strip().rstrip(chr(92))
+        if not code.endswith("\\"):
+            commands.append(current)
+            current = ""
+    assert len(commands) >= 8 and all(c.startswith("lumos ") for c in commands)
+    parser = build_parser()
+    for command in commands:
+        args = parser.parse_args(shlex.split(command)[1:])  # a SystemExit here fails the test
+        assert callable(args.func), command

@@ -395,7 +395,7 @@ def run_demo(out_dir: str | Path = "lumos-out/demo", only: Sequence[str] | None 
         lines.append(line)
         log(line)
 
-    form = "tour (quick form of every section)" if quick else "full"
+    form = "the tour (the quick form of every section)" if quick else "full form"
     say(f"lumos demo: {form}; {len(todo)} section(s): {', '.join(s.name for s in todo)}")
     t_start, cpu_start = time.perf_counter(), _cpu_seconds()
     skipped, failed = [], []
@@ -433,6 +433,6 @@ def run_demo(out_dir: str | Path = "lumos-out/demo", only: Sequence[str] | None 
     say(f"wrote {len(files)} files into {out}; see {index}")
     summary.write_text("\n".join(lines) + "\n")
     width = max(len(Path(p).name) for p in files)
-    index.write_text(f"lumos demo ({form}): the files written into {out}\n\n" + "".join(
+    index.write_text(f"lumos demo, {form}: the files written into {out}\n\n" + "".join(
         f"{Path(p).name:<{width}}  {what}\n" for p, what in files.items()))
     return DemoRun(summary, index, dict(files), failed, skipped, wall, cpu)
