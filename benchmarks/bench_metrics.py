@@ -1,26 +1,28 @@
 """Benchmark: lumos metrics against the model passes they need and against peers.
 
-Run: ``python benchmarks/bench_metrics.py`` (CPU, one thread by default; LUMOS_BENCH_THREADS=n).
+Run: ``python benchmarks/bench_metrics.py [--repeats 3] [--threads 1]`` (CPU).
+
+Every row times lumos and its reference in one process, interleaved, the order rotated each round,
+after a warm-up round; it reports the fastest round of each (and the median) and the machine load
+(``benchmarks/_timing.py``). Like with like: the same model, inputs, number of model rows and
+perturbations, and the same scale (the class probability) on both sides.
 
 - Deletion + insertion over 64 demo images, 20 steps: lumos against the bare cost of the model
   passes they need (the same 2 x 64 x 21 rows, pre-built, evaluated 64 at a time under
-  ``torch.inference_mode``; timed alternately with lumos, medians), and deletion against a
-  straightforward per-sample, per-step loop (one image per model call, as in Quantus'
-  per-instance design; Quantus itself is not installed).
+  ``torch.inference_mode``), and deletion against a per-sample, per-step loop (one image per model
+  call, Quantus' per-instance design; Quantus itself is not installed).
 - Infidelity and max-sensitivity beside Captum's ``captum.metrics.infidelity`` and
   ``sensitivity_max`` with the same number of perturbations.
-- ROAD (noisy linear imputation): cost per image and step beside the model passes.
-- Cascading randomisation of saliency on the demo model.
+- ROAD (noisy linear imputation): cost beside the model passes.
+- Cascading randomisation of saliency on the demo model beside 5 saliency calls.
 
 The demo CNN on shapes test images (a randomly initialised DemoCNN if the weights are missing).
-Median of a few repeats after a warm-up; the comparisons with the model passes and with the
-naive loop take the fastest of alternating runs (robust to other load on a shared machine).
 """
 from __future__ import annotations
 
+import argparse
 import os
-import statistics
-import time
+import sys
 
 import numpy as np
 import torch
@@ -28,17 +30,8 @@ import torch
 import lumos
 import lumos.metrics as lm
 
-torch.set_num_threads(int(os.environ.get("LUMOS_BENCH_THREADS", "1")))
-
-
-def timeit(fn, repeats=3):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+sys.path.insert(0, os.path.dirname(__file__))
+from _timing import compare, header, machine_load, set_threads  # noqa: E402
 
 
 def load(n):
@@ -82,89 +75,85 @@ def naive_deletion(model, expl, steps):
     return np.trapezoid(out, np.arange(steps + 1) / steps, axis=1)
 
 
-def paired(fn_a, fn_b, repeats=3):
-    """Fastest times of two functions timed alternately: on a shared machine other work only ever
-    adds time, so the minimum over alternating runs compares the two under the same conditions."""
-    fn_a(), fn_b()
-    ta, tb = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn_a()
-        ta.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        fn_b()
-        tb.append(time.perf_counter() - t0)
-    return min(ta), min(tb)
-
-
 def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    set_threads(args.threads)
     n, steps = 64, 20
     model, x, note = load(n)
-    print(f"lumos metrics benchmark: {note}, torch threads {torch.get_num_threads()}\n")
+    print(f"lumos metrics benchmark: {note}, torch threads {torch.get_num_threads()}, "
+          f"fastest of {args.repeats} interleaved rounds")
     expl = lumos.explain(model, x, method="saliency", target="predicted")
     rows = []
 
-    # ---------------------------------------------------------------- deletion / insertion
-    def lumos_curves():
-        lm.deletion(model, expl, steps=steps, softmax=True)
-        lm.insertion(model, expl, steps=steps, softmax=True)
+    def row(name, fns, ref, repeats=args.repeats):
+        t = compare(fns, repeats=repeats)
+        print(header(name))
+        print(t.table(against=ref))
+        rows.append((name, t.best("lumos"), ref, t.best(ref), t.load_after))
 
+    # ---------------------------------------------------------------- deletion / insertion
     # the rows the two curves need, pre-built: steps changed inputs per sample and curve, plus the
     # unchanged input (the curves' known end point, f(x))
     floor_rows = x.repeat_interleave(2 * (steps + 1), 0)
-    t_lumos, t_floor = paired(lumos_curves, lambda: model_passes(model, floor_rows), repeats=5)
-    rows.append(("deletion+insertion, 20 steps", t_lumos, "model passes only", t_floor))
+    row("deletion+insertion, 64 images, 20 steps",
+        {"lumos": lambda: (lm.deletion(model, expl, n_steps=steps, scale="probability"),
+                           lm.insertion(model, expl, n_steps=steps, scale="probability")),
+         "model passes": lambda: model_passes(model, floor_rows)}, "model passes")
     m = 16
-    t_del, t_loop = paired(lambda: lm.deletion(model, expl[:m], steps=steps, fill=0.0, softmax=True),
-                           lambda: naive_deletion(model, expl[:m], steps), repeats=1)
-    rows.append((f"deletion, {m} images, 20 steps", t_del, "per-sample per-step loop", t_loop))
-    # the same numbers both ways (no ties in a saliency map: the orders agree)
+    # the same numbers both ways (zero fill, probabilities; no ties in a saliency map)
     np.testing.assert_allclose(naive_deletion(model, expl[:4], steps),
-                               lm.deletion(model, expl[:4], steps=steps, softmax=True).scores, atol=1e-5)
+                               lm.deletion(model, expl[:4], n_steps=steps, fill=0.0, scale="probability").scores,
+                               atol=1e-5)
+    row(f"deletion, {m} images, 20 steps",
+        {"lumos": lambda: lm.deletion(model, expl[:m], n_steps=steps, fill=0.0, scale="probability"),
+         "per-sample loop": lambda: naive_deletion(model, expl[:m], steps)}, "per-sample loop",
+        repeats=max(1, args.repeats - 1))
 
     # ---------------------------------------------------------------- Captum peers
-    try:
-        from captum.metrics import infidelity, sensitivity_max
-        from captum.attr import Saliency
-    except ImportError:  # pragma: no cover
-        infidelity = None
-    m, R = 16, 16
+    from captum.attr import Saliency
+    from captum.metrics import infidelity, sensitivity_max
+
+    R = 16
     xs, es = x[:m], expl[:m]
     tgt = torch.as_tensor(es.target)
-    t_inf = timeit(lambda: lm.infidelity(model, es, n_perturbations=R, noise_std=0.1))
-    t_sens = timeit(lambda: lm.max_sensitivity(model, es, n_samples=R, radius=0.02))
-    if infidelity is not None:
-        def perturb(inputs):
-            noise = torch.randn_like(inputs) * 0.1
-            return noise, inputs - noise
 
-        attr = torch.as_tensor(es.values)
-        t_cinf = timeit(lambda: infidelity(model, perturb, xs, attr, target=tgt, n_perturb_samples=R,
-                                           max_examples_per_batch=64, normalize=True))
-        sal = Saliency(model)
-        t_csens = timeit(lambda: sensitivity_max(sal.attribute, xs, target=tgt, n_perturb_samples=R,
-                                                 perturb_radius=0.02, max_examples_per_batch=64))
-    else:  # pragma: no cover
-        t_cinf = t_csens = float("nan")
-    rows.append((f"infidelity, {m} images x {R}", t_inf, "captum.metrics.infidelity", t_cinf))
-    rows.append((f"max_sensitivity (saliency), {m} x {R}", t_sens, "captum.metrics.sensitivity_max", t_csens))
+    def perturb(inputs):
+        noise = torch.randn_like(inputs) * 0.1
+        return noise, inputs - noise
+
+    attr = torch.as_tensor(es.values)
+    # both score the raw logit, as Captum does
+    row(f"infidelity, {m} images x {R}",
+        {"lumos": lambda: lm.infidelity(model, es, n_samples=R, noise_std=0.1, scale="raw"),
+         "captum": lambda: infidelity(model, perturb, xs, attr, target=tgt, n_perturb_samples=R,
+                                      max_examples_per_batch=64, normalize=True)}, "captum")
+    sal = Saliency(model)
+    row(f"max_sensitivity (saliency), {m} x {R}",
+        {"lumos": lambda: lm.max_sensitivity(model, es, n_samples=R, radius=0.02),
+         "captum": lambda: sensitivity_max(sal.attribute, xs, target=tgt, n_perturb_samples=R,
+                                           perturb_radius=0.02, max_examples_per_batch=64)}, "captum")
 
     # ---------------------------------------------------------------- ROAD, randomisation
     m8 = 16
-    t_road = timeit(lambda: lm.road(model, expl[:m8], steps=10, softmax=True), repeats=1)
-    t_road_floor = timeit(lambda: model_passes(model, x[:m8].repeat_interleave(10, 0)))
-    rows.append((f"ROAD, {m8} images x 10 steps", t_road, "model passes only", t_road_floor))
-    t_rand = timeit(lambda: lm.model_parameter_randomisation(model, expl[:m8], keep_maps=False), repeats=1)
-    t_sal = timeit(lambda: lumos.explain(model, x[:m8], method="saliency", target=expl.target[:m8]))
-    rows.append((f"randomisation (saliency), {m8} images", t_rand, "5 saliency calls", 5 * t_sal))
+    road_rows = x[:m8].repeat_interleave(10, 0)
+    row(f"ROAD, {m8} images x 10 steps",
+        {"lumos": lambda: lm.road(model, expl[:m8], n_steps=10),
+         "model passes": lambda: model_passes(model, road_rows)}, "model passes", repeats=1)
+    row(f"randomisation (saliency), {m8} images",
+        {"lumos": lambda: lm.model_parameter_randomisation(model, expl[:m8], keep_maps=False),
+         "5 saliency calls": lambda: [lumos.explain(model, x[:m8], method="saliency", target=expl.target[:m8])
+                                      for _ in range(5)]}, "5 saliency calls", repeats=1)
 
-    head = f"{'metric':<40}{'lumos s':>10}  {'reference':<32}{'ref s':>9}{'ratio':>8}"
-    print(head)
+    head = f"{'metric':<42}{'lumos s':>9}  {'reference':<18}{'ref s':>8}{'lumos/ref':>10}{'load':>6}"
+    print("\n" + head)
     print("-" * len(head))
-    for name, a, ref, b in rows:
-        print(f"{name:<40}{a:>10.3f}  {ref:<32}{b:>9.3f}{a / b:>8.2f}")
-    print("\nratio = lumos time / reference time (below 1: lumos is faster; against the model passes:"
-          " the overhead of building the changed inputs).")
+    for name, a, ref, b, ld in rows:
+        print(f"{name:<42}{a:>9.3f}  {ref:<18}{b:>8.3f}{a / b:>10.2f}{ld:>6.2f}")
+    print(f"\nlumos/ref below 1: lumos is faster (against the model passes: the overhead of building the "
+          f"changed inputs). Load = 1-minute load per core ({os.cpu_count()} cores, now {machine_load():.2f}).")
 
 
 if __name__ == "__main__":
