@@ -94,7 +94,7 @@ def test_missing_requirements_are_reported_not_raised():
     comp = lm.compare(reg, X[:12], ["permutation_shap", "random"],
                       ["faithfulness_correlation", "pointing_game", "randomisation"],
                       target=None, method_params={"permutation_shap": {"background": X[:30]}})
-    assert comp.results["random"]["pointing_game"] == "needs a ground-truth mask"
+    assert comp.results["random"]["pointing_game"] == "needs ground-truth masks"
     assert comp.results["random"]["randomisation"] == "needs a torch model"
     # Shapley values of a linear model beat noise on faithfulness
     assert comp.ranks()["faithfulness_correlation"] == {"permutation_shap": 1.0, "random": 2.0}
