@@ -3,42 +3,37 @@
 - PDP + ICE (one feature, 50 grid points) and 2-D PDP (20 x 20): lumos (brute) vs
   ``sklearn.inspection.partial_dependence(method="brute")`` on the same grid; and for a stumps
   model the tree recursion (lumos uses it only where it provably equals brute).
-- ALE (20 bins; 10 x 10 for a pair): lumos with and without its 200-replicate bootstrap band vs
-  PyALE (with its t-interval).
+- ALE (20 bins; 10 x 10 for a pair), like with like: lumos without a band vs PyALE without its
+  interval (``include_CI=False``), and lumos with its 200-replicate bootstrap band vs PyALE with its
+  t-interval (``include_CI=True``; different bands, both the full uncertainty answer of each).
 - Permutation importance (5 repeats, r2): lumos with a callable metric and with the scorer name
   (either way all permuted copies are stacked and predicted in large chunks) vs
   ``sklearn.inspection.permutation_importance``.
+- Partial dependence of 100 boosted stumps: lumos "auto" (which first proves the recursion exact on
+  ``X``) vs scikit-learn's recursion alone.
 - Friedman's H (all pairs, 50 rows): lumos only (no installed peer computes it).
 
 Every row also gives the cost of the bare model passes the method needs (the same number of rows,
 already built, predicted in the same chunks): lumos' time over that floor is its overhead.
-Single-threaded (OpenMP and BLAS) for stable timings; medians of ``--repeats`` interleaved runs.
+Single-threaded (OpenMP and BLAS). Timing by ``benchmarks/_timing.py``: lumos, the peers and the
+floor run interleaved in one process, the order rotated each round, after a warm-up round; the
+fastest round of each is reported, with the machine load.
 
-Run: ``python benchmarks/bench_effects.py [--n 2000] [--repeats 3]``.
+Run: ``python benchmarks/bench_effects.py [--n 2000] [--repeats 5]``.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import statistics
-import time
+import os
+import sys
 import warnings
 
 import numpy as np
 import pandas as pd
 
-
-def interleaved(fns: dict, repeats: int) -> dict:
-    """Median seconds of each function, runs interleaved so machine load hits all alike."""
-    for fn in fns.values():  # warm-up
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+sys.path.insert(0, os.path.dirname(__file__))
+from _timing import compare, machine_load  # noqa: E402
 
 
 def model_floor(model, X: pd.DataFrame, rows: int, chunk: int = 8192, method: str = "predict") -> callable:
@@ -54,7 +49,7 @@ def model_floor(model, X: pd.DataFrame, rows: int, chunk: int = 8192, method: st
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=2000, help="rows of data (default 2000)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -84,9 +79,11 @@ def main() -> None:
 
         def bench(name, lumos_fn, peers: dict, n_rows: int, model=gbr, note=""):
             fns = {"lumos": lumos_fn, **peers, "floor": model_floor(model, X, n_rows)}
-            t = interleaved(fns, args.repeats)
+            tm = compare(fns, repeats=args.repeats)
+            t = {k: tm.best(k) for k in fns}
             for peer, tp in ([(k, t[k]) for k in peers] or [("-", float("nan"))]):
-                rows.append((name, t["lumos"], peer, tp, tp / t["lumos"], n_rows, t["lumos"] / t["floor"], note))
+                rows.append((name, t["lumos"], peer, tp, tp / t["lumos"], n_rows, t["lumos"] / t["floor"], note,
+                             tm.load_after))
 
         # --- PDP + ICE, one feature, 50 points (same grid: lumos' default is scikit-learn's)
         res = partial_dependence(gbr, X, "f0", grid_resolution=50, method="brute")
@@ -116,11 +113,11 @@ def main() -> None:
         # --- ALE 1-D
         res = ale(gbr, X, "f1", bins=20, n_bootstrap=0)
         bench("ALE f1 (20 bins), no band", lambda: ale(gbr, X, "f1", bins=20, n_bootstrap=0),
-              {"PyALE (t-CI)": lambda: pyale(X, gbr, ["f1"], grid_size=20, plot=False, include_CI=True)},
+              {"PyALE (no CI)": lambda: pyale(X, gbr, ["f1"], grid_size=20, plot=False, include_CI=False)},
               res.n_evals)
-        bench("ALE f1 (20 bins), 200 bootstrap", lambda: ale(gbr, X, "f1", bins=20, n_bootstrap=200),
+        bench("ALE f1 (20 bins), with band", lambda: ale(gbr, X, "f1", bins=20, n_bootstrap=200),
               {"PyALE (t-CI)": lambda: pyale(X, gbr, ["f1"], grid_size=20, plot=False, include_CI=True)},
-              res.n_evals)
+              res.n_evals, note="lumos: 200 bootstrap replicates")
         # --- ALE 2-D
         res = ale(gbr, X, ("f2", "f3"), bins=10, n_bootstrap=0)
         bench("ALE 2-D f2,f3 (10x10)", lambda: ale(gbr, X, ("f2", "f3"), bins=10, n_bootstrap=0),
@@ -140,17 +137,18 @@ def main() -> None:
         res = h_statistic(gbr, X, n_rows=50)
         bench("Friedman H (50 rows, 28 pairs)", lambda: h_statistic(gbr, X, n_rows=50), {}, res.n_evals)
 
-    print(f"model: {model_desc}; single thread; median of {args.repeats}")
+    print(f"model: {model_desc}; single thread; fastest of {args.repeats} interleaved rounds")
     head = (f"{'method':<34}{'lumos s':>9}  {'peer':<20}{'peer s':>9}{'peer/lumos':>11}"
-            f"{'model rows':>11}{'lumos/model':>12}  note")
+            f"{'model rows':>11}{'lumos/model':>12}{'load':>6}  note")
     print(head)
     print("-" * len(head))
-    for name, tl, peer, tp, ratio, nr, cost, note in rows:
+    for name, tl, peer, tp, ratio, nr, cost, note, load in rows:
         tp_s = f"{tp:9.3f}" if np.isfinite(tp) else f"{'-':>9}"
         ratio_s = f"{ratio:10.2f}x" if np.isfinite(ratio) else f"{'-':>11}"
-        print(f"{name:<34}{tl:9.3f}  {peer:<20}{tp_s}{ratio_s}{nr:11d}{cost:11.2f}x  {note}")
+        print(f"{name:<34}{tl:9.3f}  {peer:<20}{tp_s}{ratio_s}{nr:11d}{cost:11.2f}x{load:6.2f}  {note}")
     print("\npeer/lumos > 1: lumos is faster. lumos/model: lumos time over the bare model passes on the "
-          "same number of rows (1.0 = no overhead).")
+          f"same number of rows (1.0 = no overhead). load: 1-minute load per core after the row "
+          f"({os.cpu_count()} cores, now {machine_load():.2f}).")
 
 
 if __name__ == "__main__":
