@@ -1,5 +1,9 @@
 """The registry of metrics: each declares its family, its direction and what it needs (a model,
-a ground-truth mask...); :func:`available` lists them, :func:`evaluate` runs one by name."""
+ground-truth masks...); :func:`available` lists them, :func:`evaluate` runs one by name.
+
+Every metric module registers itself on import, and importing this module imports its package
+first (``lumos.metrics``, which imports every metric module): the table is complete whenever it
+can be read, without this module importing the package back (no import circle)."""
 from __future__ import annotations
 
 import functools
@@ -109,14 +113,8 @@ def register_metric(name: str, family: str, direction: str, needs: Sequence[str]
     return deco
 
 
-def _load_all() -> None:
-    # importing the package imports every metric module
-    import lumos.metrics  # noqa: F401
-
-
 def available(family: str | None = None) -> MetricTable:
     """All registered metrics (optionally of one family), sorted by family then name."""
-    _load_all()
     rows = sorted(_METRICS.values(), key=lambda m: (m.family, m.name))
     if family is not None:
         rows = [m for m in rows if m.family == family]
@@ -127,7 +125,6 @@ def get_metric(name: str) -> MetricInfo:
     """Look a metric up by name, with a suggestion when the name is unknown."""
     import difflib
 
-    _load_all()
     if not isinstance(name, str):
         raise TypeError(f"metric must be a string name; got {type(name).__name__}")
     key = name.strip().lower().replace("-", "_").replace(" ", "_")
