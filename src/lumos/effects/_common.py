@@ -240,8 +240,9 @@ class ScalarModel:
             raise ValueError("target must be an int output column, not a bool")
         self.batch_size = (DEFAULT_ROWS_PER_CALL if batch_size is None
                            else check_number(batch_size, "batch_size", low=1, integer=True))
+        # metrics may score labels (accuracy of predict): only they let non-numeric outputs through
         self.bb = BlackBox(model, columns=table.labels, dtypes=table.dtypes, output=output,
-                           batch_size=self.batch_size)
+                           batch_size=self.batch_size, numeric=not for_metric)
         self.target = target
         self.table = table
         # For metrics: labels pass through, and without a target a multi-class output is kept

@@ -428,7 +428,7 @@ def _score_with_scorer(model, table: Table, y, metric: str, cols, perms, target,
         elif estimator is not model:
             responders[m] = f
         elif m in _RESPONSES:
-            responders[m] = ScalarModel(model, table, None, m, batch_size).raw
+            responders[m] = ScalarModel(model, table, None, m, batch_size, for_metric=True).raw
     if len(responders) < len(methods):  # an unusual response: score each permuted copy directly
         return _score_each_copy(scorer, estimator, f, table, y, cols, perms, progress, kw), base, True, f, desc
     outs = {m: _eval_permuted(fn, f.batch_size, table.values, cols, perms, progress) for m, fn in responders.items()}
