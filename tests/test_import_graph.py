@@ -96,7 +96,24 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def _describe(graph, comp) -> str:
-    return "; ".join(f"{v} -> {', '.join(sorted(graph[v] & set(comp)))}" for v in comp)
+    """One shortest circle through the component's first module: ``a -> b -> a``."""
+    from collections import deque
+
+    start, inside = comp[0], set(comp)
+    came = {start: None}
+    queue = deque([start])
+    while queue:
+        v = queue.popleft()
+        for w in sorted(graph[v] & inside):
+            if w == start:
+                path = [v]
+                while came[path[-1]] is not None:
+                    path.append(came[path[-1]])
+                return " -> ".join([start] + path[::-1][1:] + [start]) if len(path) > 1 else f"{start} -> {v} -> {start}"
+            if w not in came:
+                came[w] = v
+                queue.append(w)
+    return ", ".join(comp)
 
 
 def test_the_checker_finds_a_circle_and_a_lazy_one(tmp_path):
@@ -113,6 +130,7 @@ def test_the_checker_finds_a_circle_and_a_lazy_one(tmp_path):
     graph = import_graph(pkg)
     assert graph["pkgx"] == {"pkgx.a"} and graph["pkgx.e"] == {"pkgx.a"}
     assert sorted(cycles(graph)) == [["pkgx.a", "pkgx.sub.b"], ["pkgx.c", "pkgx.d"]]
+    assert _describe(graph, ["pkgx.a", "pkgx.sub.b"]) == "pkgx.a -> pkgx.sub.b -> pkgx.a"
 
 
 def test_no_import_cycle_between_lumos_modules():
