@@ -17,15 +17,18 @@ def layers(model, inputs=None):
     return _layers(model, inputs)
 
 
-def __getattr__(name):
-    # Args and Shared live beside torch: imported on first use, so that `import lumos` (and the
-    # command line, which reports a typo or a missing file at once) does not wait for torch.
-    if name in ("Args", "Shared"):
-        from .core import inputs
+_LAZY = {"Args": "inputs", "Shared": "inputs", "Neuron": "units"}
 
-        return getattr(inputs, name)
+
+def __getattr__(name):
+    # Args, Shared and Neuron live beside torch: imported on first use, so that `import lumos` (and
+    # the command line, which reports a typo or a missing file at once) does not wait for torch.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".core.{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'lumos' has no attribute {name!r}")
 
 
-__all__ = ["Explanation", "explain", "methods", "get_method", "load", "layers", "Args", "Shared", "Neuron",
-           "__version__"]
+__all__ = ["Explanation", "explain", "methods", "get_method", "load", "layers", "Args", "Shared",
+           "Neuron", "__version__"]
