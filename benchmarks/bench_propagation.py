@@ -1,82 +1,46 @@
-"""Benchmark: lumos propagation methods beside Captum, on the demo CNN.
+"""Benchmark: lumos propagation methods beside Captum and beside one forward + backward pass.
 
-Run: ``python benchmarks/bench_propagation.py`` (CPU, one thread by default;
-LUMOS_BENCH_THREADS=n to change; CPU time of the process by default, LUMOS_BENCH_CLOCK=wall for
-wall-clock time).
+Run: ``python benchmarks/bench_propagation.py`` (CPU, one torch thread by default;
+``LUMOS_BENCH_THREADS=n`` to change, ``LUMOS_BENCH_REPEATS`` for the rounds, default 7).
 
-Guided backprop, DeconvNet, LRP (three composites), DeepLIFT and DeepSHAP from ``lumos.explain``
+Guided backprop, DeconvNet, LRP (four composites), DeepLIFT and DeepSHAP from ``lumos.explain``
 against Captum's ``GuidedBackprop``, ``Deconvolution``, ``LRP`` (its default ε rules),
-``DeepLift`` and ``DeepLiftShap``, on the same model and batch (16 images of 64x64), and against
-the cost of one forward + backward pass to the input on the batch as given (contiguous). lumos
-feeds 4-D batches to CNNs in channels-last layout on CPU (faster oneDNN kernels); the
-channels-last forward + backward pass is printed too, for a like-for-like reading. The lumos
-numbers include everything a user pays for: input checks, the model guard, target resolution and
-the Explanation. Median of a few repeats after a warm-up.
+``DeepLift`` and ``DeepLiftShap``, on the same model, batch (16 images of 64x64) and targets.
+The unit is one forward + backward pass to the input on the batch as given (what a user's own
+gradient costs). lumos feeds 4-D batches to CNNs in channels-last layout on CPU (faster oneDNN
+kernels), so the same pass on a channels-last batch is timed too: ``lumos / (f+b)*`` is the
+like-for-like cost of the rules. The lumos numbers include everything a user pays for: input
+checks, the model guard, target resolution and the Explanation.
+
+Timing: ``benchmarks/_timing.py`` — every contender of a row in one process, interleaved, the
+order rotated each round, one warm-up round, the minimum over the rounds, machine load printed.
 """
 from __future__ import annotations
 
 import os
-import statistics
-import time
+import sys
+import warnings
 
 import torch
 
 import lumos
 
-torch.set_num_threads(int(os.environ.get("LUMOS_BENCH_THREADS", "1")))
+sys.path.insert(0, os.path.dirname(__file__))
+from _timing import compare, header, set_threads  # noqa: E402
 
-
-# CPU time of this process by default: with one torch thread it is the compute time, and it does
-# not count the time other processes on a shared machine take the core (LUMOS_BENCH_CLOCK=wall
-# for wall-clock time).
-_CLOCK = time.perf_counter if os.environ.get("LUMOS_BENCH_CLOCK") == "wall" else time.process_time
-
-
-def _once(fn):
-    t0 = _CLOCK()
-    fn()
-    return _CLOCK() - t0
-
-
-def interleaved(fns, rounds=7):
-    """Median time of each function, timed in turn round after round (on a shared machine the
-    load then hits every contender alike), and the median of the per-round ratios to ``fns[0]``."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for fn in fns:
-            if fn is not None:
-                fn()  # warm-up
-        times = [[] for _ in fns]
-        for _ in range(rounds):
-            for i, fn in enumerate(fns):
-                if fn is not None:
-                    times[i].append(_once(fn))
-    med = [statistics.median(t) if t else None for t in times]
-    ratios = [statistics.median([a / b for a, b in zip(t, times[0])]) if t else None
-              for t in times]
-    return med, ratios
+warnings.filterwarnings("ignore")
+set_threads(int(os.environ.get("LUMOS_BENCH_THREADS", "1")))
+REPEATS = int(os.environ.get("LUMOS_BENCH_REPEATS", "7"))
 
 
 def load():
-    from lumos.data import DemoCNN
+    from lumos.data import load_demo_model, shapes_dataset  # shipped with the package
 
-    try:
-        from lumos.data import load_demo_model, shapes_dataset
-
-        model = load_demo_model()
-        x = shapes_dataset(16, split="test", seed=0).images
-        note = "shipped demo CNN, 16 shapes test images (64x64)"
-    except Exception as err:  # weights not built yet: same architecture, random weights
-        torch.manual_seed(0)
-        model = DemoCNN().eval()
-        x = torch.rand(16, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-        note = f"random DemoCNN (demo model unavailable: {type(err).__name__})"
-    return model.eval(), x, note
+    x = shapes_dataset(16, split="test", seed=0).images
+    return load_demo_model().eval(), x, "shipped demo CNN, 16 shapes test images (64x64)"
 
 
-def main():
+def main(only: list[str] | None = None):
     model, x, note = load()
     with torch.no_grad():
         target = model(x).argmax(1)
@@ -89,7 +53,6 @@ def main():
     def fwd_bwd_cl():
         fwd_bwd(torch.channels_last)
 
-    rows = []
     try:
         import captum.attr as ca
     except ImportError:  # pragma: no cover
@@ -101,47 +64,55 @@ def main():
         ("guided_backprop", {}, lambda: ca.GuidedBackprop(model).attribute(x, target=target)),
         ("deconvnet", {}, lambda: ca.Deconvolution(model).attribute(x, target=target)),
         ("lrp", {"composite": "epsilon_plus"}, lambda: ca.LRP(model).attribute(x, target=target)),
+        ("lrp", {"composite": "epsilon"}, lambda: ca.LRP(model).attribute(x, target=target)),
         ("lrp", {"composite": "epsilon_gamma_box", "low": 0.0, "high": 1.0}, None),
         ("lrp", {"composite": "epsilon_alpha2_beta1"}, None),
-        ("lrp", {"composite": "epsilon"}, lambda: ca.LRP(model).attribute(x, target=target)),
         ("deeplift", {}, lambda: ca.DeepLift(model).attribute(x, baselines=base, target=target)),
-        ("deep_shap", {"baselines": bg},
+        ("deep_shap", {"background": bg},
          lambda: ca.DeepLiftShap(model).attribute(x, baselines=bg, target=target)),
     ]
-    units = []
+    print(header(f"propagation methods: {note}; batch {len(x)}; torch threads "
+                 f"{torch.get_num_threads()}; {REPEATS} rounds"))
+    rows = []
     for name, params, peer_fn in cases:
-        def ours(name=name, params=params):
-            return lumos.explain(model, x, name, target=target, **params)
-
-        (unit, t, tp), (_, r_ours, r_peer) = interleaved(
-            [fwd_bwd, ours, peer_fn if ca is not None else None])
-        units.append(unit)
         label = name + (f" ({params['composite']})" if "composite" in params else "")
         if name == "deep_shap":
             label += f" ({len(bg)} baselines)"
-        rows.append((label, t, tp, r_ours, r_peer))
-    unit = statistics.median(units)
-    (_, unit_cl), (_, r_cl) = interleaved([fwd_bwd, fwd_bwd_cl])
+        if only and not any(o in label for o in only):
+            continue
 
-    clock = "wall-clock" if _CLOCK is time.perf_counter else "CPU"
-    print(f"model: {note}; batch {len(x)}; torch threads {torch.get_num_threads()}; {clock} time")
-    print(f"one forward + backward pass: {unit * 1e3:.1f} ms (the unit below; the same pass on a "
-          f"channels-last batch, as lumos feeds CNNs on CPU: {unit_cl * 1e3:.1f} ms, "
-          f"{r_cl:.2f} units)\n")
+        def ours(name=name, params=params):
+            return lumos.explain(model, x, name, target=target, **params)
+
+        fns = {"f+b": fwd_bwd, "f+b*": fwd_bwd_cl, "lumos": ours}
+        if ca is not None and peer_fn is not None:
+            fns["captum"] = peer_fn
+        t = compare(fns, repeats=REPEATS)
+        print(f"\n{label}\n{t.table(against='f+b')}")
+        rows.append((label, t))
+
     head = (f"{'method':<40} {'lumos ms':>9} {'captum ms':>10} {'captum/lumos':>13} "
-            f"{'lumos/(f+b)':>12} {'captum/(f+b)':>13}")
-    print(head)
+            f"{'lumos/(f+b)':>12} {'lumos/(f+b)*':>13} {'captum/(f+b)':>13}")
+    print("\n" + head)
     print("-" * len(head))
-    for label, t, tp, r_ours, r_peer in rows:
-        peer_s = f"{tp * 1e3:10.1f}" if tp is not None else f"{'-':>10}"
-        ratio = f"{tp / t:13.2f}" if tp is not None else f"{'-':>13}"
-        rp = f"{r_peer:13.2f}" if r_peer is not None else f"{'-':>13}"
-        print(f"{label:<40} {t * 1e3:9.1f} {peer_s} {ratio} {r_ours:12.2f} {rp}")
-    print("\nTimes: medians over rounds that time the forward+backward pass, lumos and Captum in "
-          "turn; the cost columns are medians of the per-round ratios.")
+    # every row times the same two passes: the least disturbed of all their runs is the unit
+    fb = min(t.best("f+b") for _, t in rows)
+    fbc = min(t.best("f+b*") for _, t in rows)
+    for label, t in rows:
+        lm = t.best("lumos")
+        if "captum" in t.runs:
+            cm = t.best("captum")
+            peer = f"{cm * 1e3:10.1f} {cm / lm:13.2f}"
+            pr = f"{cm / fb:13.2f}"
+        else:
+            peer, pr = f"{'-':>10} {'-':>13}", f"{'-':>13}"
+        print(f"{label:<40} {lm * 1e3:9.1f} {peer} {lm / fb:12.2f} {lm / fbc:13.2f} {pr}")
+    print(f"\nMinimum over the rounds of each contender, all contenders of a row interleaved. "
+          f"f+b: one forward + backward pass on the batch as given ({fb * 1e3:.1f} ms), f+b*: on "
+          f"a channels-last batch ({fbc * 1e3:.1f} ms); each the minimum over every row's rounds.")
     print("Captum's LRP applies its default ε rule (1e-9) to every layer; it is shown beside "
           "lumos' epsilon_plus and epsilon composites. DeepSHAP costs scale with the baselines.")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:] or None)
