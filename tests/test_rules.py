@@ -87,3 +87,29 @@ def test_unknown_operation_strict_error_names_it_and_restores_model():
     with rules.apply(model, Composite({})) as s:
         model(x)
     assert s.plain_ops == {"torch.exp"}
+
+
+def test_default_batch_is_sized_by_bytes_and_chunks_hold_no_graph(monkeypatch):
+    """batch_size=None: a memory budget over the bytes of one sample sets the rows per pass (the
+    map is the same), and a finished chunk keeps none of its graph's tensors."""
+    import lumos.attribution.deeplift as dl
+    import lumos.core.execution as ex
+    from lumos.rules.composites import epsilon_plus
+    from lumos.rules.engine import propagate
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)).eval()
+    x = torch.rand(7, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    _, full, sessions = propagate(model, x, 0, epsilon_plus(), method="lrp", start="relevance")
+    assert len(sessions) == 1
+    row = 3 * 8 * 8 * 4
+    monkeypatch.setattr(ex, "BATCH_BYTES", 2 * row)   # two samples per pass
+    _, v, sessions = propagate(model, x, 0, epsilon_plus(), method="lrp", start="relevance")
+    assert len(sessions) == 4
+    assert all("producers" not in s.state for s in sessions)
+    torch.testing.assert_close(v, full, rtol=1e-5, atol=1e-7)
+    seen = []
+    real = dl.check_batch_size
+    monkeypatch.setattr(dl, "check_batch_size", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    dl.deeplift(model, x, target=0)
+    assert seen == [2]
