@@ -171,7 +171,8 @@ def deeplift(model: nn.Module, inputs: Any, target: Any = None, *, baselines: An
     eps : float, default 1e-6
         Where ``|x − x₀| <= eps`` at a non-linearity, its derivative replaces the secant.
     batch_size : int, optional
-        Input/baseline pairs per pass (default: 64).
+        Input/baseline pairs per pass (default: 64, fewer for large inputs, sized by a memory
+        budget).
     progress : bool, optional
 
     Returns

@@ -33,7 +33,8 @@ def guided_backprop(model: torch.nn.Module, inputs: Any, target: Any = None, *,
     inputs : Tensor or ndarray, shape (batch, ...)
     target : int, sequence of int, "predicted", callable or None
     batch_size : int, optional
-        Samples per forward/backward pass (default: 64).
+        Samples per forward/backward pass (default: 64, fewer for large inputs, sized by a
+        memory budget).
     progress : bool, optional
 
     Returns
