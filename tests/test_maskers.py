@@ -52,7 +52,7 @@ def test_object_and_numeric_arrays():
     N = np.arange(6).reshape(3, 2)
     tn = TabularData.from_data(N, categorical=[1])
     dec = tn.decode(tn.encode(N))
-    assert dec.dtype == np.float64
+    assert dec.dtype == N.dtype  # the model gets the type it was given
     np.testing.assert_array_equal(dec, N)
     with pytest.raises(ValueError, match="categorical"):
         TabularData.from_data(N, categorical=["nope"])
@@ -77,16 +77,19 @@ def test_tabular_masker_mixes_rows():
 
 def test_background_summaries():
     df = _frame(300)
-    s = TabularMasker(df, summary="sample", max_samples=40, seed=1).bind(df.iloc[:2])
+    s = TabularMasker(df, background_size=40, seed=1).bind(df.iloc[:2])
     assert s.n_background == 40 and np.isclose(s.weights.sum(), 1)
-    k = TabularMasker(df, summary="kmeans", max_samples=8).bind(df.iloc[:2])
+    assert s.background_meta() == {"background": "a random sample of 40 of 300 rows (seed 1)",
+                                   "n_background_given": 300}
+    k = TabularMasker(df, background_size=8, summary="kmeans").bind(df.iloc[:2])
     assert k.n_background <= 8 and np.isclose(k.weights.sum(), 1)
     enc = k.table.encode(df)
     for j in range(6):  # every summary value is a real value of its column
         assert set(k.background[:, j]) <= set(enc[:, j]) | {np.nan}
     np.testing.assert_allclose(np.sort(k.weights * 300), np.sort(np.round(k.weights * 300)))
-    full = TabularMasker(df, summary=None).bind(df.iloc[:2])
+    full = TabularMasker(df).bind(df.iloc[:2])  # by default every row is used
     assert full.n_background == 300
+    assert full.background_meta()["background"] == "all 300 rows"
     with pytest.raises(ValueError, match="summary"):
         TabularMasker(df, summary="median")
 

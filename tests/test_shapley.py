@@ -1,5 +1,6 @@
 """Shapley values of black-box models: exact_shapley, kernel_shap, permutation_shap."""
 import re
+import warnings
 from itertools import combinations
 from math import factorial
 
@@ -341,7 +342,7 @@ def test_kmeans_background_and_regressor():
     Xtr = r.normal(size=(400, 5))
     gbr = GradientBoostingRegressor(n_estimators=30, max_depth=3, random_state=0).fit(
         Xtr, Xtr[:, 0] * Xtr[:, 1] + Xtr[:, 2])
-    masker = TabularMasker(Xtr, summary="kmeans", max_samples=12)
+    masker = TabularMasker(Xtr, background_size=12, summary="kmeans")
     e = lumos.explain(gbr, Xtr[:2], method="kernel_shap", masker=masker)
     assert e.meta["n_background"] == 12 and e.meta["score"] == "predict"
     assert e.completeness_gap.max() < 1e-9
@@ -479,3 +480,413 @@ def test_torch_module_as_black_box(small_cnn, images):
     assert ex.completeness_gap.max() < 1e-5  # float32 model
     np.testing.assert_allclose(k.meta["segment_values"], ex.meta["segment_values"],
                                atol=1e-5 + 4 * k.meta["stderr"].max())
+
+
+# ================================================================ old per-row KernelSHAP solver
+# (kept verbatim as the naive reference of the vectorised kernel_solve_rows)
+def _old_kernel_solve(Z: np.ndarray, y: np.ndarray, w: np.ndarray, total: float,
+                 unit_stratum: np.ndarray | None = None, n_units: np.ndarray | None = None,
+                 N_units: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted least squares ``y ≈ Z φ`` subject to ``sum(φ) = total``, and standard errors.
+
+    The constraint is solved exactly by eliminating the last coordinate. Standard errors come
+    from the stratified delete-one-unit jackknife (each unit a pair of coalitions; a deleted
+    unit's stratum is reweighted by n/(n-1); finite-population correction 1 - n/N), computed with
+    rank-2 Woodbury updates so that it costs O(units · M²). Strata drawn once only are pooled.
+
+    Parameters
+    ----------
+    Z : bool array (R, M), rows in unit pairs (2k, 2k+1)
+    y : array (R,)   ``v(S) - v(∅)``
+    w : array (R,)   regression weights
+    total : float    ``v(N) - v(∅)``
+    unit_stratum, n_units, N_units : the design (optional: no standard errors without them)
+
+    Returns
+    -------
+    phi : (M,), se : (M,) (zeros when every stratum is enumerated, NaN when not estimable)
+    """
+    M = Z.shape[1]
+    if M == 1:
+        return np.array([total]), np.zeros(1)
+    Zf = Z.astype(np.float64)
+    X = Zf[:, :-1] - Zf[:, -1:]
+    yt = y - Zf[:, -1] * total
+    Xw = X * w[:, None]
+    H = Xw.T @ X
+    g = Xw.T @ yt
+    beta = _old_solve(H, g)
+    phi = np.append(beta, total - beta.sum())
+    se = np.full(M, np.nan)
+    if unit_stratum is None:
+        return phi, se
+    # variance groups: strata with 2+ units drawn but not all; single-draw strata pooled
+    open_ = n_units < N_units
+    groups = np.where(open_ & (n_units >= 2), np.arange(len(n_units)), -1)
+    pooled = open_ & (n_units == 1)
+    if pooled.sum() >= 2:
+        groups[pooled] = len(n_units)
+    elif pooled.any():  # one unit alone carries variance we cannot estimate
+        return phi, se
+    unit_group = groups[unit_stratum]
+    var = np.zeros(M)
+    try:
+        H0inv = np.linalg.inv(H)
+    except np.linalg.LinAlgError:
+        return phi, se
+    Xu = X.reshape(-1, 2, M - 1)
+    wu = w.reshape(-1, 2)
+    yu = yt.reshape(-1, 2)
+    for grp in np.unique(unit_group[unit_group >= 0]):
+        units = np.flatnonzero(unit_group == grp)
+        n = len(units)
+        U = Xu[units]                     # (n, 2, p)
+        c = wu[units] * n / (n - 1)       # (n, 2)
+        Hs = np.einsum("nrp,nr,nrq->pq", U, wu[units], U)
+        gs = np.einsum("nrp,nr,nr->p", U, wu[units], yu[units])
+        gp = g + gs / (n - 1)
+        try:
+            P = _old_inverse_update(H, H0inv, Hs / (n - 1), U, wu[units] / (n - 1))
+        except np.linalg.LinAlgError:
+            return phi, np.full(M, np.nan)
+        bp = P @ gp
+        A = U @ P                                           # (n, 2, p) = U P
+        cy = c * yu[units]
+        Ph = bp - np.einsum("nrp,nr->np", A, cy)
+        UPh = np.einsum("nrp,np->nr", U, Ph)
+        K = -np.einsum("nrp,nsp->nrs", A, U)
+        K[:, 0, 0] += 1 / c[:, 0]
+        K[:, 1, 1] += 1 / c[:, 1]
+        try:
+            sol = np.linalg.solve(K, UPh[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            return phi, np.full(M, np.nan)
+        b = Ph + np.einsum("nrp,nr->np", A, sol)            # (n, p) delete-one estimates
+        reps = np.hstack([b, total - b.sum(1, keepdims=True)])
+        f = n / float(np.sum(N_units[np.flatnonzero(groups == grp)]))
+        var += (1 - min(f, 1.0)) * (n - 1) / n * ((reps - reps.mean(0)) ** 2).sum(0)
+    return phi, np.sqrt(var)
+
+
+def _old_inverse_update(H, Hinv, Hs, U, c) -> np.ndarray:
+    """``(H + Hs)^-1`` with ``Hs = sum_k U_k^T diag(c_k) U_k``: directly when the update has
+    high rank, else by the Woodbury identity from ``Hinv`` (O(p² r) instead of O(p³))."""
+    p = H.shape[0]
+    V = U.reshape(-1, p)                 # (r, p) rows of the update
+    cr = c.reshape(-1)
+    if len(V) * 2 >= p:
+        return np.linalg.inv(H + Hs)
+    A = V @ Hinv                         # (r, p)
+    K = np.diag(1.0 / cr) + A @ V.T      # (r, r)
+    return Hinv - A.T @ np.linalg.solve(K, A)
+
+
+def _old_solve(H: np.ndarray, g: np.ndarray) -> np.ndarray:
+    try:
+        return np.linalg.solve(H, g)
+    except np.linalg.LinAlgError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.linalg.lstsq(H, g, rcond=None)[0]
+
+
+
+
+@pytest.mark.parametrize("M, budget, rows", [(6, 40, 5), (6, 62, 4), (12, 300, 6), (30, 400, 3), (9, 40, 3)])
+def test_vectorised_solver_equals_per_row_reference(M, budget, rows):
+    """kernel_solve_rows (all samples at once, units reordered) == the old per-row solve, 1e-10."""
+    from lumos.agnostic.shapley._common import kernel_solve_rows
+    from lumos.agnostic.shapley.kernel import _fit
+
+    r = np.random.default_rng(M + budget)
+    samplers = [PairedSampler(M, np.random.default_rng(100 + i)) for i in range(rows)]
+    for s in samplers:
+        s.grow(budget)
+    base, full = r.normal(size=rows), r.normal(size=rows)
+    ys = [base[i] + r.normal(size=s.n_coalitions) + s.Z @ r.normal(size=M) for i, s in enumerate(samplers)]
+    fits = _fit(samplers, np.arange(rows), ys, base, full)
+    for i, s in enumerate(samplers):
+        ref_phi, ref_se = _old_kernel_solve(s.Z, ys[i] - base[i], s.weights(), full[i] - base[i],
+                                            s.stratum, s.n, s.N)
+        phi, se = fits[i]
+        np.testing.assert_allclose(phi, ref_phi, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(se, ref_se, rtol=0, atol=1e-10)  # NaN where not estimable, alike
+    # stacked rows sharing one design (a complete enumeration) use one factorisation
+    if samplers[0].complete:
+        s = samplers[0]
+        Y = np.stack([r.normal(size=s.n_coalitions) for _ in range(3)])
+        phi, se = kernel_solve_rows(s.Z, Y, s.weights(), np.ones(3), s.stratum, s.n, s.N)
+        for k in range(3):
+            ref = _old_kernel_solve(s.Z, Y[k], s.weights(), 1.0, s.stratum, s.n, s.N)
+            np.testing.assert_allclose(phi[k], ref[0], rtol=0, atol=1e-10)
+
+
+# ================================================================ background use (issue 11)
+def test_whole_background_by_default_and_recorded():
+    """exact_shapley is exact for the background passed: 150 rows (above the old cap of 100)."""
+    r = np.random.default_rng(7)
+    bg = r.normal(size=(150, 4))
+    x = r.normal(size=(2, 4))
+    f = lambda Z: np.tanh(np.asarray(Z) @ W[:4]) * np.asarray(Z)[:, 0]  # noqa: E731
+    e = lumos.explain(f, x, method="exact_shapley", background=bg)
+    for i in range(2):
+        np.testing.assert_allclose(e.values[i], naive_shapley(f, x[i], bg), rtol=0, atol=1e-12)
+    assert e.meta["n_background"] == 150 and e.meta["background"] == "all 150 rows"
+    s = lumos.explain(f, x, method="kernel_shap", background=bg, background_size=40, budget=14)
+    assert s.meta["n_background"] == 40 and s.meta["n_background_given"] == 150
+    assert s.meta["background"] == "a random sample of 40 of 150 rows (seed 0)"
+    with pytest.raises(TypeError, match="'max_samples' is now called 'background_size'"):
+        lumos.explain(f, x, method="kernel_shap", background=bg, max_samples=40)
+    with pytest.raises(ValueError, match="background_size"):
+        lumos.explain(f, x, method="kernel_shap", background=bg, background_size=0)
+
+
+# ================================================================ types kept, null players (issue 11)
+def _digit_pipeline():
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    r = np.random.default_rng(3)
+    n = 200
+    A = np.empty((n, 4), dtype=object)
+    A[:, 0] = r.choice(["0", "1", "2"], n)        # digit strings: categories, not numbers
+    A[:, 1] = r.normal(size=n)
+    A[:, 2] = "7"                                 # a constant string column
+    A[:, 3] = r.choice(["a", "b"], n)
+    y = (A[:, 0] == "1") ^ (A[:, 1].astype(float) > 0)
+    ct = ColumnTransformer([("cat", OneHotEncoder(handle_unknown="error"), [0, 2, 3])],
+                           remainder="passthrough")
+    return make_pipeline(ct, LogisticRegression()).fit(A, y), A
+
+
+@pytest.mark.parametrize("method", ["exact_shapley", "kernel_shap", "permutation_shap"])
+def test_digit_strings_reach_the_pipeline_as_strings(method):
+    model, A = _digit_pipeline()
+    seen = []
+
+    def f(Z):
+        seen.append(Z)
+        return model.predict_proba(Z)
+
+    e = lumos.explain(f, A[:3], method=method, background=A[50:70], target=1)
+    assert all(z.dtype == object and isinstance(z[0, 0], str) and isinstance(z[0, 2], str) for z in seen)
+    assert np.all(e.values[:, 2] == 0.0)  # the constant column: exactly zero, not 1e-17
+    assert e.completeness_gap.max() < 1e-12
+    ref = lumos.explain(f, A[:3], method="exact_shapley", background=A[50:70], target=1)
+    # three players left: kernel_shap enumerates them; permutation sampling is an estimate
+    np.testing.assert_allclose(e.values, ref.values, atol=1e-12 if method != "permutation_shap" else 1e-3)
+
+
+@pytest.mark.parametrize("method", ["exact_shapley", "kernel_shap", "permutation_shap"])
+def test_constant_column_is_exactly_zero(method):
+    """A column equal in the input and every background row cannot change any masked input."""
+    bg, x = BG10.copy(), X10.copy()
+    bg[:, 4] = 0.25
+    x[:, 4] = 0.25
+    e = lumos.explain(cubic, x, method=method, background=bg, budget=200 if method != "exact_shapley" else None) \
+        if method != "exact_shapley" else lumos.explain(cubic, x, method=method, background=bg)
+    assert np.all(e.values[:, 4] == 0.0)
+    assert e.completeness_gap.max() < 1e-10
+    assert e.values.shape == (3, 10) and e.meta["stderr"][:, 4].tolist() == [0.0] * 3 if "stderr" in e.meta else True
+    ex = lumos.explain(cubic, x, method="exact_shapley", background=bg)
+    if method == "kernel_shap":  # one player fewer: 9 players, 200 coalitions per sample
+        assert (e.meta["n_coalitions"] <= 200).all()
+    if method == "exact_shapley":
+        assert (e.meta["n_coalitions"] == 2 ** 9 - 2).all()
+    np.testing.assert_allclose(ex.values, _exact_by_formula(cubic, x, bg), atol=1e-10)
+
+
+def _exact_by_formula(f, x, bg):
+    return np.stack([naive_shapley(f, xi, bg) for xi in x])
+
+
+# ================================================================ torch modules through the adapter
+class _Tab(torch_nn_module := __import__("torch").nn.Module):
+    """A tabular net with batch norm; ``kind`` chooses the output form."""
+
+    def __init__(self, kind="tensor"):
+        import torch
+
+        super().__init__()
+        torch.manual_seed(0)
+        self.kind = kind
+        self.body = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.Tanh(),
+                                        torch.nn.Linear(8, 3))
+
+    def forward(self, x):
+        out = self.body(x)
+        if self.kind == "tuple":
+            return out, out.sum()
+        if self.kind == "logits":
+            from types import SimpleNamespace
+
+            return SimpleNamespace(logits=out)
+        return out
+
+
+@pytest.mark.parametrize("method", ["exact_shapley", "kernel_shap", "permutation_shap"])
+def test_torch_module_guarded_and_unpacked(method):
+    import torch
+
+    from conftest import assert_same_state, model_state
+
+    plain = _Tab().eval()
+    ref = lumos.explain(plain, X, method=method, background=BG, target=1, budget=64) \
+        if method != "exact_shapley" else lumos.explain(plain, X, method=method, background=BG, target=1)
+    kw = {} if method == "exact_shapley" else {"budget": 64}
+    for kind in ("tuple", "logits"):
+        m = _Tab(kind).eval()
+        e = lumos.explain(m, X, method=method, background=BG, target=1, **kw)
+        np.testing.assert_array_equal(e.values, ref.values)
+    train = _Tab()  # training mode: batch norm would update its running statistics
+    before = model_state(train)
+    with pytest.warns(UserWarning, match="training mode"):
+        lumos.explain(train, X, method=method, background=BG, target=1, **kw)
+    assert_same_state(before, model_state(train))
+    assert train.training and torch.equal(train.body[1].running_mean, torch.zeros(8))
+
+
+def test_torch_adapter_input_errors(small_cnn, images):
+    masker = ImageMasker(segmentation="grid", n_segments=4, fill=0.0)
+    with pytest.raises(ValueError, match="inputs must have shape \\(batch, channels, height, width\\)"):
+        lumos.explain(small_cnn, images[0], method="kernel_shap", masker=masker, budget=8)
+
+
+def test_torch_adapter_leaks_no_warning():
+    import warnings
+
+    import torch
+
+    # a DataFrame for a torch module: no library warning (pandas' read-only arrays once made
+    # torch warn about non-writable NumPy arrays)
+    df = pd.DataFrame(X.astype(np.float32), columns=list("abcdef"))
+    bgdf = pd.DataFrame(BG.astype(np.float32), columns=list("abcdef"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        e = lumos.explain(_Tab().eval(), df, method="kernel_shap", background=bgdf, target=0, budget=30)
+        assert e.feature_names == list("abcdef")
+        with torch.inference_mode():  # also inside a caller's inference-mode block
+            lumos.explain(_Tab().eval(), X, method="permutation_shap", background=BG, target=0, budget=30)
+
+
+def test_blackbox_shared_checks():
+    """The adapter every black-box method uses (LIME too): numeric outputs, copies, unpacking."""
+    from lumos.core.blackbox import BlackBox
+
+    with pytest.raises(ValueError, match="numeric outputs"):
+        BlackBox(lambda Z: np.array(["yes"] * len(Z)), method="lime")(X)
+    bb = BlackBox(_Tab("tuple").eval())
+    assert bb(X).shape == (4, 3) and bb.score_name == "torch forward"
+    with pytest.raises(ValueError, match="output"):
+        BlackBox(_Tab(), output="predict_proba")
+
+
+@pytest.mark.parametrize("method", ["exact_shapley", "kernel_shap", "permutation_shap"])
+def test_in_place_predict_does_not_corrupt_inputs(method):
+    mu, sd = BG.mean(0), BG.std(0)
+
+    def normalising(Z):
+        Z -= mu  # in place, as some user code does
+        Z /= sd
+        return Z @ W
+
+    def clean(Z):
+        return ((Z - mu) / sd) @ W
+
+    kw = {} if method == "exact_shapley" else {"budget": 40}
+    x0, bg0 = X.copy(), BG.copy()
+    e = lumos.explain(normalising, X, method=method, background=BG, **kw)
+    ref = lumos.explain(clean, X, method=method, background=BG, **kw)
+    np.testing.assert_array_equal(X, x0)
+    np.testing.assert_array_equal(BG, bg0)
+    np.testing.assert_array_equal(e.inputs, X)
+    np.testing.assert_allclose(e.values, ref.values, atol=1e-12)
+    np.testing.assert_allclose(e.output, ref.output, atol=1e-12)
+
+
+# ================================================================ groups (issue 13)
+def _group_shapley(f, x, bg, groups):
+    """Reference: Shapley values of the game whose players are the groups, by the formula."""
+    G = len(groups)
+
+    def v(T):
+        Z = bg.copy()
+        cols = [c for g in T for c in groups[g]]
+        Z[:, cols] = x[cols]
+        return f(Z).mean()
+
+    phi = np.zeros(G)
+    for j in range(G):
+        others = [k for k in range(G) if k != j]
+        for s in range(G):
+            for T in combinations(others, s):
+                w = factorial(s) * factorial(G - s - 1) / factorial(G)
+                phi[j] += w * (v(T + (j,)) - v(T))
+    return phi
+
+
+@pytest.mark.parametrize("method", ["exact_shapley", "kernel_shap", "permutation_shap"])
+def test_groups_are_players(method):
+    groups = [[0, 3], [1, 2, 7], [4], [5, 6], [8, 9]]
+    kw = {} if method == "exact_shapley" else {"budget": 10_000}
+    e = lumos.explain(pairwise, X10, method=method, background=BG10, groups=groups, **kw)
+    assert e.values.shape == (3, 5)
+    assert e.feature_names == ["x0+x3", "x1+x2+x7", "x4", "x5+x6", "x8+x9"]
+    assert e.meta["groups"]["x1+x2+x7"] == ["x1", "x2", "x7"]
+    for i in range(3):
+        ref = _group_shapley(pairwise, X10[i], BG10, groups)
+        np.testing.assert_allclose(e.values[i], ref, rtol=0, atol=1e-10)
+    assert e.completeness_gap.max() < 1e-10
+
+
+def test_group_forms_and_errors():
+    df = _credit_frame(40)
+    bg, rows = df.iloc[:20], df.iloc[20:23]
+    f = lambda Z: Z["income"].to_numpy() / 1e4 + (Z["job"] == "clerk") * 1.0 + Z["age"] / 50  # noqa: E731
+    by_dict = lumos.explain(f, rows, method="exact_shapley", background=bg,
+                            groups={"money": ["income"], "life": ["age", "job", "married"]})
+    assert by_dict.feature_names == ["money", "life", "city"]  # a column in no group plays alone
+    ids = ["money", "life", "life", "city", "life"]   # one id per column: income, age, job, city, married
+    by_id = lumos.explain(f, rows, method="exact_shapley", background=bg, groups=ids)
+    assert by_id.feature_names == ["money", "life", "city"]
+    np.testing.assert_allclose(by_id.values, by_dict.values, atol=1e-12)
+    assert by_dict.values[:, 2].tolist() == [0.0] * 3   # city: not in the model
+    assert "age=" in by_dict.meta["feature_values"][0, 1]
+    with pytest.raises(ValueError, match="two groups"):
+        lumos.explain(f, rows, method="exact_shapley", background=bg, groups=[["age"], ["age", "job"]])
+    with pytest.raises(ValueError, match="unknown column 'salary'"):
+        lumos.explain(f, rows, method="kernel_shap", background=bg, groups=[["salary"]])
+    with pytest.raises(ValueError, match="groups"):
+        lumos.explain(f, ["a text"], method="kernel_shap", groups=[[0]])
+
+
+# ================================================================ output links (issue 13)
+def _proba(Z):
+    return 1.0 / (1.0 + np.exp(-(np.asarray(Z) @ W * 0.5 + np.sin(np.asarray(Z)[:, 0]))))
+
+
+@pytest.mark.parametrize("method", ["exact_shapley", "kernel_shap", "permutation_shap"])
+def test_logit_link_efficiency_in_log_odds(method):
+    kw = {} if method == "exact_shapley" else {"budget": 200}
+    e = lumos.explain(_proba, X, method=method, background=BG, link="logit", **kw)
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    np.testing.assert_allclose(e.output, logit(_proba(X)), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(e.baseline_output, logit(_proba(BG).mean()), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(e.values.sum(1), logit(_proba(X)) - logit(_proba(BG).mean()), rtol=0, atol=1e-10)
+    assert e.meta["link"] == "logit" and e.params["link"] == "logit"
+    with pytest.raises(ValueError, match="link='logit' needs probabilities"):
+        lumos.explain(linear, X, method=method, background=BG, link="logit", **kw)
+    with pytest.raises(ValueError, match="link must be one of"):
+        lumos.explain(_proba, X, method=method, background=BG, link="probit", **kw)
+
+
+def test_logit_link_matches_shap_kernel():
+    shap = pytest.importorskip("shap")
+    bg, x = BG[:8], X[:2]
+    e = lumos.explain(_proba, x, method="exact_shapley", background=bg, link="logit")
+    ke = shap.KernelExplainer(_proba, bg, link="logit")
+    ref = np.asarray(ke.shap_values(x, nsamples=2 ** 6, silent=True))  # 6 features: enumerated
+    np.testing.assert_allclose(e.values, ref, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(e.baseline_output, ke.expected_value, rtol=0, atol=1e-10)

@@ -10,6 +10,7 @@ pipelines with column transformers and one-hot encoders work unchanged.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Sequence
 
 import numpy as np
@@ -36,12 +37,13 @@ def is_tabular(X: Any) -> bool:
 
 
 def _numeric_column(values: np.ndarray) -> bool:
-    """An object column is numeric when every entry converts to a float."""
-    try:
-        values.astype(np.float64)
-        return True
-    except (TypeError, ValueError):
-        return False
+    """An object column is numeric when every entry is a number (or None, a missing number).
+
+    Strings are never numbers here, even "0" or "1.5": a pipeline whose encoder was fitted on the
+    strings must get the strings back, not floats (and booleans are categories, as in DataFrames).
+    """
+    return all(v is None or (isinstance(v, (numbers.Real, np.number)) and not isinstance(v, (bool, np.bool_)))
+               for v in values)
 
 
 class TabularData:
@@ -58,12 +60,17 @@ class TabularData:
     categories : dict[int, ndarray]
         For each categorical column index, the category of each code.
     kind : {"frame", "array", "object"}
-        What the model is given back: a DataFrame, a float array or an object array.
+        What the model is given back: a DataFrame (the user's column dtypes), a numeric array or
+        an object array.
+    array_dtype : numpy dtype or None
+        The dtype of the user's array (int, float32, bool, str...): decoded rows are given back
+        in it, so the model sees the types it was given.
     """
 
     def __init__(self, names: list[str], categorical: np.ndarray, categories: dict[int, np.ndarray],
                  kind: str, dtypes: dict | None = None, integer: np.ndarray | None = None,
-                 columns: list | None = None):
+                 columns: list | None = None, array_dtype: np.dtype | None = None):
+        self.array_dtype = array_dtype
         self.names = names
         self.categorical = categorical
         self.categories = categories
@@ -138,6 +145,7 @@ class TabularData:
         else:
             names = [f"x{j}" for j in range(d)]
         stacked = np.concatenate(arrays)
+        given = stacked.dtype
         if stacked.dtype != object:
             if not (np.issubdtype(stacked.dtype, np.number) or stacked.dtype == bool):
                 stacked = stacked.astype(object)
@@ -160,7 +168,7 @@ class TabularData:
         integer = np.zeros(d, bool)
         if kind == "array":
             integer[:] = np.issubdtype(stacked.dtype, np.integer)
-        return cls(names, cat, cats, kind, integer=integer)
+        return cls(names, cat, cats, kind, integer=integer, array_dtype=given)
 
     @staticmethod
     def _override(cat: np.ndarray, categorical, names: list[str]) -> np.ndarray:
@@ -215,7 +223,7 @@ class TabularData:
                 Z[:, self.integer] = np.round(Z[:, self.integer])
                 for j, cats in self.categories.items():  # numeric categories given by the user
                     Z[:, j] = cats[np.round(Z[:, j]).astype(np.int64)].astype(np.float64)
-            return Z
+            return self._as_given(Z)
         cols = {}
         for j in range(self.n_features):
             z = Z[:, j]
@@ -229,7 +237,7 @@ class TabularData:
             out = np.empty(Z.shape, dtype=object)
             for j, c in cols.items():
                 out[:, j] = c
-            return out
+            return self._as_given(out)
         import pandas as pd
 
         frame = {}
@@ -241,6 +249,13 @@ class TabularData:
             except (TypeError, ValueError):
                 frame[c] = pd.Series(col).astype(dt)
         return pd.DataFrame(frame, columns=self.columns)
+
+    def _as_given(self, A: np.ndarray) -> np.ndarray:
+        """Rows in the dtype of the user's array (float64 and object arrays as they are)."""
+        dt = self.array_dtype
+        if dt is None or dt == A.dtype or dt == object:
+            return A
+        return A.astype(dt)
 
     def describe(self, Z: np.ndarray, precision: int = 4) -> np.ndarray:
         """Readable values (n, d) of str, for plots and reports (``"clerk"``, ``"42.5"``)."""

@@ -7,8 +7,23 @@ through :class:`BlackBox`, which
   ``predict`` for regressors, ``decision_function`` when there are no probabilities) and records it;
 - rebuilds pandas DataFrames with the user's column names and dtypes, so pipelines with
   column transformers and categorical string columns work;
+- hands the model a *copy* of every batch, so a predict function that normalises its argument in
+  place cannot change the inputs a method builds its perturbations from;
+- runs a torch module the way every torch method does: under :class:`~lumos.core.torch_model.ModelGuard`
+  (the model is left as found, its per-model lock held), with a warning when dropout or batch norm is
+  in training mode, inputs cast to the model's dtype and device and checked (the error names the
+  argument), ``torch.no_grad``, and the output unpacked as :func:`~lumos.core.torch_model.forward`
+  does (a tuple's first tensor, an object's ``.logits``);
 - evaluates in chunks of ``batch_size`` rows and counts the rows it evaluated;
-- checks every answer: the right number of rows, finite numbers.
+- checks every answer: the right number of rows, numeric (:func:`check_numeric`), finite.
+
+Which output is explained (``output=``, the same for every black-box method)
+----------------------------------------------------------------------------
+``"auto"`` (default): ``predict_proba`` for a classifier that has it, else ``decision_function``
+for a classifier, else ``predict``; a plain callable or torch module is called as it is.
+``"predict_proba"``, ``"decision_function"``, ``"predict"``: that method of the estimator (an
+error if it has none). The choice is recorded as ``meta["score"]``; the target then picks one
+column of the scores (see :mod:`lumos.core.targets`).
 """
 from __future__ import annotations
 
@@ -19,7 +34,23 @@ import numpy as np
 
 from .execution import check_batch_size
 
-__all__ = ["BlackBox", "as_blackbox"]
+__all__ = ["BlackBox", "as_blackbox", "check_numeric", "OUTPUTS"]
+
+#: The values of ``output=`` (see the module docstring).
+OUTPUTS = ("auto", "predict_proba", "decision_function", "predict")
+
+
+def check_numeric(out: np.ndarray, method: str = "this method") -> np.ndarray:
+    """``out`` if its scores are numbers; a ValueError that says so otherwise."""
+    out = np.asarray(out)
+    if out.dtype.kind not in "biuf":
+        sample = out.ravel()[:3].tolist() if out.size else []
+        raise ValueError(
+            f"model returned {out.dtype} scores (e.g. {sample}); {method} needs numeric outputs, one "
+            "score or one row of scores per input. For a classifier that predicts labels, pass "
+            "output='predict_proba' (or a predict function returning probabilities)."
+        )
+    return out
 
 
 class BlackBox:
@@ -34,9 +65,14 @@ class BlackBox:
     dtypes : mapping, optional
         Column dtypes of the user's DataFrame.
     output : {"auto", "predict_proba", "decision_function", "predict"}
-        Which scoring function of an estimator to use.
+        Which scoring function of an estimator to use (see the module docstring).
     batch_size : int, optional
         Rows per model call (default: all at once up to 4096).
+    method : str, optional
+        The method using the model, for error messages.
+    numeric : bool, default True
+        Refuse non-numeric outputs (:func:`check_numeric`). ``False`` lets labels through, for
+        scorers that compare predicted labels (accuracy in permutation importance).
 
     Attributes
     ----------
@@ -47,30 +83,36 @@ class BlackBox:
     """
 
     def __init__(self, model: Any, columns: Sequence[str] | None = None, dtypes=None,
-                 output: str = "auto", batch_size: int | None = None):
+                 output: str = "auto", batch_size: int | None = None, method: str = "",
+                 numeric: bool = True):
         if isinstance(model, BlackBox):
             model = model.model
         self.model = model
         self.columns = list(columns) if columns is not None else None
         self.dtypes = dtypes
         self.batch_size = check_batch_size(batch_size) if batch_size is not None else 4096
+        self.method = method or "this method"
+        self.numeric = numeric
         self.n_evals = 0
         self._fn, self.score_name = self._choose(model, output)
 
     @staticmethod
     def _choose(model: Any, output: str):
-        valid = ("auto", "predict_proba", "decision_function", "predict")
-        if output not in valid:
-            raise ValueError(f"output must be one of {valid}; got {output!r}")
+        from .validation import check_choice
+
+        check_choice(output, "output", OUTPUTS)
         # A torch module exists only if torch was imported: no need to pay for importing it.
         torch = sys.modules.get("torch")
         if torch is not None and isinstance(model, torch.nn.Module):
+            if output not in ("auto",):
+                raise ValueError(f"output={output!r} applies to scikit-learn estimators; a torch "
+                                 "module is called as it is (output='auto'); choose the score with target=")
             return _torch_predict(model), "torch forward"
         if output != "auto":
             fn = getattr(model, output, None)
             if fn is None:
-                raise ValueError(f"model has no {output} method")
-            return fn, output
+                raise ValueError(f"output: the model has no {output} method")
+            return _plain(fn), output
         if hasattr(model, "predict") and hasattr(model, "fit"):  # an estimator
             is_clf = getattr(model, "_estimator_type", None) == "classifier" or hasattr(model, "classes_")
             try:
@@ -80,49 +122,83 @@ class BlackBox:
             except Exception:  # pragma: no cover
                 pass
             if is_clf and hasattr(model, "predict_proba"):
-                return model.predict_proba, "predict_proba"
+                return _plain(model.predict_proba), "predict_proba"
             if is_clf and hasattr(model, "decision_function"):
-                return model.decision_function, "decision_function"
-            return model.predict, "predict"
+                return _plain(model.decision_function), "decision_function"
+            return _plain(model.predict), "predict"
         if callable(model):
-            return model, getattr(model, "__name__", type(model).__name__)
+            return _plain(model), getattr(model, "__name__", type(model).__name__)
         if hasattr(model, "predict"):  # a fitted booster without the scikit-learn interface
-            return _booster_predict(model), "predict"
+            return _plain(_booster_predict(model)), "predict"
         raise TypeError(
             "model must be a callable that scores a batch, a scikit-learn estimator or a torch "
             f"module; got {type(model).__name__}"
         )
 
-    def _frame(self, X: np.ndarray):
+    def _frame(self, X: np.ndarray, copy: bool = True):
+        """What the model is given for an array chunk: the array (a copy unless ``copy=False``),
+        or a DataFrame of the user's columns."""
         if self.columns is None:
-            return X
+            return np.array(X, copy=True) if copy else X
         import pandas as pd
 
-        df = pd.DataFrame(X, columns=self.columns)
+        df = pd.DataFrame(np.array(X, copy=True), columns=self.columns)
         if self.dtypes is not None:
             df = df.astype(dict(self.dtypes))
         return df
 
-    def __call__(self, X) -> np.ndarray:
-        """Scores for the rows of ``X``: shape (n,) or (n, outputs)."""
+    def __call__(self, X, what: str = "the inputs", copy: bool = True) -> np.ndarray:
+        """Scores for the rows of ``X``: shape (n,) or (n, outputs), float64 (labels as they
+        are with ``numeric=False``).
+
+        ``what`` names the rows in error messages ("masked inputs"). The model gets a copy of
+        ``X``; ``copy=False`` hands over the rows themselves, for callers that built ``X`` for
+        this call only (masked inputs), where a copy would cost as much as building them.
+        """
         n = len(X)
         if n == 0:
-            raise ValueError("cannot evaluate the model on zero rows")
+            raise ValueError(f"cannot evaluate the model on zero rows of {what}")
         parts = []
         for start in range(0, n, self.batch_size):
             chunk = X[start:start + self.batch_size]
-            out = self._fn(self._frame(chunk) if isinstance(chunk, np.ndarray) else chunk)
-            out = _to_numpy(out)
+            if isinstance(chunk, np.ndarray):
+                arg = self._frame(chunk, copy)
+            else:
+                arg = _copy(chunk) if copy else chunk
+            out = _to_numpy(self._fn(arg, what))
+            if self.numeric:
+                check_numeric(out, self.method)
             if out.ndim == 0 or len(out) != len(chunk):
                 raise ValueError(
                     f"model returned {'a scalar' if out.ndim == 0 else f'{len(out)} rows'} for "
-                    f"{len(chunk)} inputs; a predict function must return one row per input"
+                    f"{len(chunk)} {what}; a predict function must return one row per input"
                 )
-            if out.dtype.kind in "fc" and not np.isfinite(out).all():
-                raise ValueError("model returned NaN or Inf scores; explanations need finite outputs")
+            if out.dtype.kind == "f" and not np.isfinite(out).all():
+                bad = int((~np.isfinite(out)).sum())
+                raise ValueError(f"model returned {bad} NaN or Inf scores on {what}; explanations "
+                                 "need finite outputs")
             parts.append(out.astype(np.float64) if out.dtype.kind in "biuf" else out)
             self.n_evals += len(chunk)
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def _plain(fn):
+    """A predict function called with the rows only (``what`` is for torch's input checks)."""
+    def call(X, what):
+        return fn(X)
+
+    return call
+
+
+def _copy(chunk):
+    """A copy of a chunk that is not a numpy array (DataFrame, tensor, list of texts)."""
+    if hasattr(chunk, "clone"):  # a torch tensor
+        return chunk.detach().clone()
+    if hasattr(chunk, "copy") and hasattr(chunk, "iloc"):  # a DataFrame
+        return chunk.copy(deep=True)
+    if isinstance(chunk, list):
+        return list(chunk)
+    return chunk
 
 
 def _to_numpy(out) -> np.ndarray:
@@ -145,24 +221,43 @@ def _booster_predict(model):
     return predict
 
 
+def _user_stacklevel() -> int:
+    """The stack level of the first frame outside lumos (where the user called it)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("lumos."):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _torch_predict(model):
+    """A torch module called like every torch method calls it (see the module docstring)."""
     import torch
 
-    from .torch_model import model_device
+    from .torch_model import ModelGuard, as_tensor, check_input_shape, forward, model_device, model_dtype
+    from .torch_model import warn_if_training
 
-    def predict(X):
-        dev = model_device(model)
-        with torch.no_grad():
-            t = torch.as_tensor(np.asarray(X), dtype=torch.float32, device=dev)
-            return model(t).detach().cpu().numpy()
+    # once per adapter (one per method call), pointing at the user's line
+    warn_if_training(model, stacklevel=_user_stacklevel() + 1)
+
+    def predict(X, what):
+        if hasattr(X, "iloc"):  # a DataFrame of numbers
+            X = X.to_numpy(copy=True)  # writable: torch warns on a read-only array
+        elif isinstance(X, np.ndarray) and not X.flags.writeable:
+            X = X.copy()
+        with ModelGuard(model), torch.no_grad():
+            x = as_tensor(X, model_device(model), name=what, dtype=model_dtype(model) or torch.float32)
+            check_input_shape(model, x, what)
+            return forward(model, x, what).detach().cpu()
 
     predict.__name__ = type(model).__name__
     return predict
 
 
-def as_blackbox(model: Any, X=None, output: str = "auto", batch_size: int | None = None) -> BlackBox:
+def as_blackbox(model: Any, X=None, output: str = "auto", batch_size: int | None = None,
+                method: str = "") -> BlackBox:
     """Wrap ``model``; when ``X`` is a DataFrame, its column names and dtypes are kept."""
     columns = dtypes = None
     if X is not None and hasattr(X, "columns") and hasattr(X, "dtypes"):
         columns, dtypes = list(X.columns), X.dtypes.to_dict()
-    return BlackBox(model, columns=columns, dtypes=dtypes, output=output, batch_size=batch_size)
+    return BlackBox(model, columns=columns, dtypes=dtypes, output=output, batch_size=batch_size,
+                    method=method)

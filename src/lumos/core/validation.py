@@ -25,6 +25,7 @@ RENAMED: dict[str, str | tuple[str, ...]] = {
     "noise": "noise_std",  # gradient_shap: an absolute standard deviation
     "baselines": "background",  # deep_shap: its reference set is a background sample
     "softmax": "scale",  # metrics: softmax=True became scale="probability"
+    "max_samples": "background_size",  # TabularMasker: background rows kept (all by default)
 }
 
 

@@ -8,10 +8,12 @@ from math import comb, lgamma, exp
 
 import numpy as np
 
+from ...core.validation import check_number
 from .._game import Game, row_generators
 
-__all__ = ["shapley_weights", "PairedSampler", "kernel_solve", "check_budget", "row_generators",
-           "stop_ratio", "start_estimate"]
+__all__ = ["shapley_weights", "PairedSampler", "kernel_solve", "kernel_solve_rows", "check_budget",
+           "row_generators",
+           "stop_ratio", "start_estimate", "open_game"]
 
 # Strata with at most this many pairs are enumerated once and drawn from a shuffled list.
 _ENUMERATE_LIMIT = 20_000
@@ -23,12 +25,10 @@ def shapley_weights(M: int) -> np.ndarray:
 
 
 def check_budget(budget, name: str = "budget") -> int | None:
+    """``budget`` (coalitions per explained sample) as an int >= 1, or None (automatic stop)."""
     if budget is None:
         return None
-    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
-        raise ValueError(f"{name} must be a positive int (coalitions per explained sample) or None "
-                         f"for an automatic stop; got {budget!r}")
-    return int(budget)
+    return check_number(budget, name, low=1, integer=True)
 
 
 def stop_ratio(phi: np.ndarray, se: np.ndarray) -> float:
@@ -75,7 +75,7 @@ class PairedSampler:
 
     @property
     def total_coalitions(self) -> int:
-        return int(2 ** self.M - 2) if self.M < 63 else 2 ** 62
+        return max(0, int(2 ** self.M - 2)) if self.M < 63 else 2 ** 62
 
     @property
     def n_coalitions(self) -> int:
@@ -195,10 +195,8 @@ def kernel_solve(Z: np.ndarray, y: np.ndarray, w: np.ndarray, total: float,
                  N_units: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Weighted least squares ``y ≈ Z φ`` subject to ``sum(φ) = total``, and standard errors.
 
-    The constraint is solved exactly by eliminating the last coordinate. Standard errors come
-    from the stratified delete-one-unit jackknife (each unit a pair of coalitions; a deleted
-    unit's stratum is reweighted by n/(n-1); finite-population correction 1 - n/N), computed with
-    rank-2 Woodbury updates so that it costs O(units · M²). Strata drawn once only are pooled.
+    One sample's problem; :func:`kernel_solve_rows` solves many at once (same arguments with a
+    leading row axis) and is what :func:`~lumos.agnostic.shapley.kernel.kernel_shap` uses.
 
     Parameters
     ----------
@@ -212,18 +210,60 @@ def kernel_solve(Z: np.ndarray, y: np.ndarray, w: np.ndarray, total: float,
     -------
     phi : (M,), se : (M,) (zeros when every stratum is enumerated, NaN when not estimable)
     """
-    M = Z.shape[1]
+    phi, se = kernel_solve_rows(Z[None], np.asarray(y)[None], np.asarray(w)[None],
+                                np.array([total], dtype=np.float64), unit_stratum, n_units, N_units)
+    return phi[0], se[0]
+
+
+def kernel_solve_rows(Z: np.ndarray, y: np.ndarray, w: np.ndarray, total: np.ndarray,
+                      unit_stratum: np.ndarray | None = None, n_units: np.ndarray | None = None,
+                      N_units: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`kernel_solve` for ``b`` samples that share a design *structure*, vectorised.
+
+    The constraint is solved exactly by eliminating the last coordinate; the ``b`` normal
+    equations are solved as one stacked ``np.linalg.solve`` (one factorisation, shared by all
+    rows, when they share the coalitions and weights too). Standard errors come from the
+    stratified delete-one-unit jackknife (each unit a pair of coalitions; a deleted unit's stratum
+    is reweighted by n/(n-1); finite-population correction 1 - n/N), in closed form: for each
+    stratum the reweighted inverse (a batched inverse, or a Woodbury update of ``H^-1`` when the
+    stratum is small) and then every delete-one estimate by a rank-2 Woodbury downdate, all
+    samples and all units of the stratum at once: ``O(units · M²)`` per sample, no Python loop
+    over samples or units. Strata drawn once only are pooled.
+
+    Parameters
+    ----------
+    Z : bool array (b, R, M) or (R, M) when shared, rows in unit pairs (2k, 2k+1)
+    y : array (b, R)   ``v(S) - v(∅)``
+    w : array (b, R) or (R,) regression weights
+    total : array (b,)  ``v(N) - v(∅)``
+    unit_stratum : int array (R // 2,), the same for every sample; n_units, N_units (strata,)
+
+    Returns
+    -------
+    phi : (b, M), se : (b, M)
+    """
+    y = np.asarray(y, dtype=np.float64)
+    total = np.asarray(total, dtype=np.float64)
+    b, R = y.shape
+    M = Z.shape[-1]
     if M == 1:
-        return np.array([total]), np.zeros(1)
-    Zf = Z.astype(np.float64)
-    X = Zf[:, :-1] - Zf[:, -1:]
-    yt = y - Zf[:, -1] * total
-    Xw = X * w[:, None]
-    H = Xw.T @ X
-    g = Xw.T @ yt
-    beta = _solve(H, g)
-    phi = np.append(beta, total - beta.sum())
-    se = np.full(M, np.nan)
+        return total[:, None].copy(), np.zeros((b, 1))
+    shared = Z.ndim == 2 and np.ndim(w) == 1
+    Zf = np.broadcast_to(np.asarray(Z, dtype=np.float64), (b, R, M))
+    w = np.broadcast_to(np.asarray(w, dtype=np.float64), (b, R))
+    X = Zf[..., :-1] - Zf[..., -1:]                 # (b, R, p)
+    yt = y - Zf[..., -1] * total[:, None]
+    Xw = X * w[..., None]
+    g = np.matmul(yt[:, None, :], Xw)[:, 0]        # (b, p)
+    if shared:                                      # one factorisation for every sample
+        H = Xw[0].T @ X[0]
+        beta = _solve(H, g.T).T
+        H = np.broadcast_to(H, (b,) + H.shape)
+    else:
+        H = np.matmul(Xw.transpose(0, 2, 1), X)     # (b, p, p)
+        beta = _solve_rows(H, g)
+    phi = np.concatenate([beta, total[:, None] - beta.sum(1, keepdims=True)], axis=1)
+    se = np.full((b, M), np.nan)
     if unit_stratum is None:
         return phi, se
     # variance groups: strata with 2+ units drawn but not all; single-draw strata pooled
@@ -235,56 +275,59 @@ def kernel_solve(Z: np.ndarray, y: np.ndarray, w: np.ndarray, total: float,
     elif pooled.any():  # one unit alone carries variance we cannot estimate
         return phi, se
     unit_group = groups[unit_stratum]
-    var = np.zeros(M)
-    try:
-        H0inv = np.linalg.inv(H)
-    except np.linalg.LinAlgError:
-        return phi, se
-    Xu = X.reshape(-1, 2, M - 1)
-    wu = w.reshape(-1, 2)
-    yu = yt.reshape(-1, 2)
+    var = np.zeros((b, M))
+    bad = np.zeros(b, bool)
+    p = M - 1
+    Hinv = None
+    Xu = X.reshape(b, -1, 2, p)
+    wu = w.reshape(b, -1, 2)
+    yu = yt.reshape(b, -1, 2)
     for grp in np.unique(unit_group[unit_group >= 0]):
         units = np.flatnonzero(unit_group == grp)
         n = len(units)
-        U = Xu[units]                     # (n, 2, p)
-        c = wu[units] * n / (n - 1)       # (n, 2)
-        Hs = np.einsum("nrp,nr,nrq->pq", U, wu[units], U)
-        gs = np.einsum("nrp,nr,nr->p", U, wu[units], yu[units])
-        gp = g + gs / (n - 1)
-        try:
-            P = _inverse_update(H, H0inv, Hs / (n - 1), U, wu[units] / (n - 1))
-        except np.linalg.LinAlgError:
-            return phi, np.full(M, np.nan)
-        bp = P @ gp
-        A = U @ P                                           # (n, 2, p) = U P
-        cy = c * yu[units]
-        Ph = bp - np.einsum("nrp,nr->np", A, cy)
-        UPh = np.einsum("nrp,np->nr", U, Ph)
-        K = -np.einsum("nrp,nsp->nrs", A, U)
-        K[:, 0, 0] += 1 / c[:, 0]
-        K[:, 1, 1] += 1 / c[:, 1]
-        try:
-            sol = np.linalg.solve(K, UPh[..., None])[..., 0]
-        except np.linalg.LinAlgError:
-            return phi, np.full(M, np.nan)
-        b = Ph + np.einsum("nrp,nr->np", A, sol)            # (n, p) delete-one estimates
-        reps = np.hstack([b, total - b.sum(1, keepdims=True)])
+        U = Xu[:, units]                              # (b, n, 2, p)
+        V = U.reshape(b, 2 * n, p)
+        wg = wu[:, units]                             # (b, n, 2)
+        c = wg * n / (n - 1)
+        Vw = V * wg.reshape(b, 2 * n, 1)
+        gp = g + np.matmul(yu[:, units].reshape(b, 1, 2 * n), Vw)[:, 0] / (n - 1)
+        # A = U P and bp = P gp with P = (H + Hs / (n - 1))^-1 (symmetric): one stacked solve
+        # with the 2n + 1 right-hand sides, or for a small stratum (rank 2n << p) a Woodbury
+        # update of H^-1: O(p² n) instead of O(p³)
+        if 4 * n >= p:
+            Hp = H + np.matmul(Vw.transpose(0, 2, 1), V) / (n - 1)
+            rhs = np.concatenate([V.transpose(0, 2, 1), gp[..., None]], axis=2)
+            sol, ok = _solve_rows_ok(Hp, rhs)
+            A, bp = sol[..., :-1].transpose(0, 2, 1), sol[..., -1]
+        else:
+            if Hinv is None:
+                Hinv, ok0 = _inv_rows(H)
+                bad |= ~ok0
+            A0 = np.matmul(V, Hinv)                   # (b, 2n, p)
+            K0 = np.matmul(A0, V.transpose(0, 2, 1))
+            K0[:, np.arange(2 * n), np.arange(2 * n)] += (n - 1) / wg.reshape(b, 2 * n)
+            S, ok = _solve_rows_ok(K0, A0)
+            P = Hinv - np.matmul(A0.transpose(0, 2, 1), S)
+            A = np.matmul(V, P)
+            bp = np.matmul(P, gp[..., None])[..., 0]
+        bad |= ~ok
+        A = A.reshape(b, n, 2, p)
+        cy = c * yu[:, units]
+        Ph = bp[:, None, :] - (A[:, :, 0] * cy[..., 0:1] + A[:, :, 1] * cy[..., 1:2])
+        UPh = (U * Ph[:, :, None, :]).sum(-1)                        # (b, n, 2)
+        K = -np.matmul(A, U.transpose(0, 1, 3, 2))                   # (b, n, 2, 2)
+        K[..., 0, 0] += 1 / c[..., 0]
+        K[..., 1, 1] += 1 / c[..., 1]
+        sol, ok = _solve_rows_ok(K.reshape(-1, 2, 2), UPh.reshape(-1, 2, 1))
+        bad |= ~ok.reshape(b, n).all(1)
+        sol = sol.reshape(b, n, 2)
+        bl = Ph + A[:, :, 0] * sol[..., 0:1] + A[:, :, 1] * sol[..., 1:2]  # delete-one estimates
+        reps = np.concatenate([bl, total[:, None, None] - bl.sum(2, keepdims=True)], axis=2)
         f = n / float(np.sum(N_units[np.flatnonzero(groups == grp)]))
-        var += (1 - min(f, 1.0)) * (n - 1) / n * ((reps - reps.mean(0)) ** 2).sum(0)
-    return phi, np.sqrt(var)
-
-
-def _inverse_update(H, Hinv, Hs, U, c) -> np.ndarray:
-    """``(H + Hs)^-1`` with ``Hs = sum_k U_k^T diag(c_k) U_k``: directly when the update has
-    high rank, else by the Woodbury identity from ``Hinv`` (O(p² r) instead of O(p³))."""
-    p = H.shape[0]
-    V = U.reshape(-1, p)                 # (r, p) rows of the update
-    cr = c.reshape(-1)
-    if len(V) * 2 >= p:
-        return np.linalg.inv(H + Hs)
-    A = V @ Hinv                         # (r, p)
-    K = np.diag(1.0 / cr) + A @ V.T      # (r, r)
-    return Hinv - A.T @ np.linalg.solve(K, A)
+        var += (1 - min(f, 1.0)) * (n - 1) / n * ((reps - reps.mean(1, keepdims=True)) ** 2).sum(1)
+    se = np.sqrt(var)
+    se[bad] = np.nan
+    return phi, se
 
 
 def _solve(H: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -296,18 +339,57 @@ def _solve(H: np.ndarray, g: np.ndarray) -> np.ndarray:
             return np.linalg.lstsq(H, g, rcond=None)[0]
 
 
+def _solve_rows(H: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Stacked ``H[k] x = g[k]``; a singular system falls back to least squares (that row only)."""
+    try:
+        return np.linalg.solve(H, g[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        return np.stack([_solve(Hk, gk) for Hk, gk in zip(H, g)])
+
+
+def _solve_rows_ok(K: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stacked ``K[k] X = B[k]`` and which systems were solvable (NaN for the others)."""
+    try:
+        return np.linalg.solve(K, B), np.ones(len(K), bool)
+    except np.linalg.LinAlgError:
+        out = np.full(B.shape, np.nan)
+        ok = np.zeros(len(K), bool)
+        for k in range(len(K)):
+            try:
+                out[k] = np.linalg.solve(K[k], B[k])
+                ok[k] = True
+            except np.linalg.LinAlgError:
+                pass
+        return out, ok
+
+
+def _inv_rows(H: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stacked inverses and which exist (NaN for the others)."""
+    eye = np.broadcast_to(np.eye(H.shape[-1]), H.shape)
+    return _solve_rows_ok(H, eye)
+
+
+def open_game(method: str, model, inputs, target, masker, background, output, batch_size,
+              progress, groups, link, background_size) -> Game:
+    """The game every Shapley estimator explains: players are the masker's features or the
+    user's ``groups``; columns equal to every background row are null players (exactly 0)."""
+    return Game(model, inputs, target, masker, background, output, batch_size, method=method,
+                progress=progress, groups=groups, link=link, background_size=background_size,
+                drop_null=True)
+
+
 def start_estimate(method: str, model, inputs, target, masker, background, output, batch_size,
-                   progress, budget, tol, max_budget, seed):
+                   progress, budget, tol, max_budget, seed, groups=None, link="identity",
+                   background_size=None):
     """What the sampled Shapley estimators (kernel, permutation) share before they sample.
 
-    Validates ``budget``, ``max_budget`` and ``tol``, opens the :class:`Game` and evaluates the
-    empty and full coalitions. Returns ``(game, budget, max_budget, base, full, generators)``
-    with one numpy Generator per explained row.
+    Validates ``budget``, ``max_budget`` and ``tol``, opens the game (:func:`open_game`) and
+    evaluates the empty and full coalitions. Returns ``(game, budget, max_budget, base, full,
+    generators)`` with one numpy Generator per explained row.
     """
     budget = check_budget(budget)
     max_budget = check_budget(max_budget, "max_budget")
-    if not (isinstance(tol, (int, float)) and tol > 0):
-        raise ValueError(f"tol must be a positive number; got {tol!r}")
-    game = Game(model, inputs, target, masker, background, output, batch_size,
-                method=method, progress=progress)
+    check_number(tol, "tol", low=0, low_open=True)
+    game = open_game(method, model, inputs, target, masker, background, output, batch_size,
+                     progress, groups, link, background_size)
     return game, budget, max_budget, game.empty_value(), game.full_value(), row_generators(seed, game.n)

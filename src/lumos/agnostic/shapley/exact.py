@@ -6,9 +6,9 @@ from typing import Any
 import numpy as np
 
 from ...core.registry import register
-from .._game import Game
+from ...core.validation import check_number
 from ..maskers import Masker
-from ._common import shapley_weights
+from ._common import open_game, shapley_weights
 
 __all__ = ["exact_shapley", "shapley_from_table", "coalition_tables"]
 
@@ -70,8 +70,10 @@ def coalition_tables(game: Game, desc: str):
 @register("exact_shapley", "shapley", "Exact Shapley values by enumerating all 2^M coalitions",
           models="any")
 def exact_shapley(model: Any, inputs: Any, target: Any = None, *, background: Any = None,
-                  masker: Masker | None = None, max_features: int = 20, output: str = "auto",
-                  batch_size: int | None = None, progress: bool | None = None):
+                  background_size: int | None = None, masker: Masker | None = None,
+                  groups: Any = None, link: str = "identity", max_features: int = 20,
+                  output: str = "auto", batch_size: int | None = None,
+                  progress: bool | None = None):
     """Exact Shapley values of the masker's game, by evaluating all ``2**M`` coalitions.
 
     Shapley (1953), "A Value for n-Person Games"; the game is ``v(S) = E_b f(x_S, b_{not S})``
@@ -83,20 +85,21 @@ def exact_shapley(model: Any, inputs: Any, target: Any = None, *, background: An
 
     Parameters
     ----------
-    model, inputs, target, background, masker, output, batch_size, progress
-        As for :func:`~lumos.agnostic.shapley.kernel.kernel_shap`.
+    model, inputs, target, background, background_size, masker, groups, link, output, batch_size, progress
+        As for :func:`~lumos.agnostic.shapley.kernel.kernel_shap`. With the whole background
+        (the default) the values are exact for the background passed.
     max_features : int, default 20
-        Refuse more features than this (2**20 coalitions per sample is already a million).
+        Refuse more players (features or groups) than this (2**20 coalitions per sample is
+        already a million).
 
     Returns
     -------
     Explanation
         ``values`` (n, M), ``baseline_output`` the base value, ``meta["n_evals"]`` (n,).
     """
-    if not isinstance(max_features, (int, np.integer)) or max_features < 1:
-        raise ValueError(f"max_features must be a positive int; got {max_features!r}")
-    game = Game(model, inputs, target, masker, background, output, batch_size,
-                method="exact_shapley", progress=progress)
+    max_features = check_number(max_features, "max_features", low=1, integer=True)
+    game = open_game("exact_shapley", model, inputs, target, masker, background, output,
+                     batch_size, progress, groups, link, background_size)
     top = int(game.M.max())
     if top > max_features:
         raise ValueError(
@@ -105,11 +108,13 @@ def exact_shapley(model: Any, inputs: Any, target: Any = None, *, background: An
             "features (fewer superpixels), or raise max_features"
         )
     base = game.empty_value()
-    n, Mmax = game.n, game.data.max_features
+    n, Mmax = game.n, game.max_players
     phi = np.zeros((n, Mmax))
     for M, rows, table in coalition_tables(game, "exact_shapley"):
         phi[rows, :M] = shapley_from_table(table, M)
     return game.explanation(
-        phi, "exact_shapley", {"max_features": max_features, "output": output}, baseline=base,
-        sample_meta={"n_coalitions": (1 << game.M) - 2},
+        phi, "exact_shapley", {"max_features": max_features, "output": output, "link": link,
+                               "background_size": background_size, "groups": groups},
+        baseline=base,
+        sample_meta={"n_coalitions": np.maximum((1 << game.M) - 2, 0)},
     )

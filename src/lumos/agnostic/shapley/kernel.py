@@ -14,7 +14,7 @@ import numpy as np
 
 from ...core.registry import register
 from ..maskers import Masker
-from ._common import PairedSampler, kernel_solve, start_estimate, stop_ratio
+from ._common import PairedSampler, kernel_solve_rows, start_estimate, stop_ratio
 
 __all__ = ["kernel_shap"]
 
@@ -37,9 +37,11 @@ def _small_linalg():
           "KernelSHAP: paired leverage sampling, exact efficiency, standard errors, auto-stop",
           models="any")
 def kernel_shap(model: Any, inputs: Any, target: Any = None, *, background: Any = None,
-                masker: Masker | None = None, budget: int | None = None, tol: float = 0.01,
-                max_budget: int = 20_000, seed: int | None = 0, output: str = "auto",
-                batch_size: int | None = None, progress: bool | None = None):
+                background_size: int | None = None, masker: Masker | None = None,
+                groups: Any = None, link: str = "identity", budget: int | None = None,
+                tol: float = 0.01, max_budget: int = 20_000, seed: int | None = 0,
+                output: str = "auto", batch_size: int | None = None,
+                progress: bool | None = None):
     """Shapley values by KernelSHAP, estimated to a requested precision.
 
     The Shapley values are the solution of a weighted least-squares problem over all coalitions
@@ -72,11 +74,25 @@ def kernel_shap(model: Any, inputs: Any, target: Any = None, *, background: Any 
         The explained scalar per sample (see :mod:`lumos.core.targets`); ``None`` explains the
         predicted class of a classifier and the output of a regressor.
     background : DataFrame or array, optional
-        Background data for a table (at most 100 rows are kept, sampled; use ``masker=
-        TabularMasker(data, summary="kmeans")`` for a k-means summary).
+        Background data for a table. Every row is used (each coalition costs one model row per
+        background row), so the values are those of the background passed; see
+        ``background_size`` to use fewer. ``meta["background"]`` says what was used.
+    background_size : int, optional
+        Use a random sample of this many background rows (seeded; for a weighted k-means summary
+        pass ``masker=TabularMasker(background, background_size=k, summary="kmeans")``).
     masker : Masker, optional
         How features are removed (default: the background for tables, SLIC superpixels with mean
         fill for images, word deletion for texts).
+    groups : dict, list of column groups or one group id per column, optional
+        Tables: groups of columns that play as one player each (one-hot blocks, sensor groups),
+        by name or index; ``values`` then has one column per group and ``feature_names`` are the
+        group names (a dict's keys, else the columns joined by "+"); columns in no group play
+        alone. ``meta["groups"]`` lists the members.
+    link : {"identity", "logit"}, default "identity"
+        The space of the values: with ``"logit"`` the game is ``logit(E_b f(x_S, b))`` (the
+        target must be a probability), so the values are log-odds contributions that sum to
+        ``logit(f(x)) - logit(E_b f(b))`` (``output`` and ``baseline_output`` are in log-odds
+        too), as shap's ``link="logit"``.
     budget : int, optional
         Coalitions per sample (each evaluated on every background row). ``None``: automatic stop.
     tol : float, default 0.01
@@ -102,8 +118,8 @@ def kernel_shap(model: Any, inputs: Any, target: Any = None, *, background: Any 
     """
     game, budget, max_budget, base, full, gens = start_estimate(
         "kernel_shap", model, inputs, target, masker, background, output, batch_size, progress,
-        budget, tol, max_budget, seed)
-    n, Mmax = game.n, game.data.max_features
+        budget, tol, max_budget, seed, groups, link, background_size)
+    n, Mmax = game.n, game.max_players
     samplers = [PairedSampler(int(M), g) for M, g in zip(game.M, gens)]
     ys: list[np.ndarray] = [np.zeros(0) for _ in range(n)]
     phi = np.zeros((n, Mmax))
@@ -134,17 +150,9 @@ def kernel_shap(model: Any, inputs: Any, target: Any = None, *, background: Any 
         Z = np.concatenate(Zs) if Zs else np.zeros((0, Mmax), bool)
         r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         v = game.value(r, Z, desc="kernel_shap")
-        fits = {}
-        with _small_linalg():
-            for i in active:
-                s = samplers[i]
-                ys[i] = np.concatenate([ys[i], v[r == i]])
-                total = full[i] - base[i]
-                if s.n_coalitions == 0:  # one feature: efficiency alone gives the value
-                    fits[i] = np.array([total]), np.zeros(1)
-                else:
-                    fits[i] = kernel_solve(s.Z, ys[i] - base[i], s.weights(), total,
-                                           s.stratum, s.n, s.N)
+        for i in active:
+            ys[i] = np.concatenate([ys[i], v[r == i]])
+        fits = _fit(samplers, active, ys, base, full)
         for i in active:
             s = samplers[i]
             M = s.M
@@ -175,9 +183,47 @@ def kernel_shap(model: Any, inputs: Any, target: Any = None, *, background: Any 
     n_coal = np.array([s.n_coalitions for s in samplers])
     return game.explanation(
         phi, "kernel_shap",
-        {"budget": budget, "tol": tol, "max_budget": max_budget, "seed": seed, "output": output},
+        {"budget": budget, "tol": tol, "max_budget": max_budget, "seed": seed, "output": output,
+         "link": link, "background_size": background_size, "groups": groups},
         baseline=base,
         meta={"estimator": "paired leverage-stratified KernelSHAP, exact efficiency, jackknife se"},
         sample_meta={"n_coalitions": n_coal, "converged": converged, "stop_ratio": ratio},
         feature_meta={"stderr": se},
     )
+
+
+def _fit(samplers: list[PairedSampler], active: np.ndarray, ys: list[np.ndarray], base: np.ndarray,
+         full: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """``(phi, se)`` of each active sample. Samples whose designs have the same structure (M
+    and units per stratum) are solved together by :func:`kernel_solve_rows`, their units put in
+    one order (by stratum, then by coalition; neither the fit nor the jackknife depends on the
+    order), so that fully enumerated designs are literally shared and factorised once."""
+    fits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    buckets: dict[tuple, list[int]] = {}
+    for i in active:
+        s = samplers[i]
+        if s.n_coalitions == 0:  # at most one player: efficiency alone gives the value
+            fits[i] = np.array([full[i] - base[i]])[: s.M], np.zeros(s.M)
+        else:
+            buckets.setdefault((s.M, s.n.tobytes()), []).append(int(i))
+    with _small_linalg():
+        for rows in buckets.values():
+            M = samplers[rows[0]].M
+            Zs, Ys, Ws = [], [], []
+            for i in rows:
+                s = samplers[i]
+                keys = np.packbits(s.Z[0::2], axis=1)
+                order = np.lexsort(tuple(keys[:, j] for j in range(keys.shape[1] - 1, -1, -1))
+                                   + (s.stratum,))
+                Zs.append(s.Z.reshape(-1, 2, M)[order].reshape(-1, M))
+                Ys.append((ys[i] - base[i]).reshape(-1, 2)[order].reshape(-1))
+                Ws.append(s.weights().reshape(-1, 2)[order].reshape(-1))
+            s0 = samplers[rows[0]]
+            stratum = np.sort(s0.stratum, kind="stable")
+            Z, W = np.stack(Zs), np.stack(Ws)
+            if all(np.array_equal(Z[0], z) for z in Z[1:]) and all(np.array_equal(W[0], x) for x in W[1:]):
+                Z, W = Z[0], W[0]  # one design for all: one factorisation
+            phi, se = kernel_solve_rows(Z, np.stack(Ys), W, full[rows] - base[rows], stratum, s0.n, s0.N)
+            for k, i in enumerate(rows):
+                fits[i] = phi[k], se[k]
+    return fits

@@ -17,9 +17,11 @@ __all__ = ["permutation_shap"]
           "Shapley values from antithetic permutations (exact for pairwise interactions)",
           models="any")
 def permutation_shap(model: Any, inputs: Any, target: Any = None, *, background: Any = None,
-                     masker: Masker | None = None, budget: int | None = None, tol: float = 0.01,
-                     max_budget: int = 20_000, seed: int | None = 0, output: str = "auto",
-                     batch_size: int | None = None, progress: bool | None = None):
+                     background_size: int | None = None, masker: Masker | None = None,
+                     groups: Any = None, link: str = "identity", budget: int | None = None,
+                     tol: float = 0.01, max_budget: int = 20_000, seed: int | None = 0,
+                     output: str = "auto", batch_size: int | None = None,
+                     progress: bool | None = None):
     """Shapley values as the mean marginal contribution over sampled feature orderings.
 
     Castro, Gómez & Tejada (2009), "Polynomial calculation of the Shapley value based on
@@ -34,7 +36,7 @@ def permutation_shap(model: Any, inputs: Any, target: Any = None, *, background:
 
     Parameters
     ----------
-    model, inputs, target, background, masker, output, batch_size, progress, seed
+    model, inputs, target, background, background_size, masker, groups, link, output, batch_size, progress, seed
         As for :func:`~lumos.agnostic.shapley.kernel.kernel_shap`.
     budget : int, optional
         Coalitions per sample; one antithetic pair costs ``2 (M - 1)``. At least one pair is
@@ -50,8 +52,8 @@ def permutation_shap(model: Any, inputs: Any, target: Any = None, *, background:
     """
     game, budget, max_budget, base, full, gens = start_estimate(
         "permutation_shap", model, inputs, target, masker, background, output, batch_size, progress,
-        budget, tol, max_budget, seed)
-    n, Mmax = game.n, game.data.max_features
+        budget, tol, max_budget, seed, groups, link, background_size)
+    n, Mmax = game.n, game.max_players
     cost = np.maximum(2 * (game.M - 1), 1)
     if budget is not None:
         pairs_wanted = np.maximum(1, budget // cost)
@@ -64,7 +66,10 @@ def permutation_shap(model: Any, inputs: Any, target: Any = None, *, background:
     se = np.zeros((n, Mmax))
     ratio = np.full(n, np.inf)
     rounds = np.zeros(n, np.int64)
-    done = np.zeros(n, bool)
+    done = game.M <= 1  # at most one player: efficiency alone gives the value
+    for i in np.flatnonzero(done):
+        phi[i, : game.M[i]] = (full[i] - base[i])
+        ratio[i] = 0.0
     while True:
         active = np.flatnonzero(~done)
         if len(active) == 0:
@@ -122,7 +127,8 @@ def permutation_shap(model: Any, inputs: Any, target: Any = None, *, background:
             f"within max_budget={max_budget} coalitions; raise max_budget or tol", stacklevel=2)
     return game.explanation(
         phi, "permutation_shap",
-        {"budget": budget, "tol": tol, "max_budget": max_budget, "seed": seed, "output": output},
+        {"budget": budget, "tol": tol, "max_budget": max_budget, "seed": seed, "output": output,
+         "link": link, "background_size": background_size, "groups": groups},
         baseline=base,
         sample_meta={"n_permutations": n_perm, "n_coalitions": n_perm // 2 * cost,
                      "converged": converged, "stop_ratio": ratio},
