@@ -27,6 +27,7 @@ from .units import ActivationModel, Neuron, SpliceModel
 __all__ = [
     "ModelGuard", "torch_call", "Prepared", "as_tensor", "get_module", "layers", "model_device",
     "check_not_compiled", "gradient", "check_finite", "NonFiniteOutputError", "model_dtype",
+    "frozen_parameters", "require_grad_path",
 ]
 
 
@@ -290,14 +291,10 @@ def gradient(model: nn.Module, x: torch.Tensor, target: Target, rows=None,
     with torch.enable_grad():
         out = forward(model, x, rows=rows)
         s = target.select(out, rows)
-        if not s.requires_grad:
-            raise ValueError(
-                "model: its output does not depend on the input (no gradient path from inputs to "
-                "the target); check that the model uses its input and is not detached"
-            )
+        require_grad_path(s)
         (g,) = torch.autograd.grad(s.sum(), x, allow_unused=True, create_graph=create_graph)
     if g is None:
-        raise ValueError("model: its output does not depend on the input (the gradient is undefined)")
+        require_grad_path(None)
     return (g if create_graph else g.detach()), s.detach()
 
 
@@ -538,3 +535,55 @@ def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
         meta["target"] = tgt.description
         yield Prepared(model, x, out, tgt, scalar.detach(), meta=meta,
                        target_spec=target, feature_names=names, packing=packing)
+
+
+class frozen_parameters:
+    """Switch ``requires_grad`` off on every parameter of ``model`` (at construction).
+
+    Methods that need gradients only with respect to inputs (or activations, or a mask) freeze the
+    parameters: no graph is kept for the weights, and ``requires_grad`` then marks exactly the
+    tensors that depend on what is explained (the rules engine relies on this; a weight computed
+    by a parametrisation is a constant too). Used as a context manager, the flags are restored
+    on exit; called plainly inside a :class:`ModelGuard` (every torch method runs in one), the
+    guard restores them when the method ends.
+
+    >>> with frozen_parameters(model):
+    ...     out = model(x.requires_grad_())   # out depends on x only
+    """
+
+    def __init__(self, model: nn.Module):
+        self._flags = [(prm, prm.requires_grad) for prm in model.parameters()]
+        for prm, _ in self._flags:
+            prm.requires_grad_(False)
+
+    def __enter__(self) -> "frozen_parameters":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for prm, flag in self._flags:
+            if prm.requires_grad != flag:
+                prm.requires_grad_(flag)
+
+
+def require_grad_path(scalar: Any, what: str = "the input") -> None:
+    """Raise a clear ValueError when the explained ``scalar`` has no gradient path back to ``what``.
+
+    A model that ignores its input, detaches it or takes an ``argmax`` on the way would otherwise
+    give a deep autograd traceback or an all-zero map.
+
+    Parameters
+    ----------
+    scalar : Tensor or None
+        The explained scalars (or the output) computed from a tensor that requires gradients; or
+        ``None``, what ``torch.autograd.grad(..., allow_unused=True)`` returns for a tensor the
+        result does not use (``if g is None: require_grad_path(None, what)``).
+    what : str, default "the input"
+        What the attribution is taken with respect to ("the input", "layer 'fc1'"), named in the
+        message.
+    """
+    if scalar is None or (isinstance(scalar, torch.Tensor) and not scalar.requires_grad):
+        raise ValueError(
+            f"model: its output does not depend on {what} (no gradient path from {what} to the "
+            "target: unused or detached, or an argmax inside the model); check that the model "
+            "uses it and is not detached"
+        )
