@@ -31,7 +31,7 @@ from torch import nn
 
 from ...core.execution import check_batch_size, chunks
 from ...core.targets import resolve_target
-from ...core.torch_model import Prepared, check_finite, forward, get_module
+from ...core.torch_model import Prepared, check_finite, forward, frozen_parameters, get_module
 from ..gradient import row_bytes, slice_target
 
 __all__ = [
@@ -314,13 +314,6 @@ def activation_and_gradient(model: nn.Module, x: torch.Tensor, select: Callable,
     return hook.act.detach(), g, out.detach()
 
 
-def _freeze(model: nn.Module) -> None:
-    # Only d(target)/d(activation) is needed: no graph below the layer, no parameter gradients.
-    # ModelGuard (in torch_call) restores every requires_grad flag afterwards.
-    for prm in model.parameters():
-        prm.requires_grad_(False)
-
-
 def gradient_cam(p: Prepared, *, method: str, at: Any, batch_size: int | None,
                  progress: bool | None, combine: Callable, params: dict,
                  meta: dict | None = None):
@@ -335,7 +328,7 @@ def gradient_cam(p: Prepared, *, method: str, at: Any, batch_size: int | None,
     and one backward pass (stopping at the layer) per chunk, nothing more.
     """
     layer = resolve_layer(p.model, p.x, at, method, probe=False)
-    _freeze(p.model)
+    frozen_parameters(p.model)  # only d(target)/d(activation); the guard restores the flags
     layout = Layout(p.model, p.x)
     fused = p.target is None
     maps, weights, outs = [], [], []

@@ -9,7 +9,7 @@ import torch
 
 from ...core.execution import chunks
 from ...core.registry import register
-from ...core.torch_model import check_finite, forward, torch_call
+from ...core.torch_model import check_finite, forward, frozen_parameters, torch_call
 from ...core.validation import check_choice, check_number
 from ._base import axes_spec, ceil_div, expand_mask, make_fill, upsample
 
@@ -189,8 +189,7 @@ def meaningful_perturbation(model: torch.nn.Module, inputs: Any, target: Any = N
 
         masks = torch.empty((n * n_area,) + size, dtype=x.dtype, device=dev)
         final_scores = torch.empty(n * n_area, dtype=torch.float64, device=dev)
-        for prm in model.parameters():  # only the mask needs gradients (restored by the guard)
-            prm.requires_grad_(False)
+        frozen_parameters(model)  # only the mask needs gradients (restored by the guard)
 
         def score_of(xs, rows):
             out = forward(model, xs, name="masked inputs")
