@@ -160,10 +160,7 @@ class Game:
         self.groups = None
         table = isinstance(self.data, MaskedTable)
         if not table or (groups is None and not drop_null):
-            self.M = self.data.n_features.astype(np.int64)
-            self.max_players = self.data.max_features
-            self._slot = None
-            return
+            return self._every_feature_plays()
         names = self.data.feature_names
         d = len(names)
         if groups is not None:
@@ -173,10 +170,7 @@ class Game:
             members, gnames = [np.array([j]) for j in range(d)], list(names)
         null = self.data.null_features() if drop_null else np.zeros((self.n, d), bool)
         if groups is None and not null.any():  # every column plays: no mapping needed
-            self.M = self.data.n_features.astype(np.int64)
-            self.max_players = self.data.max_features
-            self._slot = None
-            return
+            return self._every_feature_plays()
         G = len(members)
         gnull = np.stack([null[:, m].all(1) for m in members], axis=1)  # (n, G)
         self.M = (~gnull).sum(1).astype(np.int64)
@@ -191,6 +185,11 @@ class Game:
             for k, g in enumerate(active):
                 self._slot[i, members[g]] = k
         self._G = G
+
+    def _every_feature_plays(self) -> None:
+        self.M = self.data.n_features.astype(np.int64)
+        self.max_players = self.data.max_features
+        self._slot = None
 
     def _features(self, rows: np.ndarray, Z: np.ndarray) -> np.ndarray:
         """Coalitions of players -> coalitions of the masker's features."""
