@@ -21,7 +21,8 @@ __all__ = ["lrp"]
 def lrp(model: torch.nn.Module, inputs: Any, target: Any = None, *,
         composite: Any = "epsilon_plus", epsilon: float = 1e-6, gamma: float = 0.25,
         low: Any = None, high: Any = None, canonize: bool = True, start: str = "logit",
-        batch_size: int | None = None, progress: bool | None = None):
+        batch_size: int | None = None, progress: bool | None = None, forward_args: Any = None,
+        at: str | None = None, layer_side: str = "output"):
     """Layer-wise relevance propagation: redistribute the explained logit backwards, layer by
     layer, with a rule per operation.
 
@@ -43,8 +44,13 @@ def lrp(model: torch.nn.Module, inputs: Any, target: Any = None, *,
     ----------
     model : torch.nn.Module
         In eval mode, not compiled, returning logits (a final softmax is refused).
-    inputs : Tensor or ndarray, shape (batch, ...)
-    target : int, sequence of int, "predicted", callable or None
+    inputs : Tensor or ndarray, shape (batch, ...), or a tuple / dict of them
+        Several inputs (a model ``model(x1, x2)`` or ``model(a=..., b=...)``) give one values
+        array per input; conservation holds over all of them together.
+    target : int, sequence of int, "predicted", callable, lumos.Neuron or None
+        ``lumos.Neuron("layer", index)`` starts the relevance at a unit: with
+        ``start="logit"`` the unit's activation (for a bias-free linear unit ``j``, LRP-0 gives
+        ``w_j ⊙ x``).
     composite : str, dict or LRPComposite, default "epsilon_plus"
         A preset (``"epsilon_plus"``, ``"epsilon_gamma_box"``, ``"epsilon_alpha2_beta1"``,
         ``"epsilon_plus_flat"``, ``"epsilon"``, ``"zero"``), a mapping from operation kind /
@@ -71,6 +77,15 @@ def lrp(model: torch.nn.Module, inputs: Any, target: Any = None, *,
         Samples per forward/backward pass (default: 64 samples, fewer for large inputs, sized
         by a memory budget).
     progress : bool, optional
+    forward_args : tuple, dict, lumos.Args or None
+        Extra arguments of the model that are not explained (a mask, a flag); per-sample ones
+        (first axis of batch length) go with their sample in every chunk.
+    at : str, optional
+        Relevance at this layer's output (or input, ``layer_side="input"``) instead of the
+        inputs: the rules apply to the operations after it (the ``"first"`` position is then the
+        first weighted operation after the layer) and ``values`` has the activation's shape;
+        conservation holds in the layer's space.
+    layer_side : {"output", "input"}, default "output"
 
     Returns
     -------
@@ -95,7 +110,8 @@ def lrp(model: torch.nn.Module, inputs: Any, target: Any = None, *,
         comp.check_names(model)
     p, values, sessions = propagate(model, inputs, target, comp, method="lrp",
                                     start="relevance" if start == "logit" else "gradient",
-                                    batch_size=batch_size, progress=progress)
+                                    batch_size=batch_size, progress=progress,
+                                    forward_args=forward_args, at=at, layer_side=layer_side)
     passed = sorted(set().union(*(s.state.get("passed", set()) for s in sessions)))
     if passed:
         warnings.warn(

@@ -30,18 +30,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..core.layout import layout_for, run_in_layout
 from ..core.execution import check_batch_size, chunks
+from ..core.inputs import unwrap
+from ..core.layout import layout_for, run_in_layout
 from ..core.targets import resolve_target
 from ..core.torch_model import (
-    ModelGuard, NonFiniteOutputError, Prepared, as_tensor, check_finite, check_input_shape,
-    check_not_compiled, forward, model_device, model_dtype, warn_if_training,
+    NonFiniteOutputError, Prepared, check_finite, check_not_compiled, forward, frozen_parameters,
+    require_grad_path, torch_call,
 )
 
 __all__ = [
     "KINDS", "OpCall", "Rule", "Composite", "Session", "apply", "UnsupportedOperationError",
-    "classify", "func_name", "propagate", "check_visible", "depends_on_input", "freeze_parameters",
-    "check_attributions", "rules_call", "target_on_batch",
+    "classify", "func_name", "propagate", "check_visible", "depends_on_input",
+    "check_attributions", "rules_call", "target_on_batch", "grad_path_name",
 ]
 
 
@@ -53,10 +54,10 @@ class RuleParameterError(ValueError):
     """A rule's parameter does not fit the operation it meets (e.g. zB bounds)."""
 
 
-def _forward(model, x, name="inputs"):
+def _forward(model, x, name="inputs", rows=None):
     """The core forward call, without hiding the errors rules raise on purpose."""
     try:
-        return forward(model, x, name=name)
+        return forward(model, x, name=name, rows=rows)
     except ValueError as e:
         if isinstance(e.__cause__, RuleParameterError):
             raise e.__cause__ from None
@@ -361,11 +362,17 @@ class Session:
         self.stack: list[tuple[str, nn.Module]] = []
         self.records: list = []               # filled by rules that log per-layer information
         self.state: dict = {}                 # free space for rules (pairs, canonisation ...)
+        # With ``only_inside`` (see :func:`apply`), calls made outside the model's own forward
+        # (lumos's wrappers: unpacking several inputs, expanding forward arguments) run plainly.
+        self.only_inside = False
+        self.depth = 0
 
     def _where(self) -> tuple[str, nn.Module | None]:
         return self.stack[-1] if self.stack else ("", None)
 
     def dispatch(self, func, args, kwargs):
+        if self.only_inside and not self.depth:
+            return func(*args, **kwargs)
         see_all = self.composite.see_all
         if not see_all and not torch.is_grad_enabled():
             return func(*args, **kwargs)
@@ -439,7 +446,8 @@ def check_visible(model: Any, method: str) -> None:
 
 
 @contextlib.contextmanager
-def apply(model: nn.Module | None, composite: Composite, *, method: str = "rules") -> Iterator[Session]:
+def apply(model: nn.Module | None, composite: Composite, *, method: str = "rules",
+          only_inside: bool = False) -> Iterator[Session]:
     """Apply ``composite`` to every operation of the forward passes run inside the block.
 
     Parameters
@@ -451,6 +459,11 @@ def apply(model: nn.Module | None, composite: Composite, *, method: str = "rules
         The rules (for example ``rules.GUIDED``, ``rules.DECONV`` or an LRP composite).
     method : str
         Named in error messages.
+    only_inside : bool, default False
+        Rules apply only to the operations made inside ``model``'s own forward pass; operations
+        of code that calls it (lumos's wrappers for several inputs, forward arguments, layer
+        splices) run unchanged and are not counted. The methods call the wrapped model with the
+        user's ``model`` here, so the rules see exactly the user's operations.
 
     Yields
     ------
@@ -465,6 +478,10 @@ def apply(model: nn.Module | None, composite: Composite, *, method: str = "rules
         check_visible(model, method)
     session = Session(model, composite, method)
     handles = []
+    if model is not None and only_inside:
+        session.only_inside = True
+        handles.append(model.register_forward_pre_hook(_enter(session)))
+        handles.append(model.register_forward_hook(_leave(session), always_call=True))
     if model is not None and composite.needs_names:
         for name, m in model.named_modules():
             handles.append(m.register_forward_pre_hook(_push(session, name)))
@@ -478,6 +495,18 @@ def apply(model: nn.Module | None, composite: Composite, *, method: str = "rules
         # the forward pass's bookkeeping (which operation produced which tensor) holds every
         # ruled operation's inputs; drop it so that memory is bounded by one chunk's graph
         session.state.pop("producers", None)
+
+
+def _enter(session: Session):
+    def hook(module, args):
+        session.depth += 1
+    return hook
+
+
+def _leave(session: Session):
+    def hook(module, args, output):
+        session.depth -= 1
+    return hook
 
 
 def _push(session: Session, name: str):
@@ -494,14 +523,6 @@ def _pop(session: Session):
 
 
 # --------------------------------------------------------------------------- running a method
-def freeze_parameters(model: nn.Module) -> None:
-    """Switch ``requires_grad`` off on every parameter (call it inside a ``ModelGuard``, which
-    restores the flags). Then ``requires_grad`` marks the tensors that depend on the input (a
-    weight computed by a parametrisation is a constant too), and no graph is kept for weights."""
-    for prm in model.parameters():
-        prm.requires_grad_(False)
-
-
 def check_attributions(values: torch.Tensor, method: str) -> None:
     """Raise a clear error instead of returning NaN or Inf attributions."""
     if torch.isfinite(values.sum()):
@@ -526,22 +547,6 @@ def _select_grad(target, out: torch.Tensor, rows) -> tuple[torch.Tensor, torch.T
     return g, s.detach()
 
 
-@contextlib.contextmanager
-def keep_buffers(model: nn.Module) -> Iterator[None]:
-    """Restore every buffer's value on exit when some module is in training mode (batch norm
-    updates its running statistics in the forward pass), also when the block raises."""
-    if not any(m.training for m in model.modules()):
-        yield
-        return
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for b, v in saved:
-                b.copy_(v)
-
-
 def check_same_output(out: torch.Tensor, expected: torch.Tensor, method: str) -> None:
     """The forward pass under the rules must reproduce the model's output."""
     scale = expected.abs().max().item() + 1e-12
@@ -557,7 +562,8 @@ def check_same_output(out: torch.Tensor, expected: torch.Tensor, method: str) ->
 
 def propagate(model: Any, inputs: Any, target: Any, composite: Composite, *, method: str,
               start: str = "gradient", batch_size: int | None = None,
-              progress: bool | None = None) -> tuple[Prepared, torch.Tensor, list[Session]]:
+              progress: bool | None = None, forward_args: Any = None, at: Any = None,
+              layer_side: str = "output") -> tuple[Prepared, torch.Tensor, list[Session]]:
     """Validate, guard the model, and backpropagate the target through ``composite``.
 
     One forward pass under the rules per chunk (the target is resolved on its output) and one
@@ -566,87 +572,111 @@ def propagate(model: Any, inputs: Any, target: Any, composite: Composite, *, met
     from ``output * d target / d output`` (LRP: the one-hot output times the explained logit).
     Each session's ``state["start_total"]`` holds the per-sample sum of that start.
 
+    ``forward_args``, several inputs (a tuple or dict), ``at``/``layer_side`` and
+    :class:`~lumos.core.units.Neuron` targets are handled as in
+    :func:`~lumos.core.torch_model.torch_call` (see :func:`rules_call`): the rules apply to the
+    operations of the user's model only, those after the splice with ``at=`` and those before
+    the unit's layer with a Neuron target.
+
     Returns
     -------
     (Prepared, Tensor, list of Session)
-        The prepared call (output, target, scalar), the propagated map of the inputs' shape, and
-        the session of each chunk.
+        The prepared call (output, target, scalar; ``packing`` for several inputs), the propagated
+        map of ``Prepared.x``'s shape (the packed inputs, or the layer's activation with ``at=``),
+        and the session of each chunk.
     """
     if start not in ("gradient", "relevance"):  # pragma: no cover - internal
         raise ValueError(f"start must be 'gradient' or 'relevance'; got {start!r}")
-    with rules_call(model, inputs, method) as x:
+    with rules_call(model, inputs, target, method, forward_args=forward_args, at=at,
+                    layer_side=layer_side) as p:
+        net, x, user = p.model, p.x, unwrap(p.model)
+        what = grad_path_name(p)
         n = len(x)
         bs = check_batch_size(batch_size, row_bytes=row_bytes(x))
         slices = list(chunks(n, bs, desc=method, progress=progress))
         # several chunks: resolve the target on the whole batch first ("predicted", ranges)
-        tgt = target_on_batch(model, x, target, bs) if len(slices) > 1 else None
+        tgt = target_on_batch(net, x, p.target_spec, bs) if len(slices) > 1 else None
         values = torch.empty_like(x, memory_format=torch.contiguous_format)
-        outputs, scalars, sessions = [], [], []
-        fmt = layout_for(model, x)
+        outputs, sessions = [], []
+        fmt = layout_for(net, x)
 
         def one_pass(xs, sl, tgt):
+            rows = torch.arange(sl.start, sl.stop)
             xg = xs.detach().requires_grad_(True)
             with torch.enable_grad():
-                with apply(model, composite, method=method) as session:
-                    out = _forward(model, xg)
+                with apply(user, composite, method=method, only_inside=True) as session:
+                    out = _forward(net, xg, rows=rows)
                 check_finite(out.detach(), "the inputs")
                 if session.inplace_replaced:
                     with torch.no_grad():
-                        check_same_output(out, forward(model, xs), method)
+                        check_same_output(out, forward(net, xs, rows=rows), method)
                 if tgt is None:
-                    tgt = resolve_target(target, out.detach())
-                rows = torch.arange(sl.start, sl.stop)
+                    tgt = resolve_target(p.target_spec, out.detach())
                 g, s = _select_grad(tgt, out, rows)
                 init = g if start == "gradient" else g * out.detach()
                 session.state["start_total"] = row_sums(init)
-                if not out.requires_grad:
-                    raise ValueError(
-                        "model: its output does not depend on the input (no gradient path from "
-                        "inputs to the target)"
-                    )
+                require_grad_path(out, what)
                 (v,) = torch.autograd.grad(out, xg, grad_outputs=init, allow_unused=True)
             if v is None:
-                raise ValueError("model: its output does not depend on the input")
-            return v.detach(), out.detach(), s, session, tgt
+                require_grad_path(None, what)
+            return v.detach(), out.detach(), tgt, session
 
         for sl in slices:
             # channels-last batches where the model takes them (faster CPU convolutions)
-            v, out, s, session, tgt = run_in_layout(
-                model, lambda xs, sl=sl, t=tgt: one_pass(xs, sl, t), x[sl], fmt)
+            v, out, tgt, session = run_in_layout(
+                net, lambda xs, sl=sl, t=tgt: one_pass(xs, sl, t), x[sl], fmt)
             values[sl] = v
             outputs.append(out)
-            scalars.append(s)
             sessions.append(session)
         check_attributions(values, method)
-        output = torch.cat(outputs)
-        prepared = Prepared(model, x, output, tgt, torch.cat(scalars), meta={"target": tgt.description})
-        return prepared, values, sessions
+        p.resolve(torch.cat(outputs), tgt)
+        return p, values, sessions
 
 
 @contextlib.contextmanager
-def rules_call(model: Any, inputs: Any, method: str) -> Iterator[torch.Tensor]:
-    """The set-up every rules method shares: check the model (an ``nn.Module`` whose operations
-    the mode can see), guard it (state restored, buffers kept, the per-model lock held), and yield
-    the inputs as a tensor of the model's dtype, with the parameters frozen for the call."""
+def rules_call(model: Any, inputs: Any, target: Any, method: str, *, forward_args: Any = None,
+               at: Any = None, layer_side: str = "output") -> Iterator[Prepared]:
+    """The set-up every rules method shares, on :func:`~lumos.core.torch_model.torch_call`.
+
+    Checks the model (an ``nn.Module`` whose operations the mode can see, submodules included),
+    guards it (state and buffers restored, the per-model lock held), binds several inputs and
+    ``forward_args`` (:mod:`lumos.core.inputs`), applies ``at=`` and Neuron targets
+    (:mod:`lumos.core.units`), and freezes the parameters for the call
+    (:class:`~lumos.core.torch_model.frozen_parameters`: ``requires_grad`` then marks exactly the
+    tensors that depend on what is explained).
+
+    Yields the :class:`~lumos.core.torch_model.Prepared` of ``torch_call(...,
+    clean_forward=False)``: ``p.model`` is the model to evaluate (pass ``rows=`` for every batch
+    whose rows are not the samples), ``p.x`` the tensor to attribute to, ``p.target_spec`` the
+    target to resolve (:func:`target_on_batch`), and ``unwrap(p.model)`` the user's model to hand
+    to :func:`apply` with ``only_inside=True``.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"model: {method} needs a torch.nn.Module (it changes backward rules of its "
             f"operations); got {type(model).__name__}"
         )
     check_visible(model, method)
-    warn_if_training(model, stacklevel=6)  # the user's call, through propagate and a method
-    with ModelGuard(model), keep_buffers(model):
-        x = as_tensor(inputs, model_device(model), dtype=model_dtype(model))
-        check_input_shape(model, x)
-        freeze_parameters(model)
-        yield x
+    with torch_call(model, inputs, target, method=method, rules=True, clean_forward=False,
+                    forward_args=forward_args, several=True, at=at,
+                    layer_side=layer_side) as p:
+        frozen_parameters(p.model)  # restored by torch_call's ModelGuard
+        yield p
+
+
+def grad_path_name(p: Prepared) -> str:
+    """What a rules method attributes to, for the 'does not depend on' error."""
+    at = p.meta.get("at")
+    return "the input" if at is None else f"layer {at!r}'s {p.meta.get('layer_side', 'output')}"
 
 
 def target_on_batch(model: nn.Module, x: torch.Tensor, target: Any, batch_size: int):
     """The target resolved on the model's output for the whole batch (plain forward passes in
-    chunks, checked for NaN/Inf): needed before chunking for ``"predicted"`` and ranges."""
+    chunks, each told its rows, checked for NaN/Inf): needed before chunking for
+    ``"predicted"`` and ranges."""
     with torch.no_grad():
-        outs = torch.cat([forward(model, x[sl]) for sl in chunks(len(x), batch_size, progress=False)])
+        outs = torch.cat([forward(model, x[sl], rows=torch.arange(sl.start, sl.stop))
+                          for sl in chunks(len(x), batch_size, progress=False)])
     check_finite(outs, "the inputs")
     return resolve_target(target, outs)
 
