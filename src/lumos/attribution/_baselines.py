@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.images import gaussian_blur
 from ..core.execution import rng as make_rng
 
 __all__ = ["BaselineSet", "make_baselines", "BASELINE_KINDS", "DEFAULT_BLUR_SIGMA",
@@ -121,16 +122,12 @@ def _sample_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur over the spatial axes (all axes after batch and channel)."""
-    from scipy.ndimage import gaussian_filter
-
     if x.ndim < 3:
         raise ValueError(
             f"baselines='blur' blurs the spatial axes of (batch, channels, ...) inputs; got inputs "
             f"of shape {tuple(x.shape)}. Use another baseline for tabular or flat inputs."
         )
-    arr = x.detach().cpu().numpy()
-    out = gaussian_filter(arr, sigma=(0.0, 0.0) + (sigma,) * (x.ndim - 2), mode="reflect")
-    return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
+    return gaussian_blur(x, sigma, range(1, x.ndim - 1))
 
 
 def make_baselines(baselines: Any, x: torch.Tensor, *, n_baselines: int | None = None,

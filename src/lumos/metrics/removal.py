@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..core.images import gaussian_blur
 from ..core.torch_model import as_tensor
 from ..core.validation import check_number
 from .layout import Layout
@@ -27,8 +28,6 @@ def removal_fill(fill: Any, x: torch.Tensor, layout_: Layout, *, background: Any
     linear imputation from the neighbours (Rong et al., 2022; images only); an array that
     broadcasts to one sample or to the batch.
     """
-    from ..attribution.perturbation._base import gaussian_blur
-
     if isinstance(fill, str):
         if fill not in FILLS:
             raise ValueError(f"{name} must be one of {FILLS}, a number or an array; got {fill!r}")

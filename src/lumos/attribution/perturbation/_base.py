@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...core.images import gaussian_blur  # noqa: F401 (re-exported)
 from ...core.blackbox import as_blackbox
 from ...core.execution import check_batch_size, chunks, rng
 from ...core.explanation import Explanation
@@ -283,22 +284,6 @@ def axes_spec(spec: Any, sample_shape: Sequence[int], name: str, allow_none: boo
 
 
 # ---------------------------------------------------------------------------- fills
-def gaussian_blur(x: torch.Tensor, sigma: float | Sequence[float], axes: Sequence[int]) -> torch.Tensor:
-    """A Gaussian-blurred copy of ``x`` (n, ...) along sample ``axes`` (0 = first sample axis).
-
-    Uses :func:`scipy.ndimage.gaussian_filter` (mirror padding at the borders), computed once per call.
-    """
-    from scipy.ndimage import gaussian_filter
-
-    sig = [0.0] * x.ndim
-    sigmas = [float(sigma)] * len(axes) if np.isscalar(sigma) else [float(s) for s in sigma]
-    for a, s in zip(axes, sigmas):
-        sig[a + 1] = s
-    arr = x.detach().cpu().numpy()
-    out = gaussian_filter(arr.astype(np.float64), sigma=sig, mode="reflect")
-    return torch.as_tensor(out, dtype=x.dtype, device=x.device)
-
-
 def make_fill(fill: Any, x: torch.Tensor, *, blur_axes: Sequence[int], sigma: float | Sequence[float] = 5.0,
               background: Any = None, seed: int | None = 0) -> tuple[torch.Tensor, str]:
     """What hidden elements are replaced with: a tensor of the shape of ``x`` (n, ...).
