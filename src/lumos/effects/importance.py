@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ..core.outputs import is_probability, softmax
 from ..core.execution import chunks
 from ..core.execution import rng as make_rng
 from ..core.validation import check_number
@@ -342,10 +343,7 @@ def _output_classifier(f: ScalarModel, n_classes: int):
 
         def predict_proba(self, X):
             o = np.asarray(self.f.raw(X), dtype=np.float64)
-            if (o >= 0).all() and np.allclose(o.sum(1), 1.0, rtol=0, atol=1e-6):
-                return o
-            e = np.exp(o - o.max(1, keepdims=True))
-            return e / e.sum(1, keepdims=True)
+            return o if is_probability(o) else softmax(o)
 
         def decision_function(self, X):
             return np.asarray(self.f.raw(X), dtype=np.float64)

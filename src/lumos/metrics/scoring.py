@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.outputs import is_probability, softmax as softmax_of
 from ..core.blackbox import as_blackbox
 from ..core.execution import check_batch_size, chunks
 from ..core.explanation import Explanation
@@ -91,12 +92,6 @@ def _target_spec(explanation: Explanation, target: Any) -> Any:
 SCALES = ("auto", "probability", "raw")
 
 
-def _is_probability(out) -> bool:
-    """Rows that are already probabilities: non-negative and summing to one."""
-    o = out.detach().to(torch.float64).cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out, np.float64)
-    return bool(o.ndim == 2 and (o >= 0).all() and np.allclose(o.sum(1), 1.0, rtol=0, atol=1e-6))
-
-
 def resolve_scale(scale: str, target, out, already_probability: bool = False) -> tuple[str, bool]:
     """The scale a metric scores on, and whether a softmax must be applied to get there.
 
@@ -118,7 +113,7 @@ def resolve_scale(scale: str, target, out, already_probability: bool = False) ->
     if not classes:
         raise ValueError("scale='probability' needs class-index targets of an output with two or more "
                          "columns; this target or output has none (use scale='raw')")
-    return "probability", not (already_probability or _is_probability(out))
+    return "probability", not (already_probability or is_probability(out))
 
 
 def _selector(target, softmax: bool):
@@ -126,13 +121,7 @@ def _selector(target, softmax: bool):
         return target.select
 
     def select(out, rows=None):
-        if isinstance(out, torch.Tensor):
-            p = torch.softmax(out.to(torch.float64), dim=1)
-        else:
-            o = np.asarray(out, dtype=np.float64)
-            e = np.exp(o - o.max(1, keepdims=True))
-            p = e / e.sum(1, keepdims=True)
-        return target.select(p, rows)
+        return target.select(softmax_of(out), rows)
 
     return select
 
