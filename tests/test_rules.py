@@ -113,3 +113,33 @@ def test_default_batch_is_sized_by_bytes_and_chunks_hold_no_graph(monkeypatch):
     monkeypatch.setattr(dl, "check_batch_size", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
     dl.deeplift(model, x, target=0)
     assert seen == [2]
+
+
+def test_only_inside_rules_apply_to_the_models_own_operations():
+    """Operations of code around the model (lumos's wrappers) run plainly with only_inside."""
+    inner = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+
+    class Around(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return torch.relu(self.inner(torch.relu(x)).exp())  # two ReLUs outside `inner`
+
+    x = torch.randn(4, 3, requires_grad=True)
+    for only_inside, expected in ((False, 3), (True, 1)):
+        count = _Count()
+        comp = Composite({"relu": count}, strict=True)
+        if only_inside:
+            with rules.apply(inner, comp, only_inside=True) as session:
+                Around()(x)
+            assert session.depth == 0 and not session.plain_ops  # exp outside: not even seen
+        else:
+            with pytest.raises(UnsupportedOperationError, match="Tensor.exp"):
+                with rules.apply(inner, comp):
+                    Around()(x)
+            count = _Count()
+            with rules.apply(inner, Composite({"relu": count})):
+                Around()(x)
+        assert count.n == expected
