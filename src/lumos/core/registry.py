@@ -6,7 +6,6 @@ own file.
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 import pkgutil
 from dataclasses import dataclass
@@ -66,17 +65,10 @@ def _discover() -> None:
 
 def get_method(name: str) -> MethodInfo:
     """Look a method up by name, with a suggestion when the name is unknown."""
+    from .validation import lookup
+
     _discover()
-    if not isinstance(name, str):
-        raise TypeError(f"method must be a string name; got {type(name).__name__}")
-    key = name.strip().lower().replace("-", "_").replace(" ", "_")
-    if key in _REGISTRY:
-        return _REGISTRY[key]
-    close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-    raise ValueError(
-        f"method: unknown method {name!r}.{hint} Known methods: {', '.join(sorted(_REGISTRY))}"
-    )
+    return lookup(name, _REGISTRY, "method")
 
 
 class MethodTable(list):

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-__all__ = ["check_number", "check_choice", "check_kwargs", "RENAMED"]
+__all__ = ["check_number", "check_choice", "check_kwargs", "lookup", "RENAMED"]
 
 # Parameters renamed for one name per concept across the API (old name -> new name). Consulted by
 # check_kwargs so that a user with an old spelling is told the new one.
@@ -122,3 +122,16 @@ def check_kwargs(func: Callable | Iterable[str], params: dict, where: str,
         close = difflib.get_close_matches(k, known, n=1, cutoff=0.6)
         msgs.append(f"unknown parameter {k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     raise TypeError(f"{where}: " + "; ".join(msgs) + f". Its parameters: {', '.join(known)}")
+
+
+def lookup(name: Any, table: dict, kind: str):
+    """``table[name]`` for a registry of ``kind`` ("method", "metric"), forgiving case, dashes and
+    spaces; a TypeError for a non-string and a ValueError with the closest names otherwise."""
+    if not isinstance(name, str):
+        raise TypeError(f"{kind} must be a string name; got {type(name).__name__}")
+    key = name.strip().lower().replace("-", "_").replace(" ", "_")
+    if key in table:
+        return table[key]
+    close = difflib.get_close_matches(key, list(table), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise ValueError(f"{kind}: unknown {kind} {name!r}.{hint} Known {kind}s: {', '.join(sorted(table))}")

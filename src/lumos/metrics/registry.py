@@ -123,16 +123,9 @@ def available(family: str | None = None) -> MetricTable:
 
 def get_metric(name: str) -> MetricInfo:
     """Look a metric up by name, with a suggestion when the name is unknown."""
-    import difflib
+    from ..core.validation import lookup
 
-    if not isinstance(name, str):
-        raise TypeError(f"metric must be a string name; got {type(name).__name__}")
-    key = name.strip().lower().replace("-", "_").replace(" ", "_")
-    if key in _METRICS:
-        return _METRICS[key]
-    close = difflib.get_close_matches(key, list(_METRICS), n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-    raise ValueError(f"metric: unknown metric {name!r}.{hint} Known metrics: {', '.join(sorted(_METRICS))}")
+    return lookup(name, _METRICS, "metric")
 
 
 def evaluate(metric: str, model: Any, explanation: Explanation, **params: Any) -> MetricResult:
