@@ -13,6 +13,12 @@ is not its mathematics lives here:
   once) and evaluates each chunk of ``batch_size`` rows in one model call.
 - :func:`axes_spec` reads per-axis shapes (windows, strides, mask grids), :func:`make_fill`
   builds what hidden elements are replaced with.
+
+Forward arguments (``forward_args=``, :mod:`lumos.core.inputs`) reach the model on both paths:
+every perturbed row is scored with the arguments of the sample it was built from (the ``rows``
+each ``build`` returns), whatever the chunking. Several explained inputs (a tuple or dict) are
+packed into the columns of ``Run.x`` for methods that pass ``several=True`` (feature ablation);
+the others refuse them with the error of :func:`~lumos.core.torch_model.torch_call`.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from torch import nn
 
 from ...core.images import gaussian_blur  # noqa: F401 (re-exported)
 from ...core.blackbox import as_blackbox
+from ...core.inputs import BoundModel, Packing, _forward_args, is_several
 from ...core.execution import check_batch_size, chunks, rng
 from ...core.explanation import Explanation
 from ...core.targets import resolve_target
@@ -58,6 +65,7 @@ class Run:
         self._build_explanation = build_explanation
         self.meta = meta
         self.n_evals = len(x)
+        self.packing: Packing | None = None  # several inputs packed into the columns of x
 
     memory_format = torch.contiguous_format
 
@@ -116,7 +124,8 @@ class Run:
 
 
 @contextlib.contextmanager
-def perturbation_call(model: Any, inputs: Any, target: Any, *, method: str, what: str) -> Iterator[Run]:
+def perturbation_call(model: Any, inputs: Any, target: Any, *, method: str, what: str,
+                      forward_args: Any = None, several: bool = False) -> Iterator[Run]:
     """Validate ``inputs`` and ``target`` for a perturbation method and yield a :class:`Run`.
 
     A torch module is evaluated under ``torch.inference_mode`` inside :func:`torch_call` (the
@@ -124,9 +133,16 @@ def perturbation_call(model: Any, inputs: Any, target: Any, *, method: str, what
     (``meta["memory_format"]``); anything else callable is wrapped in :class:`BlackBox`.
     Every model evaluation is checked: numeric (black boxes) and finite outputs, the error naming
     the evaluation (``"the inputs"`` or ``what``, e.g. ``"occluded inputs"``).
+
+    ``forward_args`` are the model's extra arguments (:mod:`lumos.core.inputs`): per-sample ones
+    are expanded to the rows of every perturbed batch. A predict function gets them too
+    (``predict(X, *args, **kwargs)``, one row of each per-sample argument per row of ``X``); a
+    scikit-learn estimator cannot take them. ``several=True``: the method takes several inputs
+    of a torch model (packed, ``Run.packing``); predict functions take one input.
     """
     if isinstance(model, nn.Module):
-        with torch_call(model, inputs, target, method=method, clean_forward=False) as p:
+        with torch_call(model, inputs, target, method=method, clean_forward=False,
+                        forward_args=forward_args, several=several) as p:
             yield _torch_run(p, what)
         return
     if not callable(model) and not hasattr(model, "predict"):
@@ -134,7 +150,20 @@ def perturbation_call(model: Any, inputs: Any, target: Any, *, method: str, what
             "model must be a torch.nn.Module, a predict function that scores a batch, or a "
             f"scikit-learn estimator; got {type(model).__name__}"
         )
-    yield _blackbox_run(model, inputs, target, method, what)
+    if is_several(inputs):
+        raise ValueError(
+            f"inputs: {method} of a predict function explains one input array (a tuple or dict of "
+            "inputs was given). Several inputs work with a torch module"
+            + (" (feature_ablation)" if several else "")
+            + "; for a predict function explain one input and pass the others with forward_args=, "
+            "or write it as a function of their concatenation."
+        )
+    if forward_args is not None and not (callable(model) and not hasattr(model, "fit")):
+        raise TypeError(
+            f"forward_args: {method} calls a scikit-learn estimator as predict(X) only; extra "
+            "arguments are for torch modules and plain predict functions predict(X, *args, **kwargs)"
+        )
+    yield _blackbox_run(model, inputs, target, method, what, forward_args)
 
 
 def _channels_last_helps(model: nn.Module, x: torch.Tensor) -> bool:
@@ -150,12 +179,13 @@ def _torch_run(p: Prepared, what: str) -> Run:
     model = p.model
     layout = {"cl": _channels_last_helps(model, p.x)}
 
-    def outputs(xb, name):
-        # inference_mode: only the scores are kept, never differentiated (a little faster)
+    def outputs(xb, name, rows=None):
+        # inference_mode: only the scores are kept, never differentiated (a little faster);
+        # rows: the sample of each row, for per-sample forward arguments
         with torch.inference_mode():
             if layout["cl"]:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            return forward(model, xb, name=name)
+            return forward(model, xb, name=name, rows=rows)
 
     if layout["cl"]:
         # a model that cannot take channels-last inputs (a .view on its activations) is run as it is
@@ -168,7 +198,7 @@ def _torch_run(p: Prepared, what: str) -> Run:
     target = p.resolve(out.clone())  # checks the outputs at the inputs are finite
 
     def score(xb, rows):
-        out = outputs(xb, what)
+        out = outputs(xb, what, rows)
         check_finite(out, what)
         return target.select(out, rows).to(torch.float64)
 
@@ -180,12 +210,48 @@ def _torch_run(p: Prepared, what: str) -> Run:
     meta = dict(p.meta)
     meta["memory_format"] = "channels_last" if layout["cl"] else "contiguous"
     run = Run(p.x, p.scalar, score, build, meta)
+    run.packing = p.packing
     if layout["cl"]:
         run.memory_format = torch.channels_last
     return run
 
 
-def _blackbox_run(model: Any, inputs: Any, target: Any, method: str, what: str) -> Run:
+def _bound_predict(model: Any, forward_args: Any, n: int):
+    """``model`` (a predict function) with its extra arguments bound, and a context that says
+    which sample each row of the next evaluations belongs to.
+
+    The per-sample arguments are expanded by :class:`~lumos.core.inputs.BoundModel`, the one
+    place that does it for torch models too. BlackBox may split a call into chunks of its own;
+    the row ids are consumed in order, chunk after chunk.
+    """
+    args, kwargs = _forward_args(forward_args)
+    bound = BoundModel(model, None, n, args, kwargs)
+    state = {"rows": None, "at": 0}
+
+    def predict(X):
+        rows = state["rows"]
+        if rows is None:
+            return bound(X)
+        sub = rows[state["at"]:state["at"] + len(X)]
+        state["at"] += len(X)
+        with bound.rows(sub):
+            return bound(X)
+
+    predict.__name__ = getattr(model, "__name__", type(model).__name__)
+
+    @contextlib.contextmanager
+    def rows_of(rows):
+        state["rows"], state["at"] = torch.as_tensor(rows, dtype=torch.long).reshape(-1).cpu(), 0
+        try:
+            yield
+        finally:
+            state["rows"] = None
+
+    return predict, rows_of
+
+
+def _blackbox_run(model: Any, inputs: Any, target: Any, method: str, what: str,
+                  forward_args: Any = None) -> Run:
     columns = None
     if hasattr(inputs, "columns") and hasattr(inputs, "dtypes"):  # a DataFrame
         columns = [str(c) for c in inputs.columns]
@@ -206,6 +272,9 @@ def _blackbox_run(model: Any, inputs: Any, target: Any, method: str, what: str) 
     # BlackBox hands the model a copy of every batch (a predict function that normalises its
     # argument in place cannot change the inputs the perturbations are built from, nor
     # Explanation.inputs) and checks every answer: numeric, finite, named by ``what``.
+    rows_of = contextlib.nullcontext
+    if forward_args is not None:
+        model, rows_of = _bound_predict(model, forward_args, len(x))
     bb = as_blackbox(model, inputs if kind == "frame" else None, method=method)
 
     def to_user(xb: torch.Tensor):
@@ -218,7 +287,8 @@ def _blackbox_run(model: Any, inputs: Any, target: Any, method: str, what: str) 
     scalar = torch.as_tensor(np.asarray(tgt.select(output), dtype=np.float64), device=x.device)
 
     def score(xb, rows):
-        out = bb(to_user(xb), what=what)
+        with rows_of(rows):
+            out = bb(to_user(xb), what=what)
         s = np.asarray(tgt.select(out, rows.cpu().numpy()), dtype=np.float64)
         return torch.as_tensor(s, device=xb.device)
 
@@ -293,8 +363,9 @@ def make_fill(fill: Any, x: torch.Tensor, *, blur_axes: Sequence[int], sigma: fl
     fill : {"zero", "mean", "blur", "noise"}, float, or array/Tensor
         ``"zero"`` (or ``0``), a constant, ``"mean"`` (the per-element mean of ``background``
         over its first axis: a dataset mean image), ``"blur"`` (a Gaussian-blurred copy of each
-        input, std ``sigma`` along ``blur_axes``), ``"noise"`` (one fixed Gaussian noise draw per
-        sample with that sample's mean and std, from ``seed``), or an array: with the inputs'
+        input, std ``sigma`` along ``blur_axes``), ``"noise"`` (one fixed Gaussian noise pattern
+        drawn from ``seed``, the same for every sample, scaled to each sample's mean and std: a
+        sample's fill does not depend on the other samples of the batch), or an array: with the inputs'
         number of axes it is **per sample** (leading axis ``n``, or 1 for all), e.g. one baseline
         image per input (n, C, H, W) or one constant per input (n, 1, 1, 1); with fewer axes it is
         one sample's fill given once and broadcast to every sample (a mean image (C, H, W), a
@@ -316,7 +387,10 @@ def make_fill(fill: Any, x: torch.Tensor, *, blur_axes: Sequence[int], sigma: fl
             flat = x.detach().reshape(n, -1).to(torch.float64).cpu().numpy()
             mu = flat.mean(1)
             sd = flat.std(1) if flat.shape[1] > 1 else np.ones(n)
-            z = rng(seed).standard_normal(flat.shape)
+            # one standard-normal pattern for every sample: a sample's fill then does not depend
+            # on its place in the batch (a draw per row gave sample i of a batch another noise
+            # than the same sample explained alone)
+            z = rng(seed).standard_normal((1, flat.shape[1]))
             noise = (mu[:, None] + sd[:, None] * z).reshape(x.shape)
             return torch.as_tensor(noise, dtype=x.dtype, device=x.device), f"noise(seed={seed})"
         if background is None:

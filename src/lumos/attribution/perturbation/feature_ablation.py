@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from ...core.groups import column_groups
+from ...core.inputs import Packing
 from ...core.registry import register
 from ...core.superpixels import SUPERPIXEL_METHODS, superpixels
 from ._base import constant_fill, make_fill, perturbation_call, spatial_axes
@@ -71,13 +72,71 @@ def _resolve_groups(groups: Any, x: torch.Tensor, columns: list[str] | None,
     return lab, "user labels", None
 
 
+def _packed_groups(groups: Any, packing: Packing, n: int) -> np.ndarray:
+    """Integer labels (1 or n, D) over the packed columns of several inputs.
+
+    ``groups`` holds one label array per input (a tuple/list, or a dict with the inputs' names),
+    each broadcastable to one sample of its input (shared by every sample) or, with a leading
+    batch axis, to the input itself (per sample). The same label in two inputs is **one group
+    across inputs** (ablated together). ``None`` for an input (or ``groups=None``) makes each of
+    its elements a group of its own, with labels after every label given.
+    """
+    k = len(packing.names)
+    if groups is None:
+        return np.arange(packing.width, dtype=np.int64)[None]
+    if isinstance(groups, str):
+        raise ValueError(
+            f"groups={groups!r}: superpixels are made of one image; with several inputs give one "
+            "integer label array per input (a tuple, or a dict with the inputs' names), or None")
+    if isinstance(groups, Mapping):
+        keys = {str(g) for g in groups}
+        if packing.kind != "dict" or keys != set(packing.names):
+            raise ValueError(f"groups: give one label array (or None) per input {list(packing.names)}; "
+                             f"got keys {sorted(keys)}")
+        parts = [next(v for g, v in groups.items() if str(g) == name) for name in packing.names]
+    elif isinstance(groups, (tuple, list)) and len(groups) == k:
+        parts = list(groups)
+    else:
+        raise ValueError(
+            f"groups: with several inputs give one integer label array (or None) per input, {k} "
+            f"as a {'dict with keys ' + str(list(packing.names)) if packing.kind == 'dict' else 'tuple'}"
+            f"; got {type(groups).__name__}")
+    arrays = []
+    for name, part, shape in zip(packing.names, parts, packing.shapes):
+        if part is None:
+            arrays.append(None)
+            continue
+        lab = part.detach().cpu().numpy() if isinstance(part, torch.Tensor) else np.asarray(part)
+        if lab.dtype.kind not in "iu":
+            raise ValueError(f"groups[{name!r}] must hold integer labels; got dtype {lab.dtype}")
+        lab = lab.astype(np.int64)
+        per_sample = lab.ndim == len(shape) + 1
+        try:
+            lab = np.broadcast_to(lab, ((lab.shape[0],) if per_sample else ()) + shape)
+            if per_sample and lab.shape[0] not in (1, n):
+                raise ValueError
+        except ValueError:
+            raise ValueError(
+                f"groups[{name!r}] of shape {lab.shape} must broadcast to one sample {shape} of that "
+                f"input, or with a leading batch axis to ({n},) + {shape}") from None
+        arrays.append(lab.reshape((lab.shape[0] if per_sample else 1), -1))
+    given = [a for a in arrays if a is not None]
+    nxt = max((int(a.max()) for a in given), default=-1) + 1  # singletons after every given label
+    for i, size in enumerate(packing.sizes):
+        if arrays[i] is None:
+            arrays[i] = np.arange(nxt, nxt + size, dtype=np.int64)[None]
+            nxt += size
+    m = max(a.shape[0] for a in arrays)
+    return np.concatenate([np.broadcast_to(a, (m, a.shape[1])) for a in arrays], 1)
+
+
 @register("feature_ablation", "perturbation",
           "Ablate groups of features (superpixels, segments, column groups) and watch the score",
           models="any")
 def feature_ablation(model: Any, inputs: Any, target: Any = None, *, groups: Any = None,
                      superpixel_params: dict | None = None, fill: Any = "zero", sigma: float = 5.0,
                      background: Any = None, seed: int = 0, batch_size: int | None = None,
-                     progress: bool | None = None):
+                     progress: bool | None = None, forward_args: Any = None):
     """Feature ablation: the drop of the score when a group of features is replaced together.
 
     For each group ``G`` of sample ``i``: ``d_G = f(x) - f(x with G filled)``, and every element of
@@ -89,8 +148,13 @@ def feature_ablation(model: Any, inputs: Any, target: Any = None, *, groups: Any
     ----------
     model : torch.nn.Module or callable
         A torch module, any function that scores a batch, or a scikit-learn estimator.
-    inputs : Tensor, ndarray or DataFrame, shape (batch, ...)
+    inputs : Tensor, ndarray or DataFrame, shape (batch, ...); or several of them
+        Several inputs of a torch model: a tuple (passed positionally) or a dict (passed as
+        keywords) of tensors/arrays with the same batch length. ``values`` is then one array per
+        input (a tuple or dict like ``inputs``), ``groups`` one label array per input (see below)
+        and ``fill`` a value per input or one for all.
     target : int, sequence, "predicted", callable or None
+        ``lumos.Neuron(layer, index)`` explains a unit of a torch model's layer.
     groups : None, "slic", "quickshift", int array, or list/dict of column groups
         - ``None``: every element alone.
         - ``"slic"`` / ``"quickshift"``: superpixels of each image (batch, C, H, W) with
@@ -105,32 +169,64 @@ def feature_ablation(model: Any, inputs: Any, target: Any = None, *, groups: Any
           alone. ``values`` then has **one column per group**, named in ``feature_names`` (a
           mapping's keys, else the members' names joined by ``+``; arrays' columns are
           ``x0, x1, ...``), like LIME's and the Shapley methods' groups.
+        - for several inputs: one integer label array (or ``None``: each element alone) per
+          input, as a tuple or a dict with the inputs' names, each broadcastable to one sample of
+          its input (or per sample, with a leading batch axis). **Equal labels in different
+          inputs are one group**, ablated together across the inputs (e.g. a token and its
+          extra features); use disjoint labels for groups within each input. Default ``None``:
+          every element of every input alone. Superpixels and column lists need one input.
     superpixel_params : dict, optional
         Options for :func:`lumos.core.superpixels.superpixels` (scikit-image's parameters, e.g.
         ``n_segments``; defaults documented there, quickshift's are LIME's).
     fill : {"zero", "mean", "blur", "noise"}, float or array, default "zero"
         What ablated features become (see :func:`occlusion`; an array with the inputs' number of
         axes is one fill per sample, e.g. one baseline row per table row); for tabular data
-        ``fill="mean"`` with ``background=X_train`` is the usual choice.
+        ``fill="mean"`` with ``background=X_train`` is the usual choice. With several inputs:
+        ``"zero"``, a number, ``"mean"`` (``background`` then one data set per input, a tuple or
+        dict like ``inputs``), or one fill per input, ``fill=(f1, f2)`` or a dict, each a number,
+        one sample's fill, or one per sample (leading batch axis); ``"blur"`` and ``"noise"``
+        need one input's layout and are refused.
     sigma, background, seed : as in :func:`occlusion`.
     batch_size : int, optional
         Ablated inputs per model call; default 64 rows, fewer for large inputs (as in
         :func:`occlusion`).
+    forward_args : tuple, dict, lumos.Args or None
+        Extra arguments of the model that are not explained (as in :func:`occlusion`): every
+        ablated copy of sample ``i`` is scored with the per-sample arguments of sample ``i``.
 
     Returns
     -------
     Explanation
-        ``values`` has the shape of ``inputs``, or (batch, groups) for grouped tables.
+        ``values`` has the shape of ``inputs`` (one array per input for several inputs), or
+        (batch, groups) for grouped tables.
         ``meta``: ``n_evals``; per sample ``groups`` (the labels), ``n_groups`` and
         ``group_values`` (batch, max groups; NaN-padded), the drop of each group in the order of
         its label; for grouped tables ``groups`` maps each group name to its columns instead.
+        For several inputs ``groups`` is left out of ``meta`` (the labels are the user's; the
+        columns of ``group_values`` follow the sorted labels, each input's ``None`` labels after
+        the given ones in input order).
     """
-    with perturbation_call(model, inputs, target, method="feature_ablation", what="ablated inputs") as run:
+    with perturbation_call(model, inputs, target, method="feature_ablation", what="ablated inputs",
+                           forward_args=forward_args, several=True) as run:
         x, n, shape = run.x, run.n, run.sample_shape
         dev = x.device
-        columns = getattr(inputs, "columns", None)
-        columns = [str(c) for c in columns] if columns is not None else None
-        labels, desc, group_names = _resolve_groups(groups, x, columns, superpixel_params)
+        packing = run.packing
+        if packing is None:
+            columns = getattr(inputs, "columns", None)
+            columns = [str(c) for c in columns] if columns is not None else None
+            labels, desc, group_names = _resolve_groups(groups, x, columns, superpixel_params)
+        else:
+            labels = _packed_groups(groups, packing, n)
+            desc = "single features" if groups is None else "labels per input"
+            group_names = None
+            if isinstance(fill, str) and fill in ("blur", "noise"):
+                raise ValueError(
+                    f"fill={fill!r} needs the layout (blur) or the scale (noise) of one input; with "
+                    "several inputs give 'zero', 'mean' (with background= per input), a number, or "
+                    "one fill per input: fill=(f1, f2, ...) or a dict")
+            fill = packing.pack_param(fill, "fill", x.dtype, dev)
+            if background is not None:
+                background = packing.pack_param(background, "background", x.dtype, dev)
         fill_t, fill_desc = make_fill(fill, x, blur_axes=spatial_axes(shape), sigma=sigma,
                                       background=background, seed=seed)
         const = constant_fill(fill)
@@ -190,4 +286,6 @@ def feature_ablation(model: Any, inputs: Any, target: Any = None, *, groups: Any
         values = torch.gather(group_values, 1, dense_t.reshape(n, -1)).reshape(dense_t.shape)
         values = values.expand((n,) + shape).to(x.dtype).clone()
         sample_meta = {"groups": np.stack(dense), "n_groups": n_groups, "group_values": group_values}
+        if packing is not None:
+            del sample_meta["groups"]
         return run.explanation(values, "feature_ablation", params, meta=meta, sample_meta=sample_meta)

@@ -68,7 +68,8 @@ def meaningful_perturbation(model: torch.nn.Module, inputs: Any, target: Any = N
                             background: Any = None, l1: float = 1.0, tv: float = 0.2,
                             tv_beta: float = 3.0, n_iter: int = 300, lr: float = 0.1,
                             probabilities: bool | None = None, area_weight: float = 10.0,
-                            area_growth: float = 16.0, progress: bool | None = None):
+                            area_growth: float = 16.0, progress: bool | None = None,
+                            forward_args: Any = None):
     """A smooth mask learned by gradient descent: the region whose deletion destroys the score, or
     whose preservation keeps it.
 
@@ -138,6 +139,11 @@ def meaningful_perturbation(model: torch.nn.Module, inputs: Any, target: Any = N
         Initial weight of the area constraint and its total growth factor over ``n_iter``.
     progress : bool, optional
         Progress bar over the masks (default: on a terminal for long work).
+    forward_args : tuple, dict, lumos.Args or None
+        Extra arguments of the model (as in :func:`occlusion`): the mask of sample ``i`` is
+        learned with the per-sample arguments of sample ``i``. Several explained inputs are
+        refused (the mask needs one input's layout). With ``target=lumos.Neuron(layer, index)``
+        the unit's activation is the score (never a softmax over the layer's units).
 
     Returns
     -------
@@ -160,7 +166,9 @@ def meaningful_perturbation(model: torch.nn.Module, inputs: Any, target: Any = N
         check_number(v, name, low=0) for name, v in (
             ("l1", l1), ("tv", tv), ("lr", lr), ("tv_beta", tv_beta), ("area_weight", area_weight),
             ("area_growth", area_growth)))
-    with torch_call(model, inputs, target, method="meaningful_perturbation") as p:
+    with torch_call(model, inputs, target, method="meaningful_perturbation",
+                    forward_args=forward_args) as p:
+        model = p.model  # the user's model seen through forward arguments or a Neuron target
         x, n, shape = p.x, p.n, tuple(p.x.shape[1:])
         dev = x.device
         if mask_shape is None:
@@ -179,7 +187,9 @@ def meaningful_perturbation(model: torch.nn.Module, inputs: Any, target: Any = N
         fill_t, fill_desc = make_fill(fill, x, blur_axes=masked, sigma=sigma, background=background)
 
         use_prob = (areas is None) if probabilities is None else bool(probabilities)
-        use_prob = use_prob and p.target.indices is not None and p.output.ndim == 2 and p.output.shape[1] > 1
+        # a Neuron's layer is no distribution over classes: its units are never softmaxed
+        use_prob = (use_prob and "neuron" not in p.meta and p.target.indices is not None
+                    and p.output.ndim == 2 and p.output.shape[1] > 1)
         n_area = 1 if areas is None else len(areas)
         rows_all = torch.arange(n, device=dev).repeat_interleave(n_area)
         area_all = torch.as_tensor(areas or [0.0], dtype=x.dtype, device=dev).repeat(n)
@@ -192,7 +202,7 @@ def meaningful_perturbation(model: torch.nn.Module, inputs: Any, target: Any = N
         frozen_parameters(model)  # only the mask needs gradients (restored by the guard)
 
         def score_of(xs, rows):
-            out = forward(model, xs, name="masked inputs")
+            out = forward(model, xs, name="masked inputs", rows=rows)
             check_finite(out.detach(), "masked inputs")
             if use_prob:
                 out = torch.softmax(out, dim=1)

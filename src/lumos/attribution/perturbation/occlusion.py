@@ -34,7 +34,7 @@ def _as_list(spec: Any) -> list:
           models="any")
 def occlusion(model: Any, inputs: Any, target: Any = None, *, window: Any = 8, stride: Any = None,
               fill: Any = "zero", sigma: float = 5.0, background: Any = None, seed: int = 0,
-              batch_size: int | None = None, progress: bool | None = None):
+              batch_size: int | None = None, progress: bool | None = None, forward_args: Any = None):
     """Occlusion: how much the explained score drops when a window of the input is hidden.
 
     Zeiler & Fergus (2014), "Visualizing and Understanding Convolutional Networks". For each
@@ -87,6 +87,16 @@ def occlusion(model: Any, inputs: Any, target: Any = None, *, window: Any = 8, s
         of input per call: 10 rows of 3x128x128 float32 images).
     progress : bool, optional
         Progress bar (default: on a terminal for long work).
+    forward_args : tuple, dict, lumos.Args or None
+        Extra arguments of the model that are not explained (a mask, a flag): positional as a
+        tuple, keyword as a dict, both as ``lumos.Args``. An argument whose first axis has the
+        batch length is per sample: each occluded copy of sample ``i`` is scored with argument
+        row ``i`` (wrap a batch-length value meant for every row in ``lumos.Shared``). Torch
+        modules and plain predict functions (``predict(X, *args, **kwargs)``) take them.
+
+    Several inputs (a tuple or dict) are refused: windows need the layout of one input. Explain
+    one of them and pass the others with ``forward_args=``, or use ``feature_ablation``.
+    ``target=lumos.Neuron(layer, index)`` explains a unit of a torch model's layer.
 
     Returns
     -------
@@ -100,7 +110,8 @@ def occlusion(model: Any, inputs: Any, target: Any = None, *, window: Any = 8, s
         raise ValueError(f"stride: give one stride per window size ({len(windows)}); got {len(strides)}")
     if not windows:
         raise ValueError("window: give at least one window shape")
-    with perturbation_call(model, inputs, target, method="occlusion", what="occluded inputs") as run:
+    with perturbation_call(model, inputs, target, method="occlusion", what="occluded inputs",
+                           forward_args=forward_args) as run:
         x, n, shape = run.x, run.n, run.sample_shape
         nd, dev = len(shape), x.device
         sizes, positions = [], []

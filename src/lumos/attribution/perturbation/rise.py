@@ -46,7 +46,8 @@ def rise_masks(grids: torch.Tensor, shifts: torch.Tensor, size: tuple[int, ...],
           models="any")
 def rise(model: Any, inputs: Any, target: Any = None, *, n_masks: int = 2000, grid: Any = 8,
          p: float = 0.5, center: bool = True, fill: Any = "zero", sigma: float = 5.0, background: Any = None,
-         seed: int = 0, batch_size: int | None = None, progress: bool | None = None):
+         seed: int = 0, batch_size: int | None = None, progress: bool | None = None,
+         forward_args: Any = None):
     """RISE: the average of random smooth masks, each weighted by the score of the masked input.
 
     Petsiuk, Das & Saenko (2018), "RISE: Randomized Input Sampling for Explanation of Black-box
@@ -87,6 +88,10 @@ def rise(model: Any, inputs: Any, target: Any = None, *, n_masks: int = 2000, gr
     batch_size : int, optional
         Masked inputs per model call; default 64 rows, fewer for large inputs (as in
         :func:`occlusion`).
+    forward_args : tuple, dict, lumos.Args or None
+        Extra arguments of the model (as in :func:`occlusion`): each masked copy of sample ``i``
+        is scored with the per-sample arguments of sample ``i``. Several explained inputs are
+        refused (masks need one input's layout).
 
     Returns
     -------
@@ -99,7 +104,8 @@ def rise(model: Any, inputs: Any, target: Any = None, *, n_masks: int = 2000, gr
     """
     n_masks = check_number(n_masks, "n_masks", low=1, integer=True)
     p = check_number(p, "p (a probability)", low=0, high=1, low_open=True, high_open=True)
-    with perturbation_call(model, inputs, target, method="rise", what="masked inputs") as run:
+    with perturbation_call(model, inputs, target, method="rise", what="masked inputs",
+                           forward_args=forward_args) as run:
         x, n, shape = run.x, run.n, run.sample_shape
         dev = x.device
         g = axes_spec(grid, shape, "grid")
