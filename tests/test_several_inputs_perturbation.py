@@ -364,9 +364,43 @@ def test_neuron_target_equals_the_model_cut_at_that_unit(method, kw):
     assert np.abs(np.asarray(e.values) - np.asarray(ref.values)).max() <= TOL
 
 
+def test_neuron_target_of_a_predict_function_is_a_clear_error():
+    X = np.random.default_rng(0).random((3, 4))
+    with pytest.raises(TypeError, match=r"target: Neuron\('fc', 1\) is a unit of a layer, which needs a torch"):
+        lumos.explain(lambda a: a, X, "occlusion", window=1, target=lumos.Neuron("fc", 1))
+
+
 def test_meaningful_perturbation_of_a_neuron_scores_the_raw_activation():
     m = Mlp()
     x = torch.rand(2, 12, dtype=torch.float64)
     e = lumos.explain(m, x, "meaningful_perturbation", target=lumos.Neuron("fc1", 1), n_iter=3,
                       mask_shape=(4,), fill="zero")
     assert e.meta["score"] == "raw"
+
+
+class TokenModel(nn.Module):
+    """A text classifier: token ids (int) with an attention mask (keyword, per sample)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(10, 4).double()
+        self.out = nn.Linear(4, 2).double()
+
+    def forward(self, input_ids, attention_mask):
+        h = self.emb(input_ids) * attention_mask[..., None]
+        return self.out(torch.tanh(h.sum(1) / attention_mask.sum(1, keepdim=True)))
+
+
+def test_token_ids_with_a_per_sample_attention_mask():
+    ids = torch.tensor([[3, 5, 7, 1, 0], [2, 9, 4, 0, 0], [8, 8, 6, 5, 2]])
+    mask = (ids != 0).double()
+    m = TokenModel()
+    # a tuple of one input keeps the ids' integer dtype (packed, cast back for the model)
+    e = lumos.explain(m, (ids,), "feature_ablation", target=1, fill=0,
+                      forward_args={"attention_mask": mask}, batch_size=4)
+    with torch.no_grad():
+        full = m(ids, mask)[:, 1]
+        expected = torch.stack([full - m(ids * (torch.arange(5) != j), mask)[:, 1] for j in range(5)], 1)
+    assert e.values[0].dtype == np.float64 and e.values[0].shape == (3, 5)
+    assert np.abs(e.values[0] - expected.numpy()).max() <= TOL

@@ -32,6 +32,7 @@ from torch import nn
 from ...core.images import gaussian_blur  # noqa: F401 (re-exported)
 from ...core.blackbox import as_blackbox
 from ...core.inputs import BoundModel, Packing, _forward_args, is_several
+from ...core.units import Neuron
 from ...core.execution import check_batch_size, chunks, rng
 from ...core.explanation import Explanation
 from ...core.targets import resolve_target
@@ -150,6 +151,10 @@ def perturbation_call(model: Any, inputs: Any, target: Any, *, method: str, what
             "model must be a torch.nn.Module, a predict function that scores a batch, or a "
             f"scikit-learn estimator; got {type(model).__name__}"
         )
+    if isinstance(target, Neuron):
+        raise TypeError(
+            f"target: {target!r} is a unit of a layer, which needs a torch.nn.Module; a predict "
+            f"function ({type(model).__name__}) has no layers. Explain one of its outputs instead.")
     if is_several(inputs):
         raise ValueError(
             f"inputs: {method} of a predict function explains one input array (a tuple or dict of "
