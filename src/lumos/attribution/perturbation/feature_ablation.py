@@ -20,6 +20,27 @@ def _label_names(labels: np.ndarray, names: list[str]) -> list[str]:
     return ["+".join(names[c] for c in np.flatnonzero(labels == g)) for g in np.unique(labels)]
 
 
+def _int_labels(value: Any, name: str, shape: tuple[int, ...], n: int) -> tuple[np.ndarray, bool]:
+    """``value`` as int64 labels checked against samples of ``shape``: ``(labels, per_sample)``,
+    per sample when it has one more axis than a sample (a leading batch axis of 1 or ``n``)."""
+    lab = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    if lab.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integer labels; got dtype {lab.dtype}")
+    lab = lab.astype(np.int64)
+    per_sample = lab.ndim == len(shape) + 1
+    try:
+        np.broadcast_shapes(lab.shape, ((n,) if per_sample else ()) + shape)
+        if per_sample and lab.shape[0] not in (1, n):
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"{name} of shape {lab.shape} must broadcast to one sample {shape} (shared by all "
+            f"samples) or, with a leading batch axis, to {(n,) + shape} (one labelling per sample, "
+            "e.g. (batch, 1, H, W) for images)"
+        ) from None
+    return lab, per_sample
+
+
 def _resolve_groups(groups: Any, x: torch.Tensor, columns: list[str] | None,
                     superpixel_params: dict | None) -> tuple[np.ndarray, str, list[str] | None]:
     """Integer labels of shape (1 or n, ...) with ``x``'s number of axes, broadcastable to ``x``;
@@ -50,21 +71,7 @@ def _resolve_groups(groups: Any, x: torch.Tensor, columns: list[str] | None,
             )
         labels, group_names = column_groups(groups, names)
         return labels[None], "column groups", group_names
-    lab = groups.detach().cpu().numpy() if isinstance(groups, torch.Tensor) else np.asarray(groups)
-    if lab.dtype.kind not in "iu":
-        raise ValueError(f"groups must hold integer labels; got dtype {lab.dtype}")
-    lab = lab.astype(np.int64)
-    per_sample = lab.ndim == len(shape) + 1
-    try:
-        np.broadcast_shapes(lab.shape, tuple(x.shape) if per_sample else shape)
-        if per_sample and lab.shape[0] not in (1, n):
-            raise ValueError
-    except ValueError:
-        raise ValueError(
-            f"groups of shape {lab.shape} must broadcast to one sample {shape} (shared by all "
-            f"samples) or, with a leading batch axis, to the inputs {tuple(x.shape)} (per-sample "
-            "segmentations of images: (batch, 1, H, W))"
-        ) from None
+    lab, per_sample = _int_labels(groups, "groups", shape, n)
     if not per_sample:
         lab = lab.reshape((1,) * (len(shape) + 1 - lab.ndim) + lab.shape)
     if len(shape) == 1 and lab.shape == (1, shape[0]):  # a group mask of the columns of a table
@@ -106,19 +113,8 @@ def _packed_groups(groups: Any, packing: Packing, n: int) -> np.ndarray:
         if part is None:
             arrays.append(None)
             continue
-        lab = part.detach().cpu().numpy() if isinstance(part, torch.Tensor) else np.asarray(part)
-        if lab.dtype.kind not in "iu":
-            raise ValueError(f"groups[{name!r}] must hold integer labels; got dtype {lab.dtype}")
-        lab = lab.astype(np.int64)
-        per_sample = lab.ndim == len(shape) + 1
-        try:
-            lab = np.broadcast_to(lab, ((lab.shape[0],) if per_sample else ()) + shape)
-            if per_sample and lab.shape[0] not in (1, n):
-                raise ValueError
-        except ValueError:
-            raise ValueError(
-                f"groups[{name!r}] of shape {lab.shape} must broadcast to one sample {shape} of that "
-                f"input, or with a leading batch axis to ({n},) + {shape}") from None
+        lab, per_sample = _int_labels(part, f"groups[{name!r}]", shape, n)
+        lab = np.broadcast_to(lab, ((lab.shape[0],) if per_sample else ()) + shape)
         arrays.append(lab.reshape((lab.shape[0] if per_sample else 1), -1))
     given = [a for a in arrays if a is not None]
     nxt = max((int(a.max()) for a in given), default=-1) + 1  # singletons after every given label
