@@ -175,3 +175,24 @@ def test_explanation_of_several_inputs_slices_saves_and_completes(tmp_path, kind
 def test_explanation_parts_must_share_the_batch():
     with pytest.raises(ValueError, match="same batch axis"):
         lumos.Explanation(values=(np.zeros((3, 2)), np.zeros((4, 2))))
+
+
+def test_nested_calls_compose_rows_and_unknown_batches_are_refused():
+    m = TwoInputs()
+    a, b = _ab()
+    scale = torch.rand(5) + 0.5
+    bound, z, _ = bind(m, (a, b), {"scale": scale}, dtype=torch.float32)
+    ref = m(a, b, scale=scale)
+    outer = torch.tensor([2, 2, 4, 0, 1, 3])  # an outer batch built from the samples
+    built = z[outer]
+    with bound.rows(outer):  # an inner call on rows 5, 0, 3 of that batch
+        inner = torch.tensor([5, 0, 3])
+        out = forward(bound, built[inner], rows=inner)
+    assert torch.allclose(out, ref[outer[inner]])
+    # a nested torch_call on a built batch: refused unless the enclosing call said whose rows
+    with pytest.raises(ForwardArgsError, match="without saying which sample each row belongs to"):
+        with torch_call(bound, built, 0, method="t"):
+            pass
+    with bound.rows(outer):
+        with torch_call(bound, built, 0, method="t") as p:
+            assert torch.allclose(p.output, ref[outer])

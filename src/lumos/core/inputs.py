@@ -216,20 +216,67 @@ class Wrapper(nn.Module):
         super().__init__()
         self.model = model
         self._rows: torch.Tensor | None = None
+        # the number of explained samples (levels that hold per-sample state set their own)
+        self.n: int | None = model.n if isinstance(model, Wrapper) else None
 
     @contextlib.contextmanager
     def rows(self, rows: Any) -> Iterator[None]:
-        """Within the block, row ``k`` of each batch belongs to sample ``rows[k]``."""
+        """Within the block, row ``k`` of each batch belongs to sample ``rows[k]``.
+
+        Calls nest: when a method runs another one on a batch it built (SmoothGrad on its noisy
+        copies), the outer call says which sample each row of that batch belongs to, and the
+        inner call's rows index that batch: the sample of inner row ``k`` is ``outer[rows[k]]``.
+        """
         prev = self._rows
-        self._rows = None if rows is None else torch.as_tensor(rows, dtype=torch.long).reshape(-1)
+        if rows is not None:
+            rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
+            if prev is not None:
+                if len(rows) and (int(rows.max()) >= len(prev) or int(rows.min()) < 0):
+                    raise ForwardArgsError(
+                        f"internal error: row ids up to {int(rows.max())} for a batch of {len(prev)} rows")
+                rows = prev[rows.to(prev.device)]
+        self._rows = rows
         try:
             if isinstance(self.model, Wrapper):
-                with self.model.rows(rows):
+                with self.model._set_rows(rows):
                     yield
             else:
                 yield
         finally:
             self._rows = prev
+
+
+    @contextlib.contextmanager
+    def _set_rows(self, rows: torch.Tensor | None) -> Iterator[None]:
+        """Set already composed rows on this level and the levels inside."""
+        prev, self._rows = self._rows, rows
+        try:
+            if isinstance(self.model, Wrapper):
+                with self.model._set_rows(rows):
+                    yield
+            else:
+                yield
+        finally:
+            self._rows = prev
+
+    def check_batch(self, m: int, name: str = "inputs") -> None:
+        """Refuse a nested call on ``m`` rows whose samples are unknown (see :meth:`rows`)."""
+        if self._rows is not None:
+            if len(self._rows) != m:
+                raise ForwardArgsError(f"{name}: {m} rows, but the enclosing call described {len(self._rows)}")
+        elif m != self.n and self.per_sample:
+            raise ForwardArgsError(
+                f"{name}: a batch of {m} rows was handed to a model with per-sample forward "
+                f"arguments for {self.n} samples, without saying which sample each row belongs to "
+                "(wrap the call in lumos.core.inputs.rows_of(model, rows))")
+
+    @property
+    def per_sample(self) -> bool:
+        inner = self.model.per_sample if isinstance(self.model, Wrapper) else False
+        return inner or self._own_per_sample()
+
+    def _own_per_sample(self) -> bool:
+        return False
 
 
 class BoundModel(Wrapper):
@@ -246,6 +293,9 @@ class BoundModel(Wrapper):
         self.n = n
         self.args = list(args)
         self.kwargs = dict(kwargs or {})
+
+    def _own_per_sample(self) -> bool:
+        return any(_per_sample(a, self.n) for a in self.args + list(self.kwargs.values()))
 
     def _expand(self, value: Any, rows: torch.Tensor | None, m: int) -> Any:
         if isinstance(value, Shared):

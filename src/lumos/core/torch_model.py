@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .explanation import Explanation
-from .inputs import BoundModel, ForwardArgsError, Packing, bind, is_several, rows_of, unwrap
+from .inputs import BoundModel, ForwardArgsError, Packing, Wrapper, bind, is_several, rows_of, unwrap
 from .modules import get_module  # noqa: F401 (re-exported: methods import it from here)
 from .targets import Target, resolve_target
 from .units import ActivationModel, Neuron, SpliceModel
@@ -504,6 +504,8 @@ def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
     warn_if_training(model, stacklevel=4)
     names = feature_names_of(inputs)
     with ModelGuard(model):  # also switches inference mode off for the call
+        if isinstance(model, Wrapper):  # a method running another on a batch it built
+            model.check_batch(len(inputs) if hasattr(inputs, "__len__") else -1)
         model, inputs, packing = bind(model, inputs, forward_args, dtype=model_dtype(model),
                                       device=model_device(model))
         x = as_tensor(inputs, model_device(model), dtype=model_dtype(model))

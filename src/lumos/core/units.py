@@ -153,6 +153,10 @@ class SpliceModel(Wrapper):
         self.layer_side = layer_side
         # the inputs, expanded per row like a per-sample forward argument
         self._x = BoundModel(nn.Identity(), None, len(x), (x,))
+        self.n = len(x)
+
+    def _own_per_sample(self) -> bool:
+        return True  # every row needs its own sample's input
 
     def forward(self, z: torch.Tensor):
         x = self._x._expand(self._x.args[0], self._rows, len(z))
