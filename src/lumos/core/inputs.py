@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 __all__ = ["Args", "Shared", "Packing", "Wrapper", "BoundModel", "bind", "rows_of", "unwrap",
-           "is_several", "ForwardArgsError"]
+           "is_several", "is_per_sample", "split_forward_args", "ForwardArgsError"]
 
 
 class ForwardArgsError(ValueError):
@@ -235,16 +235,8 @@ class Wrapper(nn.Module):
                     raise ForwardArgsError(
                         f"internal error: row ids up to {int(rows.max())} for a batch of {len(prev)} rows")
                 rows = prev[rows.to(prev.device)]
-        self._rows = rows
-        try:
-            if isinstance(self.model, Wrapper):
-                with self.model._set_rows(rows):
-                    yield
-            else:
-                yield
-        finally:
-            self._rows = prev
-
+        with self._set_rows(rows):
+            yield
 
     @contextlib.contextmanager
     def _set_rows(self, rows: torch.Tensor | None) -> Iterator[None]:
@@ -295,12 +287,12 @@ class BoundModel(Wrapper):
         self.kwargs = dict(kwargs or {})
 
     def _own_per_sample(self) -> bool:
-        return any(_per_sample(a, self.n) for a in self.args + list(self.kwargs.values()))
+        return any(is_per_sample(a, self.n) for a in self.args + list(self.kwargs.values()))
 
     def _expand(self, value: Any, rows: torch.Tensor | None, m: int) -> Any:
         if isinstance(value, Shared):
             return value.value
-        if not _per_sample(value, self.n):
+        if not is_per_sample(value, self.n):
             return value
         if rows is None:
             if m == self.n:
@@ -332,7 +324,8 @@ class BoundModel(Wrapper):
         return self.model(*parts, *args, **kwargs)
 
 
-def _per_sample(value: Any, n: int) -> bool:
+def is_per_sample(value: Any, n: int) -> bool:
+    """A per-sample forward argument: a tensor/array whose first axis has the batch length ``n``."""
     if isinstance(value, Shared):
         return False
     shape = getattr(value, "shape", None)
@@ -340,7 +333,8 @@ def _per_sample(value: Any, n: int) -> bool:
             and shape[0] == n)
 
 
-def _forward_args(forward_args: Any) -> tuple[tuple, dict]:
+def split_forward_args(forward_args: Any) -> tuple[tuple, dict]:
+    """``forward_args`` (None, a tuple, a dict, :class:`Args` or one value) as ``(args, kwargs)``."""
     if forward_args is None:
         return (), {}
     if isinstance(forward_args, Args):
@@ -363,7 +357,7 @@ def bind(model: nn.Module, inputs: Any, forward_args: Any = None, *, dtype: torc
     no forward argument; otherwise a :class:`BoundModel` and the (packed) inputs, with the
     :class:`Packing` (``None`` for a single input with forward arguments).
     """
-    args, kwargs = _forward_args(forward_args)
+    args, kwargs = split_forward_args(forward_args)
     several = is_several(inputs)
     if not several and not args and not kwargs:
         return model, inputs, None
@@ -401,3 +395,8 @@ def rows_of(model: Any, rows: Any) -> Iterator[None]:
             yield
     else:
         yield
+
+
+# private spellings used before these were public
+_per_sample = is_per_sample
+_forward_args = split_forward_args

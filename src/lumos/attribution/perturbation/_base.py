@@ -31,7 +31,7 @@ from torch import nn
 
 from ...core.images import gaussian_blur  # noqa: F401 (re-exported)
 from ...core.blackbox import as_blackbox
-from ...core.inputs import BoundModel, Packing, _forward_args, is_several
+from ...core.inputs import BoundModel, Packing, is_several, split_forward_args
 from ...core.units import Neuron
 from ...core.execution import check_batch_size, chunks, rng
 from ...core.explanation import Explanation
@@ -229,7 +229,7 @@ def _bound_predict(model: Any, forward_args: Any, n: int):
     place that does it for torch models too. BlackBox may split a call into chunks of its own;
     the row ids are consumed in order, chunk after chunk.
     """
-    args, kwargs = _forward_args(forward_args)
+    args, kwargs = split_forward_args(forward_args)
     bound = BoundModel(model, None, n, args, kwargs)
     state = {"rows": None, "at": 0}
 
