@@ -196,3 +196,28 @@ def test_nested_calls_compose_rows_and_unknown_batches_are_refused():
     with bound.rows(outer):
         with torch_call(bound, built, 0, method="t") as p:
             assert torch.allclose(p.output, ref[outer])
+
+
+def test_a_single_token_id_tensor_reaches_the_model_as_integers_for_perturbation_methods():
+    class Tok(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.emb, self.lin = nn.Embedding(20, 4), nn.Linear(4, 2)
+
+        def forward(self, ids):
+            assert ids.dtype == torch.long  # an embedding needs the ids as they were given
+            return self.lin(self.emb(ids).mean(1))
+
+    m = Tok()
+    ids = torch.randint(1, 20, (3, 6), generator=torch.Generator().manual_seed(0))
+    occ = lumos.explain(m, ids, "occlusion", target=0, window=1, fill=0)
+    abl = lumos.explain(m, ids, "feature_ablation", target=0, fill=0)
+    as_tuple = lumos.explain(m, (ids,), "feature_ablation", target=0, fill=0)
+    # by hand: the drop of the class-0 score when token j becomes id 0
+    with torch.no_grad():
+        base = m(ids)[:, 0]
+        ref = torch.stack([base - m(ids.index_fill(1, torch.tensor([j]), 0))[:, 0] for j in range(6)], 1)
+    np.testing.assert_allclose(occ.values, ref.numpy(), atol=1e-6)
+    np.testing.assert_allclose(abl.values, ref.numpy(), atol=1e-6)
+    np.testing.assert_allclose(as_tuple.values[0], ref.numpy(), atol=1e-6)

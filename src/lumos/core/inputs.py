@@ -141,10 +141,7 @@ class Packing:
         out = []
         for k, shape in enumerate(self.shapes):
             piece = z[:, off[k]:off[k + 1]].reshape((m,) + shape)
-            dt = self.dtypes[k]
-            if cast and not dt.is_floating_point and dt != z.dtype:
-                piece = piece.round().to(dt) if dt != torch.bool else piece != 0
-            out.append(piece)
+            out.append(cast_back(piece, self.dtypes[k]) if cast else piece)
         return out
 
     def pack_param(self, value: Any, name: str, dtype: torch.dtype, device=None) -> Any:
@@ -202,6 +199,13 @@ class Packing:
         m, off = arr.shape[0], self.offsets
         parts = [arr[:, off[k]:off[k + 1]].reshape((m,) + s) for k, s in enumerate(self.shapes)]
         return dict(zip(self.names, parts)) if self.kind == "dict" else tuple(parts)
+
+
+def cast_back(z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Values carried in a float batch back to the input's integer or bool dtype (token ids)."""
+    if dtype.is_floating_point or dtype == z.dtype:
+        return z
+    return z != 0 if dtype == torch.bool else z.round().to(dtype)
 
 
 class Wrapper(nn.Module):
@@ -279,8 +283,10 @@ class BoundModel(Wrapper):
     """
 
     def __init__(self, model: nn.Module, packing: Packing | None, n: int,
-                 args: tuple = (), kwargs: Mapping[str, Any] | None = None):
+                 args: tuple = (), kwargs: Mapping[str, Any] | None = None,
+                 cast: torch.dtype | None = None):
         super().__init__(model)
+        self.cast = cast  # a single integer input (token ids) carried as floats
         self.packing = packing
         self.n = n
         self.args = list(args)
@@ -314,7 +320,7 @@ class BoundModel(Wrapper):
         args = [self._expand(a, rows, m) for a in self.args]
         kwargs = {k: self._expand(v, rows, m) for k, v in self.kwargs.items()}
         if self.packing is None:
-            return self.model(z, *args, **kwargs)
+            return self.model(z if self.cast is None else cast_back(z, self.cast), *args, **kwargs)
         parts = self.packing.split(z)
         if self.packing.kind == "dict":
             clash = set(self.packing.names) & set(kwargs)
@@ -350,26 +356,41 @@ def split_forward_args(forward_args: Any) -> tuple[tuple, dict]:
 
 
 def bind(model: nn.Module, inputs: Any, forward_args: Any = None, *, dtype: torch.dtype | None,
-         device=None, name: str = "inputs") -> tuple[nn.Module, Any, Packing | None]:
+         device=None, name: str = "inputs", keep_integer: bool = False
+         ) -> tuple[nn.Module, Any, Packing | None]:
     """The model and inputs a method works on.
 
     Returns ``(model, inputs, packing)``: the user's objects unchanged when there is one input and
     no forward argument; otherwise a :class:`BoundModel` and the (packed) inputs, with the
     :class:`Packing` (``None`` for a single input with forward arguments).
+    ``keep_integer``: a single integer input (token ids) is handed to the model in its own dtype
+    (methods that replace values, never differentiate them, carry it as floats).
     """
     args, kwargs = split_forward_args(forward_args)
     several = is_several(inputs)
-    if not several and not args and not kwargs:
+    integer = _integer_dtype(inputs) if keep_integer and not several else None
+    if not several and not args and not kwargs and integer is None:
         return model, inputs, None
     args = tuple(_move(a, device) for a in args)
     kwargs = {k: _move(v, device) for k, v in kwargs.items()}
     if not several:
         n = len(inputs)
-        return BoundModel(model, None, n, args, kwargs), inputs, None
+        return BoundModel(model, None, n, args, kwargs, cast=integer), inputs, None
     packing, tensors = Packing.of(inputs, name)
     dt = dtype or torch.float32
     z = packing.pack(tensors, dt, device)
     return BoundModel(model, packing, packing.n, args, kwargs), z, packing
+
+
+def _integer_dtype(inputs: Any) -> torch.dtype | None:
+    """The torch dtype of an integer or bool tensor/array (None for floats and anything else)."""
+    if isinstance(inputs, torch.Tensor):
+        dt = inputs.dtype
+    elif isinstance(inputs, np.ndarray) and (np.issubdtype(inputs.dtype, np.integer) or inputs.dtype == bool):
+        dt = torch.from_numpy(inputs[:0].copy()).dtype
+    else:
+        return None
+    return None if dt.is_floating_point or dt.is_complex else dt
 
 
 def _move(value: Any, device) -> Any:

@@ -449,8 +449,8 @@ def feature_names_of(inputs: Any) -> list[str] | None:
 @contextlib.contextmanager
 def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
                rules: bool = False, clean_forward: bool = True, forward_args: Any = None,
-               several: bool = False, at: Any = None, layer_side: str = "output"
-               ) -> Iterator[Prepared]:
+               several: bool = False, at: Any = None, layer_side: str = "output",
+               keep_integer: bool = False) -> Iterator[Prepared]:
     """Validate, resolve the target, and guard the model for the duration of a method.
 
     The inputs (a tensor, an array of any numeric dtype, or a DataFrame) are copied and cast to the
@@ -482,6 +482,10 @@ def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
         (:mod:`lumos.core.units`): ``Prepared.x`` is then the activation and ``Prepared.model``
         the map from it to the output. A :class:`~lumos.core.units.Neuron` target explains a
         unit inside the network instead of an output.
+    keep_integer : bool, default False
+        For methods that replace input values and never differentiate them (perturbation): an
+        integer input (token ids) reaches the model in its own dtype; ``Prepared.x`` carries it as
+        floats. Gradient methods leave it False (integer inputs are cast to the model's dtype).
     """
     if layer_side not in ("output", "input"):
         raise ValueError(f"layer_side must be 'output' or 'input'; got {layer_side!r}")
@@ -507,7 +511,7 @@ def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
         if isinstance(model, Wrapper):  # a method running another on a batch it built
             model.check_batch(len(inputs) if hasattr(inputs, "__len__") else -1)
         model, inputs, packing = bind(model, inputs, forward_args, dtype=model_dtype(model),
-                                      device=model_device(model))
+                                      device=model_device(model), keep_integer=keep_integer)
         x = as_tensor(inputs, model_device(model), dtype=model_dtype(model))
         if not x.is_floating_point():  # pragma: no cover - as_tensor casts ints to float
             raise TypeError("inputs must be floating point for gradient methods")

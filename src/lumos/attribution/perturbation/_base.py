@@ -143,7 +143,7 @@ def perturbation_call(model: Any, inputs: Any, target: Any, *, method: str, what
     """
     if isinstance(model, nn.Module):
         with torch_call(model, inputs, target, method=method, clean_forward=False,
-                        forward_args=forward_args, several=several) as p:
+                        forward_args=forward_args, several=several, keep_integer=True) as p:
             yield _torch_run(p, what)
         return
     if not callable(model) and not hasattr(model, "predict"):
