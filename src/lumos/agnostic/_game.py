@@ -8,7 +8,11 @@ are evaluated together, so the model sees large batches; the number of model row
 sample.
 
 Players are the masker's features (columns, superpixels, words), or for tables the ``groups`` of
-columns the user names. With ``drop_null=True`` a table column whose explained value equals the
+columns the user names. A model of several inputs (a tuple/dict of tables) plays with the columns
+of all its inputs (:class:`~lumos.agnostic._tabular.SeveralTables`); its values come back as one
+array per input, or per group when ``groups`` are given (groups may join columns of different
+inputs). Extra model arguments (``forward_args``) are passed on every call, per-sample ones
+expanded to the explained sample of every masked row. With ``drop_null=True`` a table column whose explained value equals the
 value of every background row is no player at all: its presence cannot change any masked input,
 so its Shapley value is exactly 0 and it costs no budget.
 """
@@ -23,6 +27,7 @@ from ..core.execution import check_batch_size, progress_bar
 from ..core.explanation import Explanation
 from ..core.targets import resolve_target
 from ..core.validation import check_choice
+from ._tabular import SeveralTables
 from .maskers import MaskedInputs, MaskedTable, Masker, default_masker, table_fields
 
 __all__ = ["Game", "clean_params", "row_generators", "LINKS", "column_groups"]
@@ -118,13 +123,15 @@ class Game:
         Keep a random sample of this many background rows (default: all of them).
     drop_null : bool, default False
         Table columns equal to every background row are no players (their value is exactly 0).
+    forward_args : tuple, dict, lumos.Args or None
+        Extra model arguments that are not explained (see :class:`~lumos.core.blackbox.BlackBox`).
     """
 
     def __init__(self, model: Any, inputs: Any, target: Any = None, masker: Masker | None = None,
                  background: Any = None, output: str = "auto", batch_size: int | None = None,
                  method: str = "", progress: bool | None = None, *, groups: Any = None,
                  link: str = "identity", background_size: int | None = None,
-                 drop_null: bool = False):
+                 drop_null: bool = False, forward_args: Any = None):
         masker = default_masker(inputs, masker, background, method or "this method",
                                 background_size=background_size)
         self.link = check_choice(link, "link", LINKS)
@@ -140,10 +147,11 @@ class Game:
                              check_batch_size(None, row_bytes=self.data.originals()[0].nbytes))
         else:
             self.batch = self.data.default_batch
-        self.f = BlackBox(model, output=output, batch_size=self.batch, method=method)
+        self.f = BlackBox(model, output=output, batch_size=self.batch, method=method,
+                          forward_args=forward_args, inputs=inputs)
         self.progress = progress
         self.method = method
-        out = self.f(self.data.originals(), what="inputs")
+        out = self.f(self.data.originals(), what="inputs", rows=np.arange(self.data.n))
         self.raw_output = out
         self.target = resolve_target(target, out)
         self.fx = np.asarray(self.target.select(out), dtype=np.float64)
@@ -234,8 +242,9 @@ class Game:
                 sl = slice(start, min(start + per, m))
                 r = rows[sl]
                 inp = self.data.masked(r, self._features(r, Z[sl]))
-                raw = self.f(inp, what="masked inputs", copy=False)  # built for this call only
-                s = np.asarray(self.target.select(raw, np.repeat(r, B)), dtype=np.float64)
+                owner = np.repeat(r, B)  # the explained sample of every model row
+                raw = self.f(inp, what="masked inputs", copy=False, rows=owner)  # built for this call only
+                s = np.asarray(self.target.select(raw, owner), dtype=np.float64)
                 out[sl] = _weighted_mean(s.reshape(-1, B), self.weights)
                 bar.update(sl.stop - sl.start)
         np.add.at(self.evals, rows, B)
@@ -257,12 +266,22 @@ class Game:
 
     # ------------------------------------------------------------------ result
     def _per_group(self, a: np.ndarray) -> np.ndarray:
-        """(n, players) -> (n, groups) (0 for null groups)."""
-        out = np.zeros((self.n, self._G), dtype=a.dtype)
+        """(n, players) -> (n, groups), or (n, players, players) -> (n, groups, groups) for
+        interactions (0 for null groups)."""
+        out = np.zeros((self.n,) + (self._G,) * (a.ndim - 1), dtype=a.dtype)
         for i in range(self.n):
             k = int(self.M[i])
-            out[i, self._group[i, :k]] = a[i, :k]
+            g = self._group[i, :k]
+            if a.ndim == 2:
+                out[i, g] = a[i, :k]
+            else:
+                out[i][np.ix_(g, g)] = a[i, :k, :k]
         return out
+
+    @property
+    def several(self) -> bool:
+        """The model takes several inputs (tables): values come back per input."""
+        return isinstance(getattr(self.data, "table", None), SeveralTables)
 
     def explanation(self, per_feature: np.ndarray, method: str, params: dict, *, baseline=None,
                     meta: dict | None = None, sample_meta: dict | None = None,
@@ -287,6 +306,9 @@ class Game:
             fields["meta"]["groups"] = {g: [names[j] for j in m] for g, m in zip(gnames, members)}
         else:
             values, fields = self.data.layout(per_feature)
+            if self.several and values.ndim == 2:  # one array per input, in the inputs' structure
+                values = self.data.table.unpack(values)
+                fields["inputs"] = self.data.table.unpack(fields["inputs"])
         m = {"target": self.target.description, "score": self.f.score_name,
              "n_background": self.data.n_background, "modality": self.data.modality,
              "link": self.link}

@@ -7,15 +7,23 @@ feature (explained row here, background row there) with vectorised numpy, so eve
 into a list of categories. Before the model is called the matrix is *decoded* back into what the
 user gave (a DataFrame with the original column names and dtypes, or an array), so scikit-learn
 pipelines with column transformers and one-hot encoders work unchanged.
+
+A model of **several inputs** (a tuple or dict of tables with the same rows: numeric and
+categorical tensors, two DataFrames) is one table to these methods: :class:`SeveralTables` puts
+the columns of every input side by side (the players), named ``"<input>:<column>"`` (the dict key
+or tuple position, then the DataFrame's column name or ``x0, x1, ...``), and decodes a matrix back
+into :class:`~lumos.core.blackbox.Parts`, one table per input, which the black-box adapter passes
+to the model as it expects (a tuple positionally, a dict as keywords).
 """
 from __future__ import annotations
 
 import numbers
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["TabularData", "is_tabular"]
+__all__ = ["TabularData", "SeveralTables", "is_tabular", "is_several", "table_layout",
+           "check_several_tables"]
 
 
 def _is_frame(X: Any) -> bool:
@@ -34,6 +42,18 @@ def is_tabular(X: Any) -> bool:
         return np.ndim(X) == 2
     except Exception:  # pragma: no cover - ragged input
         return False
+
+
+def is_several(X: Any) -> bool:
+    """Several inputs: a dict, or a tuple/list of arrays, tensors or DataFrames
+    (:func:`lumos.core.inputs.is_several`; torch is imported only for a candidate)."""
+    if isinstance(X, Mapping):
+        return True
+    if not isinstance(X, (tuple, list)) or not X or isinstance(X[0], str):
+        return False
+    from ..core.inputs import is_several as several
+
+    return several(X)
 
 
 def _numeric_column(values: np.ndarray) -> bool:
@@ -318,3 +338,167 @@ def _as_2d(X: Any, name: str) -> np.ndarray:
     if len(A) == 0:
         raise ValueError(f"{name} has no rows")
     return A
+
+
+# ---------------------------------------------------------------------- several inputs
+def _entries(X: Any) -> tuple[str, list, list]:
+    """``(kind, keys, tables)`` of a tuple/list or dict of tables."""
+    if isinstance(X, Mapping):
+        return "dict", list(X), list(X.values())
+    return "tuple", list(range(len(X))), list(X)
+
+
+def _label(name: str, kind: str, key) -> str:
+    return f"{name}[{key!r}]" if kind == "dict" else f"{name}[{key}]"
+
+
+class SeveralTables(TabularData):
+    """The tables of a model of several inputs as one table (see the module docstring).
+
+    Columns are the columns of every input in order; ``names`` are ``"<input>:<column>"``.
+    :meth:`encode` takes the inputs' structure (a tuple/dict of tables with the same rows),
+    :meth:`decode` gives :class:`~lumos.core.blackbox.Parts`, :meth:`unpack` splits a
+    ``(n, d)`` array of values into the inputs' structure (:class:`~lumos.core.inputs.Packing`).
+    """
+
+    def __init__(self, tables: list[TabularData], structure: str, keys: list,
+                 names: list[str] | None = None):
+        self.tables = tables
+        self.structure = structure       # "tuple" or "dict"
+        self.keys = keys                 # dict keys, or 0, 1, ...
+        self.input_names = [str(k) for k in keys]
+        widths = [t.n_features for t in tables]
+        self.offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+        if names is None:
+            names = [f"{k}:{c}" for k, t in zip(self.input_names, tables) for c in t.names]
+        cats = {int(self.offsets[i]) + j: c for i, t in enumerate(tables) for j, c in t.categories.items()}
+        super().__init__(list(names), np.concatenate([t.categorical for t in tables]), cats,
+                         "several", integer=np.concatenate([t.integer for t in tables]))
+
+    @classmethod
+    def from_data(cls, background: Any, inputs: Any, categorical: Sequence | None = None,
+                  feature_names: Sequence[str] | None = None, name: str = "inputs") -> "SeveralTables":
+        """Layout of several inputs and a background of the same structure.
+
+        ``categorical`` names columns across inputs (``"<input>:<column>"`` or an index into all
+        columns); ``feature_names`` replaces the names of all columns (one per column).
+        """
+        kind, keys, parts = _entries(inputs)
+        if not parts:
+            raise ValueError(f"{name} is empty: give at least one table")
+        bg = _matching(background, kind, keys, "background")
+        check_several_tables(inputs, name=name)
+        for k, x, b in zip(keys, parts, bg):
+            label = _label(name, kind, k)
+            if not is_tabular(b):
+                raise ValueError(f"{_label('background', kind, k)} must be a table like {label}; "
+                                 f"got {type(b).__name__} of shape {np.shape(b)}")
+            if _is_frame(x) != _is_frame(b):
+                raise ValueError(f"{label} and {_label('background', kind, k)} must both be "
+                                 "DataFrames or both arrays")
+        _same_rows(parts, kind, keys, name)
+        _same_rows(bg, kind, keys, "background")
+        tables = [TabularData.from_data(b, x, name=_label(name, kind, k)) for k, x, b in zip(keys, parts, bg)]
+        if categorical is not None:
+            flat = cls(tables, kind, keys)
+            local: list[list[int]] = [[] for _ in tables]
+            for c in categorical:
+                if isinstance(c, (int, np.integer)) and not isinstance(c, bool):
+                    if not 0 <= c < flat.n_features:
+                        raise ValueError(f"categorical: column index {c} out of range 0..{flat.n_features - 1}")
+                    j = int(c)
+                elif str(c) in flat.names:
+                    j = flat.names.index(str(c))
+                else:
+                    raise ValueError(f"categorical: unknown column {c!r}; with several inputs name "
+                                     f"columns as '<input>:<column>': {flat.names}")
+                i = int(np.searchsorted(flat.offsets, j, side="right") - 1)
+                local[i].append(j - int(flat.offsets[i]))
+            tables = [TabularData.from_data(b, x, categorical=loc or None, name=_label(name, kind, k))
+                      for k, x, b, loc in zip(keys, parts, bg, local)]
+        out = cls(tables, kind, keys)
+        if feature_names is not None:
+            names = [str(f) for f in feature_names]
+            if len(names) != out.n_features:
+                raise ValueError(f"feature_names has {len(names)} names but the inputs have "
+                                 f"{out.n_features} columns together")
+            out = cls(tables, kind, keys, names)
+        return out
+
+    def encode(self, X: Any, name: str = "inputs") -> np.ndarray:
+        parts = _matching(X, self.structure, self.keys, name)
+        _same_rows(parts, self.structure, self.keys, name)
+        return np.concatenate([t.encode(x, name=_label(name, self.structure, k))
+                               for t, x, k in zip(self.tables, parts, self.keys)], axis=1)
+
+    def decode(self, Z: np.ndarray):
+        from ..core.blackbox import Parts
+
+        o = self.offsets
+        return Parts([t.decode(Z[:, o[i]:o[i + 1]]) for i, t in enumerate(self.tables)],
+                     self.structure, self.keys)
+
+    def unpack(self, values: np.ndarray):
+        """``(n, d)`` -> one ``(n, d_k)`` array per input, in the inputs' structure."""
+        import torch
+
+        from ..core.inputs import Packing
+
+        widths = np.diff(self.offsets)
+        packing = Packing(self.structure, tuple(self.input_names), tuple((int(w),) for w in widths),
+                          tuple(torch.float64 for _ in widths), len(values))
+        out = packing.unpack_values(values)
+        return {k: out[str(k)] for k in self.keys} if self.structure == "dict" else out
+
+
+def check_several_tables(inputs: Any, method: str = "this method", name: str = "inputs") -> None:
+    """A clear error unless every one of several inputs is a table."""
+    kind, keys, parts = _entries(inputs)
+    for k, x in zip(keys, parts):
+        if not is_tabular(x):
+            raise ValueError(
+                f"{_label(name, kind, k)}: with several inputs, {method} explains tables (a "
+                f"DataFrame or a 2-D array (rows, columns) per input); got {type(x).__name__} of "
+                f"shape {tuple(np.shape(x))}. Images and texts take one input (pass the others "
+                "with forward_args=).")
+
+
+def _matching(X: Any, kind: str, keys: list, name: str) -> list:
+    """The tables of ``X`` in the order of ``keys``; an error unless ``X`` has that structure."""
+    if kind == "dict":
+        if not isinstance(X, Mapping):
+            raise ValueError(f"{name}: give one table per input, as a dict with the keys "
+                             f"{[str(k) for k in keys]} like the inputs; got {type(X).__name__}")
+        missing = [k for k in keys if k not in X]
+        extra = [k for k in X if k not in keys]
+        if missing or extra:
+            raise ValueError(f"{name}: give one table per input {[str(k) for k in keys]}; missing "
+                             f"{[str(k) for k in missing]}, unknown {[str(k) for k in extra]}")
+        return [X[k] for k in keys]
+    if not is_several(X) or isinstance(X, Mapping) or len(X) != len(keys):
+        raise ValueError(f"{name}: give one table per input, as a tuple of {len(keys)} tables like "
+                         f"the inputs; got {type(X).__name__}"
+                         + (f" of {len(X)}" if isinstance(X, (tuple, list)) else ""))
+    return list(X)
+
+
+def _same_rows(tables: list, kind: str, keys: list, name: str) -> None:
+    n = len(tables[0])
+    for k, t in zip(keys, tables):
+        if len(t) != n:
+            raise ValueError(
+                f"{name}: every input needs the same number of rows; {_label(name, kind, k)} has "
+                f"{len(t)}, {_label(name, kind, keys[0])} has {n}")
+
+
+def table_layout(background: Any, inputs: Any, categorical: Sequence | None = None,
+                 feature_names: Sequence[str] | None = None, name: str = "inputs") -> TabularData:
+    """The layout of one table (:class:`TabularData`) or of several (:class:`SeveralTables`)."""
+    if is_several(inputs):
+        return SeveralTables.from_data(background, inputs, categorical=categorical,
+                                       feature_names=feature_names, name=name)
+    if is_several(background):
+        raise ValueError(f"background: {name} is one table, so the background is one table with "
+                         f"the same columns; got a {type(background).__name__} of tables")
+    return TabularData.from_data(background, inputs, categorical=categorical,
+                                 feature_names=feature_names, name=name)

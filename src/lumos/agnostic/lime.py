@@ -17,7 +17,7 @@ from ..core.registry import register
 from ..core.targets import resolve_target
 from ._game import Game, clean_params, row_generators
 from ._surrogate import SELECTIONS, check_surrogate, fit_surrogate
-from ._tabular import TabularData, _is_frame, is_tabular
+from ._tabular import TabularData, _is_frame, check_several_tables, is_several, is_tabular, table_layout
 from .maskers import Masker, default_masker, table_fields
 
 __all__ = ["lime"]
@@ -36,7 +36,8 @@ def lime(model: Any, inputs: Any, target: Any = None, *, background: Any = None,
          categorical: Sequence | None = None, feature_names: Sequence[str] | None = None,
          kernel_width: float | None = None, sample_around_instance: bool = True,
          alpha: float = 1.0, stability: int = 0, seed: int | None = 0, output: str = "auto",
-         batch_size: int | None = None, progress: bool | None = None) -> Explanation:
+         batch_size: int | None = None, progress: bool | None = None,
+         forward_args: Any = None) -> Explanation:
     """Explain each sample by a weighted linear model fitted on perturbed copies of it.
 
     The samples and their *interpretable representation* (the surrogate's features) are:
@@ -69,9 +70,14 @@ def lime(model: Any, inputs: Any, target: Any = None, *, background: Any = None,
     Parameters
     ----------
     model : callable, scikit-learn estimator or pipeline, booster or torch module
-    inputs : DataFrame or array (n, d), image batch, or list of str
+    inputs : DataFrame or array (n, d), image batch, or list of str; or a tuple/dict of tables
+        For a model of several inputs (``model(x_num, x_cat)``, or keywords for a dict), one
+        table per input with the same rows: the columns of all inputs are the surrogate's
+        features, named ``"<input>:<column>"``, and ``values`` holds one ``(n, d_k)`` array per
+        input (one ``(n, groups)`` array with ``groups``; the per-feature ``meta`` arrays keep
+        all columns in that order). Images and texts take one input.
     target : int, sequence of int, "predicted", callable or None
-    background : DataFrame or array, optional
+    background : DataFrame or array (a tuple/dict of tables for several inputs), optional
         Training data of a table (required for tables unless a ``masker`` is given). Every row
         is used (no subsample): ``meta["n_background"]`` records how many.
     masker : Masker, optional
@@ -126,6 +132,10 @@ def lime(model: Any, inputs: Any, target: Any = None, *, background: Any = None,
     seed : int, default 0
     output, batch_size, progress
         Scoring function of an estimator, model rows per call, progress bar.
+    forward_args : tuple, dict, lumos.Args or None
+        Extra model arguments that are not explained; per-sample ones (first axis = the number of
+        explained samples) are expanded to every perturbed sample of their row (see
+        :func:`~lumos.agnostic.shapley.kernel.kernel_shap`).
 
     Returns
     -------
@@ -156,24 +166,29 @@ def lime(model: Any, inputs: Any, target: Any = None, *, background: Any = None,
                   surrogate=surrogate if isinstance(surrogate, str) else repr(surrogate),
                   kernel=kernel, sampler=sampler, discretizer=discretizer,
                   kernel_width=kernel_width, sample_around_instance=sample_around_instance,
-                  alpha=alpha, stability=stability, seed=seed, output=output)
+                  alpha=alpha, stability=stability, seed=seed, output=output,
+                  forward_args=forward_args)
     seeds = [None if seed is None else int(seed) + r for r in range(1 + int(stability))]
     local = _Local(n_features, selection, surrogate, alpha, kernel, kernel_width, sampler)
-    if is_tabular(inputs) and masker is None:
+    several = is_several(inputs)
+    if several:
+        check_several_tables(inputs, "lime")
+    if (several or is_tabular(inputs)) and masker is None:
         if background is None:
             raise ValueError("background: lime on a table needs the training data "
-                             "(background=X_train) to draw perturbed samples from, or "
-                             "masker=TabularMasker(X_train)")
+                             "(background=X_train; one table per input for several inputs) to "
+                             "draw perturbed samples from, or masker=TabularMasker(X_train)")
         return _lime_tabular(model, inputs, target, background, n_samples or 5000, local, groups,
                              discretizer, labels, categorical, feature_names,
-                             sample_around_instance, seeds, output, batch_size, progress, params)
+                             sample_around_instance, seeds, output, batch_size, progress, params,
+                             forward_args)
     if background is not None and masker is None:
         raise ValueError("background= is for tables; for images and texts pass masker=")
     if groups is not None:
         raise ValueError("groups: lime takes column groups for tables given with background=; "
                          "for images and texts the masker's segments or words are the features")
     return _lime_masked(model, inputs, target, masker, n_samples, local, seeds, output,
-                        batch_size, progress, params)
+                        batch_size, progress, params, forward_args)
 
 
 # ---------------------------------------------------------------------- shared
@@ -378,24 +393,25 @@ def _evaluate(f: BlackBox, tgt, table: TabularData, Zs: np.ndarray, b0: int, pro
     """The explained scalar of the model on samples Zs (nb, S, d) of rows b0.. : shape (nb, S)."""
     nb, S, d = Zs.shape
     flat = Zs.reshape(nb * S, d)
-    rows = np.repeat(np.arange(b0, b0 + nb), S)
+    rows = np.repeat(np.arange(b0, b0 + nb), S)  # the explained sample of every perturbed row
     y = np.empty(nb * S)
     for sl in chunks(nb * S, f.batch_size, desc="lime", progress=progress, unit="sample"):
-        y[sl] = tgt.select(f(table.decode(flat[sl])), rows[sl])
+        y[sl] = tgt.select(f(table.decode(flat[sl]), rows=rows[sl]), rows[sl])
     return y.reshape(nb, S)
 
 
 def _lime_tabular(model, inputs, target, background, S, local, groups, discretizer, labels,
                   categorical, feature_names, around, seeds, output, batch_size, progress,
-                  params) -> Explanation:
-    if _is_frame(background) != _is_frame(inputs):
+                  params, forward_args=None) -> Explanation:
+    several = is_several(inputs)
+    if not several and not is_several(background) and _is_frame(background) != _is_frame(inputs):
         raise ValueError("inputs and background must both be DataFrames or both arrays")
-    table = TabularData.from_data(background, inputs, categorical=categorical,
-                                  feature_names=feature_names)
+    table = table_layout(background, inputs, categorical=categorical, feature_names=feature_names)
     train = table.encode(background, name="background")
     X = table.encode(inputs)
-    f = BlackBox(model, output=output, batch_size=batch_size if batch_size is not None else 65536)
-    out = f(table.decode(X))
+    f = BlackBox(model, output=output, batch_size=batch_size if batch_size is not None else 65536,
+                 method="lime", forward_args=forward_args, inputs=inputs)
+    out = f(table.decode(X), rows=np.arange(len(X)))
     tgt = resolve_target(target, out)
     fx = np.asarray(tgt.select(out), dtype=np.float64)
     n, d = X.shape
@@ -405,6 +421,11 @@ def _lime_tabular(model, inputs, target, background, S, local, groups, discretiz
         width = 0.75 * np.sqrt(M)
     else:
         if discretizer == "entropy" and labels is None:
+            if f.per_sample_args:
+                raise ValueError(
+                    "labels: discretizer='entropy' labels the background rows by the model, but "
+                    "forward_args has per-sample arguments, which belong to the explained samples, "
+                    "not to background rows; pass labels= (the training labels)")
             pred = f(table.decode(train))
             labels = pred.argmax(1) if pred.ndim == 2 and pred.shape[1] > 1 else pred.reshape(len(pred))
         if labels is not None:
@@ -442,6 +463,11 @@ def _lime_tabular(model, inputs, target, background, S, local, groups, discretiz
     fits = fits_by_seed[0]
     values = np.stack([f_["coef"] for f_ in fits])
     fields = table_fields(table, X)
+    inputs_out = X
+    if several and groups is None:  # one array per input, in the inputs' structure
+        values_out, inputs_out = table.unpack(values), table.unpack(X)
+    else:
+        values_out = values
     meta = {"target": tgt.description, "score": f.score_name, "modality": "tabular",
             "n_background": len(train),
             "kernel_width": float(local.width if local.width is not None else width),
@@ -462,17 +488,17 @@ def _lime_tabular(model, inputs, target, background, S, local, groups, discretiz
     if len(seeds) > 1:
         smeta["stability"], smeta["selection_frequency"] = _stability(fits_by_seed, local.k)
     meta.update(smeta)
-    return Explanation(values=values, inputs=X, target=tgt.indices, output=fx, method="lime",
+    return Explanation(values=values_out, inputs=inputs_out, target=tgt.indices, output=fx, method="lime",
                        params=clean_params(params), meta=meta, feature_names=names,
                        sample_keys=tuple(smeta))
 
 
 # ---------------------------------------------------------------------- images, texts, maskers
 def _lime_masked(model, inputs, target, masker, S, local, seeds, output, batch_size, progress,
-                 params) -> Explanation:
+                 params, forward_args=None) -> Explanation:
     masker = default_masker(inputs, masker, None, "lime")
     game = Game(model, inputs, target, masker, None, output, batch_size, method="lime",
-                progress=progress)
+                progress=progress, forward_args=forward_args)
     modality = game.data.modality
     if S is None:
         S = 1000 if modality == "image" else 5000

@@ -43,7 +43,7 @@ import numpy as np
 
 from ..core.execution import rng as make_rng
 from ..core.superpixels import channel_axis, superpixels
-from ._tabular import TabularData, _is_frame, is_tabular
+from ._tabular import TabularData, _is_frame, check_several_tables, is_several, is_tabular, table_layout
 
 __all__ = ["Masker", "MaskedInputs", "TabularMasker", "ImageMasker", "TextMasker", "default_masker",
            "is_text"]
@@ -120,9 +120,12 @@ class TabularMasker(Masker):
 
     Parameters
     ----------
-    background : DataFrame or array, shape (rows, d)
+    background : DataFrame or array, shape (rows, d); or a tuple/dict of them
         Background data: typically (a sample of) the training data. Every row is used unless
         ``background_size`` asks for fewer: each coalition then costs one model row per kept row.
+        For a model of several inputs, one table per input in the inputs' structure (rows
+        aligned: background row ``b`` of every input together is one background sample; the
+        columns of all inputs are the features, see :mod:`lumos.agnostic._tabular`).
     background_size : int, optional
         Reduce a larger background to this many rows, by ``summary``. ``None`` (default) keeps
         every row, so that ``exact_shapley`` is exact for the background the user passed.
@@ -154,8 +157,9 @@ class TabularMasker(Masker):
         check_choice(summary, "summary", ("sample", "kmeans"))
         if background_size is not None:
             background_size = check_number(background_size, "background_size", low=1, integer=True)
-        if not is_tabular(background):
-            raise ValueError("background must be a DataFrame or a 2-D array (rows, features)")
+        if not (is_tabular(background) or is_several(background)):
+            raise ValueError("background must be a DataFrame or a 2-D array (rows, features), or "
+                             "one such table per input (a tuple or dict) for a model of several inputs")
         self.background = background
         self.summary = summary
         self.background_size = background_size
@@ -165,13 +169,15 @@ class TabularMasker(Masker):
         self.seed = seed
 
     def bind(self, inputs: Any, name: str = "inputs") -> "MaskedTable":
-        if not is_tabular(inputs):
+        several = is_several(inputs)
+        if not several and not is_tabular(inputs):
             raise ValueError(f"{name}: a TabularMasker explains a DataFrame or a 2-D array (rows, "
                              f"features); got {type(inputs).__name__} of shape {np.shape(inputs)}")
-        if _is_frame(self.background) != _is_frame(inputs):
+        if not several and not is_several(self.background) and (
+                _is_frame(self.background) != _is_frame(inputs)):
             raise ValueError(f"{name} and the background must both be DataFrames or both arrays")
-        layout = TabularData.from_data(self.background, inputs, categorical=self.categorical,
-                                       feature_names=self.feature_names, name=name)
+        layout = table_layout(self.background, inputs, categorical=self.categorical,
+                              feature_names=self.feature_names, name=name)
         bg = layout.encode(self.background, name="background")
         w = np.ones(len(bg)) if self.weights is None else self.weights
         if len(w) != len(bg) or np.any(w < 0) or w.sum() <= 0:
@@ -627,7 +633,20 @@ def default_masker(inputs: Any, masker: Masker | None = None, background: Any = 
         if background_size is not None:
             raise ValueError("background_size applies to background=; a masker holds its own "
                              "background (TabularMasker(background, background_size=...))")
+        if is_several(inputs) and isinstance(masker, TabularMasker):
+            check_several_tables(inputs, method)
+        elif is_several(inputs):
+            raise ValueError(f"inputs: {method} takes several inputs for tables only (one "
+                             "TabularMasker over all their columns); images and texts take one input")
         return masker
+    if is_several(inputs):  # several inputs: tables only (see lumos.agnostic._tabular)
+        check_several_tables(inputs, method)
+        if background is None:
+            raise ValueError(
+                f"background: {method} on tables needs background data to stand in for removed "
+                "features: with several inputs give one background table per input, in the "
+                "inputs' structure (a tuple or dict)")
+        return TabularMasker(background, background_size=background_size)
     if is_text(inputs):
         return TextMasker()
     if is_tabular(inputs):

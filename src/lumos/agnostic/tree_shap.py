@@ -389,10 +389,24 @@ def _as_matrix(X: Any, name: str, n_features: int) -> tuple[np.ndarray, list[str
 
 
 def _prepare(model: Any, inputs: Any, target: Any, background: Any, feature_perturbation: str,
-             check: bool, method: str) -> dict:
+             check: bool, method: str, forward_args: Any = None) -> dict:
     """What both TreeSHAP methods share: the parsed ensemble checked against the model, the
     rows, the paths, the raw outputs, the background and the resolved target."""
     from ..core.validation import check_choice
+    from ._tabular import is_several
+
+    if forward_args is not None:
+        raise ValueError(
+            f"forward_args: {method} reads the fitted trees, which are a function of one feature "
+            "matrix and take no other argument; to explain a model with extra arguments use a "
+            "model-agnostic method (kernel_shap, permutation_shap, exact_shapley, lime)")
+    for what, value in (("inputs", inputs), ("background", background)):
+        if value is not None and is_several(value):
+            raise ValueError(
+                f"{what}: {method} explains one table (the trees were fitted on one feature "
+                f"matrix); got a {type(value).__name__} of several inputs. Concatenate the tables "
+                "the trees were fitted on (np.hstack, pd.concat(axis=1)), or use kernel_shap / "
+                "exact_shapley, which take several inputs")
 
     check_choice(feature_perturbation, "feature_perturbation", _PERTURBATIONS)
     if feature_perturbation == "auto":
@@ -475,7 +489,7 @@ def _probability_weights(ens: TreeEnsemble, mx: np.ndarray, mb: np.ndarray) -> n
 def tree_shap(model: Any, inputs: Any, target: Any = None, *, background: Any = None,
               feature_perturbation: str = "auto", model_output: str = "raw",
               algorithm: str = "auto", check: bool = True,
-              progress: bool | None = None) -> Explanation:
+              progress: bool | None = None, forward_args: Any = None) -> Explanation:
     """Exact Shapley values of a tree ensemble's output.
 
     Lundberg, Erion & Lee (2018), "Consistent Individualized Feature Attribution for Tree
@@ -520,6 +534,10 @@ def tree_shap(model: Any, inputs: Any, target: Any = None, *, background: Any = 
         and raise when they differ (a parse the explanation could not be trusted with).
     progress : bool, optional
         Progress bar; ``None`` shows one on a terminal for long work.
+    forward_args : None
+        Refused with a clear error: the parsed trees are a function of one feature matrix, with
+        no other argument (the parameter exists so that the refusal is explicit). A model of
+        several inputs is refused likewise: concatenate the tables the trees were fitted on.
 
     Returns
     -------
@@ -542,7 +560,8 @@ def tree_shap(model: Any, inputs: Any, target: Any = None, *, background: Any = 
 
     check_choice(algorithm, "algorithm", ("auto", "table", "direct"))
     check_choice(model_output, "model_output", _OUTPUTS)
-    c = _prepare(model, inputs, target, background, feature_perturbation, check, "tree_shap")
+    c = _prepare(model, inputs, target, background, feature_perturbation, check, "tree_shap",
+                 forward_args)
     ens, cls, raw, expected = c["ens"], c["cls"], c["raw"], c["expected"]
     params, meta = c["params"], c["meta"]
     params.update(algorithm=algorithm, model_output=model_output)
@@ -585,7 +604,7 @@ def tree_shap(model: Any, inputs: Any, target: Any = None, *, background: Any = 
           "TreeSHAP interaction values of tree ensembles (path-dependent; Lundberg 2020)",
           models="any")
 def tree_shap_interactions(model: Any, inputs: Any, target: Any = None, *, check: bool = True,
-                           progress: bool | None = None) -> Explanation:
+                           progress: bool | None = None, forward_args: Any = None) -> Explanation:
     """Exact pairwise Shapley interaction values of a tree ensemble (path-dependent game).
 
     Lundberg et al. (2020), "From local explanations to global understanding with explainable
@@ -598,7 +617,7 @@ def tree_shap_interactions(model: Any, inputs: Any, target: Any = None, *, check
 
     Parameters
     ----------
-    model, inputs, target, check, progress
+    model, inputs, target, check, progress, forward_args
         As for :func:`tree_shap` (the path-dependent game: no background).
 
     Returns
@@ -609,7 +628,7 @@ def tree_shap_interactions(model: Any, inputs: Any, target: Any = None, *, check
         ``feature_names`` name both axes.
     """
     c = _prepare(model, inputs, target, None, "tree_path_dependent", check,
-                 "tree_shap_interactions")
+                 "tree_shap_interactions", forward_args)
     ens, cls, raw, expected = c["ens"], c["cls"], c["raw"], c["expected"]
     phi = _shap(ens, c["groups"], c["Xm"], cls, None, False)
     values = _interactions(ens, c["groups"], c["Xm"], cls, progress)

@@ -15,7 +15,13 @@ through :class:`BlackBox`, which
   argument), ``torch.no_grad``, and the output unpacked as :func:`~lumos.core.torch_model.forward`
   does (a tuple's first tensor, an object's ``.logits``);
 - evaluates in chunks of ``batch_size`` rows and counts the rows it evaluated;
-- checks every answer: the right number of rows, numeric (:func:`check_numeric`), finite.
+- checks every answer: the right number of rows, numeric (:func:`check_numeric`), finite;
+- calls a model of **several inputs** with the rows of each (:class:`Parts`: a tuple positionally,
+  a dict as keywords) and passes **extra arguments** (``forward_args=``, as for torch methods, see
+  :mod:`lumos.core.inputs`): a per-sample argument (first axis = the number of explained samples)
+  is expanded to the rows of every batch by the ``rows=`` the method passes (the explained sample
+  of each row), through :class:`~lumos.core.inputs.BoundModel`, the one place that does it for
+  torch methods too.
 
 Which output is explained (``output=``, the same for every black-box method)
 ----------------------------------------------------------------------------
@@ -28,13 +34,13 @@ column of the scores (see :mod:`lumos.core.targets`).
 from __future__ import annotations
 
 import sys
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from .execution import check_batch_size
 
-__all__ = ["BlackBox", "as_blackbox", "check_numeric", "OUTPUTS"]
+__all__ = ["BlackBox", "Parts", "as_blackbox", "check_numeric", "OUTPUTS"]
 
 #: The values of ``output=`` (see the module docstring).
 OUTPUTS = ("auto", "predict_proba", "decision_function", "predict")
@@ -51,6 +57,36 @@ def check_numeric(out: np.ndarray, method: str = "this method") -> np.ndarray:
             "output='predict_proba' (or a predict function returning probabilities)."
         )
     return out
+
+
+class Parts:
+    """Rows of the several inputs of one model call: one table (array, DataFrame) per input.
+
+    Slices and copies all inputs together; :meth:`call` calls a function with them the way the
+    user's inputs were given: a tuple positionally, a dict as keyword arguments.
+    """
+
+    def __init__(self, items: Sequence, kind: str, names: Sequence[str]):
+        self.items = list(items)
+        self.kind = kind      # "tuple" or "dict"
+        self.names = list(names)
+
+    def __len__(self) -> int:
+        return len(self.items[0])
+
+    def __getitem__(self, rows) -> "Parts":
+        return Parts([p.iloc[rows] if hasattr(p, "iloc") else p[rows] for p in self.items],
+                     self.kind, self.names)
+
+    def copy(self) -> "Parts":
+        return Parts([np.array(p, copy=True) if isinstance(p, np.ndarray) else _copy(p)
+                      for p in self.items], self.kind, self.names)
+
+    def call(self, fn, args: Sequence = (), kwargs: dict | None = None):
+        kwargs = kwargs or {}
+        if self.kind == "dict":
+            return fn(*args, **dict(zip(self.names, self.items)), **kwargs)
+        return fn(*self.items, *args, **kwargs)
 
 
 class BlackBox:
@@ -73,6 +109,15 @@ class BlackBox:
     numeric : bool, default True
         Refuse non-numeric outputs (:func:`check_numeric`). ``False`` lets labels through, for
         scorers that compare predicted labels (accuracy in permutation importance).
+    forward_args : tuple, dict, lumos.Args or None
+        Extra arguments of the model that are not explained (see :mod:`lumos.core.inputs`):
+        passed after the inputs on every call; an array or tensor whose first axis has the
+        length of ``inputs`` is per sample and expanded by the ``rows`` of each call
+        (``lumos.Shared(value)`` for one that is the same for every row).
+    inputs : optional
+        The explained inputs as the user gave them (one table, or a tuple/dict of tables): their
+        number of samples says which forward arguments are per sample, and a torch module of
+        several inputs is bound to their structure.
 
     Attributes
     ----------
@@ -84,7 +129,7 @@ class BlackBox:
 
     def __init__(self, model: Any, columns: Sequence[str] | None = None, dtypes=None,
                  output: str = "auto", batch_size: int | None = None, method: str = "",
-                 numeric: bool = True):
+                 numeric: bool = True, forward_args: Any = None, inputs: Any = None):
         if isinstance(model, BlackBox):
             model = model.model
         self.model = model
@@ -94,10 +139,10 @@ class BlackBox:
         self.method = method or "this method"
         self.numeric = numeric
         self.n_evals = 0
-        self._fn, self.score_name = self._choose(model, output)
+        self.per_sample_args = False
+        self._fn, self.score_name = self._choose(model, output, forward_args, inputs)
 
-    @staticmethod
-    def _choose(model: Any, output: str):
+    def _choose(self, model: Any, output: str, forward_args: Any = None, inputs: Any = None):
         from .validation import check_choice
 
         check_choice(output, "output", OUTPUTS)
@@ -107,12 +152,13 @@ class BlackBox:
             if output not in ("auto",):
                 raise ValueError(f"output={output!r} applies to scikit-learn estimators; a torch "
                                  "module is called as it is (output='auto'); choose the score with target=")
-            return _torch_predict(model), "torch forward"
+            return self._torch(model, forward_args, inputs), "torch forward"
+        bind = (lambda fn: self._bound(fn, forward_args, inputs))
         if output != "auto":
             fn = getattr(model, output, None)
             if fn is None:
                 raise ValueError(f"output: the model has no {output} method")
-            return _plain(fn), output
+            return bind(fn), output
         if hasattr(model, "predict") and hasattr(model, "fit"):  # an estimator
             is_clf = getattr(model, "_estimator_type", None) == "classifier" or hasattr(model, "classes_")
             try:
@@ -122,18 +168,55 @@ class BlackBox:
             except Exception:  # pragma: no cover
                 pass
             if is_clf and hasattr(model, "predict_proba"):
-                return _plain(model.predict_proba), "predict_proba"
+                return bind(model.predict_proba), "predict_proba"
             if is_clf and hasattr(model, "decision_function"):
-                return _plain(model.decision_function), "decision_function"
-            return _plain(model.predict), "predict"
+                return bind(model.decision_function), "decision_function"
+            return bind(model.predict), "predict"
         if callable(model):
-            return _plain(model), getattr(model, "__name__", type(model).__name__)
+            return bind(model), getattr(model, "__name__", type(model).__name__)
         if hasattr(model, "predict"):  # a fitted booster without the scikit-learn interface
-            return _plain(_booster_predict(model)), "predict"
+            return bind(_booster_predict(model)), "predict"
         raise TypeError(
             "model must be a callable that scores a batch, a scikit-learn estimator or a torch "
             f"module; got {type(model).__name__}"
         )
+
+    def _bound(self, fn, forward_args: Any, inputs: Any):
+        """``fn(X)`` (or ``fn(*parts)``), with the forward arguments bound and expanded by rows."""
+        if forward_args is None:
+            return _plain(fn)
+        from .inputs import BoundModel, _forward_args, _per_sample
+
+        args, kwargs = _forward_args(forward_args)
+        n = _n_samples(inputs)
+        _check_clash(inputs, kwargs)
+        self.per_sample_args = any(_per_sample(a, n) for a in list(args) + list(kwargs.values()))
+
+        def call(batch, *a, **k):
+            X = batch.X
+            return X.call(fn, a, k) if isinstance(X, Parts) else fn(X, *a, **k)
+
+        # BoundModel expands per-sample arguments (the one place, shared with torch methods);
+        # it calls ``call`` as it would call a module, with the rows in a box that has the
+        # batch length it reads (lists of texts and Parts have no shape).
+        bound = BoundModel(call, None, n, args, kwargs)
+
+        def predict(X, what, rows=None):
+            with bound.rows(rows) if rows is not None else _nothing():
+                return bound(_Batch(X))
+
+        return predict
+
+    def _torch(self, model, forward_args: Any, inputs: Any):
+        from .inputs import _forward_args, _per_sample, is_several
+
+        several = inputs is not None and is_several(inputs)
+        if forward_args is not None:
+            args, kwargs = _forward_args(forward_args)
+            n = _n_samples(inputs)
+            self.per_sample_args = any(_per_sample(a, n) for a in list(args) + list(kwargs.values()))
+        return _torch_predict(model, inputs if several or forward_args is not None else None,
+                              forward_args)
 
     def _frame(self, X: np.ndarray, copy: bool = True):
         """What the model is given for an array chunk: the array (a copy unless ``copy=False``),
@@ -147,17 +230,25 @@ class BlackBox:
             df = df.astype(dict(self.dtypes))
         return df
 
-    def __call__(self, X, what: str = "the inputs", copy: bool = True) -> np.ndarray:
+    def __call__(self, X, what: str = "the inputs", copy: bool = True, rows=None) -> np.ndarray:
         """Scores for the rows of ``X``: shape (n,) or (n, outputs), float64 (labels as they
         are with ``numeric=False``).
 
         ``what`` names the rows in error messages ("masked inputs"). The model gets a copy of
         ``X``; ``copy=False`` hands over the rows themselves, for callers that built ``X`` for
         this call only (masked inputs), where a copy would cost as much as building them.
+        ``X`` is one table (array, DataFrame, list of texts, image batch) or :class:`Parts` for a
+        model of several inputs. ``rows`` (int array, one per row of ``X``) is the explained
+        sample each row belongs to: per-sample forward arguments are expanded by it (without
+        it only a batch of exactly the explained samples can be evaluated).
         """
         n = len(X)
         if n == 0:
             raise ValueError(f"cannot evaluate the model on zero rows of {what}")
+        if rows is not None:
+            rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+            if len(rows) != n:
+                raise ValueError(f"internal error: {len(rows)} row ids for {n} {what}")
         parts = []
         for start in range(0, n, self.batch_size):
             chunk = X[start:start + self.batch_size]
@@ -165,7 +256,8 @@ class BlackBox:
                 arg = self._frame(chunk, copy)
             else:
                 arg = _copy(chunk) if copy else chunk
-            out = _to_numpy(self._fn(arg, what))
+            sub = None if rows is None else rows[start:start + self.batch_size]
+            out = _to_numpy(self._fn(arg, what, sub))
             if self.numeric:
                 check_numeric(out, self.method)
             if out.ndim == 0 or len(out) != len(chunk):
@@ -184,14 +276,49 @@ class BlackBox:
 
 def _plain(fn):
     """A predict function called with the rows only (``what`` is for torch's input checks)."""
-    def call(X, what):
-        return fn(X)
+    def call(X, what, rows=None):
+        return X.call(fn) if isinstance(X, Parts) else fn(X)
 
     return call
 
 
+class _Batch:
+    """Rows handed through :class:`~lumos.core.inputs.BoundModel` (which reads ``shape[0]``)."""
+
+    def __init__(self, X):
+        self.X = X
+        self.shape = (len(X),)
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _n_samples(inputs: Any) -> int:
+    """The number of explained samples of ``inputs`` (one table, or a tuple/dict of them)."""
+    if inputs is None:
+        raise ValueError("internal error: forward_args need the explained inputs")
+    if isinstance(inputs, Mapping):
+        inputs = next(iter(inputs.values()))
+    elif isinstance(inputs, (tuple, list)) and inputs and not isinstance(inputs[0], str) and (
+            hasattr(inputs[0], "shape")):
+        inputs = inputs[0]
+    return len(inputs)
+
+
+def _check_clash(inputs: Any, kwargs: Mapping) -> None:
+    if isinstance(inputs, Mapping):
+        clash = sorted(set(map(str, inputs)) & set(kwargs))
+        if clash:
+            raise ValueError(f"forward_args: {clash} are also explained inputs")
+
+
 def _copy(chunk):
-    """A copy of a chunk that is not a numpy array (DataFrame, tensor, list of texts)."""
+    """A copy of a chunk that is not a numpy array (DataFrame, tensor, list of texts, Parts)."""
+    if isinstance(chunk, Parts):
+        return chunk.copy()
     if hasattr(chunk, "clone"):  # a torch tensor
         return chunk.detach().clone()
     if hasattr(chunk, "copy") and hasattr(chunk, "iloc"):  # a DataFrame
@@ -229,25 +356,43 @@ def _user_stacklevel() -> int:
     return level
 
 
-def _torch_predict(model):
-    """A torch module called like every torch method calls it (see the module docstring)."""
+def _torch_predict(model, inputs: Any = None, forward_args: Any = None):
+    """A torch module called like every torch method calls it (see the module docstring).
+
+    With several inputs or forward arguments the module is bound to them by
+    :func:`lumos.core.inputs.bind` (as torch methods do): the rows of the inputs are packed into
+    one tensor (integer inputs cast back to their dtype on the way in) and the per-sample
+    arguments expanded by ``rows``.
+    """
     import torch
 
+    from .inputs import bind
     from .torch_model import ModelGuard, as_tensor, check_input_shape, forward, model_device, model_dtype
     from .torch_model import warn_if_training
 
     # once per adapter (one per method call), pointing at the user's line
     warn_if_training(model, stacklevel=_user_stacklevel() + 1)
+    device, dtype = model_device(model), model_dtype(model) or torch.float32
+    bound, packing = model, None
+    if inputs is not None:
+        bound, _, packing = bind(model, inputs, forward_args, dtype=dtype, device=device)
 
-    def predict(X, what):
+    def tensor(X, name):
         if hasattr(X, "iloc"):  # a DataFrame of numbers
             X = X.to_numpy(copy=True)  # writable: torch warns on a read-only array
         elif isinstance(X, np.ndarray) and not X.flags.writeable:
             X = X.copy()
+        return as_tensor(X, device, name=name, dtype=dtype)
+
+    def predict(X, what, rows=None):
         with ModelGuard(model), torch.no_grad():
-            x = as_tensor(X, model_device(model), name=what, dtype=model_dtype(model) or torch.float32)
-            check_input_shape(model, x, what)
-            return forward(model, x, what).detach().cpu()
+            if isinstance(X, Parts):
+                x = packing.pack([tensor(p, f"{what} ({k})") for k, p in zip(X.names, X.items)],
+                                 dtype, device)
+            else:
+                x = tensor(X, what)
+                check_input_shape(model, x, what)
+            return forward(bound, x, what, rows=None if bound is model else rows).detach().cpu()
 
     predict.__name__ = type(model).__name__
     return predict

@@ -180,11 +180,17 @@ class Explanation:
             k = int(key)
         meta = dict(self.meta)
         meta["input"] = str(k)
+        # feature_names of several tables name the columns of every input in order
+        widths = [p.shape[-1] if p.ndim >= 2 else 1 for p in _parts(self.values)]
+        fnames = None
+        if self.feature_names is not None and len(self.feature_names) == sum(widths):
+            at = names.index(str(k)) if isinstance(self.values, Mapping) else k % len(names)
+            fnames = self.feature_names[sum(widths[:at]):sum(widths[:at + 1])]
         return Explanation(
             values=self.values[k], inputs=None if self.inputs is None else self.inputs[k],
             target=self.target, output=self.output, baseline_output=self.baseline_output,
             method=self.method, params=dict(self.params), meta=meta,
-            sample_keys=self.sample_keys,
+            sample_keys=self.sample_keys, feature_names=fnames,
         )
 
     def __array__(self, dtype=None, copy=None):

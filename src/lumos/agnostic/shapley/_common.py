@@ -370,17 +370,18 @@ def _inv_rows(H: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def open_game(method: str, model, inputs, target, masker, background, output, batch_size,
-              progress, groups, link, background_size) -> Game:
+              progress, groups, link, background_size, forward_args=None) -> Game:
     """The game every Shapley estimator explains: players are the masker's features or the
-    user's ``groups``; columns equal to every background row are null players (exactly 0)."""
+    user's ``groups`` (for several inputs, the columns of all of them); columns equal to every
+    background row are null players (exactly 0); ``forward_args`` go to every model call."""
     return Game(model, inputs, target, masker, background, output, batch_size, method=method,
                 progress=progress, groups=groups, link=link, background_size=background_size,
-                drop_null=True)
+                drop_null=True, forward_args=forward_args)
 
 
 def start_estimate(method: str, model, inputs, target, masker, background, output, batch_size,
                    progress, budget, tol, max_budget, seed, groups=None, link="identity",
-                   background_size=None):
+                   background_size=None, forward_args=None):
     """What the sampled Shapley estimators (kernel, permutation) share before they sample.
 
     Validates ``budget``, ``max_budget`` and ``tol``, opens the game (:func:`open_game`) and
@@ -391,5 +392,5 @@ def start_estimate(method: str, model, inputs, target, masker, background, outpu
     max_budget = check_budget(max_budget, "max_budget")
     check_number(tol, "tol", low=0, low_open=True)
     game = open_game(method, model, inputs, target, masker, background, output, batch_size,
-                     progress, groups, link, background_size)
+                     progress, groups, link, background_size, forward_args)
     return game, budget, max_budget, game.empty_value(), game.full_value(), row_generators(seed, game.n)

@@ -73,7 +73,7 @@ def exact_shapley(model: Any, inputs: Any, target: Any = None, *, background: An
                   background_size: int | None = None, masker: Masker | None = None,
                   groups: Any = None, link: str = "identity", max_features: int = 20,
                   output: str = "auto", batch_size: int | None = None,
-                  progress: bool | None = None):
+                  progress: bool | None = None, forward_args: Any = None):
     """Exact Shapley values of the masker's game, by evaluating all ``2**M`` coalitions.
 
     Shapley (1953), "A Value for n-Person Games"; the game is ``v(S) = E_b f(x_S, b_{not S})``
@@ -85,8 +85,8 @@ def exact_shapley(model: Any, inputs: Any, target: Any = None, *, background: An
 
     Parameters
     ----------
-    model, inputs, target, background, background_size, masker, groups, link, output, batch_size, progress
-        As for :func:`~lumos.agnostic.shapley.kernel.kernel_shap`. With the whole background
+    model, inputs, target, background, background_size, masker, groups, link, output, batch_size, progress, forward_args
+        As for :func:`~lumos.agnostic.shapley.kernel.kernel_shap` (several inputs included). With the whole background
         (the default) the values are exact for the background passed.
     max_features : int, default 20
         Refuse more players (features or groups) than this (2**20 coalitions per sample is
@@ -95,11 +95,12 @@ def exact_shapley(model: Any, inputs: Any, target: Any = None, *, background: An
     Returns
     -------
     Explanation
-        ``values`` (n, M), ``baseline_output`` the base value, ``meta["n_evals"]`` (n,).
+        ``values`` (n, M) (one array per input for several inputs), ``baseline_output`` the base
+        value, ``meta["n_evals"]`` (n,).
     """
     max_features = check_number(max_features, "max_features", low=1, integer=True)
     game = open_game("exact_shapley", model, inputs, target, masker, background, output,
-                     batch_size, progress, groups, link, background_size)
+                     batch_size, progress, groups, link, background_size, forward_args)
     top = int(game.M.max())
     if top > max_features:
         raise ValueError(
@@ -114,7 +115,8 @@ def exact_shapley(model: Any, inputs: Any, target: Any = None, *, background: An
         phi[rows, :M] = shapley_from_table(table, M)
     return game.explanation(
         phi, "exact_shapley", {"max_features": max_features, "output": output, "link": link,
-                               "background_size": background_size, "groups": groups},
+                               "background_size": background_size, "groups": groups,
+                               "forward_args": forward_args},
         baseline=base,
         sample_meta={"n_coalitions": np.maximum((1 << game.M) - 2, 0)},
     )

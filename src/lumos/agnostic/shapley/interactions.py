@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from ...core.registry import register
-from .._game import Game
 from ..maskers import Masker
+from ._common import open_game
 from .exact import coalition_tables, shapley_from_table
 
 __all__ = ["exact_shapley_interactions", "interactions_from_table"]
@@ -63,48 +63,61 @@ def interactions_from_table(v: np.ndarray, M: int) -> np.ndarray:
           "Exact Shapley interaction values (pairs; main effects on the diagonal) by enumeration",
           models="any")
 def exact_shapley_interactions(model: Any, inputs: Any, target: Any = None, *,
-                               background: Any = None, masker: Masker | None = None,
-                               max_features: int = 12, output: str = "auto",
-                               batch_size: int | None = None, progress: bool | None = None):
-    """Exact pairwise Shapley interaction values of a table's features.
+                               background: Any = None, background_size: int | None = None,
+                               masker: Masker | None = None, groups: Any = None,
+                               link: str = "identity", max_features: int = 12,
+                               output: str = "auto", batch_size: int | None = None,
+                               progress: bool | None = None, forward_args: Any = None):
+    """Exact pairwise Shapley interaction values of a table's features (or column groups).
 
-    The game is exact_shapley's ``v(S) = E_b f(x_S, b_not S)`` over the whole background; every
-    one of the ``2**M`` coalitions is evaluated once (``(2**M − 2) B`` model rows per row
-    explained, B background rows) and the interactions follow by vectorised sums (see the
-    module docstring for the definition, the one of shap's ``shap_interaction_values``).
+    The game is exact_shapley's, built by the same set-up (:func:`~._common.open_game`):
+    ``v(S) = link(E_b f(x_S, b_not S))`` over the background, with the user's column ``groups``
+    as players and columns equal to every background row as null players (their rows and
+    columns are exactly 0). Every one of the ``2**M`` coalitions is evaluated once
+    (``(2**M − 2) B`` model rows per row explained, B background rows) and the interactions
+    follow by vectorised sums (see the module docstring for the definition, the one of shap's
+    ``shap_interaction_values``).
 
     Parameters
     ----------
-    model, inputs, target, background, masker, output, batch_size, progress
-        As for :func:`~lumos.agnostic.shapley.exact.exact_shapley` (tables only).
+    model, inputs, target, background, background_size, masker, groups, link, output, batch_size, progress, forward_args
+        As for :func:`~lumos.agnostic.shapley.exact.exact_shapley` (tables only). With
+        ``groups`` the matrix is over groups (its row sums are exact_shapley's group values);
+        with ``link="logit"`` it splits the log-odds ``logit(f(x)) − logit(v(∅))``.
     max_features : int, default 12
-        Refuse more features than this: the work is ``2**M`` coalitions and ``M² 2**M`` sums.
+        Refuse more players than this: the work is ``2**M`` coalitions and ``M² 2**M`` sums.
 
     Returns
     -------
     Explanation
         ``values`` (n, M, M), symmetric; ``values.sum(2)`` are the Shapley values
         (``meta["shapley_values"]``) and ``baseline_output + values.sum((1, 2)) == output``.
-        ``feature_names`` name both axes.
+        ``feature_names`` name both axes (the groups' names with ``groups``). For a model of
+        several inputs the matrix is over the columns of all inputs together, named
+        ``"<input>:<column>"`` (one array: pairs cross inputs).
     """
     from ...core.validation import check_number
 
     max_features = check_number(max_features, "max_features", low=2, integer=True)
-    game = Game(model, inputs, target, masker, background, output, batch_size,
-                method="exact_shapley_interactions", progress=progress)
+    game = open_game("exact_shapley_interactions", model, inputs, target, masker, background,
+                     output, batch_size, progress, groups, link, background_size, forward_args)
     if game.data.modality != "tabular":
         raise ValueError(f"inputs: exact_shapley_interactions explains the columns of a table; "
                          f"got {game.data.modality} inputs (use exact_shapley for the values)")
-    M = int(game.M.max())
-    if M > max_features:
+    top = int(game.M.max())
+    if top > max_features:
         raise ValueError(
             f"inputs: exact_shapley_interactions enumerates 2**M coalitions and these inputs have "
-            f"M = {M} features (max_features={max_features}); group features or raise max_features")
-    values = np.zeros((game.n, M, M))
+            f"M = {top} players (max_features={max_features}); group features or raise max_features")
+    P = game.max_players
+    values = np.zeros((game.n, P, P))
     for M, rows, table in coalition_tables(game, "exact_shapley_interactions"):
-        values[rows] = interactions_from_table(table, M)
+        values[rows, :M, :M] = interactions_from_table(table, M)
     return game.explanation(
-        values, "exact_shapley_interactions", {"max_features": max_features, "output": output},
+        values, "exact_shapley_interactions",
+        {"max_features": max_features, "output": output, "link": link,
+         "background_size": background_size, "groups": groups, "forward_args": forward_args},
         baseline=game.empty_value(), meta={"interactions": True},
-        sample_meta={"shapley_values": values.sum(2), "n_coalitions": (1 << game.M) - 2},
+        sample_meta={"n_coalitions": np.maximum((1 << game.M) - 2, 0)},
+        feature_meta={"shapley_values": values.sum(2)},
     )

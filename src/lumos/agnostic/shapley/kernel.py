@@ -41,7 +41,7 @@ def kernel_shap(model: Any, inputs: Any, target: Any = None, *, background: Any 
                 groups: Any = None, link: str = "identity", budget: int | None = None,
                 tol: float = 0.01, max_budget: int = 20_000, seed: int | None = 0,
                 output: str = "auto", batch_size: int | None = None,
-                progress: bool | None = None):
+                progress: bool | None = None, forward_args: Any = None):
     """Shapley values by KernelSHAP, estimated to a requested precision.
 
     The Shapley values are the solution of a weighted least-squares problem over all coalitions
@@ -68,13 +68,17 @@ def kernel_shap(model: Any, inputs: Any, target: Any = None, *, background: Any 
     ----------
     model : callable, scikit-learn estimator or pipeline, XGBoost/LightGBM model, torch module
         Scores a batch: a table (DataFrame/array), images or a list of texts.
-    inputs : DataFrame, array (n, d), image batch or list of str
-        The samples to explain.
+    inputs : DataFrame, array (n, d), image batch or list of str; or a tuple/dict of tables
+        The samples to explain. A model of several inputs (``model(x_num, x_cat)``, or
+        ``model(num=..., cat=...)`` for a dict) takes one table per input, all with the same
+        rows: the columns of all inputs are the players, named ``"<input>:<column>"``, and
+        ``values`` is one ``(n, d_k)`` array per input in the inputs' structure (efficiency
+        holds over all inputs together; :meth:`~lumos.Explanation.part` gives one input).
     target : int, sequence of int, "predicted", callable or None
         The explained scalar per sample (see :mod:`lumos.core.targets`); ``None`` explains the
         predicted class of a classifier and the output of a regressor.
-    background : DataFrame or array, optional
-        Background data for a table. Every row is used (each coalition costs one model row per
+    background : DataFrame or array (a tuple/dict of tables for several inputs), optional
+        Background data for a table (for several inputs, one table per input, rows aligned). Every row is used (each coalition costs one model row per
         background row), so the values are those of the background passed; see
         ``background_size`` to use fewer. ``meta["background"]`` says what was used.
     background_size : int, optional
@@ -87,7 +91,9 @@ def kernel_shap(model: Any, inputs: Any, target: Any = None, *, background: Any 
         Tables: groups of columns that play as one player each (one-hot blocks, sensor groups),
         by name or index; ``values`` then has one column per group and ``feature_names`` are the
         group names (a dict's keys, else the columns joined by "+"); columns in no group play
-        alone. ``meta["groups"]`` lists the members.
+        alone. ``meta["groups"]`` lists the members. With several inputs a group may join columns
+        of different inputs (named ``"<input>:<column>"``); ``values`` is then one ``(n, groups)``
+        array.
     link : {"identity", "logit"}, default "identity"
         The space of the values: with ``"logit"`` the game is ``logit(E_b f(x_S, b))`` (the
         target must be a probability), so the values are log-odds contributions that sum to
@@ -107,6 +113,12 @@ def kernel_shap(model: Any, inputs: Any, target: Any = None, *, background: Any 
         Model rows per call.
     progress : bool, optional
         Progress bar (default: on a terminal, for long work).
+    forward_args : tuple, dict, lumos.Args or None
+        Extra model arguments that are not explained, passed on every call after the inputs (a
+        tuple positionally, a dict as keywords; ``lumos.Args`` for both). An array or tensor
+        whose first axis has one entry per explained sample is per sample: every masked row gets
+        the argument of the sample it belongs to (``lumos.Shared(value)`` passes a
+        batch-length value as it is). Works for torch modules and predict functions alike.
 
     Returns
     -------
@@ -118,7 +130,7 @@ def kernel_shap(model: Any, inputs: Any, target: Any = None, *, background: Any 
     """
     game, budget, max_budget, base, full, gens = start_estimate(
         "kernel_shap", model, inputs, target, masker, background, output, batch_size, progress,
-        budget, tol, max_budget, seed, groups, link, background_size)
+        budget, tol, max_budget, seed, groups, link, background_size, forward_args)
     n, Mmax = game.n, game.max_players
     samplers = [PairedSampler(int(M), g) for M, g in zip(game.M, gens)]
     ys: list[np.ndarray] = [np.zeros(0) for _ in range(n)]
@@ -184,7 +196,8 @@ def kernel_shap(model: Any, inputs: Any, target: Any = None, *, background: Any 
     return game.explanation(
         phi, "kernel_shap",
         {"budget": budget, "tol": tol, "max_budget": max_budget, "seed": seed, "output": output,
-         "link": link, "background_size": background_size, "groups": groups},
+         "link": link, "background_size": background_size, "groups": groups,
+         "forward_args": forward_args},
         baseline=base,
         meta={"estimator": "paired leverage-stratified KernelSHAP, exact efficiency, jackknife se"},
         sample_meta={"n_coalitions": n_coal, "converged": converged, "stop_ratio": ratio},

@@ -21,7 +21,7 @@ def permutation_shap(model: Any, inputs: Any, target: Any = None, *, background:
                      groups: Any = None, link: str = "identity", budget: int | None = None,
                      tol: float = 0.01, max_budget: int = 20_000, seed: int | None = 0,
                      output: str = "auto", batch_size: int | None = None,
-                     progress: bool | None = None):
+                     progress: bool | None = None, forward_args: Any = None):
     """Shapley values as the mean marginal contribution over sampled feature orderings.
 
     Castro, Gómez & Tejada (2009), "Polynomial calculation of the Shapley value based on
@@ -36,8 +36,8 @@ def permutation_shap(model: Any, inputs: Any, target: Any = None, *, background:
 
     Parameters
     ----------
-    model, inputs, target, background, background_size, masker, groups, link, output, batch_size, progress, seed
-        As for :func:`~lumos.agnostic.shapley.kernel.kernel_shap`.
+    model, inputs, target, background, background_size, masker, groups, link, output, batch_size, progress, seed, forward_args
+        As for :func:`~lumos.agnostic.shapley.kernel.kernel_shap` (several inputs included).
     budget : int, optional
         Coalitions per sample; one antithetic pair costs ``2 (M - 1)``. At least one pair is
         evaluated. ``None``: automatic stop (at least 8 pairs, for a standard error).
@@ -52,7 +52,7 @@ def permutation_shap(model: Any, inputs: Any, target: Any = None, *, background:
     """
     game, budget, max_budget, base, full, gens = start_estimate(
         "permutation_shap", model, inputs, target, masker, background, output, batch_size, progress,
-        budget, tol, max_budget, seed, groups, link, background_size)
+        budget, tol, max_budget, seed, groups, link, background_size, forward_args)
     n, Mmax = game.n, game.max_players
     cost = np.maximum(2 * (game.M - 1), 1)
     if budget is not None:
@@ -128,7 +128,8 @@ def permutation_shap(model: Any, inputs: Any, target: Any = None, *, background:
     return game.explanation(
         phi, "permutation_shap",
         {"budget": budget, "tol": tol, "max_budget": max_budget, "seed": seed, "output": output,
-         "link": link, "background_size": background_size, "groups": groups},
+         "link": link, "background_size": background_size, "groups": groups,
+         "forward_args": forward_args},
         baseline=base,
         sample_meta={"n_permutations": n_perm, "n_coalitions": n_perm // 2 * cost,
                      "converged": converged, "stop_ratio": ratio},
