@@ -185,12 +185,12 @@ class BlackBox:
         """``fn(X)`` (or ``fn(*parts)``), with the forward arguments bound and expanded by rows."""
         if forward_args is None:
             return _plain(fn)
-        from .inputs import BoundModel, _forward_args, _per_sample
+        from .inputs import BoundModel, is_per_sample, split_forward_args
 
-        args, kwargs = _forward_args(forward_args)
+        args, kwargs = split_forward_args(forward_args)
         n = _n_samples(inputs)
         _check_clash(inputs, kwargs)
-        self.per_sample_args = any(_per_sample(a, n) for a in list(args) + list(kwargs.values()))
+        self.per_sample_args = any(is_per_sample(a, n) for a in list(args) + list(kwargs.values()))
 
         def call(batch, *a, **k):
             X = batch.X
@@ -208,13 +208,13 @@ class BlackBox:
         return predict
 
     def _torch(self, model, forward_args: Any, inputs: Any):
-        from .inputs import _forward_args, _per_sample, is_several
+        from .inputs import is_per_sample, is_several, split_forward_args
 
         several = inputs is not None and is_several(inputs)
         if forward_args is not None:
-            args, kwargs = _forward_args(forward_args)
+            args, kwargs = split_forward_args(forward_args)
             n = _n_samples(inputs)
-            self.per_sample_args = any(_per_sample(a, n) for a in list(args) + list(kwargs.values()))
+            self.per_sample_args = any(is_per_sample(a, n) for a in list(args) + list(kwargs.values()))
         return _torch_predict(model, inputs if several or forward_args is not None else None,
                               forward_args)
 
