@@ -8,7 +8,8 @@ Row kernels
 -----------
 A gradient method may expose ``func.row_kernel(model, x, target, rows, *, batch_size, progress,
 **params) -> Tensor``: its attribution for every row of an already validated tensor ``x``, where
-``rows[k]`` is the original sample of row ``k`` (for ``target.select``). Wrappers that evaluate a
+``rows[k]`` is the original sample of row ``k`` (for ``target.select``, and for the per-sample
+forward arguments of a bound model: ``model`` is ``Prepared.model``). Wrappers that evaluate a
 method on many perturbed copies (SmoothGrad) call the kernel on their stacked batch and so skip the
 method's own input checks and clean forward pass. The kernel runs inside the caller's model guard.
 """
@@ -94,10 +95,10 @@ def fused_input_gradient(p: Prepared, batch_size: int | None = None, progress: b
     grads = torch.empty_like(x, memory_format=torch.contiguous_format) if n > bs else None
     outs, tgt = [], None
 
-    def one_pass(xs, spec):
+    def one_pass(xs, spec, rows):
         xs = xs.detach().requires_grad_(True)
         with torch.enable_grad():
-            out = forward(model, xs)
+            out = forward(model, xs, rows=rows)
             check_finite(out.detach(), "the inputs")
             tgt = resolve_target(spec, out.detach())
             s = tgt.select(out)
@@ -114,7 +115,8 @@ def fused_input_gradient(p: Prepared, batch_size: int | None = None, progress: b
 
     for sl in chunks(n, bs, desc=desc, progress=progress):
         spec = slice_target(p.target_spec, sl, n)  # a wrong length fails before any model call
-        g, out, tgt = run_in_layout(model, lambda t: one_pass(t, spec), x[sl], fmt)
+        rows = torch.arange(sl.start, sl.stop)  # per-sample forward arguments follow their rows
+        g, out, tgt = run_in_layout(model, lambda t: one_pass(t, spec, rows), x[sl], fmt)
         if grads is None:  # one chunk: keep its gradient, no copy
             grads = g.contiguous()
         else:
@@ -139,7 +141,8 @@ def _check_mode(mode: Any) -> str:
 
 @register("saliency", "gradient", "Gradient of the target w.r.t. the input (signed, |.| or squared)")
 def saliency(model: torch.nn.Module, inputs: Any, target: Any = None, *, mode: str = "signed",
-             batch_size: int | None = None, progress: bool | None = None):
+             batch_size: int | None = None, progress: bool | None = None,
+             forward_args: Any = None, at: str | None = None, layer_side: str = "output"):
     """Saliency map: the gradient of the target scalar with respect to the input.
 
     Simonyan, Vedaldi & Zisserman (2014), "Deep Inside Convolutional Networks: Visualising Image
@@ -148,28 +151,41 @@ def saliency(model: torch.nn.Module, inputs: Any, target: Any = None, *, mode: s
     Parameters
     ----------
     model : torch.nn.Module
-    inputs : Tensor or ndarray, shape (batch, ...)
-    target : int, sequence, "predicted", callable or None
+    inputs : Tensor or ndarray, shape (batch, ...), or a tuple / dict of them
+        Several inputs (a model ``model(x1, x2)`` or ``model(a=..., b=...)``) give one values
+        array per input.
+    target : int, sequence, "predicted", callable, lumos.Neuron or None
         See :mod:`lumos.core.targets`. Default: the predicted class (or the output itself for a
-        scalar-output model).
+        scalar-output model). ``lumos.Neuron("layer", index)`` explains a unit inside the network.
     mode : {"signed", "abs", "squared"}, default "signed"
         The raw gradient, its absolute value (the paper's map before the channel max), or its square.
     batch_size : int, optional
         Samples per forward+backward pass (default: sized by memory, at most 64).
     progress : bool, optional
         Progress bar: ``None`` shows one on a terminal for long work.
+    forward_args : tuple, dict, lumos.Args or None
+        Extra arguments of the model that are not explained (a mask, a flag); per-sample ones
+        (first axis of batch length) go with their sample in every chunk (see
+        :mod:`lumos.core.inputs`).
+    at : str, optional
+        Attribute to this layer's output (or input, ``layer_side="input"``) activation instead of
+        the inputs (a dotted name, see ``lumos.layers(model)``); ``values`` then has the
+        activation's shape.
+    layer_side : {"output", "input"}, default "output"
 
     Returns
     -------
     Explanation
-        ``values`` has the shape of ``inputs``.
+        ``values`` has the shape of ``inputs`` (one array per input for several inputs; the
+        activation's shape with ``at=``).
 
     Examples
     --------
     >>> expl = lumos.explain(model, images, "saliency", target="predicted", mode="abs")
     """
     mode = _check_mode(mode)
-    with torch_call(model, inputs, target, method="saliency", clean_forward=False) as p:
+    with torch_call(model, inputs, target, method="saliency", clean_forward=False,
+                    forward_args=forward_args, several=True, at=at, layer_side=layer_side) as p:
         g = fused_input_gradient(p, batch_size, progress, desc="saliency")
         return p.explanation(_apply_mode(g, mode), "saliency", {"mode": mode})
 
@@ -185,7 +201,8 @@ saliency.row_kernel = _saliency_kernel
 
 @register("gradient_x_input", "gradient", "Gradient times input (Shrikumar et al., 2016)")
 def gradient_x_input(model: torch.nn.Module, inputs: Any, target: Any = None, *,
-                     batch_size: int | None = None, progress: bool | None = None):
+                     batch_size: int | None = None, progress: bool | None = None,
+                     forward_args: Any = None, at: str | None = None, layer_side: str = "output"):
     """Gradient × input: the first-order Taylor contribution of each input element.
 
     Shrikumar, Greenside, Shcherbina & Kundaje (2016), "Not Just a Black Box: Learning Important
@@ -194,18 +211,22 @@ def gradient_x_input(model: torch.nn.Module, inputs: Any, target: Any = None, *,
     Parameters
     ----------
     model : torch.nn.Module
-    inputs : Tensor or ndarray, shape (batch, ...)
-    target : int, sequence, "predicted", callable or None
+    inputs : Tensor or ndarray, shape (batch, ...), or a tuple / dict of them
+    target : int, sequence, "predicted", callable, lumos.Neuron or None
     batch_size : int, optional
         Samples per forward+backward pass (default: sized by memory, at most 64).
     progress : bool, optional
+    forward_args, at, layer_side
+        As for :func:`saliency`. With ``at=`` the values are gradient × activation.
 
     Returns
     -------
     Explanation
-        ``values`` has the shape of ``inputs``.
+        ``values`` has the shape of ``inputs`` (one array per input for several inputs; the
+        activation's shape with ``at=``).
     """
-    with torch_call(model, inputs, target, method="gradient_x_input", clean_forward=False) as p:
+    with torch_call(model, inputs, target, method="gradient_x_input", clean_forward=False,
+                    forward_args=forward_args, several=True, at=at, layer_side=layer_side) as p:
         g = fused_input_gradient(p, batch_size, progress, desc="gradient x input")
         return p.explanation(g * p.x, "gradient_x_input", {})
 

@@ -22,12 +22,14 @@ import numpy as np
 import torch
 
 from ..core.execution import check_batch_size, chunks, rng
+from ..core.inputs import Wrapper
 from ..core.registry import register
 from ..core.targets import Target
 from ..core.torch_model import check_finite, forward, torch_call
 from ._approximation import check_integration, integration_points
 from ._baselines import BaselineSet, make_baselines
 from ..core.layout import BatchLayout, run_in_layout
+from .deeplift import _packed  # per-input parameters packed like the inputs (one helper)
 from .gradient import checked_gradient, row_bytes
 
 __all__ = ["integrated_gradients"]
@@ -140,25 +142,58 @@ def _baseline_outputs(model: torch.nn.Module, baselines: BaselineSet, target: Ta
     """Mean target scalar over each sample's baselines, shape (n,), float64.
 
     Each distinct bank row is evaluated once; the scalar is then picked per (sample, baseline)
-    pair, because the target may differ per sample. The outputs are checked finite (a NaN here
-    would make ``baseline_output`` and the completeness gap NaN).
+    pair, because the target may differ per sample. When the model itself depends on the sample
+    (per-sample forward arguments, an attribution to a layer: ``model.per_sample``), the output
+    at a baseline is the sample's own, so every (sample, baseline) pair is evaluated, with its
+    sample's ``rows``. The outputs are checked finite (a NaN here would make ``baseline_output``
+    and the completeness gap NaN).
     """
     n, k = baselines.n, baselines.k
-    used, inverse = torch.unique(baselines.index.reshape(-1), return_inverse=True)
+    sample = torch.arange(n).repeat_interleave(k)
+    tr = sample if rows is None else torch.as_tensor(rows).cpu()[sample]
+    if isinstance(model, Wrapper) and model.per_sample:
+        used, inverse, fwd_rows = baselines.index.reshape(-1), torch.arange(n * k), tr
+    else:
+        used, inverse = torch.unique(baselines.index.reshape(-1), return_inverse=True)
+        fwd_rows = None
     outs = []
     bs = check_batch_size(batch_size, row_bytes=row_bytes(baselines.bank))
     with torch.no_grad():
         for sl in chunks(len(used), bs, progress=False):
             out = forward(model, baselines.bank.index_select(0, used[sl].to(baselines.bank.device)),
-                          name="baselines")
+                          name="baselines", rows=None if fwd_rows is None else fwd_rows[sl])
             check_finite(out, what)
             outs.append(out)
     out = torch.cat(outs)[inverse.to(outs[0].device)]
-    sample = torch.arange(n).repeat_interleave(k)
-    tr = sample if rows is None else torch.as_tensor(rows).cpu()[sample]
     with torch.no_grad():
         vals = target.select(out, tr).to(torch.float64)
     return vals.view(n, k).mean(1)
+
+
+def _packed_baselines(p, baselines: Any, background: Any) -> tuple[Any, Any]:
+    """``baselines`` and ``background`` in the packed form of ``p.x`` (several inputs: one entry
+    per input, see :meth:`lumos.core.inputs.Packing.pack_param`); ``"blur"`` needs the spatial
+    layout of one input and is refused there."""
+    if p.packing is not None and isinstance(baselines, str) and baselines.strip().lower() == "blur":
+        raise ValueError(
+            "baselines='blur' blurs the spatial axes of one image, but the inputs are several "
+            f"tensors {list(p.packing.names)}; give baselines per input (a tuple/dict: one "
+            "tensor or number each, e.g. blurred images for the image input) or another baseline")
+    return _packed(p, baselines, "baselines"), _packed(p, background, "background")
+
+
+def _describe(value: Any) -> Any:
+    """A parameter as recorded in ``Explanation.params``: names and numbers as given, arrays by
+    shape (one per input for a tuple/dict of them)."""
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _describe(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)) and value and all(
+            isinstance(v, (torch.Tensor, np.ndarray, int, float)) for v in value) and any(
+            isinstance(v, (torch.Tensor, np.ndarray)) for v in value):
+        return [_describe(v) for v in value]
+    return f"<array {tuple(getattr(value, 'shape', np.shape(value)))}>"
 
 
 def _check_steps(n_steps: Any) -> int:
@@ -173,7 +208,9 @@ def integrated_gradients(model: torch.nn.Module, inputs: Any, target: Any = None
                          baselines: Any = "zero", n_steps: int = 50,
                          integration: str = "gausslegendre", n_baselines: int | None = None,
                          sigma: float | None = None, background: Any = None, seed: int | None = 0,
-                         batch_size: int | None = None, progress: bool | None = None):
+                         batch_size: int | None = None, progress: bool | None = None,
+                         forward_args: Any = None, at: str | None = None,
+                         layer_side: str = "output"):
     """Integrated gradients: gradients averaged along the straight path from a baseline.
 
     Sundararajan, Taly & Yan (2017), "Axiomatic Attribution for Deep Networks". With several
@@ -183,14 +220,24 @@ def integrated_gradients(model: torch.nn.Module, inputs: Any, target: Any = None
     Parameters
     ----------
     model : torch.nn.Module
-    inputs : Tensor or ndarray, shape (batch, ...)
-    target : int, sequence, "predicted", callable or None
-        See :mod:`lumos.core.targets`.
-    baselines : str, float or Tensor, default "zero"
+    inputs : Tensor or ndarray, shape (batch, ...), or a tuple / dict of them
+        Several inputs (a model ``model(x1, x2)`` or ``model(a=..., b=...)``) give one values
+        array per input; completeness holds over all of them together.
+    target : int, sequence, "predicted", callable, lumos.Neuron or None
+        See :mod:`lumos.core.targets`; ``lumos.Neuron("layer", index)`` explains a unit inside
+        the network (completeness then holds for that unit's activation).
+    baselines : str, float or Tensor, or a tuple / dict of them, default "zero"
         ``"zero"``, a constant, ``"blur"``, ``"uniform"``, ``"gaussian"``, ``"mean"`` (with
         ``background``), a tensor broadcastable to the inputs, or a set of ``k`` baselines ``(k, ...)``
         / ``(batch, k, ...)`` to average over; see
-        :func:`lumos.attribution._baselines.make_baselines` for every form.
+        :func:`lumos.attribution._baselines.make_baselines` for every form. With several inputs:
+        a name or number for all of them, or one entry per input (a tuple, or a dict with the
+        inputs' names) -- each a number, one sample's shape, ``(batch, ...)`` or a set
+        ``(k, ...)``; ``"blur"`` (which needs one image's layout) is refused, and the random
+        baselines use the range of a sample's inputs taken together. With ``at=`` the baselines
+        are *activations* of that layer (``"zero"``: the zero activation); Captum's
+        ``LayerIntegratedGradients`` maps input baselines through the layer instead, which is
+        ``baselines=lumos.core.torch_model.through(model, at, input_baselines)``.
     n_steps : int, default 50
         Quadrature points per path.
     integration : {"gausslegendre", "riemann_left", "riemann_right", "riemann_middle", \
@@ -204,7 +251,8 @@ def integrated_gradients(model: torch.nn.Module, inputs: Any, target: Any = None
         ``"blur"``: Gaussian width in pixels (default 5). ``"gaussian"``: noise standard deviation
         relative to each sample's value range (default 0.1).
     background : array-like, shape (m, ...), optional
-        Reference data whose mean is the baseline for ``baselines="mean"``.
+        Reference data whose mean is the baseline for ``baselines="mean"`` (one array per input
+        for several inputs).
     seed : int, default 0
         Seed of the random baselines (drawn before batching; shared by all samples).
     batch_size : int, optional
@@ -212,11 +260,21 @@ def integrated_gradients(model: torch.nn.Module, inputs: Any, target: Any = None
         most 64).
     progress : bool, optional
         Progress bar; ``None`` shows one on a terminal for long work.
+    forward_args : tuple, dict, lumos.Args or None
+        Extra arguments of the model that are not explained (a mask, a flag); per-sample ones
+        (first axis of batch length) go with their sample to every integration step and
+        baseline (see :mod:`lumos.core.inputs`).
+    at : str, optional
+        Attribute to this layer's output (or input, ``layer_side="input"``) activation instead of
+        the inputs (a dotted name); ``values`` has the activation's shape and completeness holds
+        in the layer's space: ``sum(values) = f(x) - f(baseline activation)``.
+    layer_side : {"output", "input"}, default "output"
 
     Returns
     -------
     Explanation
-        ``values`` has the shape of ``inputs``; ``baseline_output`` is the mean of ``f`` over each
+        ``values`` has the shape of ``inputs`` (one array per input for several inputs; the
+        activation's shape with ``at=``); ``baseline_output`` is the mean of ``f`` over each
         sample's baselines. ``meta["completeness_gap"]`` (per sample) is
         ``|sum(values) - (output - baseline_output)|``, the quadrature error, and
         ``meta["relative_gap"]`` that gap divided by ``|output - baseline_output|`` (NaN where
@@ -242,16 +300,17 @@ def integrated_gradients(model: torch.nn.Module, inputs: Any, target: Any = None
     alphas, weights = integration_points(n_steps, integration)
     rng(seed)  # a bad seed is an error even where no baseline is random
     check_batch_size(batch_size)
-    params = {"baselines": baselines if isinstance(baselines, (str, int, float)) or baselines is None
-              else f"<array {tuple(getattr(baselines, 'shape', np.shape(baselines)))}>",
+    params = {"baselines": _describe(baselines),
               "n_steps": n_steps, "integration": integration, "n_baselines": n_baselines,
               "sigma": sigma, "seed": seed}
-    with torch_call(model, inputs, target, method="integrated_gradients") as p:
+    with torch_call(model, inputs, target, method="integrated_gradients", forward_args=forward_args,
+                    several=True, at=at, layer_side=layer_side) as p:
+        baselines, background = _packed_baselines(p, baselines, background)
         base = make_baselines(baselines, p.x, n_baselines=n_baselines, sigma=sigma,
                               background=background, seed=seed)
-        values = _ig_core(model, p.x, base, p.target, alphas, weights, batch_size=batch_size,
+        values = _ig_core(p.model, p.x, base, p.target, alphas, weights, batch_size=batch_size,
                           progress=progress)
-        f_base = _baseline_outputs(model, base, p.target, batch_size=batch_size)
+        f_base = _baseline_outputs(p.model, base, p.target, batch_size=batch_size)
         delta = p.scalar.to(torch.float64) - f_base
         gap = (values.reshape(p.n, -1).to(torch.float64).sum(1) - delta).abs()
         with np.errstate(divide="ignore", invalid="ignore"):

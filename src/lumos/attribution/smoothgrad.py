@@ -30,11 +30,13 @@ import numpy as np
 import torch
 
 from ..core.execution import check_batch_size, chunks
+from ..core.inputs import rows_of
 from ..core.registry import _REGISTRY, get_method, register
 from ..core.torch_model import NonFiniteOutputError, Prepared, torch_call
 from ..core.layout import BatchLayout
 from ..core.validation import check_choice, check_number
 from .gradient import row_bytes
+from .integrated_gradients import _describe, _packed_baselines
 
 __all__ = ["smoothgrad", "smoothgrad_sq", "vargrad", "VARIANTS", "noise_draws"]
 
@@ -194,8 +196,11 @@ def _run(p: Prepared, info, params: dict, accepted: set, variant: str, noise_lev
                 else:
                     tgt = None
                 extra = {k: v for k, v in (("batch_size", bs), ("progress", False)) if k in accepted}
-                a = torch.as_tensor(np.asarray(info.func(p.model, noisy, target=tgt, **extra,
-                                                         **params).values), device=x.device)
+                # the base method sees the noisy batch as its samples: row k is a copy of sample
+                # sample[k] (its per-sample forward arguments, its input for a layer attribution)
+                with rows_of(p.model, sample):
+                    e = info.func(p.model, noisy, target=tgt, **extra, **params)
+                a = torch.as_tensor(np.asarray(e.values), device=x.device)
         except NonFiniteOutputError as err:  # say that the bad evaluation was a noisy copy
             raise NonFiniteOutputError(
                 f"smoothgrad: on the noisy copies of the inputs (noise_level={noise_level:g}, "
@@ -216,7 +221,8 @@ def _run(p: Prepared, info, params: dict, accepted: set, variant: str, noise_lev
 def smoothgrad(model: torch.nn.Module, inputs: Any, target: Any = None, *, base: str = "saliency",
                variant: str = "smoothgrad", noise_level: float = 0.15, n_samples: int = 50,
                seed: int | None = 0, batch_size: int | None = None,
-               progress: bool | None = None, **base_params: Any):
+               progress: bool | None = None, forward_args: Any = None, at: str | None = None,
+               layer_side: str = "output", **base_params: Any):
     """SmoothGrad and its variants around any registered attribution method.
 
     Smilkov, Thorat, Kim, Viégas & Wattenberg (2017), "SmoothGrad: removing noise by adding
@@ -225,11 +231,14 @@ def smoothgrad(model: torch.nn.Module, inputs: Any, target: Any = None, *, base:
     Parameters
     ----------
     model : torch.nn.Module
-    inputs : Tensor or ndarray, shape (batch, ...)
-    target : int, sequence, "predicted", callable or None
+    inputs : Tensor or ndarray, shape (batch, ...), or a tuple / dict of them
+        Several inputs give one values array per input; they are noised together (one noise
+        level relative to the range of a sample's inputs taken together, as for the same model
+        written on their concatenation).
+    target : int, sequence, "predicted", callable, lumos.Neuron or None
         Resolved once at the clean inputs: ``"predicted"`` is the class predicted for the clean
         sample, used for all its noisy copies. A callable target is applied to the outputs of the
-        noisy copies and must work row by row.
+        noisy copies and must work row by row. ``lumos.Neuron("layer", index)`` explains a unit.
     base : str, default "saliency"
         The registered method evaluated on the noisy copies (``"saliency"``,
         ``"gradient_x_input"``, ``"integrated_gradients"``, ``"guided_backprop"``...).
@@ -250,10 +259,20 @@ def smoothgrad(model: torch.nn.Module, inputs: Any, target: Any = None, *, base:
         bounds the noise held in memory. A base method with internal rows (integrated gradients'
         steps) evaluates its own rows ``batch_size`` at a time.
     progress : bool, optional
+    forward_args : tuple, dict, lumos.Args or None
+        Extra arguments of the model that are not explained; per-sample ones (first axis of
+        batch length) go with their sample to each of its noisy copies (and to every integration
+        step of a base method that has them), see :mod:`lumos.core.inputs`.
+    at : str, optional
+        Attribute to this layer's output (or input, ``layer_side="input"``) activation: the
+        noise is added to the activation (its level relative to the activation's range), and
+        ``values`` has the activation's shape.
+    layer_side : {"output", "input"}, default "output"
     **base_params
         Parameters of the base method (``mode="abs"`` for saliency, ``n_steps=20`` for
         integrated gradients...). Per-sample tensor parameters (a per-sample baseline) are not
-        supported: give shared ones.
+        supported: give shared ones. With several inputs ``baselines`` / ``background`` may
+        be given per input (a tuple or dict), as for :func:`integrated_gradients`.
 
     Returns
     -------
@@ -272,14 +291,22 @@ def smoothgrad(model: torch.nn.Module, inputs: Any, target: Any = None, *, base:
         if k in base_params:  # pragma: no cover - caught by Python's signature already
             raise ValueError(f"{k} is smoothgrad's own parameter")
     info, params, accepted = _base_call(base, base_params, seed)
-    with torch_call(model, inputs, target, method="smoothgrad") as p:
+    with torch_call(model, inputs, target, method="smoothgrad", forward_args=forward_args,
+                    several=True, at=at, layer_side=layer_side) as p:
+        per_input = [k for k in ("baselines", "background") if k in params]
+        if per_input:  # one entry per input (several inputs) packed like the inputs
+            packed = dict(zip(("baselines", "background"),
+                              _packed_baselines(p, params.get("baselines"), params.get("background"))))
+            params.update({k: packed[k] for k in per_input})
         bs = check_batch_size(batch_size, row_bytes=row_bytes(p.x))
         values, sigma = _run(p, info, params, accepted, variant, noise_level, n_samples,
                              seed, bs, progress)
         return p.explanation(
             values, variant,
             {"base": info.name, "variant": variant, "noise_level": noise_level,
-             "n_samples": n_samples, "seed": seed, **base_params},
+             "n_samples": n_samples, "seed": seed,
+             **{k: _describe(v) if k in ("baselines", "background") else v
+                for k, v in base_params.items()}},
             meta={"base": info.name, "variant": variant, "seed": seed, "n_samples": n_samples},
             sample_meta={"noise_sigma": sigma.cpu().numpy()},
         )

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...core.execution import check_batch_size, chunks
+from ...core.inputs import unwrap
 from ...core.targets import resolve_target
 from ...core.torch_model import Prepared, check_finite, forward, frozen_parameters, get_module
 from ..gradient import row_bytes, slice_target
@@ -83,8 +84,13 @@ class _Call:
     out: Any             # the output of the last call (first sample only; no graph)
 
 
-def _record_calls(model: nn.Module, x1: torch.Tensor) -> list[_Call]:
-    """One forward pass of ``x1`` with a hook on every module; calls in completion order."""
+def _record_calls(model: nn.Module, x1: torch.Tensor, row: int = 0) -> list[_Call]:
+    """One forward pass of ``x1`` with a hook on every module; calls in completion order.
+
+    ``model`` may be lumos's view of the user's model (bound forward arguments, a Neuron
+    target's :class:`~lumos.core.units.ActivationModel`): the modules are the user's, named as
+    the user names them, and ``x1`` is sample ``row`` (for its per-sample forward arguments).
+    """
     seen: dict[str, _Call] = {}
     counter = [0]
 
@@ -99,10 +105,10 @@ def _record_calls(model: nn.Module, x1: torch.Tensor) -> list[_Call]:
                 rec.done, rec.out = counter[0], out
         return hook
 
-    handles = [m.register_forward_hook(make(n, m)) for n, m in model.named_modules() if n]
+    handles = [m.register_forward_hook(make(n, m)) for n, m in unwrap(model).named_modules() if n]
     try:
         with torch.no_grad():
-            forward(model, x1)
+            forward(model, x1, rows=[row])
     finally:
         for h in handles:
             h.remove()
@@ -126,13 +132,13 @@ def _shape_str(out: Any) -> str:
 
 
 def resolve_layer(model: nn.Module, x: torch.Tensor, at: Any, method: str,
-                  probe: bool = True) -> Layer:
+                  probe: bool = True, row: int = 0) -> Layer:
     """The layer named by ``at`` (checked), or the last spatial layer when ``at`` is None.
 
     Finding or checking the layer takes one forward pass of the first sample with a hook on every
     module. With ``probe=False`` and ``at`` given that pass is skipped: the layer is checked on
     the method's own first pass instead (:func:`_validate`), which re-runs this function to
-    explain a failure.
+    explain a failure. ``row``: the sample that ``x[0]`` is (for per-sample forward arguments).
     """
     nd = spatial_dims(x)
     want = "(batch, channels, " + ("length" if nd == 1 else "height, width" if nd == 2
@@ -140,11 +146,12 @@ def resolve_layer(model: nn.Module, x: torch.Tensor, at: Any, method: str,
     if at is not None and not isinstance(at, (str, nn.Module)):
         raise TypeError(f"at must be a dotted layer name (str), a submodule or None; got "
                         f"{type(at).__name__}")
-    module = None if at is None else get_module(model, at)
+    user = unwrap(model)  # layer names are the user's, also through lumos's wrappers
+    module = None if at is None else get_module(user, at)
     if module is not None and not probe:
-        name = next((n for n, m in model.named_modules() if m is module), str(at))
+        name = next((n for n, m in user.named_modules() if m is module), str(at))
         return Layer(name, module, None, False, method)
-    calls = _record_calls(model, x[:1])
+    calls = _record_calls(model, x[:1], row)
     spatial = [c for c in calls if c.calls == 1 and _is_spatial(c.out, nd)]
     listing = ", ".join(repr(c.name) for c in spatial[-6:]) or "none"
     if module is None:
@@ -159,7 +166,7 @@ def resolve_layer(model: nn.Module, x: torch.Tensor, at: Any, method: str,
         same = [c for c in spatial if c.out is last.out]
         chosen = same[0]
         return Layer(chosen.name, chosen.module, tuple(chosen.out.shape[1:]), True, method)
-    name = next((n for n, m in model.named_modules() if m is module), str(at))
+    name = next((n for n, m in user.named_modules() if m is module), str(at))
     rec = next((c for c in calls if c.module is module), None)
     if rec is None:
         raise ValueError(f"at: layer {name!r} does not run when the model is called on inputs of "
@@ -217,7 +224,7 @@ class _Hook:
 
 
 def _validate(hook: _Hook, layer: Layer, model: nn.Module, x: torch.Tensor,
-              what: str = "the inputs") -> None:
+              what: str = "the inputs", rows=None) -> None:
     """The layer ran once and gave a spatial, finite output; otherwise the error that explains why.
 
     Non-finite activations (an input so large that the layer overflows) are reported as such,
@@ -228,7 +235,8 @@ def _validate(hook: _Hook, layer: Layer, model: nn.Module, x: torch.Tensor,
             layer.shape = tuple(hook.act.shape[1:])
         check_finite(hook.act, f"{what}, at layer {layer.name!r} (its activations overflow)")
         return
-    resolve_layer(model, x, layer.module, layer.method)  # raises the detailed error
+    row = 0 if rows is None else int(torch.as_tensor(rows).reshape(-1)[0])
+    resolve_layer(model, x, layer.module, layer.method, row=row)  # raises the detailed error
     raise ValueError(
         f"at: layer {layer.name!r} ran {hook.calls} times on this batch (once was expected); "
         "the model's control flow depends on the input, choose another layer"
@@ -265,30 +273,32 @@ class Layout:
 
 def capture(model: nn.Module, x: torch.Tensor, layer: Layer,
             extra_hooks: dict[nn.Module, Callable] | None = None,
-            what: str = "the inputs") -> tuple[torch.Tensor, torch.Tensor]:
+            what: str = "the inputs", rows=None) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward pass without gradients: ``(output, activation)`` at ``layer``, both checked
-    finite (``what`` names the evaluation in the error)."""
+    finite (``what`` names the evaluation in the error). ``rows[k]``: the sample of row ``k``
+    (for per-sample forward arguments; ``None``: the rows are the samples)."""
     hook = _Hook(grad=False)
     handles = [layer.module.register_forward_hook(hook)]
     for mod, fn in (extra_hooks or {}).items():
         handles.append(mod.register_forward_hook(fn))
     try:
         with torch.no_grad():
-            out = forward(model, x)
+            out = forward(model, x, rows=rows)
     finally:
         for h in handles:
             h.remove()
-    _validate(hook, layer, model, x, what)
+    _validate(hook, layer, model, x, what, rows)
     check_finite(out, what)
     return out, hook.act
 
 
 def activation_and_gradient(model: nn.Module, x: torch.Tensor, select: Callable,
-                            layer: Layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                            layer: Layer, rows=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Activation ``A`` at ``layer``, the gradient of each row's target scalar w.r.t. ``A``, and
     the model output (detached), from one forward and one backward pass.
 
-    ``select(output) -> (rows,)`` picks the target scalar of each row. The model's parameters
+    ``select(output) -> (rows,)`` picks the target scalar of each row; ``rows[k]`` is the sample
+    of row ``k`` (per-sample forward arguments; ``None``: the rows are the samples). The model's parameters
     must not require grad (the caller switches that off under ModelGuard) so that no graph is
     built below the layer.
     """
@@ -296,8 +306,8 @@ def activation_and_gradient(model: nn.Module, x: torch.Tensor, select: Callable,
     handle = layer.module.register_forward_hook(hook)
     try:
         with torch.enable_grad():
-            out = forward(model, x)
-            _validate(hook, layer, model, x)
+            out = forward(model, x, rows=rows)
+            _validate(hook, layer, model, x, rows=rows)
             check_finite(out.detach(), "the inputs")
             s = select(out)
             if not (isinstance(s, torch.Tensor) and s.requires_grad):
@@ -334,18 +344,17 @@ def gradient_cam(p: Prepared, *, method: str, at: Any, batch_size: int | None,
     maps, weights, outs = [], [], []
     bs = check_batch_size(batch_size, row_bytes=row_bytes(p.x))
     for sl in chunks(p.n, bs, desc=method, progress=progress):
+        rows = torch.arange(sl.start, sl.stop)
         if fused:
             spec = slice_target(p.target_spec, sl, p.n)
 
             def select(out, spec=spec):
                 return resolve_target(spec, out.detach()).select(out)
         else:
-            rows = torch.arange(sl.start, sl.stop)
-
             def select(out, rows=rows):
                 return p.target.select(out, rows)
-        a, g, out = layout.run(lambda xb, sel=select: activation_and_gradient(p.model, xb, sel, layer),
-                               p.x[sl])
+        a, g, out = layout.run(
+            lambda xb, sel=select: activation_and_gradient(p.model, xb, sel, layer, rows), p.x[sl])
         outs.append(out)
         m, w = combine(a, g)
         maps.append(m)

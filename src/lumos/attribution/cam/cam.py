@@ -9,6 +9,7 @@ from torch import nn
 from ...core.execution import check_batch_size, chunks
 from ...core.registry import register
 from ...core.torch_model import torch_call
+from ...core.units import Neuron
 from ...core.targets import resolve_target
 from ._base import (FAMILY, Layer, Layout, capture, finish, resolve_layer, row_bytes, slice_target,
                     weighted_sum)
@@ -54,7 +55,7 @@ def _check_gap_linear(out, a, calls, layer: Layer):
 @register("cam", FAMILY, "CAM: final linear weights on the globally pooled layer "
           "(Zhou et al., 2016; GAP -> linear networks)")
 def cam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any = None,
-        batch_size: int | None = None, progress: bool | None = None):
+        batch_size: int | None = None, progress: bool | None = None, forward_args: Any = None):
     """Class activation map: the final linear layer's class weights applied to the pooled layer.
 
     Zhou, Khosla, Lapedriza, Oliva & Torralba (2016), "Learning Deep Features for Discriminative
@@ -75,6 +76,9 @@ def cam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any = No
     batch_size : int, optional
         Samples per forward pass (default: sized by memory, at most 64).
     progress : bool, optional
+    forward_args : tuple, dict, lumos.Args or None
+        Extra arguments of the model that are not explained; per-sample ones go with their
+        sample in every chunk (see :mod:`lumos.core.inputs`).
 
     Returns
     -------
@@ -84,16 +88,22 @@ def cam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any = No
         ``b_c``, so that ``layer_map.mean() + bias == output``; ``meta["channel_weights"]``:
         ``W_c``.
     """
+    if isinstance(target, Neuron):
+        raise ValueError(
+            f"target: cam reads the final linear layer's class weights, so it explains a class "
+            f"score, not a unit inside the network ({target!r}); use method='gradcam' (or "
+            "gradcam_pp, layercam, scorecam) for a Neuron target")
     if callable(target) and not isinstance(target, str):
         raise ValueError(
             "target: cam explains a class score through the final linear layer's weights; a "
             "callable target needs method='gradcam' (or gradcam_pp, layercam, scorecam)"
         )
     # The hooked pass gives the output too: no separate clean forward pass.
-    with torch_call(model, inputs, target, method="cam", clean_forward=False) as p:
-        layer = resolve_layer(model, p.x, at, "cam", probe=False)
-        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        layout = Layout(model, p.x)
+    with torch_call(model, inputs, target, method="cam", clean_forward=False,
+                    forward_args=forward_args) as p:
+        layer = resolve_layer(p.model, p.x, at, "cam", probe=False)
+        linears = [m for m in p.model.modules() if isinstance(m, nn.Linear)]
+        layout = Layout(p.model, p.x)
         maps, weights, biases, outs = [], [], [], []
         bs = check_batch_size(batch_size, row_bytes=row_bytes(p.x))
         for sl in chunks(p.n, bs, desc="cam", progress=progress):
@@ -104,7 +114,8 @@ def cam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any = No
                     calls.append((mod, inp[0].detach(), out))
 
             hooks = {m: record for m in linears}
-            out, a = layout.run(lambda xb: capture(model, xb, layer, hooks), p.x[sl])
+            rows = torch.arange(sl.start, sl.stop)
+            out, a = layout.run(lambda xb: capture(p.model, xb, layer, hooks, rows=rows), p.x[sl])
             lin = _check_gap_linear(out, a, calls, layer)
             idx = resolve_target(slice_target(p.target_spec, sl, p.n), out).indices
             cls = torch.zeros(len(out), dtype=torch.long) if idx is None else torch.as_tensor(idx)

@@ -32,7 +32,8 @@ def gradcam_pp_weights(a: torch.Tensor, g: torch.Tensor):
 @register("gradcam_pp", FAMILY, "Grad-CAM++: closed-form pixel-weighted gradients, better with "
           "several instances (Chattopadhay et al., 2018)")
 def gradcam_pp(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any = None,
-               batch_size: int | None = None, progress: bool | None = None):
+               batch_size: int | None = None, progress: bool | None = None,
+               forward_args: Any = None):
     """Grad-CAM++: channel weights from positive gradients, each position weighted by ``alpha``.
 
     Chattopadhay, Sarkar, Howlader & Balasubramanian (2018), "Grad-CAM++: Generalized
@@ -52,7 +53,7 @@ def gradcam_pp(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: A
 
     Parameters
     ----------
-    model, inputs, target, at, batch_size, progress
+    model, inputs, target, at, batch_size, progress, forward_args
         As for :func:`lumos.attribution.cam.gradcam.gradcam`.
 
     Returns
@@ -61,6 +62,7 @@ def gradcam_pp(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: A
         ``values`` (batch, 1, *input_spatial) upsampled; ``meta["layer_map"]`` at the layer;
         ``meta["channel_weights"]`` (batch, K): ``w``.
     """
-    with torch_call(model, inputs, target, method="gradcam_pp", clean_forward=False) as p:
+    with torch_call(model, inputs, target, method="gradcam_pp", clean_forward=False,
+                    forward_args=forward_args) as p:
         return gradient_cam(p, method="gradcam_pp", at=at, batch_size=batch_size,
                             progress=progress, combine=gradcam_pp_weights, params={})

@@ -8,6 +8,7 @@ import torch
 
 from ...core.registry import register
 from ...core.torch_model import torch_call
+from ...core.units import Neuron
 from ._base import FAMILY, gradient_cam, upsample
 from .gradcam import gradcam_weights
 
@@ -18,7 +19,7 @@ __all__ = ["guided_gradcam"]
           "class-discriminative and high-resolution (Selvaraju et al., 2017)")
 def guided_gradcam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any = None,
                    rectify: bool = False, batch_size: int | None = None,
-                   progress: bool | None = None):
+                   progress: bool | None = None, forward_args: Any = None):
     """Guided Grad-CAM: the guided-backpropagation map times the upsampled Grad-CAM map.
 
     Selvaraju et al. (2017), "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
@@ -33,8 +34,9 @@ def guided_gradcam(model: torch.nn.Module, inputs: Any, target: Any = None, *, a
 
     Parameters
     ----------
-    model, inputs, target, at, batch_size, progress
-        As for :func:`lumos.attribution.cam.gradcam.gradcam`.
+    model, inputs, target, at, batch_size, progress, forward_args
+        As for :func:`lumos.attribution.cam.gradcam.gradcam`; a ``lumos.Neuron`` target is
+        explained by both factors.
     rectify : bool, default False
         ``True``: the paper's map, with Grad-CAM rectified at the layer before upsampling.
         ``False``: the signed upsampled Grad-CAM.
@@ -52,12 +54,14 @@ def guided_gradcam(model: torch.nn.Module, inputs: Any, target: Any = None, *, a
         raise ValueError(f"rectify must be True or False; got {rectify!r}")
     from ..guided_backprop import guided_backprop
 
-    with torch_call(model, inputs, target, method="guided_gradcam") as p:
+    with torch_call(model, inputs, target, method="guided_gradcam", forward_args=forward_args) as p:
         gc = gradient_cam(p, method="gradcam", at=at, batch_size=batch_size, progress=progress,
                           combine=gradcam_weights, params={})
-        # The resolved target (not "predicted" again) so both maps explain the same scalar.
+        # The resolved target (not "predicted" again) so both maps explain the same scalar; a
+        # Neuron is resolved on its layer's activation, so it is handed on as it is.
         tgt = p.target.fn if p.target.fn is not None else p.target.indices
-        gb = guided_backprop(model, p.x, target=tgt, batch_size=batch_size, progress=progress)
+        gb = guided_backprop(model, p.x, target=target if isinstance(target, Neuron) else tgt,
+                             batch_size=batch_size, progress=progress, forward_args=forward_args)
         cam_up = torch.as_tensor(gc.values)
         if rectify:  # the paper: ReLU at the layer, then upsample
             layer_map = torch.as_tensor(gc.meta["layer_map"])

@@ -20,7 +20,8 @@ def _layercam(a: torch.Tensor, g: torch.Tensor):
 @register("layercam", FAMILY, "Layer-CAM: ReLU(gradient) x activation per position, summed over "
           "channels (Jiang et al., 2021)")
 def layercam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any = None,
-             batch_size: int | None = None, progress: bool | None = None):
+             batch_size: int | None = None, progress: bool | None = None,
+             forward_args: Any = None):
     """Layer-CAM: activations weighted position by position by their positive gradients.
 
     Jiang et al. (2021), "LayerCAM: Exploring Hierarchical Class Activation Maps for
@@ -29,7 +30,7 @@ def layercam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any
 
     Parameters
     ----------
-    model, inputs, target, at, batch_size, progress
+    model, inputs, target, at, batch_size, progress, forward_args
         As for :func:`lumos.attribution.cam.gradcam.gradcam`.
 
     Returns
@@ -37,6 +38,7 @@ def layercam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any
     Explanation
         ``values`` (batch, 1, *input_spatial) upsampled; ``meta["layer_map"]`` at the layer.
     """
-    with torch_call(model, inputs, target, method="layercam", clean_forward=False) as p:
+    with torch_call(model, inputs, target, method="layercam", clean_forward=False,
+                    forward_args=forward_args) as p:
         return gradient_cam(p, method="layercam", at=at, batch_size=batch_size, progress=progress,
                             combine=_layercam, params={})

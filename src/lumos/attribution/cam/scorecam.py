@@ -33,7 +33,8 @@ def _fill(fill: Any, x: torch.Tensor) -> torch.Tensor:
           "each activation map (Wang et al., 2020)")
 def scorecam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any = None,
              score: str | None = None, fill: Any = 0.0, n_channels: int | None = None,
-             seed: int | None = 0, batch_size: int | None = None, progress: bool | None = None):
+             seed: int | None = 0, batch_size: int | None = None, progress: bool | None = None,
+             forward_args: Any = None):
     """Score-CAM: each channel weighted by how much the input seen through it raises the score.
 
     Wang, Wang, Du, Yang, Zhang, Ding, Mardziel & Hu (2020), "Score-CAM: Score-Weighted Visual
@@ -55,7 +56,9 @@ def scorecam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any
     ----------
     model : torch.nn.Module
     inputs : Tensor or ndarray, shape (batch, channels, *spatial)
-    target : int, sequence of int, "predicted", callable or None
+    target : int, sequence of int, "predicted", callable, lumos.Neuron or None
+        A ``lumos.Neuron("layer", index)`` is scored raw (its activation; ``score="softmax"``
+        is refused for it).
     at : str, nn.Module or None, default None
         The layer; None takes the last layer with a spatial output.
     score : {"softmax", "raw"} or None, default None
@@ -77,6 +80,10 @@ def scorecam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any
         Masked inputs per forward pass (default: sized by memory, at most 64). The result does
         not depend on it.
     progress : bool, optional
+    forward_args : tuple, dict, lumos.Args or None
+        Extra arguments of the model that are not explained; per-sample ones go with their
+        sample to its activation pass, its fill input and every one of its masked inputs, in
+        any chunk (see :mod:`lumos.core.inputs`).
 
     Returns
     -------
@@ -93,22 +100,27 @@ def scorecam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any
     if n_channels is not None:
         n_channels = check_number(n_channels, "n_channels", low=1, integer=True)
     # The activation pass gives the output too: no separate clean forward pass.
-    with torch_call(model, inputs, target, method="scorecam", clean_forward=False) as p:
+    with torch_call(model, inputs, target, method="scorecam", clean_forward=False,
+                    forward_args=forward_args) as p:
+        model = p.model  # the user's model with its forward arguments bound (or a Neuron's view)
         bs = check_batch_size(batch_size, row_bytes=row_bytes(p.x))
         layer = resolve_layer(model, p.x, at, "scorecam", probe=False)
         layout = Layout(model, p.x)
-        outs, acts = zip(*[layout.run(lambda xb: capture(model, xb, layer), p.x[sl])
+        outs, acts = zip(*[layout.run(lambda xb: capture(model, xb, layer,
+                                                         rows=torch.arange(sl.start, sl.stop)),
+                                      p.x[sl])
                            for sl in chunks(p.n, bs, progress=False)])
         p.resolve(torch.cat(outs))
         a = torch.cat(acts)
         classes = p.output.ndim >= 2 and p.output.shape[1] > 1
-        index_target = p.target.indices is not None
+        index_target = p.target.indices is not None and "neuron" not in p.meta
         if score is None:
             score = "softmax" if index_target and classes else "raw"
         elif score == "softmax" and not (index_target and classes):
             raise ValueError(
                 "score='softmax' needs a class-index target on a multi-class output (it reads the "
-                "target class's probability); use score='raw' for callable targets and scalar outputs"
+                "target class's probability); use score='raw' for callable targets, Neuron targets "
+                "and scalar outputs"
             )
 
         def f(out, rows):
@@ -129,7 +141,7 @@ def scorecam(model: torch.nn.Module, inputs: Any, target: Any = None, *, at: Any
         def scores(xb, rows, what="Score-CAM's masked inputs"):
             # inference_mode: scores are only compared, never differentiated
             with torch.inference_mode():
-                out = forward(model, xb, name="masked inputs")
+                out = forward(model, xb, name="masked inputs", rows=rows)
                 check_finite(out, what)
                 return f(out, rows)
 
