@@ -139,7 +139,15 @@ class BlackBox:
         self.method = method or "this method"
         self.numeric = numeric
         self.n_evals = 0
+        #: some forward argument is per sample (it belongs to the explained samples, so rows
+        #: that belong to none, such as background rows, cannot be evaluated with it)
         self.per_sample_args = False
+        if forward_args is not None:
+            from .inputs import is_per_sample, split_forward_args
+
+            args, kwargs = split_forward_args(forward_args)
+            n = _n_samples(inputs)
+            self.per_sample_args = any(is_per_sample(a, n) for a in list(args) + list(kwargs.values()))
         self._fn, self.score_name = self._choose(model, output, forward_args, inputs)
 
     def _choose(self, model: Any, output: str, forward_args: Any = None, inputs: Any = None):
@@ -185,12 +193,11 @@ class BlackBox:
         """``fn(X)`` (or ``fn(*parts)``), with the forward arguments bound and expanded by rows."""
         if forward_args is None:
             return _plain(fn)
-        from .inputs import BoundModel, is_per_sample, split_forward_args
+        from .inputs import BoundModel, split_forward_args
 
         args, kwargs = split_forward_args(forward_args)
         n = _n_samples(inputs)
         _check_clash(inputs, kwargs)
-        self.per_sample_args = any(is_per_sample(a, n) for a in list(args) + list(kwargs.values()))
 
         def call(batch, *a, **k):
             X = batch.X
@@ -208,13 +215,9 @@ class BlackBox:
         return predict
 
     def _torch(self, model, forward_args: Any, inputs: Any):
-        from .inputs import is_per_sample, is_several, split_forward_args
+        from .inputs import is_several
 
         several = inputs is not None and is_several(inputs)
-        if forward_args is not None:
-            args, kwargs = split_forward_args(forward_args)
-            n = _n_samples(inputs)
-            self.per_sample_args = any(is_per_sample(a, n) for a in list(args) + list(kwargs.values()))
         return _torch_predict(model, inputs if several or forward_args is not None else None,
                               forward_args)
 
