@@ -18,10 +18,11 @@ so its Shapley value is exactly 0 and it costs no budget.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from ..core.groups import column_groups, group_members  # noqa: F401 (column_groups re-exported)
 from ..core.blackbox import BlackBox
 from ..core.execution import check_batch_size, progress_bar
 from ..core.explanation import Explanation
@@ -41,60 +42,6 @@ def row_generators(seed, n: int) -> list[np.random.Generator]:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
         raise ValueError(f"seed must be an int or None; got {seed!r}")
     return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n)]
-
-
-def column_groups(groups: Any, names: Sequence[str]) -> tuple[list[np.ndarray], list[str]]:
-    """Read ``groups=`` for a table of columns ``names``: ``(members, group_names)``.
-
-    ``groups`` is a dict ``{group name: [columns]}``, a list of column groups (each a list of
-    column names or indices; the group is named by its columns joined with "+"), or one group id
-    per column (a sequence of ``len(names)`` ints or strings). Columns in no group are players of
-    their own. A column in two groups is an error.
-    """
-    d = len(names)
-
-    def col(c) -> int:
-        if isinstance(c, (int, np.integer)) and not isinstance(c, bool):
-            if not 0 <= c < d:
-                raise ValueError(f"groups: column index {c} out of range 0..{d - 1}")
-            return int(c)
-        if str(c) in names:
-            return list(names).index(str(c))
-        raise ValueError(f"groups: unknown column {c!r}; columns are {list(names)}")
-
-    if isinstance(groups, dict):
-        items = [(str(k), v) for k, v in groups.items()]
-    elif isinstance(groups, (list, tuple, np.ndarray)) and len(groups) and all(
-            isinstance(g, (list, tuple, np.ndarray, set)) for g in groups):
-        items = [(None, g) for g in groups]
-    elif isinstance(groups, (list, tuple, np.ndarray)) and len(groups) == d:
-        ids = list(groups)
-        order = list(dict.fromkeys(ids))
-        items = [(str(g), [j for j in range(d) if ids[j] == g]) for g in order]
-    else:
-        raise ValueError(
-            "groups must be a dict {name: columns}, a list of column groups (lists of names or "
-            f"indices) or one group id per column ({d} ids); got {groups!r}")
-    members, gnames, owner = [], [], {}
-    for name, g in items:
-        if isinstance(g, (str, int, np.integer)):
-            g = [g]
-        idx = [col(c) for c in g]
-        if not idx:
-            raise ValueError(f"groups: group {name or len(members)} has no columns")
-        for j in idx:
-            if j in owner:
-                raise ValueError(f"groups: column {names[j]!r} is in two groups")
-            owner[j] = len(members)
-        members.append(np.array(sorted(set(idx)), dtype=np.int64))
-        gnames.append(name if name is not None else "+".join(names[j] for j in members[-1]))
-    for j in range(d):  # columns in no group play alone
-        if j not in owner:
-            members.append(np.array([j]))
-            gnames.append(names[j])
-    if len(set(gnames)) != len(gnames):
-        raise ValueError(f"groups: group names must differ; got {gnames}")
-    return members, gnames
 
 
 class Game:
@@ -172,7 +119,7 @@ class Game:
         names = self.data.feature_names
         d = len(names)
         if groups is not None:
-            members, gnames = column_groups(groups, names)
+            members, gnames = group_members(*column_groups(groups, names))
             self.groups = (members, gnames)
         else:
             members, gnames = [np.array([j]) for j in range(d)], list(names)

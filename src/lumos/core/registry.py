@@ -122,6 +122,10 @@ def explain(model: Any, inputs: Any, method: str = "integrated_gradients", targe
     check_kwargs(info.func, params, f"{info.name}", skip=("model", "inputs", "target"))
     expl = info.func(model, inputs, target=target, **params)
     if names is not None:
+        if expl.several:
+            raise ValueError(
+                "feature_names: this explanation has one values array per input; name the columns "
+                "of table inputs with DataFrames (or the method's own feature names) instead")
         names = [str(n) for n in names]
         if np.shape(expl.values)[-1:] != (len(names),):
             raise ValueError(
