@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from ...core.images import gaussian_blur  # noqa: F401 (re-exported)
-from ...core.blackbox import as_blackbox
-from ...core.inputs import BoundModel, Packing, is_several, split_forward_args
+from ...core.blackbox import BlackBox
+from ...core.inputs import Packing, is_several
 from ...core.units import Neuron
 from ...core.execution import check_batch_size, chunks, rng
 from ...core.explanation import Explanation
@@ -221,40 +221,6 @@ def _torch_run(p: Prepared, what: str) -> Run:
     return run
 
 
-def _bound_predict(model: Any, forward_args: Any, n: int):
-    """``model`` (a predict function) with its extra arguments bound, and a context that says
-    which sample each row of the next evaluations belongs to.
-
-    The per-sample arguments are expanded by :class:`~lumos.core.inputs.BoundModel`, the one
-    place that does it for torch models too. BlackBox may split a call into chunks of its own;
-    the row ids are consumed in order, chunk after chunk.
-    """
-    args, kwargs = split_forward_args(forward_args)
-    bound = BoundModel(model, None, n, args, kwargs)
-    state = {"rows": None, "at": 0}
-
-    def predict(X):
-        rows = state["rows"]
-        if rows is None:
-            return bound(X)
-        sub = rows[state["at"]:state["at"] + len(X)]
-        state["at"] += len(X)
-        with bound.rows(sub):
-            return bound(X)
-
-    predict.__name__ = getattr(model, "__name__", type(model).__name__)
-
-    @contextlib.contextmanager
-    def rows_of(rows):
-        state["rows"], state["at"] = torch.as_tensor(rows, dtype=torch.long).reshape(-1).cpu(), 0
-        try:
-            yield
-        finally:
-            state["rows"] = None
-
-    return predict, rows_of
-
-
 def _blackbox_run(model: Any, inputs: Any, target: Any, method: str, what: str,
                   forward_args: Any = None) -> Run:
     columns = None
@@ -277,10 +243,11 @@ def _blackbox_run(model: Any, inputs: Any, target: Any, method: str, what: str,
     # BlackBox hands the model a copy of every batch (a predict function that normalises its
     # argument in place cannot change the inputs the perturbations are built from, nor
     # Explanation.inputs) and checks every answer: numeric, finite, named by ``what``.
-    rows_of = contextlib.nullcontext
-    if forward_args is not None:
-        model, rows_of = _bound_predict(model, forward_args, len(x))
-    bb = as_blackbox(model, inputs if kind == "frame" else None, method=method)
+    # Per-sample forward arguments are expanded by BlackBox from the explained sample of each row.
+    frame = inputs if kind == "frame" else None
+    bb = BlackBox(model, columns=None if frame is None else list(frame.columns),
+                  dtypes=None if frame is None else frame.dtypes.to_dict(), method=method,
+                  forward_args=forward_args, inputs=x if forward_args is not None else None)
 
     def to_user(xb: torch.Tensor):
         # The model gets what the user gave: tensors stay tensors, arrays come back as arrays
@@ -292,8 +259,7 @@ def _blackbox_run(model: Any, inputs: Any, target: Any, method: str, what: str,
     scalar = torch.as_tensor(np.asarray(tgt.select(output), dtype=np.float64), device=x.device)
 
     def score(xb, rows):
-        with rows_of(rows):
-            out = bb(to_user(xb), what=what)
+        out = bb(to_user(xb), what=what, rows=None if forward_args is None else rows.cpu().numpy())
         s = np.asarray(tgt.select(out, rows.cpu().numpy()), dtype=np.float64)
         return torch.as_tensor(s, device=xb.device)
 
