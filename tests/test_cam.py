@@ -736,3 +736,126 @@ def test_pointing_game_on_demo_model(demo):
     c = lumos.explain(model, data.images[ok][:8], "cam", target=data.labels[ok][:8])
     z = np.prod(e.meta["layer_shape"][1:])
     np.testing.assert_allclose(c.values, e.values[:8] * z, rtol=1e-4, atol=1e-5 * np.abs(c.values).max())
+
+
+# ------------------------------------------- forward arguments, Neuron targets (issue 13)
+class GainCNN(PoolCNN):
+    """PoolCNN with extra arguments that are not explained: a per-sample ``gain`` (positional)
+    on the first block's output and a per-sample input ``shift`` (keyword)."""
+
+    def forward(self, x, gain, shift=None):
+        if shift is not None:
+            x = x + shift
+        h = self.features[:3](x) * gain[:, None, None, None]
+        return self.classifier(self.pool(self.features[3:](h)).flatten(1))
+
+
+def _gain_setup():
+    torch.manual_seed(0)
+    model = GainCNN().double().eval()
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(5, 3, 12, 12, generator=g, dtype=torch.float64)
+    gain = torch.rand(5, generator=g, dtype=torch.float64) + 0.5
+    shift = 0.3 * torch.randn(5, 3, 12, 12, generator=g, dtype=torch.float64)
+    return model, x, gain, shift
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_per_sample_forward_args_match_a_loop_over_samples(method):
+    """Each sample's arguments go with it into every chunk (Score-CAM: its activation pass, its
+    fill input and each of its masked inputs), whatever the batch size."""
+    model, x, gain, shift = _gain_setup()
+    t = [2, 0, 3, 1, 2]
+    fa = lumos.Args(gain, shift=shift)
+    runs = [lumos.explain(model, x, method, target=t, forward_args=fa, batch_size=bs)
+            for bs in (None, 2, 3)]
+    alone = [lumos.explain(model, x[i:i + 1], method, target=t[i],
+                           forward_args=lumos.Args(gain[i:i + 1], shift=shift[i:i + 1]))
+             for i in range(5)]
+    ref = np.concatenate([e.values for e in alone])
+    for e in runs:
+        np.testing.assert_allclose(e.values, ref, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(e.meta["layer_map"], np.concatenate(
+            [a.meta["layer_map"] for a in alone]), rtol=0, atol=1e-12)
+    with torch.no_grad():
+        np.testing.assert_allclose(runs[0].output, model(x, gain, shift=shift)[np.arange(5), t].numpy(),
+                                   rtol=0, atol=1e-12)
+    # the arguments matter: other gains give another map
+    other = lumos.explain(model, x, method, target=t, forward_args=lumos.Args(gain.flip(0), shift=shift))
+    assert np.abs(other.values - ref).max() > 1e-3 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_several_inputs_are_refused_with_a_clear_message(method):
+    model, x, gain, shift = _gain_setup()
+    with pytest.raises(ValueError, match=rf"inputs: {method} explains one input tensor .* "
+                                         r"forward_args="):
+        lumos.explain(model, (x, gain), method)
+
+
+class OneByOne(nn.Module):
+    """conv-relu, then a 1x1 conv (a linear map of each position), GAP, linear."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.conv = nn.Conv2d(3, 5, 3, padding=1)
+        self.act = nn.ReLU()
+        self.mix = nn.Conv2d(5, 4, 1)
+        self.fc = nn.Linear(4, 3)
+        self.double().eval()
+
+    def forward(self, x, gain=None):
+        a = self.act(self.conv(x))
+        if gain is not None:
+            a = a * gain[:, None, None, None]
+        return self.fc(self.mix(a).mean((2, 3)))
+
+
+def test_gradcam_and_layercam_of_a_neuron_closed_forms():
+    """Unit = channel c of ``mix`` summed over positions, linear in the activation A at ``act``
+    (times the sample's gain g, a forward argument): dS/dA_k = g W_ck at every position, so
+    Grad-CAM's weights are g W_c and its map sum_k g W_ck A_k, Layer-CAM's sum_k ReLU(g W_ck) A_k."""
+    model = OneByOne()
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    gain = torch.tensor([0.5, 1.0, 2.0, 3.0], dtype=torch.float64)
+    c = 2
+    w = gain[:, None] * model.mix.weight[c, :, 0, 0].detach()[None]  # (4, 5)
+    with torch.no_grad():
+        a = model.act(model.conv(x))
+        unit = model.mix(a * gain[:, None, None, None])[:, c].sum((1, 2))
+    neuron = lumos.Neuron("mix", c)
+    gc = lumos.explain(model, x, "gradcam", target=neuron, at="act", forward_args=(gain,), batch_size=3)
+    np.testing.assert_allclose(gc.meta["channel_weights"], w.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(gc.meta["layer_map"][:, 0], (w[:, :, None, None] * a).sum(1).numpy(),
+                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(gc.output, unit.numpy(), rtol=0, atol=1e-12)
+    assert gc.meta["neuron"] == "Neuron('mix', 2)"
+    lc = lumos.explain(model, x, "layercam", target=neuron, at="act", forward_args=(gain,))
+    np.testing.assert_allclose(lc.meta["layer_map"][:, 0],
+                               (w.clamp(min=0)[:, :, None, None] * a).sum(1).numpy(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam_pp", "layercam", "scorecam", "guided_gradcam"])
+def test_neuron_target_equals_a_callable_target_on_the_model_cut_at_its_layer(method):
+    """A Neuron is the model seen up to its layer with the unit as target; Score-CAM scores it raw."""
+    torch.manual_seed(0)
+    model = PoolCNN().double().eval()
+    x = torch.rand(3, 3, 12, 12, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    cut = nn.Sequential(*model.features[:4])  # up to features.3 (its names: "0".."3")
+    e = lumos.explain(model, x, method, target=lumos.Neuron("features.3", 5), at="features.0",
+                      batch_size=2)
+    ref = lumos.explain(cut, x, method, target=lambda out: out[:, 5].sum((1, 2)), at="0",
+                        **({"score": "raw"} if method == "scorecam" else {}))
+    np.testing.assert_allclose(e.values, ref.values, rtol=0, atol=1e-12)
+    if method == "scorecam":
+        assert e.meta["score"] == "raw"
+
+
+def test_neuron_target_refusals_name_the_problem(pool_cnn, imgs):
+    with pytest.raises(ValueError, match=r"target: cam reads the final linear layer's class weights.*"
+                                         r"Neuron\('features.3', 1\).*gradcam"):
+        lumos.explain(pool_cnn, imgs, "cam", target=lumos.Neuron("features.3", 1))
+    with pytest.raises(ValueError, match=r"score='softmax' needs a class-index target.*Neuron targets"):
+        lumos.explain(pool_cnn, imgs, "scorecam", target=lumos.Neuron("features.3", 1),
+                      at="features.0", score="softmax")
