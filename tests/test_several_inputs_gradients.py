@@ -105,6 +105,8 @@ def _cases(a, b):
                            "baselines": (base_a, base_b)},
                           {"base": "integrated_gradients", "n_steps": 4, "n_samples": 3,
                            "baselines": _flat(base_a[None], base_b[None])[0]}),
+        "smoothgrad_guided": ({"base": "guided_backprop", "n_samples": 3},
+                              {"base": "guided_backprop", "n_samples": 3}),
         "smoothgrad_sq": ({"n_samples": 5}, {"n_samples": 5}),
         "vargrad": ({"n_samples": 5}, {"n_samples": 5}),
         "gradient_shap": ({"background": (bg_a, bg_b), "n_samples": 7, "noise_std": 0.1},
@@ -112,7 +114,8 @@ def _cases(a, b):
     }
 
 
-_METHOD = {"integrated_gradients_set": "integrated_gradients", "smoothgrad_ig": "smoothgrad"}
+_METHOD = {"integrated_gradients_set": "integrated_gradients", "smoothgrad_ig": "smoothgrad",
+           "smoothgrad_guided": "smoothgrad"}
 CASES = list(_cases(*_data()))
 
 
@@ -300,7 +303,8 @@ def test_layer_attribution_with_per_sample_forward_args_and_smoothgrad_on_the_ac
     x = _flat(*_data())
     scale, mask = _args()
     for method, params in (("integrated_gradients", {"n_steps": 6}),
-                           ("smoothgrad", {"n_samples": 4}), ("gradient_x_input", {})):
+                           ("smoothgrad", {"n_samples": 4}), ("gradient_x_input", {}),
+                           ("smoothgrad", {"n_samples": 3, "base": "guided_backprop"})):
         e = lumos.explain(cat, x, method, target=1, at="fc2", forward_args=Args(scale, mask=mask),
                           batch_size=3, **params)
         alone = np.concatenate([
