@@ -12,7 +12,7 @@ from ..core.inputs import BoundModel, Shared, Wrapper, unwrap
 from ..core.layout import layout_for, run_in_layout
 from ..core.registry import register
 from ..core.targets import resolve_target
-from ..core.torch_model import Prepared, as_tensor, check_finite, forward, require_grad_path
+from ..core.torch_model import as_tensor, check_finite, forward, require_grad_path
 from ..core.units import SpliceModel
 from ..core.validation import check_number
 from ..rules.deeplift import DeepLiftComposite
@@ -150,26 +150,6 @@ def _run(model, inputs, target, make_refs, *, method: str, eps: float, batch_siz
         return p, values, fb, delta
 
 
-def _packed(p: Prepared, value: Any, name: str) -> Any:
-    """A per-input parameter (baselines, background) in the packed form of ``p.x``.
-
-    With several inputs a tuple/dict with one entry per input is packed like the inputs
-    (scalars and ``None`` pass through); with one input (or with ``at=``, where it is an
-    activation) a tuple/dict of several tensors is refused with a clear message.
-    """
-    if p.packing is not None:
-        return p.packing.pack_param(value, name, p.x.dtype, p.x.device)
-    if isinstance(value, Mapping) or (
-            isinstance(value, (tuple, list)) and value
-            and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in value)
-            and len({tuple(np.shape(v)) for v in value}) > 1):
-        where = (f"attributions go to layer {p.meta['at']!r}, so {name} are activations of that "
-                 "layer (one tensor)" if "at" in p.meta else "the model takes one input")
-        raise ValueError(f"{name}: one value per input was given, but {where}; got "
-                         f"{type(value).__name__} of {len(value)} entries")
-    return value
-
-
 def _baselines(x: torch.Tensor, baselines: Any, name: str = "baselines") -> torch.Tensor:
     """``(refs, shared)``: one shared reference ``(1, ...)`` (``None`` = zeros, a number, one
     sample) or one per sample ``(n, ...)``."""
@@ -254,7 +234,7 @@ def deeplift(model: nn.Module, inputs: Any, target: Any = None, *, baselines: An
     eps = check_number(eps, "eps", low=0)
 
     def make_refs(p):
-        refs, shared = _baselines(p.x, _packed(p, baselines, "baselines"))
+        refs, shared = _baselines(p.x, p.pack_param(baselines, "baselines"))
         return refs, 1, shared
 
     p, values, fb, delta = _run(model, inputs, target, make_refs, method="deeplift", eps=eps,
@@ -323,7 +303,7 @@ def deep_shap(model: nn.Module, inputs: Any, target: Any = None, *, background: 
 
     def make_refs(p):
         x = p.x
-        b = _packed(p, background, "background")
+        b = p.pack_param(background, "background")
         if isinstance(b, (str, int, float)) or callable(b):
             raise ValueError("background must be samples of shape (k, ...) (a tensor or array, or "
                              f"one per input for several inputs); got {b!r}")

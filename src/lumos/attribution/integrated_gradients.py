@@ -29,7 +29,6 @@ from ..core.torch_model import check_finite, forward, torch_call
 from ._approximation import check_integration, integration_points
 from ._baselines import BaselineSet, make_baselines
 from ..core.layout import BatchLayout, run_in_layout
-from .deeplift import _packed  # per-input parameters packed like the inputs (one helper)
 from .gradient import checked_gradient, row_bytes
 
 __all__ = ["integrated_gradients"]
@@ -179,7 +178,7 @@ def _packed_baselines(p, baselines: Any, background: Any) -> tuple[Any, Any]:
             "baselines='blur' blurs the spatial axes of one image, but the inputs are several "
             f"tensors {list(p.packing.names)}; give baselines per input (a tuple/dict: one "
             "tensor or number each, e.g. blurred images for the image input) or another baseline")
-    return _packed(p, baselines, "baselines"), _packed(p, background, "background")
+    return p.pack_param(baselines, "baselines"), p.pack_param(background, "background")
 
 
 def _describe(value: Any) -> Any:

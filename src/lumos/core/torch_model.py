@@ -12,7 +12,7 @@ import threading
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -391,6 +391,27 @@ class Prepared:
         self.output, self.target, self.scalar = output, tgt, tgt.select(output).detach()
         self.meta["target"] = tgt.description
         return tgt
+
+    def pack_param(self, value: Any, name: str) -> Any:
+        """A per-input parameter (baselines, background, fills) in the form of ``x``.
+
+        With several inputs a tuple/dict with one entry per input is packed like the inputs
+        (strings, scalars and ``None`` pass through; see
+        :meth:`~lumos.core.inputs.Packing.pack_param`). With one input (or with ``at=``, where
+        the parameter is an activation) a tuple/dict of several tensors is refused with a clear
+        message instead of being read as a batch.
+        """
+        if self.packing is not None:
+            return self.packing.pack_param(value, name, self.x.dtype, self.x.device)
+        if isinstance(value, Mapping) or (
+                isinstance(value, (tuple, list)) and value
+                and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in value)
+                and len({tuple(np.shape(v)) for v in value}) > 1):
+            where = (f"attributions go to layer {self.meta['at']!r}, so {name} are activations of "
+                     "that layer (one tensor)" if "at" in self.meta else "the model takes one input")
+            raise ValueError(f"{name}: one value per input was given, but {where}; got "
+                             f"{type(value).__name__} of {len(value)} entries")
+        return value
 
     def explanation(self, values, method: str, params: dict, meta: dict | None = None,
                     baseline_output=None, sample_meta: dict | None = None,
