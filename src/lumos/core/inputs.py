@@ -193,11 +193,21 @@ class Packing:
                 return key
         raise KeyError(k)  # pragma: no cover - checked by the caller
 
-    def unpack_values(self, values: Any):
-        """Split a ``(n, D)`` array (attributions, inputs) into the user's structure of arrays."""
-        arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-        m, off = arr.shape[0], self.offsets
-        parts = [arr[:, off[k]:off[k + 1]].reshape((m,) + s) for k, s in enumerate(self.shapes)]
+    def unpack_values(self, values: Any, cast: bool = False):
+        """Split a ``(n, D)`` array (attributions, inputs) into the user's structure of arrays.
+
+        ``cast``: give each part its input's dtype back (for the inputs themselves: token ids
+        stay integers), never for attributions.
+        """
+        if isinstance(values, torch.Tensor):
+            t = values.detach().cpu()
+            m, off = t.shape[0], self.offsets
+            parts = [t[:, off[k]:off[k + 1]].reshape((m,) + s) for k, s in enumerate(self.shapes)]
+            parts = [(cast_back(q, dt) if cast else q).numpy() for q, dt in zip(parts, self.dtypes)]
+        else:
+            arr = np.asarray(values)
+            m, off = arr.shape[0], self.offsets
+            parts = [arr[:, off[k]:off[k + 1]].reshape((m,) + s) for k, s in enumerate(self.shapes)]
         return dict(zip(self.names, parts)) if self.kind == "dict" else tuple(parts)
 
 

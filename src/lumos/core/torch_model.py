@@ -423,7 +423,7 @@ class Prepared:
         inputs = self.x if inputs is None else inputs
         if self.packing is not None:  # one array per input, as the user gave them
             values = self.packing.unpack_values(values)
-            inputs = self.packing.unpack_values(inputs)
+            inputs = self.packing.unpack_values(inputs, cast=True)
         return Explanation(
             values=values, inputs=inputs,
             target=self.target.indices, output=self.scalar,

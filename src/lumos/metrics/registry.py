@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 from ..core.explanation import Explanation
 from ..core.validation import check_kwargs
 from .results import DIRECTIONS, MetricResult
+from .several import accepts_several_inputs
 
 __all__ = ["MetricInfo", "MetricTable", "register_metric", "accepting", "checks_keywords", "available", "get_metric", "evaluate"]
 
@@ -105,7 +106,7 @@ def register_metric(name: str, family: str, direction: str, needs: Sequence[str]
         names = _named_parameters(func)
         if forwards is not None:
             names += [p for p in _named_parameters(forwards) if p not in names and p not in fixed]
-        checked = accepting(names, name)(func)
+        checked = accepts_several_inputs(accepting(names, name)(func), needs, name)
         _METRICS[name] = MetricInfo(name, family, direction, tuple(needs), description, checked,
                                     tuple(n for n in names if n not in ("model", "explanation")))
         return checked
