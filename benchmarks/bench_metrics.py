@@ -51,11 +51,13 @@ def load(n):
     return model.eval(), x, note
 
 
-def model_passes(model, rows: torch.Tensor, batch=64):
-    """The floor: evaluating pre-built rows, ``batch`` at a time."""
+def model_passes(model, rows: torch.Tensor, batch=64, channels_last: bool = False):
+    """The floor: evaluating pre-built rows, ``batch`` at a time (``channels_last``: in the layout
+    lumos feeds CPU conv nets, ``lumos.core.layout.layout_for``)."""
     with torch.inference_mode():
         for s in range(0, len(rows), batch):
-            model(rows[s:s + batch])
+            r = rows[s:s + batch]
+            model(r.contiguous(memory_format=torch.channels_last) if channels_last else r)
 
 
 def naive_deletion(model, expl, steps):
@@ -101,7 +103,8 @@ def main():
     row("deletion+insertion, 64 images, 20 steps",
         {"lumos": lambda: (lm.deletion(model, expl, n_steps=steps, scale="probability"),
                            lm.insertion(model, expl, n_steps=steps, scale="probability")),
-         "model passes": lambda: model_passes(model, floor_rows)}, "model passes")
+         "model passes": lambda: model_passes(model, floor_rows),
+         "model passes*": lambda: model_passes(model, floor_rows, channels_last=True)}, "model passes*")
     m = 16
     # the same numbers both ways (zero fill, probabilities; no ties in a saliency map)
     np.testing.assert_allclose(naive_deletion(model, expl[:4], steps),
