@@ -1,7 +1,7 @@
 """Exact Shapley values by enumerating every coalition (Shapley, 1953)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -9,6 +9,9 @@ from ...core.registry import register
 from ...core.validation import check_number
 from ..maskers import Masker
 from ._common import open_game, shapley_weights
+
+if TYPE_CHECKING:
+    from .._game import Game
 
 __all__ = ["exact_shapley", "shapley_from_table", "coalition_tables"]
 
