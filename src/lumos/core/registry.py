@@ -16,7 +16,7 @@ import numpy as np
 __all__ = ["register", "get_method", "methods", "explain", "MethodInfo"]
 
 # Packages whose modules hold registered methods (walked recursively on first use).
-_METHOD_PACKAGES = ("lumos.attribution", "lumos.agnostic")
+_METHOD_PACKAGES = ("lumos.attribution", "lumos.agnostic", "lumos.text")
 
 
 @dataclass(frozen=True)
