@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["register", "get_method", "methods", "explain", "MethodInfo"]
+__all__ = ["register", "register_inputs", "get_method", "methods", "explain", "MethodInfo"]
 
 # Packages whose modules hold registered methods (walked recursively on first use).
 _METHOD_PACKAGES = ("lumos.attribution", "lumos.agnostic", "lumos.text")
@@ -35,6 +35,19 @@ class MethodInfo:
 
 _REGISTRY: dict[str, MethodInfo] = {}
 _DISCOVERED = False
+# (accepts(inputs) -> bool, handler(model, inputs, method, target=..., **params)): inputs of a kind
+# that a family prepares itself before running a registered method (strings: lumos.text)
+_INPUT_ROUTES: list[tuple[Callable, Callable]] = []
+
+
+def register_inputs(accepts: Callable[[Any], bool], handler: Callable) -> None:
+    """Route inputs for which ``accepts(inputs)`` is true to ``handler`` in :func:`explain`.
+
+    The text family registers strings this way: ``lumos.explain(hf_model, texts, method,
+    tokenizer=tok)`` tokenises the texts and runs the method at the token embeddings.
+    """
+    if all(a is not accepts for a, _ in _INPUT_ROUTES):
+        _INPUT_ROUTES.append((accepts, handler))
 
 
 def register(name: str, family: str, description: str, models: str = "torch") -> Callable:
@@ -115,6 +128,10 @@ def explain(model: Any, inputs: Any, method: str = "integrated_gradients", targe
     -------
     Explanation
     """
+    _discover()
+    for accepts, handler in _INPUT_ROUTES:  # e.g. strings: lumos.text tokenises them
+        if accepts(inputs):
+            return handler(model, inputs, method, target=target, **params)
     info = get_method(method)
     from .validation import check_kwargs
 

@@ -1,0 +1,394 @@
+"""Text models in, token explanations out: strings explained through a Hugging Face model.
+
+``lumos.explain(hf_model, texts, method=..., tokenizer=tok, target=...)`` routes here when
+``inputs`` is a string or a list of strings. Each text is tokenised on its own (with the
+tokenizer's special tokens) and the batch is padded **on the right** by lumos, whatever the
+tokenizer's ``padding_side``: the real tokens of every text then sit at positions ``0 .. L-1``
+with their usual position ids, padding is masked (``attention_mask``) or, in a causal model,
+after every real token, so padding and batching never change a text's result.
+
+Where the attributions are taken:
+
+* gradient methods (saliency, gradient_x_input, integrated_gradients, smoothgrad) at the output
+  of the model's input-embedding module (``model.get_input_embeddings()``; the core's ``at=``
+  splice), then summed over the hidden dimension to one value per token. The per-dimension
+  values stay in ``meta["embedding_values"]`` (shape ``(n, T, H)``).
+* token-removal methods (occlusion, i.e. leave-one-out of each token) on the token ids
+  themselves: a token is replaced by the pad (or mask) token id, through the core's
+  integer-input path.
+
+``Explanation.values`` has shape ``(n, T)`` (``T``: the longest text's token count); positions
+after a text's last token are 0. ``Explanation.inputs`` holds the token ids. ``meta`` holds per
+text: ``tokens`` (strings, "" at padding), ``special_tokens`` and ``attention_mask`` (booleans),
+and, for a :func:`~lumos.text.targets.continuation` target, ``continuation`` (booleans).
+``feature_names`` are the tokens when every text has the same tokens (always for one text).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.explanation import Explanation
+from ..core.inputs import Wrapper
+from ..core.registry import get_method, register_inputs
+from ..core.torch_model import ModelGuard, model_device
+from .targets import TextBatch, TextTarget, mean_pool, next_token
+
+__all__ = ["is_text", "explain_text", "TextModel", "GRADIENT_METHODS", "TOKEN_METHODS",
+           "encode"]
+
+# methods that attribute to the token embeddings (through ``at=``)
+GRADIENT_METHODS = ("saliency", "gradient_x_input", "integrated_gradients", "smoothgrad")
+# methods that remove tokens (replace their ids)
+TOKEN_METHODS = ("occlusion",)
+_BASELINES = ("pad", "mask", "zero")
+
+
+def is_text(inputs: Any) -> bool:
+    """A string, or a non-empty list/tuple of strings."""
+    if isinstance(inputs, str):
+        return True
+    return isinstance(inputs, (list, tuple)) and len(inputs) > 0 and all(isinstance(t, str) for t in inputs)
+
+
+class TextModel(Wrapper):
+    """A Hugging Face model seen as ``f(input_ids, **kwargs) -> tensor`` (never seen by the user).
+
+    Returns the logits (sequence classifiers, causal LMs) or the last hidden state (encoders);
+    with a bound text target ``head`` it returns the target's scalar per row, computed with the
+    text each row belongs to (``rows`` set by the enclosing wrappers).
+    """
+
+    def __init__(self, model: nn.Module, head: Callable | None = None):
+        super().__init__(model)
+        self.head = head
+
+    def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        if input_ids.is_floating_point():  # token ids carried as floats by the core
+            input_ids = input_ids.round().long()
+        raw = raw_output(self.model(input_ids=input_ids, **kwargs))
+        if self.head is None:
+            return raw
+        rows = self._rows if self._rows is not None else torch.arange(len(raw))
+        return self.head(raw, kwargs["attention_mask"], rows)
+
+
+def raw_output(out: Any) -> torch.Tensor:
+    """Logits when the model has them, else the last hidden state."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for key in ("logits", "last_hidden_state"):
+        val = getattr(out, key, None)
+        if isinstance(val, torch.Tensor):
+            return val
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise TypeError(f"model: returned {type(out).__name__}, with neither logits nor a last hidden state")
+
+
+def _special_ids(tokenizer: Any) -> set:
+    ids = getattr(tokenizer, "all_special_ids", None) or []
+    return {int(i) for i in ids}
+
+
+def encode(tokenizer: Any, texts: Sequence[str], continuations: Sequence[str] | None = None,
+           pad_id: int = 0) -> dict:
+    """Tokenise each text on its own and right-pad the batch with ``pad_id``.
+
+    Returns a dict with ``input_ids`` and ``attention_mask`` (``(n, T)`` int64 tensors),
+    ``lengths`` and ``prompt_lengths`` (``(n,)``), ``continuation_ids`` (list of lists) and
+    ``special`` (``(n, T)`` bool: the tokenizer's special tokens).
+    """
+    ids, conts, words = [], [], []
+    for k, text in enumerate(texts):
+        e = tokenizer(text, add_special_tokens=True)
+        ids.append(list(e["input_ids"]))
+        w = _words(tokenizer, e, text, 0)
+        if continuations is not None:
+            ec = tokenizer(continuations[k], add_special_tokens=False)
+            conts.append(list(ec["input_ids"]))
+            w = w + _words(tokenizer, ec, continuations[k], 1 + max([i for i, _ in w if i >= 0], default=-1))
+        else:
+            conts.append([])
+        words.append(w)
+    full = [a + c for a, c in zip(ids, conts)]
+    n, T = len(full), max(len(f) for f in full)
+    if T == 0:
+        raise ValueError("inputs: the tokenizer produced no tokens for these texts")
+    input_ids = torch.full((n, T), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((n, T), dtype=torch.long)
+    special = torch.zeros((n, T), dtype=torch.bool)
+    specials = _special_ids(tokenizer)
+    word_index = np.full((n, T), -1, dtype=np.int64)
+    word_text = np.full((n, T), "", dtype=object)
+    for i, f in enumerate(full):
+        units: dict = {}
+        toks = tokenizer.convert_ids_to_tokens(f)
+        for j, (wid, label) in enumerate(words[i]):
+            key = ("word", wid) if wid >= 0 else ("token", j)  # special tokens: units of their own
+            word_index[i, j] = units.setdefault(key, len(units))
+            word_text[i, j] = label if wid >= 0 else toks[j]
+        input_ids[i, :len(f)] = torch.as_tensor(f, dtype=torch.long)
+        mask[i, :len(f)] = 1
+        special[i, :len(ids[i])] = torch.as_tensor([t in specials for t in ids[i]], dtype=torch.bool)
+    return {"input_ids": input_ids, "attention_mask": mask,
+            "lengths": torch.as_tensor([len(f) for f in full]),
+            "prompt_lengths": torch.as_tensor([len(a) for a in ids]),
+            "continuation_ids": conts, "special": special,
+            "word_index": word_index, "word_text": word_text.astype(str)}
+
+
+def _words(tokenizer: Any, enc: Any, text: str, first: int) -> list:
+    """``(word id or -1, word text)`` per token of one tokenisation (word ids from ``first``)."""
+    try:
+        wids = enc.word_ids()
+    except (AttributeError, ValueError):
+        raise TypeError("tokenizer: word-level grouping needs a fast tokenizer (one that reports "
+                        "word_ids()); load it with use_fast=True") from None
+    spans: dict = {}
+    for j, w in enumerate(wids):
+        if w is not None:
+            a, b = enc.token_to_chars(j) or (0, 0)
+            lo, hi = spans.get(w, (a, b))
+            spans[w] = (min(lo, a), max(hi, b))
+    return [(-1, "") if w is None else (first + w, text[spans[w][0]:spans[w][1]]) for w in wids]
+
+
+def _embedding_name(model: nn.Module) -> str:
+    getter = getattr(model, "get_input_embeddings", None)
+    emb = getter() if callable(getter) else None
+    if emb is None:
+        raise ValueError(
+            "model: lumos takes token attributions at the input-embedding module, found with "
+            "model.get_input_embeddings(); this model has none. Pass a Hugging Face model, or "
+            "give embeddings= (the dotted name of the token-embedding module).")
+    return next(n for n, m in model.named_modules() if m is emb)
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for attr in ("pad_token_id", "eos_token_id"):
+        v = getattr(tokenizer, attr, None)
+        if v is not None:
+            return int(v)
+    return 0
+
+
+def _token_id_fn(tokenizer: Any, vocab: int) -> Callable:
+    def token_id(token: Any, name: str) -> int:
+        if isinstance(token, str):
+            ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
+                toks = tokenizer.convert_ids_to_tokens(ids)
+                raise ValueError(f"{name}: {token!r} is {len(ids)} tokens {toks}, not one; give a "
+                                 "single token (or its id), or use a continuation target")
+            return int(ids[0])
+        if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
+            raise TypeError(f"{name} must be a token string or an int id; got {token!r}")
+        if not 0 <= int(token) < vocab:
+            raise ValueError(f"{name}: id {int(token)} is outside the vocabulary (0 .. {vocab - 1})")
+        return int(token)
+
+    return token_id
+
+
+def _kind(raw: torch.Tensor, out: Any) -> str:
+    if getattr(out, "logits", None) is not None and raw.ndim == 3:
+        return "lm"
+    if getattr(out, "logits", None) is not None:
+        return "classifier"
+    return "encoder" if raw.ndim == 3 else "classifier"
+
+
+def explain_text(model: Any, texts: Any, method: str = "integrated_gradients", target: Any = None, *,
+                 tokenizer: Any = None, embeddings: str | None = None, **params: Any) -> Explanation:
+    """Explain a text model on strings; what :func:`lumos.explain` does when ``inputs`` are strings.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A Hugging Face model (sequence classifier, encoder / sentence-embedding model, causal LM)
+        or any module called as ``model(input_ids=..., attention_mask=...)`` that returns logits
+        or a last hidden state.
+    texts : str or list of str
+    method : str
+        One of :data:`GRADIENT_METHODS` (attributions at the token embeddings) or
+        :data:`TOKEN_METHODS` (tokens removed by replacing their ids).
+    target : int, "predicted", callable, :class:`~lumos.text.targets.TextTarget` or None
+        A classifier: as for any model (an int class explains its logit). A causal LM: a text
+        target; an int or a string is :func:`~lumos.text.targets.next_token` of that token,
+        ``None`` the predicted next token. An encoder: a callable of the last hidden state
+        ``(m, T, H)`` or a text target such as :func:`~lumos.text.targets.cosine_similarity`.
+    tokenizer : a Hugging Face tokenizer
+        The model's tokenizer (required).
+    embeddings : str, optional
+        Dotted name of the token-embedding module (default: ``model.get_input_embeddings()``).
+    **params
+        The method's parameters. Integrated gradients' ``baselines`` may be ``"pad"`` (default),
+        ``"mask"`` or ``"zero"``: every real, non-special token's embedding is replaced by the pad
+        token's embedding, the mask token's embedding, or zeros (special tokens and padding keep
+        their own, so their attribution is exactly 0); or an activation tensor ``(n, T, H)``.
+        Occlusion's ``fill`` may be ``"pad"`` (default) or ``"mask"`` (or a token id).
+
+    Returns
+    -------
+    Explanation
+        ``values`` of shape ``(n, T)``; see the module docs for ``meta``.
+    """
+    from ..core.validation import check_kwargs
+
+    if tokenizer is None:
+        raise ValueError("tokenizer: strings are explained through the model's tokenizer; pass "
+                         "tokenizer= (e.g. AutoTokenizer.from_pretrained(...))")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: text methods need a torch.nn.Module (a Hugging Face model); got "
+                        f"{type(model).__name__}")
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not is_text(texts):
+        raise TypeError("inputs: give a string or a list of strings")
+    info = get_method(method)
+    if info.name not in GRADIENT_METHODS + TOKEN_METHODS:
+        raise ValueError(f"method: {info.name!r} is not available on text yet; text methods are "
+                         f"{list(GRADIENT_METHODS + TOKEN_METHODS)}")
+    for own in ("at", "forward_args", "layer_side"):
+        if own in params:
+            raise ValueError(f"{own}: set by lumos for text inputs (attributions go to the token "
+                             "embeddings, the attention mask is passed for you)")
+    check_kwargs(info.func, params, info.name, skip=("model", "inputs", "target"))
+
+    pad = _pad_id(tokenizer)
+    cont = getattr(target, "continuation_text", None) if isinstance(target, TextTarget) else None
+    if cont is not None:
+        cont = [cont] * len(texts) if isinstance(cont, str) else list(cont)
+        if len(cont) != len(texts):
+            raise ValueError(f"target: {len(cont)} continuations for {len(texts)} texts")
+    enc = encode(tokenizer, texts, cont, pad)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    dev = model_device(model)
+    emb_name = embeddings if embeddings is not None else _embedding_name(model)
+    vocab = int(dict(model.named_modules())[emb_name].weight.shape[0]) if hasattr(
+        dict(model.named_modules()).get(emb_name), "weight") else 1 << 62
+    if int(ids.max()) >= vocab:
+        raise ValueError(f"tokenizer: token id {int(ids.max())} is outside the model's vocabulary "
+                         f"of {vocab}; is this the model's tokenizer?")
+
+    with ModelGuard(model):
+        with torch.no_grad():
+            out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev))
+            raw = raw_output(out).detach()
+        kind = _kind(raw, out)
+
+        def embed(other: Sequence[str]) -> torch.Tensor:
+            e = encode(tokenizer, other, None, pad)
+            with torch.no_grad():
+                h = raw_output(model(input_ids=e["input_ids"].to(dev),
+                                     attention_mask=e["attention_mask"].to(dev)))
+            return mean_pool(h, e["attention_mask"].to(dev)).detach()
+
+        if kind == "lm" and not isinstance(target, TextTarget) and not callable(target):
+            target = next_token("predicted" if target is None else target)
+        if kind == "encoder" and target is None:
+            raise ValueError("target: an encoder returns token states, not one score; give a text "
+                             "target (e.g. lumos.text.targets.cosine_similarity(other_sentence)) or "
+                             "a callable of the last hidden state (m, T, H) -> (m,)")
+        head, core_target = None, target
+        if isinstance(target, TextTarget):
+            batch = TextBatch(enc["lengths"], enc["prompt_lengths"], enc["continuation_ids"],
+                              embed, _token_id_fn(tokenizer, vocab), kind, raw)
+            head, core_target = target.bind(batch), None
+        wrapped = TextModel(model, head)
+        fargs = {"attention_mask": mask.to(dev)}
+        if info.name in GRADIENT_METHODS:
+            if info.name == "integrated_gradients":
+                params["baselines"] = _ig_baselines(model, emb_name, tokenizer, enc,
+                                                    params.get("baselines", "pad"), dev)
+            expl = info.func(wrapped, ids.to(dev), target=core_target, at=emb_name,
+                             forward_args=fargs, **params)
+            hidden = np.asarray(expl.values)
+            values = hidden.sum(-1)
+        else:
+            params["window"] = params.get("window", 1)
+            params["stride"] = params.get("stride", 1)
+            params["fill"] = _fill(tokenizer, params.get("fill", "pad"))
+            expl = info.func(wrapped, ids.to(dev), target=core_target, forward_args=fargs, **params)
+            hidden, values = None, np.asarray(expl.values)
+    return _token_explanation(expl, values, hidden, enc, tokenizer, target, emb_name)
+
+
+def _ig_baselines(model: nn.Module, emb_name: str, tokenizer: Any, enc: dict, spec: Any, dev) -> Any:
+    if not isinstance(spec, str):
+        return spec  # an activation tensor (n, T, H) or a set of them, as the core takes
+    if spec not in _BASELINES:
+        raise ValueError(f"baselines: for text give one of {list(_BASELINES)} or an embedding "
+                         f"tensor of shape (n, T, H); got {spec!r}")
+    emb = dict(model.named_modules())[emb_name]
+    ids = enc["input_ids"].to(dev)
+    with torch.no_grad():
+        act = emb(ids).detach().clone()
+        if spec == "zero":
+            fill = torch.zeros_like(act[0, 0])
+        else:
+            tid = getattr(tokenizer, f"{spec}_token_id", None)
+            if tid is None:
+                raise ValueError(f"baselines={spec!r}: the tokenizer has no {spec} token; use "
+                                 f"{[b for b in _BASELINES if b != spec]} or an embedding tensor")
+            fill = emb(torch.as_tensor([[int(tid)]], device=dev))[0, 0].detach()
+    replace = (enc["attention_mask"].bool() & ~enc["special"]).to(dev)
+    act[replace] = fill.to(act.dtype)
+    return act
+
+
+def _fill(tokenizer: Any, fill: Any) -> float:
+    if isinstance(fill, str):
+        if fill not in ("pad", "mask"):
+            raise ValueError(f"fill: for text give 'pad', 'mask' or a token id; got {fill!r}")
+        tid = _pad_id(tokenizer) if fill == "pad" else getattr(tokenizer, "mask_token_id", None)
+        if tid is None:
+            raise ValueError("fill='mask': the tokenizer has no mask token; use 'pad' or a token id")
+        return float(tid)
+    if isinstance(fill, bool) or not isinstance(fill, (int, np.integer)):
+        raise TypeError(f"fill: for text give 'pad', 'mask' or an int token id; got {fill!r}")
+    return float(fill)
+
+
+def _token_explanation(expl: Explanation, values: np.ndarray, hidden: np.ndarray | None, enc: dict,
+                       tokenizer: Any, target: Any, emb_name: str) -> Explanation:
+    mask = enc["attention_mask"].numpy().astype(bool)
+    values = np.where(mask, values, 0).astype(values.dtype)
+    ids = enc["input_ids"].numpy()
+    n, T = ids.shape
+    tokens = np.full((n, T), "", dtype=object)
+    for i in range(n):
+        L = int(enc["lengths"][i])
+        tokens[i, :L] = tokenizer.convert_ids_to_tokens(ids[i, :L].tolist())
+    tokens = tokens.astype(str)
+    meta = dict(expl.meta)
+    keys = list(expl.sample_keys)
+    extra = {"tokens": tokens, "special_tokens": enc["special"].numpy(), "attention_mask": mask,
+             "word_index": enc["word_index"], "word_text": enc["word_text"]}
+    if hidden is not None:
+        extra["embedding_values"] = np.where(mask[:, :, None], hidden, 0).astype(hidden.dtype)
+        meta["embeddings"] = emb_name
+    if enc["continuation_ids"] and any(enc["continuation_ids"]):
+        cont = np.zeros((n, T), dtype=bool)
+        for i, c in enumerate(enc["continuation_ids"]):
+            p = int(enc["prompt_lengths"][i])
+            cont[i, p:p + len(c)] = True
+        extra["continuation"] = cont
+    meta.update(extra)
+    keys += [k for k in extra if k not in keys]
+    meta["padding"] = "right (by lumos)"
+    if isinstance(target, TextTarget):
+        meta["target"] = target.description
+    same = all(list(tokens[i]) == list(tokens[0]) for i in range(n))
+    params = dict(expl.params)
+    return Explanation(
+        values=values, inputs=ids, target=expl.target, output=expl.output,
+        baseline_output=expl.baseline_output, method=expl.method, params=params, meta=meta,
+        sample_keys=tuple(keys), feature_names=list(tokens[0]) if same else None)
+
+
+register_inputs(is_text, explain_text)
