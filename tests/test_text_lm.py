@@ -7,7 +7,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from lumos.text.lm import logit_lens  # noqa: E402
+from lumos.text.lm import direct_logit_attribution, logit_lens  # noqa: E402
 
 V = 50
 
@@ -131,3 +131,79 @@ def test_logit_lens_errors(ids):
         logit_lens(torch.nn.Linear(3, 3), ids)
     with pytest.raises(ValueError, match="strings need tokenizer="):
         logit_lens(model, "hello")
+
+
+# ---------------------------------------------------------------------------- direct logit attribution
+
+@pytest.mark.parametrize("arch", MODELS)
+def test_dla_sums_to_the_logit(arch, ids):
+    model = MODELS[arch]()
+    state = _state(model)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    d = direct_logit_attribution(model, ids, attention_mask=mask)
+    _same_state(model, state)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    np.testing.assert_array_equal(d.positions, [6, 4, 6])
+    np.testing.assert_array_equal(d.target_ids, logits[[0, 1, 2], [6, 4, 6]].argmax(-1).numpy())
+    ref = logits[[0, 1, 2], [6, 4, 6], d.target_ids].numpy()
+    assert np.abs(d.logit - ref).max() <= 1e-5
+    assert np.abs(d.values.sum(1) - ref).max() <= 1e-4
+    assert d.component_names == ["embeddings", "attn 0", "mlp 0", "attn 1", "mlp 1", "bias"]
+    # heads (plus the projection's bias) make up each attention term
+    attn = d.values[:, [1, 3]]
+    assert np.abs(d.heads.sum(-1) + d.head_bias - attn).max() <= 1e-6
+    assert d.heads.shape == (3, 2, 2)
+    # the terms are not trivially equal (each component writes its own share)
+    assert np.abs(np.diff(d.values[:, :-1], axis=1)).max() > 1e-3
+
+
+def test_dla_with_unembedding_bias_and_contrast(ids):
+    model = _gpt2()
+    model.lm_head.bias = torch.nn.Parameter(torch.randn(V, generator=torch.Generator().manual_seed(5)))
+    d = direct_logit_attribution(model, ids, target=[3, 4, 5], alternative=7, position=2)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[:, 2]
+    ref = (logits[[0, 1, 2], [3, 4, 5]] - logits[:, 7]).numpy()
+    assert np.abs(d.values.sum(1) - ref).max() <= 1e-4
+    # the bias term holds the unembedding bias difference and the final norm's shift
+    beta = model.transformer.ln_f.bias.detach().double()
+    W, b = model.lm_head.weight.detach().double(), model.lm_head.bias.detach().double()
+    exp = [float((W[t] - W[7]) @ beta + b[t] - b[7]) for t in (3, 4, 5)]
+    assert np.abs(d.values[:, -1] - exp).max() <= 1e-9
+
+
+def test_dla_per_head_equals_a_head_ablation_of_the_frozen_readout(ids):
+    """A head's term == the change of the linearised read-out when only its z is removed."""
+    model = _gpt2()
+    d = direct_logit_attribution(model, ids, position=-1)
+    zs = {}
+    h = model.transformer.h[1].attn.c_proj.register_forward_pre_hook(
+        lambda m, a: zs.__setitem__("z", a[0]))
+    with torch.no_grad():
+        model(input_ids=ids)
+    h.remove()
+    z = zs["z"][:, -1].double()
+    W = model.transformer.h[1].attn.c_proj.weight.detach().double()
+    u = model.lm_head.weight.detach().double()[torch.as_tensor(d.target_ids)]
+    g = model.transformer.ln_f.weight.detach().double()
+    for head in range(2):
+        zh = torch.zeros_like(z)
+        zh[:, head * 8:(head + 1) * 8] = z[:, head * 8:(head + 1) * 8]
+        c = zh @ W
+        c = c - c.mean(-1, keepdim=True)
+        ref = ((c * g * u).sum(-1) / torch.as_tensor(d.scale)).numpy()
+        assert np.abs(d.heads[:, 1, head] - ref).max() <= 1e-9
+
+
+def test_dla_errors(ids):
+    model = _gpt2()
+    with pytest.raises(ValueError, match="position: 7 lies outside a prompt"):
+        direct_logit_attribution(model, ids, position=7)
+    with pytest.raises(ValueError, match="target: token ids must lie in"):
+        direct_logit_attribution(model, ids, target=V)
+    with pytest.raises(ValueError, match="alternative: expected a token id"):
+        direct_logit_attribution(model, ids, alternative=[1, 2])
+    with pytest.raises(ValueError, match="target: tokens given as strings need tokenizer="):
+        direct_logit_attribution(model, ids, target="Paris")

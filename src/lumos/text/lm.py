@@ -277,3 +277,236 @@ def logit_lens(model: nn.Module, inputs: Any, *, attention_mask: Any = None,
                      input_ids=ids.numpy(), attention_mask=mask.numpy(),
                      layer_names=["embeddings"] + [f"block {i}" for i in range(n_streams - 1)],
                      tuned=translator is not None)
+
+
+# --------------------------------------------------------------------------------------------
+# Direct logit attribution
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class DirectLogitAttribution:
+    """The logit (or logit difference) written by each component of the residual stream.
+
+    Attributes
+    ----------
+    values : ndarray, shape (batch, components)
+        One term per component (``component_names``: ``"embeddings"``, then ``"attn l"`` and
+        ``"mlp l"`` per block, then ``"bias"``: the final norm's shift and the unembedding's
+        bias). ``values.sum(1) == logit``.
+    component_names : list of str
+    heads : ndarray, shape (batch, layers, heads)
+        The attention terms split by head through the output projection;
+        ``heads[:, l].sum(-1) + head_bias[:, l]`` is the ``"attn l"`` term.
+    head_bias : ndarray, shape (batch, layers)
+        The output projection's bias term of each attention block.
+    logit : ndarray, shape (batch,)
+        The model's own logit of ``target_ids`` (minus that of ``alternative_ids``).
+    target_ids, alternative_ids : ndarray of int, shape (batch,); alternative_ids may be None
+    positions : ndarray of int, shape (batch,)
+        The read position of each prompt.
+    scale : ndarray, shape (batch,)
+        The final norm's frozen scale (the standard deviation, or the RMS, of the final stream
+        plus its epsilon) at that position.
+    """
+
+    values: np.ndarray
+    component_names: list
+    heads: np.ndarray
+    head_bias: np.ndarray
+    logit: np.ndarray
+    target_ids: np.ndarray
+    alternative_ids: np.ndarray | None
+    positions: np.ndarray
+    scale: np.ndarray
+
+
+def _norm_kind(norm: nn.Module) -> tuple[bool, float, torch.Tensor | None, torch.Tensor | None]:
+    """(centres?, eps, weight, bias) of a LayerNorm or an RMS norm."""
+    if isinstance(norm, nn.LayerNorm):
+        return True, float(norm.eps), norm.weight, norm.bias
+    if "rms" in type(norm).__name__.lower() or isinstance(norm, getattr(nn, "RMSNorm", ())):
+        eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+        if eps is None:
+            eps = torch.finfo(torch.float32).eps
+        return False, float(eps), getattr(norm, "weight", None), None
+    raise ValueError(f"model: the final norm is a {type(norm).__name__}; direct logit "
+                     "attribution linearises a LayerNorm or an RMS norm only")
+
+
+def _projection_in_out(proj: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The output projection as an (in, out) matrix and its bias."""
+    if isinstance(proj, nn.Linear):
+        return proj.weight.T, proj.bias
+    if type(proj).__name__ == "Conv1D":  # Hugging Face GPT-2: y = x @ W + b, W of shape (in, out)
+        return proj.weight, proj.bias
+    raise ValueError(f"model: the attention output projection is a {type(proj).__name__}; "
+                     "expected nn.Linear or Hugging Face Conv1D")
+
+
+def _token_ids(spec: Any, n: int, tokenizer: Any, name: str, vocab: int) -> torch.Tensor:
+    if isinstance(spec, str) or (isinstance(spec, (list, tuple)) and spec
+                                 and all(isinstance(s, str) for s in spec)):
+        if tokenizer is None:
+            raise ValueError(f"{name}: tokens given as strings need tokenizer=")
+        words = [spec] * n if isinstance(spec, str) else list(spec)
+        out = []
+        for w in words:
+            enc = tokenizer(w, add_special_tokens=False)["input_ids"]
+            if len(enc) != 1:
+                raise ValueError(f"{name}: {w!r} is {len(enc)} tokens, not one")
+            out.append(enc[0])
+        spec = out
+    t = torch.as_tensor(np.asarray(spec))
+    if t.dim() == 0:
+        t = t.expand(n)
+    if t.shape != (n,) or t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise ValueError(f"{name}: expected a token id, a token string or one per prompt ({n}); "
+                         f"got {spec!r}")
+    t = t.long()
+    if bool(((t < 0) | (t >= vocab)).any()):
+        raise ValueError(f"{name}: token ids must lie in [0, {vocab}); got {t.tolist()}")
+    return t
+
+
+def _positions(position: Any, lengths: torch.Tensor) -> torch.Tensor:
+    n = len(lengths)
+    p = torch.as_tensor(np.asarray(position))
+    if p.dim() == 0:
+        p = p.expand(n)
+    if p.shape != (n,) or p.dtype.is_floating_point or p.dtype == torch.bool:
+        raise ValueError(f"position: expected an int or one int per prompt ({n}); got {position!r}")
+    p = torch.where(p < 0, lengths + p, p).long()
+    if bool(((p < 0) | (p >= lengths)).any()):
+        raise ValueError(f"position: {position!r} lies outside a prompt (lengths "
+                         f"{lengths.tolist()})")
+    return p
+
+
+def direct_logit_attribution(model: nn.Module, inputs: Any, *, target: Any = None,
+                             alternative: Any = None, position: Any = -1,
+                             attention_mask: Any = None, tokenizer: Any = None
+                             ) -> DirectLogitAttribution:
+    """Split a next-token logit into the terms written by each layer and attention head.
+
+    The final residual stream is ``x = e + sum_l (a_l + m_l)`` (embeddings, attention and MLP
+    outputs of every block; ``a_l = sum_h z_h W_O^h + b_O``). The final norm
+    ``(x - mean x) / s * gamma + beta`` (``s`` the standard deviation plus epsilon; an RMS norm
+    has no mean and no ``beta``) is linear in ``x`` once ``s`` is frozen at its actual value, so
+    ``logit = sum_c u . ((c - mean c) / s * gamma) + u . beta + b_U`` with ``u`` the target's
+    unembedding row: one term per component ``c``, exactly summing to the model's logit.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A causal LM laid out like Hugging Face GPT-2 or Llama (blocks with ``attn``/``c_proj``
+        or ``self_attn``/``o_proj`` and ``mlp``).
+    inputs : token ids (batch, tokens), tokenizer dict, or strings with ``tokenizer=``
+    target : int, str, or one per prompt; default the model's most likely next token
+    alternative : int, str, or one per prompt, optional
+        Attribute the logit difference ``target - alternative`` ("why this and not that").
+    position : int or one int per prompt, default -1
+        The position read; negative values count back from each prompt's last real token.
+    attention_mask : right padding, optional
+    tokenizer : optional
+
+    Returns
+    -------
+    DirectLogitAttribution
+    """
+    anat = _anatomy(model)
+    ids, mask = _as_ids(inputs, tokenizer, attention_mask)
+    n, n_layers = len(ids), len(anat.blocks)
+    pos = _positions(position, mask.sum(1))
+    centre, eps, gamma, beta = _norm_kind(anat.norm)
+    parts = []
+    for b in anat.blocks:
+        found = next(((getattr(b, a), getattr(getattr(b, a), p), getattr(b, m)) for a, p, m in _ATTN
+                      if hasattr(b, a) and hasattr(getattr(b, a), p) and hasattr(b, m)), None)
+        if found is None:
+            raise ValueError(f"model: a block ({type(b).__name__}) has no attn/c_proj or "
+                             "self_attn/o_proj and mlp; its residual stream cannot be decomposed")
+        parts.append(found)
+    n_heads = getattr(getattr(model, "config", None), "num_attention_heads", None)
+    if not isinstance(n_heads, int):
+        raise ValueError("model: direct logit attribution per head needs "
+                         "model.config.num_attention_heads")
+    rows = torch.arange(n)
+    with ModelGuard(model), torch.no_grad():
+        model.eval()
+        dev = _device(model)
+        acts: dict = {}
+
+        def hooks():
+            hs = []
+            for l, (attn, proj, mlp) in enumerate(parts):
+                hs.append(attn.register_forward_hook(
+                    lambda m, a, o, l=l: acts.__setitem__(("attn", l), _first(o))))
+                hs.append(proj.register_forward_pre_hook(
+                    lambda m, a, l=l: acts.__setitem__(("z", l), a[0])))
+                hs.append(mlp.register_forward_hook(
+                    lambda m, a, o, l=l: acts.__setitem__(("mlp", l), _first(o))))
+            return hs
+
+        streams, logits = _residual_streams(model, anat, ids.to(dev), mask.to(dev), hooks)
+        check_finite(logits, "the inputs")
+        vocab = logits.shape[-1]
+        last = logits[rows, pos].float()
+        tgt = (last.argmax(-1).cpu() if target is None
+               else _token_ids(target, n, tokenizer, "target", vocab))
+        alt = None if alternative is None else _token_ids(alternative, n, tokenizer,
+                                                           "alternative", vocab)
+        W = anat.unembed.weight.detach().double()
+        u = W[tgt.to(dev)] - (W[alt.to(dev)] if alt is not None else 0)  # (n, H)
+        b_u = getattr(anat.unembed, "bias", None)
+        logit = last[rows, tgt] - (last[rows, alt] if alt is not None else 0)
+
+        def at(t):
+            return t[rows, pos].double()
+
+        x = at(streams[-1])
+        comps = [at(streams[0])]
+        for l in range(n_layers):
+            comps += [at(acts[("attn", l)]), at(acts[("mlp", l)])]
+        gap = (sum(comps) - x).abs().max() / x.abs().max().clamp_min(1e-12)
+        if gap > 1e-4:
+            raise ValueError(f"model: its final residual stream is not the sum of the embeddings "
+                             f"and the attention and MLP outputs (relative gap {float(gap):.2g}); "
+                             "direct logit attribution needs a decomposable residual stream")
+        if centre:
+            s = torch.sqrt(x.var(-1, unbiased=False) + eps)
+        else:
+            s = torch.sqrt(x.pow(2).mean(-1) + eps)
+        g = gamma.detach().double() if gamma is not None else torch.ones_like(x[0])
+        ug = u * g  # (n, H)
+
+        def project(c):  # c: (..., n, H) -> (..., n)
+            if centre:
+                c = c - c.mean(-1, keepdim=True)
+            return (c * ug).sum(-1) / s
+
+        values = torch.stack([project(c) for c in comps]
+                             + [(u * beta.detach().double()).sum(-1) if beta is not None
+                                else torch.zeros(n, dtype=torch.float64, device=dev)], 1)
+        if b_u is not None:
+            values[:, -1] += b_u.detach().double()[tgt.to(dev)] - (
+                b_u.detach().double()[alt.to(dev)] if alt is not None else 0)
+        heads, head_bias = [], []
+        for l, (attn, proj, mlp) in enumerate(parts):
+            w, bias = _projection_in_out(proj)
+            z = at(acts[("z", l)])  # (n, heads * d_head)
+            if z.shape[-1] % n_heads:
+                raise ValueError(f"model: the attention output projection's input ({z.shape[-1]}) "
+                                 f"does not split into {n_heads} heads")
+            d = z.shape[-1] // n_heads
+            per_head = torch.einsum("nhd,hdo->hno", z.view(n, n_heads, d),
+                                    w.detach().double().reshape(n_heads, d, -1))
+            heads.append(project(per_head).T)  # (n, heads)
+            head_bias.append(project(bias.detach().double().expand(n, -1)) if bias is not None
+                             else torch.zeros(n, dtype=torch.float64, device=dev))
+    names = ["embeddings"] + [f"{k} {l}" for l in range(n_layers) for k in ("attn", "mlp")] + ["bias"]
+    return DirectLogitAttribution(
+        values=values.cpu().numpy(), component_names=names,
+        heads=torch.stack(heads, 1).cpu().numpy(), head_bias=torch.stack(head_bias, 1).cpu().numpy(),
+        logit=logit.double().cpu().numpy(), target_ids=tgt.numpy(),
+        alternative_ids=None if alt is None else alt.numpy(), positions=pos.numpy(),
+        scale=s.cpu().numpy())
