@@ -11,6 +11,8 @@ module, a functional call or a tensor method, and however often a module is reus
 - :mod:`lumos.rules.composites`: :class:`LRPComposite` and the presets.
 - :mod:`lumos.rules.canonizers`: batch norm merged into the preceding operation.
 - :mod:`lumos.rules.deeplift`: the DeepLIFT Rescale rules.
+- :mod:`lumos.rules.transformer`: softmax, layer / RMS norm and bilinear-product rules (AttnLRP,
+  CP-LRP) and their composites.
 """
 from .composites import (
     PRESETS, LRPComposite, epsilon_alpha2_beta1, epsilon_gamma_box, epsilon_plus,
@@ -25,6 +27,7 @@ from .lrp import (
     AddRule, AlphaBeta, Epsilon, Flat, Gamma, Pass, ProductRule, WSquare, ZBox, Zero, ZPlus,
 )
 from .relu import DECONV, GUIDED, DeconvReLU, GuidedReLU
+from .transformer import TransformerComposite, attnlrp, cp_lrp
 
 __all__ = [
     "apply", "propagate", "classify", "KINDS", "Composite", "Rule", "OpCall", "Session",
@@ -32,4 +35,5 @@ __all__ = [
     "DeconvReLU", "Zero", "Epsilon", "Gamma", "AlphaBeta", "ZPlus", "ZBox", "Flat", "WSquare",
     "Pass", "AddRule", "ProductRule", "LRPComposite", "PRESETS", "epsilon_plus",
     "epsilon_gamma_box", "epsilon_alpha2_beta1", "epsilon_plus_flat", "DeepLiftComposite",
+    "TransformerComposite", "attnlrp", "cp_lrp",
 ]

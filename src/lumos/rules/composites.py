@@ -135,10 +135,12 @@ class LRPComposite(Composite):
     def unsupported(self, call: OpCall) -> str | None:
         if call.kind == "softmax":
             return ("LRP explains a logit: the model applies a softmax on the way to the "
-                    "output; pass the model without it (explain the logits)")
+                    "output; pass the model without it (explain the logits); for a softmax "
+                    "inside the model (attention) use composite='attnlrp' or 'cp_lrp'")
         if call.kind == "norm":
             return ("layer/group/instance normalisation divides by an input-dependent statistic "
-                    "and has no LRP rule in lumos")
+                    "and has no rule in this composite (layer norm and RMS norm: "
+                    "composite='attnlrp' or 'cp_lrp')")
         return None
 
     def observe(self, session, args, kwargs) -> None:

@@ -96,6 +96,11 @@ _NAMES: dict[str, tuple[str, ...]] = {
     "neg": ("neg", "neg_", "negative", "__neg__"),
     "softmax": ("softmax", "log_softmax", "softmin"),
     "norm": ("layer_norm", "group_norm", "instance_norm", "local_response_norm", "rms_norm"),
+    # Normalisation statistics and products of several tensors: only composites with a rule for
+    # them (lumos.rules.transformer) accept them; strict composites refuse them by name.
+    "stat": ("var", "std", "rsqrt", "rsqrt_", "sqrt", "sqrt_", "pow", "pow_", "__pow__",
+             "square", "square_", "norm"),
+    "einsum": ("einsum",),
     # Pure data movement: every output element is one input element (or a sum of copies), so the
     # plain gradient moves relevance and multipliers correctly for every method.
     "struct": (
@@ -113,6 +118,7 @@ _NAMES: dict[str, tuple[str, ...]] = {
 }
 
 KINDS: dict[Any, str] = {}
+_RULE_ONLY = ("stat", "einsum")  # kinds that a strict composite must give a rule
 
 
 def _build_kinds() -> None:
@@ -413,7 +419,12 @@ class Session:
             raise UnsupportedOperationError(f"model: {self.method}: {msg} ({call.where})")
         rule = self.composite.rule_for(call)
         if rule is None:
-            if kind in ("activation", "softmax", "norm"):
+            if kind in _RULE_ONLY and self.composite.strict and _any_grad(args, kwargs):
+                raise UnsupportedOperationError(
+                    f"model: {self.method} has no rule for the operation {call.where}, met on the "
+                    "path from the input to the output; its plain gradient would give a silently "
+                    "wrong result (LRP through transformers: composite='attnlrp' or 'cp_lrp')")
+            if kind in ("activation", "softmax", "norm") + _RULE_ONLY:
                 self.plain_ops.add(call.name)  # a non-linearity without a rule: plain gradient
             return func(*args, **kwargs)
         if call.inplace:
@@ -428,7 +439,13 @@ class _RuleMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         # The mode is popped while this runs: calls made by rules are not seen again.
-        return self.session.dispatch(func, args, kwargs or {})
+        try:
+            return self.session.dispatch(func, args, kwargs or {})
+        except UnsupportedOperationError as e:
+            # Tensor.__matmul__, __add__ ... turn a TypeError into NotImplemented ("unsupported
+            # operand type(s)"); apply() re-raises this one instead
+            self.session.error = e
+            raise
 
 
 def check_visible(model: Any, method: str) -> None:
@@ -489,6 +506,11 @@ def apply(model: nn.Module | None, composite: Composite, *, method: str = "rules
     try:
         with _RuleMode(session):
             yield session
+    except TypeError as e:
+        err = getattr(session, "error", None)
+        if err is not None and e is not err:
+            raise err from None
+        raise
     finally:
         for h in handles:
             h.remove()

@@ -225,7 +225,7 @@ class MatmulOp(Affine):
         if depends_on_input(a) and depends_on_input(b):
             raise UnsupportedOperationError(
                 f"model: LRP has no rule for a product of two input-dependent matrices "
-                f"({call.where})"
+                f"({call.where}) in this composite; attention: composite='attnlrp' or 'cp_lrp'"
             )
         self.left = depends_on_input(a)
         self.x = a if self.left else b
@@ -321,7 +321,8 @@ class FreeOp(Affine):
         with torch.enable_grad():
             xx = torch.zeros_like(self.x).requires_grad_(True)
             (g,) = torch.autograd.grad(self._run(xx), xx, s)
-        return g
+        # the gradient of a sum is an expanded view; the rules write into what vjp returns
+        return g.contiguous() if 0 in g.stride() else g
 
     def pos(self, W):
         return "w"
