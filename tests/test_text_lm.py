@@ -1,13 +1,15 @@
 """Language models (issue 14): logit lens, direct logit attribution, generation attribution."""
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
-from lumos.text.lm import direct_logit_attribution, logit_lens  # noqa: E402
+from lumos.text.lm import direct_logit_attribution, generation_attribution, logit_lens  # noqa: E402
 
 V = 50
 
@@ -207,3 +209,123 @@ def test_dla_errors(ids):
         direct_logit_attribution(model, ids, alternative=[1, 2])
     with pytest.raises(ValueError, match="target: tokens given as strings need tokenizer="):
         direct_logit_attribution(model, ids, target="Paris")
+
+
+# ---------------------------------------------------------------------------- generation attribution
+
+class OnePositionLM(torch.nn.Module):
+    """Every next-token distribution reads only the token at position ``pos`` (by construction)."""
+
+    def __init__(self, vocab=12, hidden=6, pos=1):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(vocab, hidden)
+        self.head = torch.nn.Linear(hidden, vocab)
+        self.pos = pos
+
+    def get_input_embeddings(self):
+        return self.emb
+
+    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None):
+        e = self.emb(input_ids) if inputs_embeds is None else inputs_embeds
+        h = torch.tanh(e[:, self.pos:self.pos + 1]).expand(-1, e.shape[1], -1)
+        return types.SimpleNamespace(logits=self.head(h))
+
+
+@pytest.mark.parametrize("method", ["gradient_x_input", "integrated_gradients"])
+def test_generation_mass_on_the_position_the_model_reads(method):
+    model = OnePositionLM()
+    prompts = torch.tensor([[3, 7, 1, 4, 2], [5, 9, 2, 8, 8]])
+    state = _state(model)
+    g = generation_attribution(model, prompts, n_tokens=3, method=method, n_steps=16)
+    _same_state(model, state)
+    for i, m in enumerate(g.matrices):
+        assert m.shape == (3, 8)
+        for j in range(3):
+            row = m[j, :5 + j]
+            assert np.isnan(m[j, 5 + j:]).all()
+            assert row[1] != 0 and np.abs(np.delete(row, 1)).max() == 0
+    # the greedy tokens are the model's arg-max at each step
+    with torch.no_grad():
+        first = model(input_ids=prompts).logits[:, -1].argmax(-1).numpy()
+    np.testing.assert_array_equal(g.generated_ids[:, 0], first)
+    assert g.token_ids[0][:5] == [3, 7, 1, 4, 2] and len(g.token_ids[0]) == 8
+
+
+def test_generation_ig_completeness_on_gpt2():
+    model = _gpt2()
+    prompts = torch.tensor([[1, 2, 3, 4], [9, 8, 7, 6]])
+    g = generation_attribution(model, prompts, n_tokens=3, method="integrated_gradients",
+                               n_steps=48, alternative=5)
+    for i, m in enumerate(g.matrices):
+        sums = np.nansum(m, axis=1)
+        gap = np.abs(sums - (g.scores[i] - g.baseline_scores[i]))
+        assert gap.max() <= 1e-3 * max(1.0, np.abs(sums).max()), gap
+    # scores are the contrast log p(token) - log p(5) at the input
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=prompts).logits[:, -1], -1)
+    ref = (lp[[0, 1], g.generated_ids[:, 0]] - lp[:, 5]).numpy()
+    assert np.abs(g.scores[:, 0] - ref).max() <= 1e-5
+
+
+@pytest.mark.parametrize("method", ["gradient_x_input", "integrated_gradients"])
+def test_generation_batched_equals_one_by_one(method):
+    model = _gpt2(1)
+    prompts = [[1, 2, 3, 4, 5], [7, 3], [4, 4, 9]]
+    ids, mask = torch.zeros(3, 5, dtype=torch.long), torch.zeros(3, 5, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, :len(p)] = torch.tensor(p)
+        mask[i, :len(p)] = 1
+    kw = dict(n_tokens=3, method=method, n_steps=8)
+    both = generation_attribution(model, ids, attention_mask=mask, batch_size=5, **kw)
+    for i, p in enumerate(prompts):
+        one = generation_attribution(model, torch.tensor([p]), batch_size=3, **kw)
+        assert one.token_ids[0] == both.token_ids[i]
+        np.testing.assert_array_equal(np.isnan(one.matrices[0]), np.isnan(both.matrices[i]))
+        assert np.nanmax(np.abs(one.matrices[0] - both.matrices[i])) <= 1e-5
+        assert np.abs(one.scores[0] - both.scores[i]).max() <= 1e-5
+
+
+def test_generation_gradient_x_input_is_the_embedding_gradient_times_embedding():
+    model = _gpt2()
+    prompt = torch.tensor([[3, 1, 4, 1]])
+    g = generation_attribution(model, prompt, n_tokens=2)
+    seq = torch.tensor([g.token_ids[0][:5]])
+    e = model.transformer.wte(seq).detach().requires_grad_(True)
+    lp = torch.log_softmax(model(inputs_embeds=e).logits[0, -1], -1)[g.generated_ids[0, 1]]
+    (gr,) = torch.autograd.grad(lp, e)
+    ref = (gr * e).sum(-1)[0].detach().numpy()
+    assert np.abs(g.matrices[0][1, :5] - ref).max() <= 1e-5
+    assert abs(g.scores[0, 1] - float(lp.detach())) <= 1e-5
+
+
+def test_generation_heatmap_draws():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = generation_attribution(OnePositionLM(), torch.tensor([[3, 7, 1]]), n_tokens=2)
+    ax = g.plot()
+    fig = ax.figure
+    assert [t.get_text() for t in ax.get_xticklabels()] == g.tokens[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == g.tokens[0][3:]
+    assert len(fig.axes) == 2  # the colour bar
+    im = ax.images[0]
+    lo, hi = im.get_clim()
+    assert -lo == hi == np.nanmax(np.abs(g.matrices[0])) > 0
+    plt.close(fig)
+
+
+def test_generation_errors():
+    model = _gpt2()
+    ids = torch.tensor([[1, 2]])
+    with pytest.raises(ValueError, match="method"):
+        generation_attribution(model, ids, method="lrp")
+    with pytest.raises(ValueError, match="n_tokens"):
+        generation_attribution(model, ids, n_tokens=0)
+    with pytest.raises(ValueError, match="baselines: expected 'zero' or a token id"):
+        generation_attribution(model, ids, method="integrated_gradients", baselines="pad")
+    with pytest.raises(ValueError, match="baselines: token id 99"):
+        generation_attribution(model, ids, method="integrated_gradients", baselines=99)
+    with pytest.raises(TypeError, match="get_input_embeddings"):
+        generation_attribution(torch.nn.Linear(2, 2), ids)

@@ -510,3 +510,224 @@ def direct_logit_attribution(model: nn.Module, inputs: Any, *, target: Any = Non
         logit=logit.double().cpu().numpy(), target_ids=tgt.numpy(),
         alternative_ids=None if alt is None else alt.numpy(), positions=pos.numpy(),
         scale=s.cpu().numpy())
+
+
+# --------------------------------------------------------------------------------------------
+# Generation attribution
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class GenerationAttribution:
+    """Attribution of each generated token to the prompt and to the earlier generated tokens.
+
+    Attributes
+    ----------
+    matrices : list of ndarray, one of shape (k, T_prompt + k) per prompt
+        ``matrices[i][j, t]``: the share of token ``t`` (prompt tokens first, then the generated
+        ones) in the score of generated token ``j``, summed over the embedding dimension. Tokens
+        that do not exist yet at step ``j`` (``t >= T_prompt + j``) are NaN.
+    token_ids : list of list of int
+        Prompt and generated token ids of each prompt.
+    prompt_lengths : ndarray of int, shape (batch,)
+    generated_ids : ndarray of int, shape (batch, k)
+    scores : ndarray, shape (batch, k)
+        The explained score of each generated token: its log-probability, minus the
+        alternative's with a contrast.
+    baseline_scores : ndarray, shape (batch, k), or None
+        The score at the baseline embeddings (integrated gradients): each row of a matrix sums
+        to ``scores - baseline_scores`` up to the quadrature error (completeness).
+    tokens : list of list of str
+        Decoded tokens (ids as strings without a tokenizer), for the axes of :meth:`plot`.
+    method : str
+    """
+
+    matrices: list
+    token_ids: list
+    prompt_lengths: np.ndarray
+    generated_ids: np.ndarray
+    scores: np.ndarray
+    baseline_scores: np.ndarray | None
+    tokens: list
+    method: str
+    params: dict = field(default_factory=dict)
+
+    def plot(self, index: int = 0, ax: Any = None, cmap: str = "RdBu_r", colorbar: bool = True):
+        """Heat map of one prompt's matrix: generated tokens down, all tokens across.
+
+        The colour scale is symmetric about zero (the largest magnitude of the matrix); a
+        vertical line separates the prompt from the generated tokens. Returns the axes.
+        """
+        import matplotlib.pyplot as plt
+
+        m = np.ma.masked_invalid(self.matrices[index])
+        k, width = m.shape
+        if ax is None:
+            _, ax = plt.subplots(figsize=(max(4.0, 0.45 * width + 2), max(2.5, 0.4 * k + 1.5)))
+        vmax = float(np.abs(m).max()) if m.count() else 1.0
+        vmax = vmax or 1.0
+        im = ax.imshow(m, cmap=cmap, vmin=-vmax, vmax=vmax, aspect="auto",
+                       interpolation="nearest")
+        toks = self.tokens[index]
+        ax.set_xticks(range(width))
+        ax.set_xticklabels([repr(t)[1:-1] for t in toks], rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(k))
+        ax.set_yticklabels([repr(t)[1:-1] for t in toks[width - k:]], fontsize=8)
+        ax.axvline(self.prompt_lengths[index] - 0.5, color="black", linewidth=1)
+        ax.set_xlabel("prompt and generated tokens")
+        ax.set_ylabel("generated token")
+        ax.set_title(f"generation attribution ({self.method})")
+        if colorbar:
+            ax.figure.colorbar(im, ax=ax, label="attribution to the score")
+        return ax
+
+
+_GEN_METHODS = ("gradient_x_input", "integrated_gradients")
+
+
+def generation_attribution(model: nn.Module, inputs: Any, *, n_tokens: int = 5,
+                           method: str = "gradient_x_input", alternative: Any = None,
+                           n_steps: int = 32, integration: str = "gausslegendre",
+                           baselines: Any = "zero", batch_size: int | None = None,
+                           attention_mask: Any = None, tokenizer: Any = None,
+                           progress: bool | None = None) -> GenerationAttribution:
+    """Greedy-generate ``n_tokens`` tokens and attribute each one to all tokens before it.
+
+    At generation step ``j`` the model reads the prompt and the ``j`` tokens generated so far;
+    the explained score is the log-probability of the greedy (arg-max) token, or with
+    ``alternative`` the contrast ``log p(token) - log p(alternative)``. Its gradient with
+    respect to the input embeddings gives, per earlier token, gradient x input (summed over the
+    embedding dimension) or integrated gradients from ``baselines`` (Sundararajan et al. 2017).
+    Steps run one after another, each with its own graph (no key/value cache and no graph kept
+    across steps), and integration points in chunks of ``batch_size`` rows: memory is that of
+    one forward and backward pass of ``batch_size`` sequences.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A causal LM with the Hugging Face interface: ``get_input_embeddings()`` and
+        ``model(inputs_embeds=..., attention_mask=...).logits`` of shape (batch, tokens, vocab).
+    inputs : token ids (batch, tokens), tokenizer dict, or strings with ``tokenizer=``
+        The prompts (right padding with ``attention_mask``).
+    n_tokens : int, default 5
+        ``k``, the number of tokens generated (greedy, no sampling, no stop at end-of-text).
+    method : {"gradient_x_input", "integrated_gradients"}
+    alternative : int, str or one per prompt, optional
+        Contrast token: the score becomes ``log p(token) - log p(alternative)`` at every step.
+    n_steps : int, default 32
+        Integration points of integrated gradients.
+    integration : str, default "gausslegendre"
+        Quadrature rule (see :mod:`lumos.attribution._approximation`).
+    baselines : "zero" or int, default "zero"
+        The integrated-gradients reference: the zero embedding, or every token replaced by this
+        token id's embedding (e.g. the pad or mask token).
+    batch_size : int, optional
+        Sequences per forward/backward pass (default by a memory budget).
+    attention_mask, tokenizer, progress : optional
+
+    Returns
+    -------
+    GenerationAttribution
+    """
+    method = check_choice(method, "method", _GEN_METHODS)
+    k = int(check_number(n_tokens, "n_tokens", low=1, integer=True))
+    ig = method == "integrated_gradients"
+    if ig:
+        n_steps = int(check_number(n_steps, "n_steps", low=1, integer=True))
+        integration = check_integration(integration)
+        alphas, weights = integration_points(n_steps, integration)
+    else:
+        alphas, weights = np.ones(1), np.ones(1)
+    if not (isinstance(baselines, str) and baselines == "zero") and not (
+            isinstance(baselines, (int, np.integer)) and not isinstance(baselines, bool)):
+        raise ValueError(f"baselines: expected 'zero' or a token id; got {baselines!r}")
+    if not isinstance(model, nn.Module) or not hasattr(model, "get_input_embeddings"):
+        raise TypeError("model must be a torch causal LM with get_input_embeddings() and "
+                        f"inputs_embeds=; got {type(model).__name__}")
+    ids, mask = _as_ids(inputs, tokenizer, attention_mask)
+    n = len(ids)
+    lengths = mask.sum(1)
+    embed = model.get_input_embeddings()
+    vocab = embed.weight.shape[0]
+    alt = None if alternative is None else _token_ids(alternative, n, tokenizer, "alternative",
+                                                       vocab)
+    if not isinstance(baselines, str) and not 0 <= int(baselines) < vocab:
+        raise ValueError(f"baselines: token id {baselines} outside the vocabulary [0, {vocab})")
+    n_alpha = len(alphas)
+    hidden = embed.weight.shape[1]
+    bs = check_batch_size(batch_size, row_bytes=int((int(lengths.max()) + k) * hidden
+                                                    * embed.weight.element_size() * 8))
+    seqs = [ids[i, :lengths[i]].tolist() for i in range(n)]
+    mats = [np.full((k, int(lengths[i]) + k), np.nan) for i in range(n)]
+    gen = np.zeros((n, k), dtype=np.int64)
+    scores = np.zeros((n, k))
+    base_scores = np.zeros((n, k)) if ig else None
+    with ModelGuard(model):
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        dev = _device(model)
+        a_t = torch.as_tensor(alphas, dtype=embed.weight.dtype, device=dev)
+        w_t = torch.as_tensor(weights, dtype=torch.float64, device=dev)
+        for j in chunks(k, 1, desc="generation steps", progress=progress, unit="token"):
+            j = j.start
+            cur, cmask = _pad_right(seqs)
+            cur, cmask = cur.to(dev), cmask.to(dev)
+            read = cmask.sum(1) - 1  # the last real token predicts the next one
+            r = torch.arange(n, device=dev)
+            with torch.no_grad():
+                emb = embed(cur)
+                logits = model(inputs_embeds=emb, attention_mask=cmask).logits
+                check_finite(logits, f"generation step {j}")
+                nxt = logits[r, read].float().argmax(-1)
+            base = (torch.zeros_like(emb) if isinstance(baselines, str)
+                    else embed(torch.full_like(cur, int(baselines))))
+            # rows: sample-major, then integration point
+            row_s = torch.arange(n, device=dev).repeat_interleave(n_alpha)
+            row_a = torch.arange(n_alpha, device=dev).repeat(n)
+            attr = torch.zeros(cur.shape, dtype=torch.float64, device=dev)
+            score = torch.zeros(n, dtype=torch.float64, device=dev)
+            bscore = torch.zeros(n, dtype=torch.float64, device=dev)
+            for sl in chunks(n * n_alpha, bs, progress=False):
+                s, a = row_s[sl], row_a[sl]
+                x = (base[s] + a_t[a][:, None, None] * (emb[s] - base[s])).detach()
+                x.requires_grad_(True)
+                with torch.enable_grad():
+                    out = model(inputs_embeds=x, attention_mask=cmask[s]).logits
+                    check_finite(out, "integrated-gradients path points" if ig
+                                 else f"generation step {j}")
+                    logp = torch.log_softmax(out[torch.arange(len(s), device=dev), read[s]]
+                                             .float(), -1)
+                    val = logp.gather(1, nxt[s][:, None])[:, 0]
+                    if alt is not None:
+                        val = val - logp.gather(1, alt.to(dev)[s][:, None])[:, 0]
+                    (g,) = torch.autograd.grad(val.sum(), x)
+                delta = (emb[s] - base[s]) if ig else emb[s]
+                contrib = (g.double() * delta.double()).sum(-1) * w_t[a][:, None]
+                attr.index_add_(0, s, contrib)
+                if not ig:  # one row per sample: its score at the input
+                    score[s] = val.detach().double()
+            if ig:
+                with torch.no_grad():
+                    for which, x in ((score, emb), (bscore, base)):
+                        out = model(inputs_embeds=x, attention_mask=cmask).logits
+                        check_finite(out, "the baselines" if which is bscore else "the inputs")
+                        logp = torch.log_softmax(out[r, read].float(), -1)
+                        v = logp[r, nxt] - (logp[r, alt.to(dev)] if alt is not None else 0)
+                        which.copy_(v.double())
+            attr = attr.cpu().numpy()
+            for i in range(n):
+                t = int(lengths[i]) + j
+                mats[i][j, :t] = attr[i, :t]
+                seqs[i].append(int(nxt[i]))
+            gen[:, j] = nxt.cpu().numpy()
+            scores[:, j] = score.cpu().numpy()
+            if ig:
+                base_scores[:, j] = bscore.cpu().numpy()
+    return GenerationAttribution(
+        matrices=mats, token_ids=seqs, prompt_lengths=lengths.numpy(), generated_ids=gen,
+        scores=scores, baseline_scores=base_scores,
+        tokens=[_decode(tokenizer, s) for s in seqs], method=method,
+        params={"n_tokens": k, "method": method, "n_steps": n_steps if ig else None,
+                "integration": integration if ig else None,
+                "baselines": baselines if ig else None,
+                "alternative": None if alt is None else alt.tolist()})
