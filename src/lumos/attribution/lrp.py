@@ -53,7 +53,8 @@ def lrp(model: torch.nn.Module, inputs: Any, target: Any = None, *,
         ``w_j ⊙ x``).
     composite : str, dict or LRPComposite, default "epsilon_plus"
         A preset (``"epsilon_plus"``, ``"epsilon_gamma_box"``, ``"epsilon_alpha2_beta1"``,
-        ``"epsilon_plus_flat"``, ``"epsilon"``, ``"zero"``), a mapping from operation kind /
+        ``"epsilon_plus_flat"``, ``"epsilon"``, ``"zero"``; transformers: ``"attnlrp"``,
+        ``"cp_lrp"``, see :mod:`lumos.rules.transformer`), a mapping from operation kind /
         position / module class / module name to a rule (``{"conv": Gamma(0.25), "linear":
         Epsilon(0.1), "first": ZBox(0, 1)}``, rules from :mod:`lumos.rules.lrp`), or an
         :class:`~lumos.rules.composites.LRPComposite`.
