@@ -257,3 +257,12 @@ def test_model_left_as_found(bert, tok):
         assert all(not m._forward_hooks and not m._forward_pre_hooks for m in bert.modules())
     finally:
         bert.eval()
+
+
+def test_a_predict_function_on_strings_stays_model_agnostic():
+    # no tokenizer and no torch module: LIME masks the words itself (not routed to lumos.text)
+    def f(texts):
+        return np.array([t.split().count("great") * 1.0 for t in texts])
+
+    e = lumos.explain(f, ["a great film"], "lime", n_samples=200)
+    assert e.meta["tokens"][0].tolist() == ["a", "great", "film"]

@@ -35,13 +35,13 @@ class MethodInfo:
 
 _REGISTRY: dict[str, MethodInfo] = {}
 _DISCOVERED = False
-# (accepts(inputs) -> bool, handler(model, inputs, method, target=..., **params)): inputs of a kind
+# (accepts(model, inputs, params) -> bool, handler(model, inputs, method, target=..., **params)): inputs of a kind
 # that a family prepares itself before running a registered method (strings: lumos.text)
 _INPUT_ROUTES: list[tuple[Callable, Callable]] = []
 
 
-def register_inputs(accepts: Callable[[Any], bool], handler: Callable) -> None:
-    """Route inputs for which ``accepts(inputs)`` is true to ``handler`` in :func:`explain`.
+def register_inputs(accepts: Callable[[Any, Any, dict], bool], handler: Callable) -> None:
+    """Route calls for which ``accepts(model, inputs, params)`` is true to ``handler`` in :func:`explain`.
 
     The text family registers strings this way: ``lumos.explain(hf_model, texts, method,
     tokenizer=tok)`` tokenises the texts and runs the method at the token embeddings.
@@ -130,7 +130,7 @@ def explain(model: Any, inputs: Any, method: str = "integrated_gradients", targe
     """
     _discover()
     for accepts, handler in _INPUT_ROUTES:  # e.g. strings: lumos.text tokenises them
-        if accepts(inputs):
+        if accepts(model, inputs, params):
             return handler(model, inputs, method, target=target, **params)
     info = get_method(method)
     from .validation import check_kwargs

@@ -391,4 +391,13 @@ def _token_explanation(expl: Explanation, values: np.ndarray, hidden: np.ndarray
         sample_keys=tuple(keys), feature_names=list(tokens[0]) if same else None)
 
 
-register_inputs(is_text, explain_text)
+def _routes_here(model: Any, inputs: Any, params: dict) -> bool:
+    """Strings with a tokenizer, or strings handed to a torch module (which cannot read them).
+
+    A predict function on strings without a tokenizer stays with the model-agnostic methods
+    (LIME and the Shapley methods mask words themselves).
+    """
+    return is_text(inputs) and ("tokenizer" in params or isinstance(model, nn.Module))
+
+
+register_inputs(_routes_here, explain_text)
