@@ -116,6 +116,7 @@ class ModelGuard:
             raise
 
     def _snapshot(self) -> "ModelGuard":
+        hf_capturing_hooks(self.model)
         mods = list(self.model.modules())
         self._training = [(m, m.training) for m in mods]
         self._params = [(p, p.requires_grad, p.grad) for p in self.model.parameters()]
@@ -154,6 +155,30 @@ class ModelGuard:
             keep = set(keys)
             for k in [k for k in hooks.keys() if k not in keep]:
                 del hooks[k]
+
+
+def hf_capturing_hooks(model: nn.Module) -> None:
+    """Install Hugging Face's output-capturing hooks now, as its first forward would.
+
+    transformers 5 collects ``output_attentions``/``output_hidden_states`` through forward hooks
+    installed lazily on the first forward, then flags the model as hooked. Installed inside a
+    :class:`ModelGuard`, they would be removed on exit while the flag stays, and every later call
+    of the user's would return empty attentions. The guard installs them before its snapshot,
+    leaving the model as Hugging Face itself would. A no-op unless transformers is imported.
+    """
+    import sys
+
+    if "transformers" not in sys.modules:
+        return
+    try:
+        from transformers import PreTrainedModel
+        from transformers.utils.output_capturing import (_CAN_RECORD_REGISTRY,
+                                                         maybe_install_capturing_hooks)
+    except ImportError:  # older transformers: outputs are returned, not captured by hooks
+        return
+    for m in model.modules():
+        if isinstance(m, PreTrainedModel) and _CAN_RECORD_REGISTRY.get(m):
+            maybe_install_capturing_hooks(m)
 
 
 def model_dtype(model: nn.Module) -> torch.dtype | None:

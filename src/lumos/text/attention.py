@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from ..core.execution import rng as make_rng
+from ..core.torch_model import hf_capturing_hooks  # noqa: F401 (installed by ModelGuard)
 from ..core.torch_model import ModelGuard, check_finite, unwrap, warn_if_training
 from ..core.validation import check_choice, check_number
 
@@ -215,26 +215,6 @@ def _model_inputs(model: Any, inputs: Any, tokenizer: Any, attention_mask: Any) 
     if attention_mask is not None:
         kw["attention_mask"] = torch.as_tensor(attention_mask)
     return kw
-
-
-def hf_capturing_hooks(model: torch.nn.Module) -> None:
-    """Install Hugging Face's output-capturing hooks now, as its first forward would.
-
-    transformers 5 collects ``output_attentions``/``output_hidden_states`` through forward hooks
-    installed lazily on the first forward, then flags the model as hooked. Installed inside a
-    :class:`~lumos.core.torch_model.ModelGuard`, they would be removed on exit while the flag
-    stays, and every later call of the user's would return empty attentions. Installing them
-    before the guard leaves the model as Hugging Face itself would leave it.
-    """
-    try:
-        from transformers import PreTrainedModel
-        from transformers.utils.output_capturing import (_CAN_RECORD_REGISTRY,
-                                                         maybe_install_capturing_hooks)
-    except ImportError:  # older transformers: outputs are returned, not captured by hooks
-        return
-    for m in model.modules():
-        if isinstance(m, PreTrainedModel) and _CAN_RECORD_REGISTRY.get(m):
-            maybe_install_capturing_hooks(m)
 
 
 def _device(model: Any) -> torch.device:
