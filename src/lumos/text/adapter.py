@@ -25,7 +25,6 @@ and, for a :func:`~lumos.text.targets.continuation` target, ``continuation`` (bo
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Sequence
 
 import numpy as np
