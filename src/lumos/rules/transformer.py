@@ -66,13 +66,18 @@ def _softmax_dim(call: OpCall) -> int:
     return dim
 
 
-class _SoftmaxFn(torch.autograd.Function):
+class _OneInputFn(torch.autograd.Function):
+    """The operation run as it is, its output kept for the rule (``holder.z``) with its input."""
+
     @staticmethod
     def forward(ctx, x, holder):
-        s = holder.op.run_out_of_place()
-        holder.z = s.detach()
+        y = holder.op.run_out_of_place()
+        holder.z = y.detach()
         ctx.holder, ctx.x = holder, x.detach()
-        return s
+        return y
+
+
+class _SoftmaxFn(_OneInputFn):
 
     @staticmethod
     def backward(ctx, R):
@@ -192,13 +197,7 @@ _NORM_ARGS = {
 }
 
 
-class _NormFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, holder):
-        y = holder.op.run_out_of_place()
-        holder.z = y.detach()
-        ctx.holder, ctx.x = holder, x.detach()
-        return y
+class _NormFn(_OneInputFn):
 
     @staticmethod
     def backward(ctx, R):
