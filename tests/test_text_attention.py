@@ -239,3 +239,61 @@ def test_permutation_test_of_uniform_attention_changes_nothing():
     ids = torch.randint(5, 50, (1, 6))
     res = permutation_test(m, ids, layers=[0, 1], n_samples=3, seed=0)
     assert res.tvd.max() < 1e-6
+
+
+# --- causal language models: GPT-2 and Llama from random configs ---------------------------------
+
+def _causal(kind):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=40, n_embd=16, n_layer=2, n_head=2, n_positions=32,
+                                      bos_token_id=0, eos_token_id=0)
+        return transformers.GPT2LMHeadModel(cfg).eval()
+    cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=1,
+                                   intermediate_size=32, max_position_embeddings=32,
+                                   bos_token_id=0, eos_token_id=0)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_attentions_of_causal_lms_are_causal_rows_sum_to_one_and_eager_is_restored(kind):
+    m = _causal(kind)
+    assert m.config._attn_implementation == "sdpa"
+    before = _state(m)
+    ids = torch.randint(3, 40, (3, 6))
+    A = attentions(m, ids)
+    assert A.shape == (2, 3, 2, 6, 6)
+    np.testing.assert_allclose(A.values.sum(-1), 1.0, atol=1e-6)
+    assert np.all(np.triu(A.values, 1) == 0)          # no query looks at a later token
+    np.testing.assert_allclose(A.values[..., 0, 0], 1.0, atol=1e-6)  # the first token sees itself
+    assert A.values[..., 1:, :].max() < 1 - 1e-3        # not a trivial (identity) map
+    assert m.config._attn_implementation == "sdpa"
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    # equals the model's own eager attention
+    m.set_attn_implementation("eager")
+    with torch.no_grad():
+        ref = torch.stack(m(input_ids=ids, output_attentions=True).attentions)
+    np.testing.assert_allclose(A.values, ref.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_attentions_of_causal_lms_do_not_depend_on_the_padding_side(kind, side):
+    # GPT-2 numbers positions from the first column: before the inputs were packed to the right,
+    # a left-padded text got other position embeddings and attention than the same text alone
+    m = _causal(kind)
+    g = torch.Generator().manual_seed(1)
+    short, long = torch.randint(3, 40, (4,), generator=g), torch.randint(3, 40, (7,), generator=g)
+    ids = torch.zeros(2, 7, dtype=torch.long)
+    mask = torch.zeros(2, 7, dtype=torch.long)
+    ids[1], mask[1] = long, 1
+    cols = slice(3, 7) if side == "left" else slice(0, 4)
+    ids[0, cols], mask[0, cols] = short, 1
+    A = attentions(m, {"input_ids": ids, "attention_mask": mask})
+    alone = [attentions(m, t[None]).values[:, 0] for t in (short, long)]
+    for b in range(2):
+        np.testing.assert_allclose(A.example(b)[0], alone[b], atol=1e-6)
+    assert np.all(A.values[:, 0][..., 0 if side == "left" else 6, :] == 0)  # padded query row
+    np.testing.assert_allclose(A.values.sum(-1)[:, 0][..., cols], 1.0, atol=1e-6)

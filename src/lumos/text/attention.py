@@ -223,6 +223,36 @@ def _device(model: Any) -> torch.device:
     return torch.device("cpu")
 
 
+def _packed_right(kw: dict) -> tuple[dict, np.ndarray | None]:
+    """The inputs with every example's real tokens moved to the front (right padding).
+
+    A model with absolute position embeddings (GPT-2, BERT) numbers positions from the first
+    column, so on a left-padded batch its real tokens would get other positions than the same
+    text alone. Packing the real tokens to the front gives every text positions ``0 .. n-1``.
+    Returns ``(inputs, order)`` with ``order[b]`` the original column of each packed column, or
+    ``(kw, None)`` when the batch is already right-padded. Every ``(batch, T, ...)`` tensor in the
+    inputs (ids, masks, token types, position ids, embeddings) is permuted alike.
+    """
+    mask = kw.get("attention_mask")
+    if mask is None:
+        return kw, None
+    m = torch.as_tensor(mask).cpu() != 0
+    if m.ndim != 2:
+        return kw, None
+    right = torch.arange(m.shape[1])[None] < m.sum(1, keepdim=True)
+    if bool((m == right).all()):
+        return kw, None
+    order = torch.argsort((~m).to(torch.int8), dim=1, stable=True)
+    B, T = m.shape
+    out = {}
+    for k, v in kw.items():
+        if isinstance(v, torch.Tensor) and v.ndim >= 2 and tuple(v.shape[:2]) == (B, T):
+            idx = order.to(v.device).view(B, T, *([1] * (v.ndim - 2))).expand(v.shape)
+            v = torch.gather(v, 1, idx)
+        out[k] = v
+    return out, order.numpy()
+
+
 def attentions(model: Any, inputs: Any, *, tokenizer: Any = None, attention_mask: Any = None,
                tokens: Sequence[Sequence[str]] | None = None, **forward_kwargs) -> Attentions:
     """Every layer's and head's attention of a Hugging Face model on ``inputs``.
@@ -239,7 +269,10 @@ def attentions(model: Any, inputs: Any, *, tokenizer: Any = None, attention_mask
     tokenizer : optional
         The model's tokenizer: tokenises strings (padding the batch) and names the tokens.
     attention_mask : array (batch, T), optional
-        1 at real tokens, 0 at padding; overrides the one in ``inputs``.
+        1 at real tokens, 0 at padding; overrides the one in ``inputs``. Padding may be on
+        either side: a left-padded batch is run with each example's real tokens moved to the
+        front (so models with absolute positions, GPT-2 or BERT, see each text at positions
+        ``0 .. n-1`` as when it is alone) and the maps are returned in the layout given.
     tokens : list of list of str, optional
         Token strings when no tokenizer is given.
     **forward_kwargs
@@ -259,8 +292,9 @@ def attentions(model: Any, inputs: Any, *, tokenizer: Any = None, attention_mask
     kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
     warn_if_training(model)
     hf_capturing_hooks(model)
+    run_kw, order = _packed_right(kw)
     with ModelGuard(unwrap(model)), eager_attention(model), torch.no_grad():
-        out = model(**kw, **forward_kwargs, output_attentions=True)
+        out = model(**run_kw, **forward_kwargs, output_attentions=True)
     att = getattr(out, "attentions", None)
     if att is None and isinstance(out, Mapping):
         att = out.get("attentions")
@@ -273,6 +307,9 @@ def attentions(model: Any, inputs: Any, *, tokenizer: Any = None, attention_mask
     ids = kw.get("input_ids")
     mask = kw.get("attention_mask")
     a, mask = as_attention(tuple(att), None if mask is None else mask.cpu())
+    if order is not None:  # back from the packed (right-padded) layout to the one given
+        inv = np.argsort(order, axis=1)
+        a = np.stack([a[:, b][:, :, inv[b]][:, :, :, inv[b]] for b in range(a.shape[1])], 1)
     a = a * mask[None, :, None, :, None] * mask[None, :, None, None, :]
     if tokens is None and tokenizer is not None and ids is not None:
         tokens = [tokenizer.convert_ids_to_tokens(row.tolist()) for row in ids.cpu()]
