@@ -12,9 +12,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ._common import ShortRepr
+from ._common import ShortRepr, add_colorbar, new_axes
 
-__all__ = ["TextDisplay", "text_html"]
+__all__ = ["TextDisplay", "text_html", "AttentionMapDisplay", "token_label"]
 
 _POS = (255, 0, 81)
 _NEG = (0, 139, 251)
@@ -131,3 +131,87 @@ def text_html(explanation, index: int | Sequence[int] | None = None,
         return TextDisplay.from_explanation(explanation, int(index), tokens=tokens).to_html()
     return "\n".join(TextDisplay.from_explanation(explanation, int(i), tokens=tokens).to_html()
                      for i in index)
+
+
+# ----------------------------------------------------------------------------- attention maps
+_CONTROL = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def token_label(token: str, width: int = 24) -> str:
+    """A token as a one-line tick label: newlines and tabs shown as ``\\n``/``\\t``, and a token
+    longer than ``width`` characters shortened in its middle ("…"); other tokens unchanged."""
+    s = "".join(_CONTROL.get(c, c) for c in str(token))
+    if len(s) > width:
+        s = s[: width // 2 - 1] + "…" + s[-(width - width // 2):]
+    return s
+
+
+@dataclass(repr=False)
+class AttentionMapDisplay(ShortRepr):
+    """A token-by-token map (attention of one head, a head mean, rollout, flow) as a heat map.
+
+    Rows are ``y_tokens`` (queries), columns ``x_tokens`` (keys). The colour scale runs from 0 to
+    the map's largest value (display-only), with a colour bar in the map's units. The figure is
+    sized by the number of tokens and laid out with constrained layout; column labels are
+    rotated, and the font shrinks with the cell pitch, so that labels neither overlap nor leave
+    the figure. Tick labels are the tokens (see :func:`token_label`), drawn without mathtext (a
+    ``$`` in a token is shown as it is).
+
+    Attributes set by :meth:`plot`: ``ax_``, ``figure_``, ``image_``, ``colorbar_``.
+    """
+
+    matrix: np.ndarray
+    x_tokens: list
+    y_tokens: list
+    title: str = ""
+    label: str = "attention weight"
+
+    def __post_init__(self):
+        self.matrix = np.asarray(self.matrix, dtype=np.float64)
+        if self.matrix.ndim != 2:
+            raise ValueError(f"matrix must be 2-d (queries, keys); got shape {self.matrix.shape}")
+        if self.matrix.shape != (len(self.y_tokens), len(self.x_tokens)):
+            raise ValueError(f"matrix of shape {self.matrix.shape} does not match "
+                             f"{len(self.y_tokens)} row tokens and {len(self.x_tokens)} column "
+                             "tokens")
+
+    def figsize(self, fontsize: float = 8.0) -> tuple[float, float]:
+        """Inches that give each token a cell of about 2.4 font sizes and room for the labels."""
+        cell = 2.4 * fontsize / 72
+        char = 0.62 * fontsize / 72
+        lx = max((len(token_label(t)) for t in self.x_tokens), default=1)
+        ly = max((len(token_label(t)) for t in self.y_tokens), default=1)
+        return (max(3.0, cell * len(self.x_tokens) + char * ly + 1.6),
+                max(2.5, cell * len(self.y_tokens) + char * lx + 0.8))
+
+    def plot(self, ax=None, *, cmap: str = "Blues", colorbar: bool = True,
+             fontsize: float | None = None) -> "AttentionMapDisplay":
+        """Draw the map on ``ax`` (a new figure sized by :meth:`figsize` when ``None``)."""
+        ax = new_axes(ax, self.figsize(fontsize or 8.0))
+        fig = ax.figure
+        m = self.matrix
+        vmax = float(m.max()) if m.size and m.max() > 0 else 1.0
+        im = ax.imshow(m, cmap=cmap, vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest")
+        if fontsize is None:  # the cell pitch of the axes as they are now, in points
+            pos = ax.get_position()
+            pitch = min(pos.width * fig.get_figwidth() / max(m.shape[1], 1),
+                        pos.height * fig.get_figheight() / max(m.shape[0], 1)) * 72
+            fontsize = float(np.clip(0.5 * pitch, 3.5, 8.0))
+        ax.set_xticks(range(m.shape[1]))
+        ax.set_xticklabels([token_label(t) for t in self.x_tokens], rotation=90,
+                           fontsize=fontsize, parse_math=False)
+        ax.set_yticks(range(m.shape[0]))
+        ax.set_yticklabels([token_label(t) for t in self.y_tokens], fontsize=fontsize,
+                           parse_math=False)
+        ax.tick_params(length=2, pad=1.5)
+        ax.set_xlabel("key (attended to)", fontsize=8)
+        ax.set_ylabel("query", fontsize=8)
+        if self.title:  # wrapped to the width of the axes' figure, so that it is never cut
+            import textwrap
+
+            per_line = max(12, int(ax.get_position().width * fig.get_figwidth() * 72 / (0.6 * 9)))
+            ax.set_title("\n".join(textwrap.wrap(self.title, per_line)), fontsize=9)
+        self.colorbar_ = (add_colorbar(fig, im, ax, scale=None, signed=False, label=self.label)
+                          if colorbar else None)
+        self.ax_, self.figure_, self.image_ = ax, fig, im
+        return self
