@@ -98,7 +98,8 @@ def lrp(model: torch.nn.Module, inputs: Any, target: Any = None, *,
         biases and ε → 0 every column equals the start's sum, ``output`` with
         ``start="logit"``; no columns when the model has no weighted operation), per-sample
         ``"conservation_gap"``: the start's sum − ``values.sum()`` (what biases, stabilisers and
-        constants absorbed), and ``"batch_norm_merged"``.
+        constants absorbed; under ``composite="attnlrp"`` per-sample ``"absorbed"`` holds the
+        share the softmax rule's bias term kept), and ``"batch_norm_merged"``.
     """
     check_choice(start, "start", ("logit", "one_hot"))
     # checked here, whichever composite uses them (NaN would pass ">= 0" and give NaN maps)
@@ -130,6 +131,8 @@ def lrp(model: torch.nn.Module, inputs: Any, target: Any = None, *,
         "passed_ops": passed,
     }
     sample = {"layer_relevance": layer_rel, "conservation_gap": (start_total - total).numpy()}
+    if "absorbed" in sessions[0].state:  # AttnLRP's softmax bias term (lumos.rules.transformer)
+        sample["absorbed"] = torch.cat([s.state["absorbed"] for s in sessions]).numpy()
     params = {"composite": comp.name if isinstance(composite, str) else comp.describe(),
               "epsilon": epsilon, "gamma": gamma, "canonize": canonize, "start": start}
     if low is not None or high is not None:

@@ -101,6 +101,8 @@ _NAMES: dict[str, tuple[str, ...]] = {
     "stat": ("var", "std", "rsqrt", "rsqrt_", "sqrt", "sqrt_", "pow", "pow_", "__pow__",
              "square", "square_", "norm"),
     "einsum": ("einsum",),
+    # bias + x @ W (Hugging Face's Conv1D in GPT-2): a linear layer written as a matrix product
+    "addmm": ("addmm",),
     # Pure data movement: every output element is one input element (or a sum of copies), so the
     # plain gradient moves relevance and multipliers correctly for every method.
     "struct": (
@@ -118,7 +120,7 @@ _NAMES: dict[str, tuple[str, ...]] = {
 }
 
 KINDS: dict[Any, str] = {}
-_RULE_ONLY = ("stat", "einsum")  # kinds that a strict composite must give a rule
+_RULE_ONLY = ("stat", "einsum", "addmm")  # kinds that a strict composite must give a rule
 
 
 def _build_kinds() -> None:

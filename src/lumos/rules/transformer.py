@@ -38,14 +38,17 @@ Only fused kernels hide the operations: ``F.scaled_dot_product_attention`` (Hugg
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
+import torch.nn.functional as F
 
 from .composites import PRESETS, WEIGHTED, LRPComposite
 from .engine import OpCall, Rule, UnsupportedOperationError, depends_on_input, row_sums
 from .lrp import AddRule, Epsilon, Holder, Pass, _const_param, _divide, _label, _record
 from ..core.validation import check_number
 
-__all__ = ["AttnSoftmax", "ConstantSoftmax", "Bilinear", "NormIdentity", "Statistic",
+__all__ = ["AttnSoftmax", "ConstantSoftmax", "Bilinear", "NormIdentity", "Statistic", "Addmm",
            "TransformerComposite", "attnlrp", "cp_lrp"]
 
 
@@ -263,6 +266,38 @@ class Statistic(Rule):
             return call.run_out_of_place()
 
 
+# --------------------------------------------------------------------------- addmm (GPT-2's Conv1D)
+class Addmm(Rule):
+    """``torch.addmm(b, x, W)`` (``b + x @ W``; Hugging Face's ``Conv1D`` in GPT-2) is the linear
+    layer ``F.linear(x, Wᵀ, b)`` and gets that layer's rule (the ε rule; ``b`` leaks like any
+    bias). With ``W`` input-dependent too it is a bilinear product plus ``b`` and is refused.
+
+    Parameters
+    ----------
+    linear : Rule
+        The rule of linear layers (the composite's ε rule).
+    """
+
+    def __init__(self, linear: Rule):
+        self.linear = linear
+
+    def __call__(self, call: OpCall):
+        names = ("input", "mat1", "mat2")
+        a = dict(zip(names, call.args))
+        a.update({k: v for k, v in call.kwargs.items() if k in names})
+        beta, alpha = call.kwargs.get("beta", 1), call.kwargs.get("alpha", 1)
+        b, x, W = a["input"], a["mat1"], a["mat2"]
+        if depends_on_input(W) or depends_on_input(b) or not depends_on_input(x):
+            raise UnsupportedOperationError(
+                f"model: {call.session.method if call.session else 'lrp'} has a rule for "
+                f"torch.addmm(bias, x, weight) with a constant bias and weight only ({call.where})")
+        bias = b if beta == 1 else b * beta
+        weight = (W if alpha == 1 else W * alpha).t()
+        lin = dataclasses.replace(call, kind="linear", func=F.linear, args=(x, weight, bias),
+                                  kwargs={}, inplace=False)
+        return self.linear(lin)
+
+
 # --------------------------------------------------------------------------- composites
 class TransformerComposite(LRPComposite):
     """LRP for transformers: AttnLRP (``variant="attnlrp"``) or CP-LRP (``variant="cp_lrp"``).
@@ -288,7 +323,8 @@ class TransformerComposite(LRPComposite):
         super().__init__(mapping, canonize=canonize, name=variant)
         self.rules.update(
             softmax=AttnSoftmax(eps) if variant == "attnlrp" else ConstantSoftmax(),
-            norm=NormIdentity(eps), stat=Statistic(), einsum=Bilinear(eps))
+            norm=NormIdentity(eps), stat=Statistic(), einsum=Bilinear(eps),
+            addmm=Addmm(self.rules["linear"]))
         self.bilinear = Bilinear(eps)
 
     def _choose(self, call: OpCall) -> Rule | None:

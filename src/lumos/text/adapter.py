@@ -25,6 +25,7 @@ and, for a :func:`~lumos.text.targets.continuation` target, ``continuation`` (bo
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -35,16 +36,21 @@ from ..core.explanation import Explanation
 from ..core.inputs import Wrapper
 from ..core.registry import get_method, register_inputs
 from ..core.torch_model import ModelGuard, model_device
-from .targets import TextBatch, TextTarget, mean_pool, next_token
+from ..rules.engine import UnsupportedOperationError
+from .attention import eager_attention
+from .targets import TextBatch, TextTarget, cosine_similarity, mean_pool, next_token
 
-__all__ = ["is_text", "explain_text", "TextModel", "GRADIENT_METHODS", "TOKEN_METHODS",
-           "encode"]
+__all__ = ["is_text", "explain_text", "TextModel", "GRADIENT_METHODS", "PROPAGATION_METHODS",
+           "TOKEN_METHODS", "encode"]
 
 # methods that attribute to the token embeddings (through ``at=``)
 GRADIENT_METHODS = ("saliency", "gradient_x_input", "integrated_gradients", "smoothgrad")
+# rules methods (lumos.rules) at the token embeddings: text targets are linearised for them
+PROPAGATION_METHODS = ("lrp", "deeplift")
 # methods that remove tokens (replace their ids)
 TOKEN_METHODS = ("occlusion",)
 _BASELINES = ("pad", "mask", "zero")
+TEXT_METHODS = GRADIENT_METHODS + PROPAGATION_METHODS + TOKEN_METHODS
 
 
 def is_text(inputs: Any) -> bool:
@@ -249,9 +255,9 @@ def explain_text(model: Any, texts: Any, method: str = "integrated_gradients", t
     if not is_text(texts):
         raise TypeError("inputs: give a string or a list of strings")
     info = get_method(method)
-    if info.name not in GRADIENT_METHODS + TOKEN_METHODS:
-        raise ValueError(f"method: {info.name!r} is not available on text yet; text methods are "
-                         f"{list(GRADIENT_METHODS + TOKEN_METHODS)}")
+    if info.name not in TEXT_METHODS:
+        raise ValueError(f"method: {info.name!r} is not available on text; text methods are "
+                         f"{list(TEXT_METHODS)}")
     for own in ("at", "forward_args", "layer_side"):
         if own in params:
             raise ValueError(f"{own}: set by lumos for text inputs (attributions go to the token "
@@ -274,7 +280,10 @@ def explain_text(model: Any, texts: Any, method: str = "integrated_gradients", t
         raise ValueError(f"tokenizer: token id {int(ids.max())} is outside the model's vocabulary "
                          f"of {vocab}; is this the model's tokenizer?")
 
-    with ModelGuard(model):
+    # the rules methods need the attention's operations: fused kernels (sdpa) are swapped for
+    # eager attention for the call, and restored
+    eager = eager_attention(model) if info.name in PROPAGATION_METHODS else contextlib.nullcontext()
+    with ModelGuard(model), eager:
         with torch.no_grad():
             out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev))
             raw = raw_output(out).detach()
@@ -297,15 +306,30 @@ def explain_text(model: Any, texts: Any, method: str = "integrated_gradients", t
         if isinstance(target, TextTarget):
             batch = TextBatch(enc["lengths"], enc["prompt_lengths"], enc["continuation_ids"],
                               embed, _token_id_fn(tokenizer, vocab), kind, raw)
+            if info.name in PROPAGATION_METHODS and isinstance(target, cosine_similarity):
+                raise ValueError(
+                    f"target: {info.name} starts from the target linearised at the model output, "
+                    "and a cosine similarity is scale-invariant (its linearisation sums to 0); use "
+                    "a gradient method (integrated_gradients, gradient_x_input) for it")
             head, core_target = target.bind(batch), None
+            if info.name in PROPAGATION_METHODS:
+                head = _linearised(head, raw, mask.to(dev), info.name == "lrp")
         wrapped = TextModel(model, head)
         fargs = {"attention_mask": mask.to(dev)}
-        if info.name in GRADIENT_METHODS:
-            if info.name == "integrated_gradients":
+        if info.name in GRADIENT_METHODS + PROPAGATION_METHODS:
+            if info.name in ("integrated_gradients", "deeplift"):
                 params["baselines"] = _ig_baselines(model, emb_name, tokenizer, enc,
                                                     params.get("baselines", "pad"), dev)
-            expl = info.func(wrapped, ids.to(dev), target=core_target, at=emb_name,
-                             forward_args=fargs, **params)
+            try:
+                expl = info.func(wrapped, ids.to(dev), target=core_target, at=emb_name,
+                                 forward_args=fargs, **params)
+            except UnsupportedOperationError as err:
+                if info.name != "deeplift":
+                    raise
+                raise UnsupportedOperationError(
+                    f"{err} -- DeepLIFT has rules for piecewise-linear networks only; on this "
+                    "text model use integrated_gradients (its path-integral counterpart) or "
+                    "lrp with composite='attnlrp'") from None
             hidden = np.asarray(expl.values)
             values = hidden.sum(-1)
         else:
@@ -315,6 +339,46 @@ def explain_text(model: Any, texts: Any, method: str = "integrated_gradients", t
             expl = info.func(wrapped, ids.to(dev), target=core_target, forward_args=fargs, **params)
             hidden, values = None, np.asarray(expl.values)
     return _token_explanation(expl, values, hidden, enc, tokenizer, target, emb_name)
+
+
+class _LinearHeadLRP(torch.autograd.Function):
+    """``s = Σ w ⊙ z`` per row, passing relevance back by the ε rule: ``R_z = w ⊙ z R_s / s``."""
+
+    @staticmethod
+    def forward(ctx, z, w):
+        s = (w * z).reshape(len(z), -1).sum(1)
+        ctx.save_for_backward(z, w, s)
+        return s
+
+    @staticmethod
+    def backward(ctx, R):
+        z, w, s = ctx.saved_tensors
+        tiny = torch.finfo(s.dtype).tiny
+        stab = torch.where(s >= 0, s + tiny, s - tiny)
+        return w * z * (R / stab).reshape((-1,) + (1,) * (z.ndim - 1)), None
+
+
+def _linearised(head: Callable, raw: torch.Tensor, mask: torch.Tensor, lrp: bool) -> Callable:
+    """The text target as a fixed linear map of the model output, taken at the explained texts.
+
+    ``h(z) = Σ g ⊙ z`` with ``g = ∂target/∂output`` at each explained text's own output ``z``
+    (the same map for every row of that text). LRP then starts from ``g ⊙ z`` at the model
+    output (for a class index or a class contrast: the logit (difference) itself; for a token's
+    log-probability ``z_t − Σ_k p_k z_k``), and DeepLIFT's multipliers through the map are exact
+    (its attributions sum to ``h(x) − h(baseline)``).
+    """
+    o = raw.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(head(o, mask, torch.arange(len(o))).sum(), o)
+    g = g.detach()
+
+    def linear(out, m, rows):
+        w = g.to(out.device, out.dtype)[rows.to(out.device)]
+        if lrp:
+            return _LinearHeadLRP.apply(out, w)
+        return (w * out).reshape(len(out), -1).sum(1)
+
+    return linear
 
 
 def _ig_baselines(model: nn.Module, emb_name: str, tokenizer: Any, enc: dict, spec: Any, dev) -> Any:
