@@ -1,0 +1,25 @@
+"""Concepts and neurons: what a network has learned, beyond one input's attribution.
+
+* Feature visualisation (:mod:`~lumos.concepts.visualisation`): activation maximisation of
+  composable objectives (:mod:`~lumos.concepts.objectives`) through pixel or decorrelated Fourier
+  parametrisations (:mod:`~lumos.concepts.param`) and robustness transformations
+  (:mod:`~lumos.concepts.transforms`).
+* Dataset examples (:mod:`~lumos.concepts.dataset_examples`): the top-K and bottom-K inputs of a
+  data set for classes, units, channels or directions, streamed with bounded memory, with the
+  receptive-field crop that excited the unit.
+* Embeddings (:mod:`~lumos.concepts.embeddings`): PCA, t-SNE and UMAP of a layer's activations,
+  scatter plots and a self-contained HTML view with thumbnails.
+
+See ``docs/concepts.md``.
+"""
+from . import objectives
+from .dataset_examples import DatasetExamples, dataset_examples, receptive_field
+from .embeddings import Embedding, activations, embed
+from .objectives import Objective
+from .visualisation import FeatureVisualisation, layer_grid, visualise
+
+__all__ = [
+    "objectives", "Objective", "visualise", "FeatureVisualisation", "layer_grid",
+    "dataset_examples", "DatasetExamples", "receptive_field",
+    "activations", "embed", "Embedding",
+]
