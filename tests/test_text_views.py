@@ -55,9 +55,9 @@ def test_every_layer_and_head_is_embedded_with_its_weights(make):
     a = _att(L=3, H=4, T=6)
     toks = [f"t{i}" for i in range(6)]
     data, _ = _data(make(a, toks).to_html())
-    got = np.array(data["attention"])
-    assert got.shape == (3, 4, 6, 6)
-    np.testing.assert_array_equal(got, np.round(a[:, 0], DECIMALS))
+    got = np.array(data["attention"]) / data["scale"]
+    assert got.shape == (3, 4, 6, 6) and data["scale"] == 10 ** DECIMALS
+    np.testing.assert_allclose(got, a[:, 0], atol=0.5 * 10 ** -DECIMALS + 1e-15)
     assert data["tokens"] == toks and data["kind"] == make(a, toks).kind
 
 
@@ -124,6 +124,7 @@ const json = page.match(/<script type="application\/json" class="lumos-attention
 class Ctx {
   constructor() { this.ops = []; this.globalAlpha = 1; this.strokeStyle = ""; this.fillStyle = ""; this.path = []; }
   clearRect() { this.ops = []; }
+  setTransform(a, b, c, d, e, f) { if (a !== 1 || d !== 1 || e || f) throw new Error("transform"); }
   beginPath() { this.path = []; }
   moveTo(x, y) { this.path.push([x, y]); }
   lineTo(x, y) { this.path.push([x, y]); }
@@ -372,3 +373,83 @@ def test_attentions_of_a_model_feed_the_views_directly():
     v = head_view(A, index=1)
     assert v.tokens == ["bad"] and v.attention.shape == (2, 2, 1, 1)
     np.testing.assert_allclose(v.attention, 1.0, atol=1e-6)
+
+
+# --- in a real headless browser (skipped where none is installed) ---------------------------------
+
+def _browser():
+    for name in ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return [path] + ([] if name.endswith("headless-shell") else ["--headless"])
+    pytest.skip("no headless Chromium installed (apt-get install chromium-headless-shell)")
+
+
+def _in_browser(tmp_path, view, *args, name="page"):
+    page = view.save(tmp_path / f"{name}.html")
+    cmd = _browser() + ["--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args,
+                        page.resolve().as_uri()]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
+class _Dom:
+    """What a dumped DOM holds: the text of each token element, tags and attributes seen."""
+
+    def __init__(self, html):
+        from html.parser import HTMLParser
+
+        self.tokens, self.tags, self.attrs = [], [], []
+        dom = self
+
+        class P(HTMLParser):
+            def __init__(self):
+                super().__init__(convert_charrefs=True)
+                self.in_tok = False
+
+            def handle_starttag(self, tag, attrs):
+                a = dict(attrs)
+                dom.tags.append(tag)
+                dom.attrs.append((tag, a))
+                if "la-tok" in (a.get("class") or "").split():
+                    self.in_tok = True
+                    dom.tokens.append("")
+
+            def handle_endtag(self, tag):
+                self.in_tok = False
+
+            def handle_data(self, data):
+                if self.in_tok:
+                    dom.tokens[-1] += data
+
+        P().feed(html)
+
+
+def test_head_and_model_views_render_in_a_real_browser_with_tokens_as_text(tmp_path):
+    a = _att(L=2, H=3, T=5)
+    dom = _Dom(_in_browser(tmp_path, head_view(a, XSS), "--dump-dom"))
+    assert any(t == "div" and at.get("data-lumos-rendered") == "1" for t, at in dom.attrs)
+    assert dom.tokens == XSS + XSS            # queries, then keys: shown as the text they are
+    assert "b" not in dom.tags                # '</script><b>bold</b>' created no element
+    assert dom.tags.count("option") == 2
+    assert sum(1 for t, at in dom.attrs if t == "input" and at.get("type") == "checkbox") == 3
+    dom = _Dom(_in_browser(tmp_path, model_view(a, XSS), "--dump-dom", name="model"))
+    cells = [(at["data-layer"], at["data-head"]) for t, at in dom.attrs
+             if t == "canvas" and "data-layer" in at]
+    assert cells == [(str(l), str(h)) for l in range(2) for h in range(3)]
+
+
+def test_head_view_lines_are_drawn_in_a_real_browser(tmp_path):
+    from PIL import Image
+
+    a = _att(L=2, H=3, T=5)
+
+    def coloured(heads, name):
+        _in_browser(tmp_path, head_view(a, list("abcde"), heads=heads), "--window-size=700,400",
+                    f"--screenshot={tmp_path / name}.png", name=name)
+        px = np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB")).astype(int)
+        return int(((px.max(-1) - px.min(-1)) > 40).sum())  # saturated (non-grey) pixels
+
+    none, drawn = coloured([], "none"), coloured([0, 1, 2], "all")
+    assert drawn - none > 2000, (none, drawn)  # measured: 359 and 4168

@@ -27,7 +27,6 @@ shown.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -128,17 +127,23 @@ class _AttentionView(ShortRepr):
     kind = ""
 
     def data(self) -> dict:
-        """What the page draws: tokens, weights (rounded to :data:`DECIMALS`), colours, state."""
+        """What the page draws: tokens, colours, state, and the weights as integers in units of
+        ``1 / scale`` (``scale = 10**DECIMALS``; the page divides), which keeps the page small."""
+        scale = 10 ** DECIMALS
         return {"kind": self.kind, "title": self.title, "tokens": list(self.tokens),
-                "attention": np.round(self.attention, DECIMALS).tolist(),
-                "colors": list(HEAD_COLORS)}
+                "attention": np.rint(self.attention * scale).astype(np.int64).tolist(),
+                "scale": scale, "colors": list(HEAD_COLORS)}
 
     def to_html(self, standalone: bool = False) -> str:
         """The view as HTML: a fragment (notebooks, reports) or a whole page (``standalone``)."""
+        from jinja2.utils import htmlsafe_json_dumps
+
         data = self.data()
-        uid = hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        # Jinja's own tojson encoding (<, >, &, ' as \u00XX), compact separators
+        payload = htmlsafe_json_dumps(data, sort_keys=True, separators=(",", ":"))
+        uid = hashlib.sha1(payload.encode()).hexdigest()[:16]
         return _environment().get_template("attention_view.html.j2").render(
-            data=data, uid=f"{self.kind}-{uid}", title=self.title, tokens=self.tokens,
+            payload=payload, uid=f"{self.kind}-{uid}", title=self.title, tokens=self.tokens,
             standalone=standalone)
 
     def _repr_html_(self) -> str:  # notebooks

@@ -4,8 +4,18 @@
 function lumosAttentionView(root, data) {
   "use strict";
   var ROW = 20, LINES_W = 180, THUMB = 64;
+  var DPR = (typeof window !== "undefined" && window.devicePixelRatio) || 1;
   var doc = root.ownerDocument || document;
   var n = data.tokens.length, L = data.attention.length, H = L ? data.attention[0].length : 0;
+  /* weights travel as integers in units of 1 / data.scale */
+  for (var l0 = 0; l0 < L; l0++) {
+    for (var h0 = 0; h0 < H; h0++) {
+      var M0 = data.attention[l0][h0];
+      for (var q0 = 0; q0 < n; q0++) {
+        for (var k0 = 0; k0 < n; k0++) { M0[q0][k0] = M0[q0][k0] / data.scale; }
+      }
+    }
+  }
 
   function el(tag, cls, text) {
     var e = doc.createElement(tag);
@@ -23,9 +33,9 @@ function lumosAttentionView(root, data) {
   function lineView(parent, getLayer, getHeads) {
     var box = el("div", "la-lines");
     var left = el("div", "la-col la-left"), right = el("div", "la-col la-right");
-    var canvas = doc.createElement("canvas");
-    canvas.width = LINES_W; canvas.height = Math.max(n, 1) * ROW;
-    canvas.style.width = LINES_W + "px"; canvas.style.height = canvas.height + "px";
+    var canvas = doc.createElement("canvas"), height = Math.max(n, 1) * ROW;
+    canvas.width = LINES_W * DPR; canvas.height = height * DPR;  /* sharp on dense screens */
+    canvas.style.width = LINES_W + "px"; canvas.style.height = height + "px";
     var lt = [], rt = [];
     for (var i = 0; i < n; i++) {
       var a = el("div", "la-tok", data.tokens[i]), b = el("div", "la-tok", data.tokens[i]);
@@ -39,7 +49,8 @@ function lumosAttentionView(root, data) {
 
     function draw() {
       var ctx = canvas.getContext("2d"), heads = getHeads(), A = data.attention[getLayer()];
-      ctx.clearRect(0, 0, canvas.width, canvas.height);
+      ctx.setTransform(DPR, 0, 0, DPR, 0, 0);
+      ctx.clearRect(0, 0, LINES_W, height);
       ctx.lineWidth = 2;
       for (var k = 0; k < n; k++) { lt[k].style.backgroundColor = ""; rt[k].style.backgroundColor = ""; }
       for (var hi = 0; hi < heads.length; hi++) {
