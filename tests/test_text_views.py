@@ -173,7 +173,7 @@ if (v.kind === "head") {
   v.select.value = "1"; v.select.fire("change");
   v.boxes[1].checked = false; v.boxes[1].fire("change"); out.states.push(lines(v.view.canvas));
 } else {
-  out.thumbs = v.thumbs.map(c => [c.getAttribute("data-layer"), c.getAttribute("data-head"),
+  out.thumbs = v.thumbs.map(c => [c.getAttribute("data-layer"), c.getAttribute("data-head"), c.width,
     c.getContext().ops.filter(o => o.op === "rect" && o.color !== "#ffffff")
       .map(o => [o.color, o.alpha, o.x, o.y, o.w])]);
   v.thumbs[v.thumbs.length - 1].fire("click");
@@ -250,11 +250,11 @@ def test_model_view_page_has_every_layer_and_head_and_enlarges_on_click(tmp_path
     toks = ["<script>alert(1)</script>", "b", "c", "d"]
     out = _run_page(tmp_path, model_view(a, toks))
     assert out["rendered"] == "1"
-    assert [(int(l), int(h)) for l, h, _ in out["thumbs"]] == [(l, h) for l in range(2)
-                                                              for h in range(3)]
-    cell = 64 / 4
-    for l, h, rects in out["thumbs"]:
-        l, h = int(l), int(h)
+    assert [(int(l), int(h)) for l, h, _, _ in out["thumbs"]] == [(l, h) for l in range(2)
+                                                                 for h in range(3)]
+    for l, h, width, rects in out["thumbs"]:
+        l, h, cell = int(l), int(h), width / 4
+        assert cell == 16  # whole pixels per cell
         got = {(c, round(al, DECIMALS), int(y / cell), int(x / cell)) for c, al, x, y, w in rects}
         assert got == _expected_lines(a[l, 0], [h])
     (detail,) = out["detail_states"]

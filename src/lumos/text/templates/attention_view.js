@@ -150,7 +150,8 @@ function lumosAttentionView(root, data) {
   root.appendChild(el("div", "la-note", "Rows: layers; columns: heads. Each thumbnail is the " +
     "attention map (query rows, key columns; darker = more weight). Click one to enlarge it."));
   var grid = el("div", "la-grid");
-  grid.style.gridTemplateColumns = "auto repeat(" + H + ", " + (THUMB + 2) + "px)";
+  var cell = Math.max(1, Math.floor(THUMB / Math.max(n, 1))), side = cell * Math.max(n, 1);
+  grid.style.gridTemplateColumns = "auto repeat(" + H + ", " + (side + 2) + "px)";
   grid.appendChild(el("span", "la-label", ""));
   for (var hh = 0; hh < H; hh++) { grid.appendChild(el("span", "la-label", "head " + hh)); }
   var detail = el("div", "la-detail"), thumbs = [], current = null;
@@ -168,14 +169,14 @@ function lumosAttentionView(root, data) {
     return lineView(detail, function () { return l; }, function () { return [h]; });
   }
   for (var ll = 0; ll < L; ll++) {
-    grid.appendChild(el("span", "la-label", "layer " + ll));
+    grid.appendChild(el("span", "la-label la-row", "layer " + ll));
     for (var h2 = 0; h2 < H; h2++) {
       var cv = doc.createElement("canvas");
-      cv.width = THUMB; cv.height = THUMB;
+      cv.width = side; cv.height = side;  /* whole pixels per cell: no seams */
       cv.setAttribute("data-layer", String(ll)); cv.setAttribute("data-head", String(h2));
       cv.setAttribute("title", "layer " + ll + ", head " + h2);
-      var ctx = cv.getContext("2d"), M = data.attention[ll][h2], cell = THUMB / Math.max(n, 1);
-      ctx.fillStyle = "#ffffff"; ctx.fillRect(0, 0, THUMB, THUMB);
+      var ctx = cv.getContext("2d"), M = data.attention[ll][h2];
+      ctx.fillStyle = "#ffffff"; ctx.fillRect(0, 0, side, side);
       ctx.fillStyle = color(h2);
       for (var q = 0; q < n; q++) {
         for (var key = 0; key < n; key++) {
