@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from lumos.text.attention import (Attentions, agreement, as_attention, attentions, flow,
+from lumos.text.attention import (Attentions, agreement, attentions, flow,
                                   kendall_tau, permutation_test, rollout, shuffle_permutation)
 
 
