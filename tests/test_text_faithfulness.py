@@ -59,8 +59,9 @@ class OneToken(nn.Module):
         return type("Out", (), {"logits": torch.stack([torch.zeros_like(s), s], 1)})()
 
 
-def naive_curve(model, expl, order, fill_id, tok, klass, scale="raw", delete=False):
-    """Each text alone, each step by hand: sort removable tokens, replace/delete the first k."""
+def naive_curve(model, expl, order, fill_id, tok, klass, scale="raw", delete=False, hide=False):
+    """Each text alone, each step by hand: sort removable tokens, replace (and hide from the
+    attention) or delete the first k."""
     ids, mask = np.asarray(expl.inputs), np.asarray(expl.meta["attention_mask"]).astype(bool)
     valid = removable_tokens(expl)
     curves = []
@@ -72,14 +73,17 @@ def naive_curve(model, expl, order, fill_id, tok, klass, scale="raw", delete=Fal
         ranked = pos[np.argsort(-v if order == "morf" else v, kind="stable")]
         ys = []
         for k in range(len(pos) + 1):
-            row = ids[i, :L].copy()
+            row, att = ids[i, :L].copy(), np.ones(L, dtype=np.int64)
             if delete:
                 row = np.delete(row, ranked[:k])
+                att = att[:len(row)]
             else:
                 row[ranked[:k]] = fill_id
+                if hide:
+                    att[ranked[:k]] = 0
             t = torch.as_tensor(row)[None]
             with torch.no_grad():
-                out = model(input_ids=t, attention_mask=torch.ones_like(t)).logits.double()
+                out = model(input_ids=t, attention_mask=torch.as_tensor(att)[None]).logits.double()
             out = torch.softmax(out, -1) if scale == "probability" else out
             ys.append(float(out[0, klass]))
         curves.append(np.array(ys))
@@ -132,7 +136,8 @@ def test_equals_the_naive_loop(bert, tok, fill, order):
     res = token_deletion(bert, expl, order=order, fill=fill, tokenizer=tok, batch_size=4,
                          scale="probability")
     fill_id = {"pad": tok.pad_token_id, "mask": tok.mask_token_id, "delete": None}[fill]
-    ref = naive_curve(bert, expl, order, fill_id, tok, 2, "probability", delete=fill == "delete")
+    ref = naive_curve(bert, expl, order, fill_id, tok, 2, "probability", delete=fill == "delete",
+                      hide=fill == "pad")
     for i, r in enumerate(ref):
         np.testing.assert_allclose(res.curves["y"][i, :len(r)], r, rtol=1e-5, atol=1e-7)
         assert np.isnan(res.curves["y"][i, len(r):]).all()
@@ -178,13 +183,14 @@ def test_text_targets_causal_lm_and_cosine(tok):
         token_deletion(gpt2, expl, tokenizer=tok, target=target, fill="delete")
     res = token_deletion(gpt2, expl, tokenizer=tok, target=target, fill="pad")
     np.testing.assert_allclose(res.meta["f0"], expl.output, rtol=1e-5)  # log p(movie) at the prompt
-    # the last step by hand: every removable token replaced by the pad id
+    # the last step by hand: every removable token replaced by the pad id and hidden
     ids = torch.as_tensor(expl.inputs[1:2].copy())
     L = int(expl.meta["attention_mask"][1].sum())
-    keep = ~removable_tokens(expl)[1]
-    ids[0, :L] = torch.where(torch.as_tensor(keep[:L]), ids[0, :L], tok.pad_token_id)
+    keep = torch.as_tensor(~removable_tokens(expl)[1][:L])
+    ids[0, :L] = torch.where(keep, ids[0, :L], tok.pad_token_id)
     with torch.no_grad():
-        lp = torch.log_softmax(gpt2(input_ids=ids[:, :L]).logits[0, L - 1].double(), -1)
+        out = gpt2(input_ids=ids[:, :L], attention_mask=keep.long()[None])
+        lp = torch.log_softmax(out.logits[0, L - 1].double(), -1)
     last = res.curves["y"][1][np.isfinite(res.curves["y"][1])][-1]
     assert last == pytest.approx(float(lp[tok.convert_tokens_to_ids("movie")]), rel=1e-5)
 

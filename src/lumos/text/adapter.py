@@ -26,6 +26,7 @@ and, for a :func:`~lumos.text.targets.continuation` target, ``continuation`` (bo
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -200,6 +201,9 @@ def _token_id_fn(tokenizer: Any, vocab: int) -> Callable:
     return token_id
 
 
+_KINDS: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
+
+
 def _kind(raw: torch.Tensor, out: Any) -> str:
     if getattr(out, "logits", None) is not None and raw.ndim == 3:
         return "lm"
@@ -284,10 +288,14 @@ def explain_text(model: Any, texts: Any, method: str = "integrated_gradients", t
     # eager attention for the call, and restored
     eager = eager_attention(model) if info.name in PROPAGATION_METHODS else contextlib.nullcontext()
     with ModelGuard(model), eager:
-        with torch.no_grad():
-            out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev))
-            raw = raw_output(out).detach()
-        kind = _kind(raw, out)
+        # the output kind of a model never changes: one probing forward per model, not per call
+        # (it was a third of gradient x input's time); text targets still need the raw output
+        kind, raw = _KINDS.get(model), None
+        if kind is None or kind == "lm" or isinstance(target, TextTarget):
+            with torch.no_grad():
+                out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev))
+                raw = raw_output(out).detach()
+            kind = _KINDS.setdefault(model, _kind(raw, out))
 
         def embed(other: Sequence[str]) -> torch.Tensor:
             e = encode(tokenizer, other, None, pad)

@@ -22,12 +22,12 @@ Conventions (tested in ``tests/test_text_faithfulness.py``):
   ``attention_mask``, ``special_tokens`` and, for a continuation target, ``continuation``).
 * Special tokens (``[CLS]``, ``[SEP]``, BOS ...), padding and the tokens of a continuation target
   are never removed; the curve's x axis is the fraction of the *removable* tokens removed.
-* ``fill``: ``"pad"`` (default) or ``"mask"`` replaces a removed token's id by the pad / mask
-  id and keeps the attention mask (the model sees the replacement, as the adapter's occlusion,
-  so step 1 of a per-token MoRF curve equals the leave-one-out drop of the top token); an int is
-  used as the id; ``"delete"`` removes the token: the rest shift left and the attention mask
-  shrinks with them (an encoder then sees a shorter text; causal-LM targets read positions and
-  refuse it).
+* ``fill``: ``"pad"`` (default) puts the pad id in place of a removed token and hides it from
+  the attention (mask 0), the adapter's occlusion convention, so step 1 of a per-token MoRF curve
+  equals the leave-one-out drop of the top token; ``"mask"`` (the mask id) or an int id replaces
+  the token and keeps it visible; ``"delete"`` removes the token: the rest shift left and the
+  attention mask shrinks with them (an encoder then sees a shorter text with other position ids;
+  causal-LM targets read positions and refuse it).
 * Ties in the ranking are broken at random by ``seed`` (:func:`lumos.metrics.streams.random_order`),
   per text, so constant attributions do not remove tokens left to right.
 * Every changed text is a row of its own, right-padded, with its attention mask: rows are
@@ -195,10 +195,12 @@ def _fill_id(fill: Any, tokenizer: Any) -> int | None:
 
 
 def _changed_rows(ids: torch.Tensor, mask: torch.Tensor, removed: torch.Tensor,
-                  fill_id: int | None, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows with the ``removed`` tokens replaced by ``fill_id`` or (``None``) deleted."""
+                  fill_id: int | None, pad_id: int, hide: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows with the ``removed`` tokens replaced by ``fill_id`` (and hidden from the attention
+    when ``hide``), or (``fill_id=None``) deleted."""
     if fill_id is not None:
-        return torch.where(removed, torch.full_like(ids, fill_id), ids), mask
+        new_ids = torch.where(removed, torch.full_like(ids, fill_id), ids)
+        return new_ids, (mask.masked_fill(removed, 0) if hide else mask)
     keep = mask.bool() & ~removed
     order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept tokens first, in order
     new_ids = torch.gather(ids, 1, order)
@@ -313,7 +315,7 @@ def token_deletion(model: nn.Module, explanation: Explanation, *, order: str = "
         for sl in chunks(len(todo), bs, desc=f"token deletion ({order})", progress=progress):
             i, s = rows_i[sl], rows_s[sl]
             removed = ranks_t[i] < ks_t[i, s][:, None]
-            r_ids, r_mask = _changed_rows(ids[i], mask[i], removed, fill_id, pad)
+            r_ids, r_mask = _changed_rows(ids[i], mask[i], removed, fill_id, pad, fill == "pad")
             y[i.numpy(), s.numpy()] = sc(r_ids, r_mask, i).numpy()
     y[F == 0] = np.nan
     auc = np.array([_trapezoid(y[i], x[i]) for i in range(n)])
