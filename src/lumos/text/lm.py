@@ -676,9 +676,12 @@ def generation_attribution(model: nn.Module, inputs: Any, *, n_tokens: int = 5,
             r = torch.arange(n, device=dev)
             with torch.no_grad():
                 emb = embed(cur)
-                logits = model(inputs_embeds=emb, attention_mask=cmask).logits
-                check_finite(logits, f"generation step {j}")
-                nxt = logits[r, read].float().argmax(-1)
+                if ig:
+                    logits = model(inputs_embeds=emb, attention_mask=cmask).logits
+                    check_finite(logits, f"generation step {j}")
+                    nxt = logits[r, read].float().argmax(-1)
+                else:  # gradient x input reads the greedy token off its own pass (one forward, not two)
+                    nxt = torch.zeros(n, dtype=torch.long, device=dev)
             base = (torch.zeros_like(emb) if isinstance(baselines, str)
                     else embed(torch.full_like(cur, int(baselines))))
             # rows: sample-major, then integration point
@@ -697,6 +700,8 @@ def generation_attribution(model: nn.Module, inputs: Any, *, n_tokens: int = 5,
                                  else f"generation step {j}")
                     logp = torch.log_softmax(out[torch.arange(len(s), device=dev), read[s]]
                                              .float(), -1)
+                    if not ig:  # one row per sample, at the input itself: its greedy token
+                        nxt[s] = logp.detach().argmax(-1)
                     val = logp.gather(1, nxt[s][:, None])[:, 0]
                     if alt is not None:
                         val = val - logp.gather(1, alt.to(dev)[s][:, None])[:, 0]
