@@ -130,10 +130,12 @@ def test_occlusion_of_a_token_is_the_output_drop(bert, tok):
     e = lumos.explain(bert, TEXTS[1], "occlusion", tokenizer=tok, target=1)
     ids = ids_of(tok, TEXTS[1])
     full = logits(bert, ids)[0, 1]
-    for j in (0, 3, ids.shape[1] - 1):
-        cut = ids.clone()
-        cut[0, j] = tok.pad_token_id
-        np.testing.assert_allclose(e.values[0, j], float(full - logits(bert, cut)[0, 1]), rtol=1e-5, atol=1e-6)
+    for j in (0, 3, ids.shape[1] - 1):  # fill="pad": the pad token, hidden by the attention mask
+        cut, mask = ids.clone(), torch.ones_like(ids)
+        cut[0, j], mask[0, j] = tok.pad_token_id, 0
+        with torch.no_grad():
+            drop = full - bert(input_ids=cut, attention_mask=mask).logits[0, 1]
+        np.testing.assert_allclose(e.values[0, j], float(drop), rtol=1e-5, atol=1e-6)
     m = lumos.explain(bert, TEXTS[1], "occlusion", tokenizer=tok, target=1, fill="mask")
     cut = ids.clone()
     cut[0, 2] = tok.mask_token_id

@@ -215,3 +215,176 @@ def test_deeplift_on_strings_sums_to_the_output_difference(tok):
 def test_deeplift_where_the_operations_do_not_allow_it(bert, tok):
     with pytest.raises(UnsupportedOperationError, match=r"layer_norm.*integrated_gradients"):
         lumos.explain(bert, TEXTS, "deeplift", tokenizer=tok, target=1)
+
+
+# ------------------------------------------------------------------ LIME / Shapley on tokens
+from lumos.text.masker import TokenMasker  # noqa: E402
+from lumos.text.tokens import words  # noqa: E402
+
+
+class TokenScores(nn.Module):
+    """Additive over tokens: ``f = Σ_t mask_t s(id_t)`` (class 1; class 0 is its negative).
+
+    With ``position`` set it reads that one position only."""
+
+    def __init__(self, vocab, seed=0, position=None):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb = nn.Embedding(vocab, 1)
+        self.position = position
+
+    def get_input_embeddings(self):
+        return self.emb
+
+    def forward(self, input_ids, attention_mask):
+        s = self.emb(input_ids)[..., 0] * attention_mask
+        if self.position is not None:
+            s = s[:, self.position:self.position + 1]
+        f = s.sum(1)
+        return torch.stack([-f, f], 1)
+
+
+def _score(model, ids, mask):
+    with torch.no_grad():
+        return model(torch.as_tensor([ids]), torch.as_tensor([mask]))[0, 1].item()
+
+
+@pytest.mark.parametrize("fill", ["mask", "pad", "delete", 7])
+def test_exact_shapley_of_an_additive_model_is_the_closed_form(tok, fill):
+    model = TokenScores(tok.vocab_size).double().eval()
+    e = lumos.explain(model, TEXTS, "exact_shapley", tokenizer=tok, target=1,
+                      masker=TokenMasker(fill=fill))
+    s = model.emb.weight[:, 0].detach().numpy()
+    for i, text in enumerate(TEXTS):
+        ids = tok(text)["input_ids"]
+        inner = np.asarray(ids[1:-1])
+        removed = {"mask": s[tok.mask_token_id], "pad": 0.0, "delete": 0.0, 7: s[7]}[fill]
+        np.testing.assert_allclose(e.values[i, 1:len(ids) - 1], s[inner] - removed, rtol=0, atol=1e-12)
+        assert e.values[i, 0] == 0 and e.values[i, len(ids) - 1] == 0  # special tokens never play
+        assert np.all(e.values[i, len(ids):] == 0)
+
+
+@pytest.mark.parametrize("method,params", [("exact_shapley", {}), ("kernel_shap", {"seed": 1}),
+                                           ("permutation_shap", {"seed": 1, "budget": 256})])
+@pytest.mark.parametrize("fill", ["mask", "pad", "delete"])
+def test_efficiency_against_the_hand_masked_text(bert, tok, method, params, fill):
+    texts = [TEXTS[0], "the film was rather long"]
+    e = lumos.explain(bert, texts, method, tokenizer=tok, target=1, masker=TokenMasker(fill=fill),
+                      **params)
+    for i, text in enumerate(texts):
+        ids = tok(text)["input_ids"]
+        L = len(ids)
+        with torch.no_grad():
+            full = bert(input_ids=torch.as_tensor([ids])).logits[0, 1].item()
+            if fill == "mask":
+                empty_ids, empty_mask = [ids[0]] + [tok.mask_token_id] * (L - 2) + [ids[-1]], [1] * L
+            elif fill == "pad":
+                empty_ids = [ids[0]] + [tok.pad_token_id] * (L - 2) + [ids[-1]]
+                empty_mask = [1] + [0] * (L - 2) + [1]
+            else:
+                empty_ids, empty_mask = [ids[0], ids[-1]], [1, 1]
+            empty = bert(input_ids=torch.as_tensor([empty_ids]),
+                         attention_mask=torch.as_tensor([empty_mask])).logits[0, 1].item()
+        assert abs(full - empty) > 1e-3
+        assert abs(e.values[i].sum() - (full - empty)) <= 1e-5
+        assert abs(e.output[i] - full) <= 1e-5 and abs(e.baseline_output[i] - empty) <= 1e-5
+
+
+@pytest.mark.parametrize("method,params", [("exact_shapley", {}), ("kernel_shap", {"seed": 0}),
+                                           ("permutation_shap", {"seed": 0}),
+                                           ("lime", {"seed": 0, "n_samples": 300})])
+def test_a_model_reading_one_token_gets_all_the_mass_there(tok, method, params):
+    model = TokenScores(tok.vocab_size, seed=3, position=2).double().eval()
+    e = lumos.explain(model, TEXTS[1], method, tokenizer=tok, target=1,
+                      masker=TokenMasker(fill="pad"), **params)
+    ids = tok(TEXTS[1])["input_ids"]
+    s = model.emb.weight[ids[2], 0].item()
+    others = np.delete(e.values[0], 2)
+    if method == "lime":  # a ridge fit on a weighted sample: shrunk, and leaks a little
+        assert abs(e.values[0, 2] - s) <= 0.1 * abs(s)
+        assert np.abs(others).max() <= 0.02 * abs(s)
+        return
+    assert abs(e.values[0, 2] - s) <= 1e-8 * abs(s)
+    assert np.abs(others).max() <= 1e-8 * abs(s)
+
+
+@pytest.mark.parametrize("method,params", [("kernel_shap", {"seed": 2, "budget": 64}),
+                                           ("lime", {"seed": 2, "n_samples": 200})])
+def test_token_maskers_do_not_depend_on_padding_or_the_batch(bert, tok, method, params):
+    """Sample i draws from its own stream (spawned by position), so the text keeps position 0;
+    the longer text after it pads it, and the budget is far below its 2^M coalitions."""
+    longer = TEXTS[1] + " and the ending was predictable too"
+    tok.padding_side = "left"
+    try:
+        alone = lumos.explain(bert, TEXTS[1:], method, tokenizer=tok, target=1, **params)
+        batch = lumos.explain(bert, [TEXTS[1], longer], method, tokenizer=tok, target=1, **params)
+    finally:
+        tok.padding_side = "right"
+    L = alone.values.shape[1]
+    assert batch.values.shape[1] > L and L > 10
+    np.testing.assert_allclose(batch.values[0, :L], alone.values[0], rtol=1e-6, atol=1e-8)
+    assert np.all(batch.values[0, L:] == 0)
+
+
+def test_word_granularity_moves_word_pieces_together(tok):
+    model = TokenScores(tok.vocab_size, seed=4).double().eval()
+    text = TEXTS[1]
+    assert len(tok(text)["input_ids"]) > len(text.split()) + 2  # some word is split in pieces
+    e = lumos.explain(model, text, "exact_shapley", tokenizer=tok, target=1,
+                      masker=TokenMasker(fill="pad", granularity="word"))
+    s = model.emb.weight[:, 0].detach().numpy()
+    ids = np.asarray(tok(text)["input_ids"])
+    w = words(e, "sum")
+    enc = tok(text)
+    for k, word in enumerate(text.split()):
+        pieces = [j for j, wid in enumerate(enc.word_ids()) if wid == k]
+        assert abs(e.meta["feature_values"][0, k] - s[ids[pieces]].sum()) <= 1e-12
+        # the word's value is spread evenly over its pieces, so word sums give it back
+        np.testing.assert_allclose(e.values[0, pieces], s[ids[pieces]].sum() / len(pieces), atol=1e-12)
+    np.testing.assert_allclose(np.sort(w.values[0][w.values[0] != 0]),
+                               np.sort(e.meta["feature_values"][0]), atol=1e-12)
+
+
+def test_occlusion_of_spans_of_tokens(bert, tok):
+    text = TEXTS[1]
+    ids = torch.as_tensor([tok(text)["input_ids"]])
+    L = ids.shape[1]
+    e = lumos.explain(bert, text, "occlusion", tokenizer=tok, target=1, window=3, stride=1,
+                      fill="mask")
+
+    def f(x, mask=None):
+        with torch.no_grad():
+            return bert(input_ids=x, attention_mask=mask).logits[0, 1].item()
+
+    drops = []
+    for a in range(L - 2):
+        cut = ids.clone()
+        cut[0, a:a + 3] = tok.mask_token_id
+        drops.append(f(ids) - f(cut))
+    for j in range(L):
+        covering = [drops[a] for a in range(L - 2) if a <= j < a + 3]
+        assert abs(e.values[0, j] - np.mean(covering)) <= 1e-5
+    # fill="pad": the pad token hidden by the attention mask (as in the token masker)
+    p = lumos.explain(bert, text, "occlusion", tokenizer=tok, target=1, fill="pad")
+    for j in (1, 4):
+        cut, mask = ids.clone(), torch.ones_like(ids)
+        cut[0, j], mask[0, j] = tok.pad_token_id, 0
+        assert abs(p.values[0, j] - (f(ids) - f(cut, mask))) <= 1e-5
+
+
+def test_token_masker_errors(bert, gpt2, tok):
+    with pytest.raises(ValueError, match="fill"):
+        TokenMasker(fill="unk")
+    with pytest.raises(TypeError, match="fill"):
+        TokenMasker(fill=1.5)
+    with pytest.raises(ValueError, match="granularity"):
+        TokenMasker(granularity="sentence")
+    with pytest.raises(ValueError, match="delete"):
+        lumos.explain(gpt2, TEXTS, "kernel_shap", tokenizer=tok, masker=TokenMasker(fill="delete"))
+    with pytest.raises(TypeError, match="TokenMasker"):
+        lumos.explain(bert, TEXTS, "kernel_shap", tokenizer=tok, target=1,
+                      masker=lumos.agnostic.maskers.TextMasker())
+    with pytest.raises(ValueError, match="background"):
+        lumos.explain(bert, TEXTS, "kernel_shap", tokenizer=tok, target=1, background=TEXTS)
+    with pytest.raises(TypeError, match="lumos.explain"):
+        lumos.explain(lambda t: np.zeros((len(t), 2)), TEXTS, "kernel_shap", masker=TokenMasker())

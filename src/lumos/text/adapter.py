@@ -42,7 +42,7 @@ from .attention import eager_attention
 from .targets import TextBatch, TextTarget, cosine_similarity, mean_pool, next_token
 
 __all__ = ["is_text", "explain_text", "TextModel", "GRADIENT_METHODS", "PROPAGATION_METHODS",
-           "TOKEN_METHODS", "encode"]
+           "TOKEN_METHODS", "MASK_METHODS", "TEXT_METHODS", "encode"]
 
 # methods that attribute to the token embeddings (through ``at=``)
 GRADIENT_METHODS = ("saliency", "gradient_x_input", "integrated_gradients", "smoothgrad")
@@ -50,8 +50,12 @@ GRADIENT_METHODS = ("saliency", "gradient_x_input", "integrated_gradients", "smo
 PROPAGATION_METHODS = ("lrp", "deeplift")
 # methods that remove tokens (replace their ids)
 TOKEN_METHODS = ("occlusion",)
+# model-agnostic methods on the tokens, through lumos.text.masker.TokenMasker
+MASK_METHODS = ("lime", "kernel_shap", "permutation_shap", "exact_shapley")
 _BASELINES = ("pad", "mask", "zero")
-TEXT_METHODS = GRADIENT_METHODS + PROPAGATION_METHODS + TOKEN_METHODS
+TEXT_METHODS = GRADIENT_METHODS + PROPAGATION_METHODS + TOKEN_METHODS + MASK_METHODS
+# the id occlusion writes for fill="pad": the model gets the pad token with attention mask 0
+HIDDEN = -1
 
 
 def is_text(inputs: Any) -> bool:
@@ -69,13 +73,18 @@ class TextModel(Wrapper):
     text each row belongs to (``rows`` set by the enclosing wrappers).
     """
 
-    def __init__(self, model: nn.Module, head: Callable | None = None):
+    def __init__(self, model: nn.Module, head: Callable | None = None, pad_id: int = 0):
         super().__init__(model)
         self.head = head
+        self.pad_id = int(pad_id)
 
     def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         if input_ids.is_floating_point():  # token ids carried as floats by the core
             input_ids = input_ids.round().long()
+        hidden = input_ids == HIDDEN
+        if bool(hidden.any()):  # occluded with fill="pad": the pad token, hidden by the mask
+            input_ids = input_ids.masked_fill(hidden, self.pad_id)
+            kwargs["attention_mask"] = kwargs["attention_mask"].masked_fill(hidden, 0)
         raw = raw_output(self.model(input_ids=input_ids, **kwargs))
         if self.head is None:
             return raw
@@ -262,7 +271,9 @@ def explain_text(model: Any, texts: Any, method: str = "integrated_gradients", t
     if info.name not in TEXT_METHODS:
         raise ValueError(f"method: {info.name!r} is not available on text; text methods are "
                          f"{list(TEXT_METHODS)}")
-    for own in ("at", "forward_args", "layer_side"):
+    owned = ("at", "forward_args", "layer_side") + (
+        ("background", "background_size", "groups", "output") if info.name in MASK_METHODS else ())
+    for own in owned:
         if own in params:
             raise ValueError(f"{own}: set by lumos for text inputs (attributions go to the token "
                              "embeddings, the attention mask is passed for you)")
@@ -322,8 +333,12 @@ def explain_text(model: Any, texts: Any, method: str = "integrated_gradients", t
             head, core_target = target.bind(batch), None
             if info.name in PROPAGATION_METHODS:
                 head = _linearised(head, raw, mask.to(dev), info.name == "lrp")
-        wrapped = TextModel(model, head)
+        wrapped = TextModel(model, head, pad)
         fargs = {"attention_mask": mask.to(dev)}
+        if info.name in MASK_METHODS:
+            expl = _masked(info, wrapped, texts, enc, tokenizer, pad, kind, core_target, params, dev)
+            return _token_explanation(expl, np.asarray(expl.values), None, enc, tokenizer, target,
+                                      emb_name)
         if info.name in GRADIENT_METHODS + PROPAGATION_METHODS:
             if info.name in ("integrated_gradients", "deeplift"):
                 params["baselines"] = _ig_baselines(model, emb_name, tokenizer, enc,
@@ -364,6 +379,28 @@ class _LinearHeadLRP(torch.autograd.Function):
         tiny = torch.finfo(s.dtype).tiny
         stab = torch.where(s >= 0, s + tiny, s - tiny)
         return w * z * (R / stab).reshape((-1,) + (1,) * (z.ndim - 1)), None
+
+
+def _masked(info, wrapped: TextModel, texts: list, enc: dict, tokenizer: Any, pad: int, kind: str,
+            target: Any, params: dict, dev) -> Explanation:
+    """A model-agnostic method on the tokens: the players are the model's own tokens (or words)."""
+    from .masker import TokenMasker
+
+    masker = params.pop("masker", None)
+    masker = TokenMasker() if masker is None else masker
+    if not isinstance(masker, TokenMasker):
+        raise TypeError(f"masker: for text explained through a tokenizer give a "
+                        f"lumos.text.masker.TokenMasker; got {type(masker).__name__}")
+    masker = masker.prepared(enc, tokenizer, pad, kind)
+
+    def predict(X: np.ndarray, text: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(X), dtype=torch.long, device=dev)
+        with torch.no_grad(), wrapped.rows(torch.as_tensor(np.asarray(text), dtype=torch.long)):
+            out = wrapped(x[:, 0], attention_mask=x[:, 1])
+        return out.detach().cpu().numpy()
+
+    return info.func(predict, texts, target=target, masker=masker,
+                     forward_args={"text": np.arange(len(texts))}, **params)
 
 
 def _linearised(head: Callable, raw: torch.Tensor, mask: torch.Tensor, lrp: bool) -> Callable:
@@ -416,7 +453,9 @@ def _fill(tokenizer: Any, fill: Any) -> float:
     if isinstance(fill, str):
         if fill not in ("pad", "mask"):
             raise ValueError(f"fill: for text give 'pad', 'mask' or a token id; got {fill!r}")
-        tid = _pad_id(tokenizer) if fill == "pad" else getattr(tokenizer, "mask_token_id", None)
+        if fill == "pad":
+            return float(HIDDEN)
+        tid = getattr(tokenizer, "mask_token_id", None)
         if tid is None:
             raise ValueError("fill='mask': the tokenizer has no mask token; use 'pad' or a token id")
         return float(tid)
