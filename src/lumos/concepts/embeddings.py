@@ -146,8 +146,9 @@ def caveats(method: str, params: dict) -> list[str]:
            "whose neighbour is kept (Wattenberg et al. 2016)."]
     if method == "tsne":
         out.append(f"The picture depends on the perplexity (here {params.get('perplexity'):g}: about how "
-                   "many neighbours each point keeps) and on the seed; compare a few perplexities before "
-                   "reading shapes into it.")
+                   "many neighbours each point keeps)" + (" and on the seed" if params.get("init") == "random"
+                                                           else " and on the start (PCA here)")
+                   + "; compare a few perplexities before reading shapes into it.")
     else:
         out.append(f"The picture depends on n_neighbors (here {params.get('n_neighbors')}) and min_dist "
                    f"(here {params.get('min_dist')}) and on the seed.")
@@ -155,7 +156,8 @@ def caveats(method: str, params: dict) -> list[str]:
 
 
 def reduce_activations(values: Any, method: str = "tsne", *, n_components: int = 2, perplexity: float = 30.0,
-                       seed: int | None = 0, n_neighbors: int = 15, min_dist: float = 0.1) -> tuple[np.ndarray, dict]:
+                       seed: int | None = 0, n_neighbors: int = 15, min_dist: float = 0.1,
+                       init: str = "pca") -> tuple[np.ndarray, dict]:
     """``values`` (n, d) reduced to ``(n, n_components)`` by PCA, t-SNE or UMAP; returns the
     coordinates and the settings used (with PCA's explained variance ratio)."""
     check_choice(method, "method", METHODS)
@@ -182,8 +184,10 @@ def reduce_activations(values: Any, method: str = "tsne", *, n_components: int =
         if perplexity >= len(x):
             raise ValueError(f"perplexity must be smaller than the number of points ({len(x)}); got "
                              f"{perplexity:g}. Typical values are 5-50 (and at most about n/3).")
+        check_choice(init, "init", ("pca", "random"))
         params["perplexity"] = float(perplexity)
-        tsne = TSNE(n_components=n_components, perplexity=float(perplexity), init="pca",
+        params["init"] = init
+        tsne = TSNE(n_components=n_components, perplexity=float(perplexity), init=init,
                     learning_rate="auto", random_state=seed,
                     method="barnes_hut" if n_components < 4 else "exact")
         return tsne.fit_transform(x), params
@@ -320,9 +324,10 @@ class Embedding(ShortRepr):
         for i in range(len(xy)):
             label = self._name(values[i], names)
             parts = [f"#{i}", f"{color_by if isinstance(color_by, str) else 'value'}: {label}"]
-            if self.labels is not None and color_by != "label":
+            by = color_by if isinstance(color_by, str) else None
+            if self.labels is not None and by != "label":
                 parts.append(f"label: {self._name(self.labels[i], None)}")
-            if self.predictions is not None and color_by != "prediction":
+            if self.predictions is not None and by != "prediction":
                 parts.append(f"prediction: {self._name(self.predictions[i], None)}")
             points.append({"x": f"{pix[i, 0]:.1f}", "y": f"{pix[i, 1]:.1f}", "colour": colours[i],
                            "text": " · ".join(parts),
@@ -347,8 +352,8 @@ def _png_base64(thumb: np.ndarray) -> str:
 
 def embed(model: nn.Module, data: Any, at: str, *, method: str = "tsne", reduce: str = "mean",
           labels: Sequence | None = None, class_names: Sequence[str] | None = None, n_components: int = 2,
-          perplexity: float = 30.0, seed: int | None = 0, n_neighbors: int = 15, min_dist: float = 0.1,
-          batch_size: int | None = None, thumbnail_size: int | None = 32,
+          perplexity: float = 30.0, seed: int | None = 0, init: str = "pca", n_neighbors: int = 15,
+          min_dist: float = 0.1, batch_size: int | None = None, thumbnail_size: int | None = 32,
           progress: bool | None = None) -> Embedding:
     """Embed layer ``at``'s activations over ``data`` in two dimensions.
 
@@ -366,7 +371,11 @@ def embed(model: nn.Module, data: Any, at: str, *, method: str = "tsne", reduce:
     perplexity : float, default 30
         t-SNE's perplexity; must be smaller than the number of inputs.
     seed : int, default 0
-        t-SNE's and UMAP's ``random_state``.
+        t-SNE's and UMAP's ``random_state``. With t-SNE's ``init="pca"`` (the default) the
+        result does not depend on it (the start is the PCA of the activations and Barnes-Hut
+        t-SNE draws nothing else); with ``init="random"`` it sets the start.
+    init : {"pca", "random"}, default "pca"
+        t-SNE's initial layout.
     n_neighbors, min_dist
         UMAP's settings.
     """
@@ -382,7 +391,7 @@ def embed(model: nn.Module, data: Any, at: str, *, method: str = "tsne", reduce:
     else:
         labels = acts.labels
     coords, params = reduce_activations(acts.values, method, n_components=n_components, perplexity=perplexity,
-                                        seed=seed, n_neighbors=n_neighbors, min_dist=min_dist)
+                                        seed=seed, n_neighbors=n_neighbors, min_dist=min_dist, init=init)
     params["reduce"] = reduce
     names = list(class_names) if class_names is not None else getattr(model, "class_names", None)
     return Embedding(coords=coords, method=method, params=params, labels=labels, predictions=acts.predictions,

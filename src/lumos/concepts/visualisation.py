@@ -239,6 +239,9 @@ def visualise(model: nn.Module, objective: _obj.Objective, *, shape: Sequence[in
         modules = check_layers(model, objective.layers)
         device, dtype = model_device(model), model_dtype(model) or torch.float32
         gen = torch_generator(seed)
+        # the transformations draw from their own stream, so the images' initial values (one
+        # draw per image) never shift the transformations: image i does not depend on the batch
+        tgen = torch_generator(int(torch.randint(2**62, (1,), generator=gen)))
         image = _make_param(param, (batch, c, h, w), gen, vr, device, dtype, sd, decay_power)
         opt = torch.optim.Adam(image.params, lr=lr)
         curve = np.empty((n_iter, batch))
@@ -248,7 +251,7 @@ def visualise(model: nn.Module, objective: _obj.Objective, *, shape: Sequence[in
             for step in range(n_iter):
                 opt.zero_grad(set_to_none=True)
                 img = image()
-                x = transform(img, gen) if transform is not None else img
+                x = transform(img, tgen) if transform is not None else img
                 acts = record(model, x, objective.layers - {_obj.INPUT}, what="the optimised images",
                               modules=modules)
                 acts[_obj.INPUT] = img
