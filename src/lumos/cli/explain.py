@@ -1,6 +1,10 @@
 """``lumos explain``: one method on a user's model and an image or saved tensor; writes the
 Explanation (``.npz`` + JSON) and its picture, and prints the target and output (with the class
-names when the model carries them)."""
+names when the model carries them).
+
+``lumos explain --text "a sentence" --model text-demo|minilm|package.module:factory`` explains a
+text model on sentences instead: it prints every token with its attribution and writes the
+Explanation (``.npz`` + JSON) and an HTML page of the highlighted tokens (every token escaped)."""
 from __future__ import annotations
 
 import json
@@ -8,13 +12,21 @@ from pathlib import Path
 
 from ._args import add_model_args, check_model_files, parse_params
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "run_text", "TEXT_MODELS"]
+
+# --model names of the shipped text models (lumos.data.text_models: loader returning (model, tokenizer))
+TEXT_MODELS = {"text-demo": "load_text_classifier", "minilm": "load_minilm_classifier"}
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("explain", help="explain your model on an image file or a saved tensor")
     add_model_args(p)
-    p.add_argument("--input", required=True, help="image file (.png/.jpg), .pt tensor or .npy array")
+    p.add_argument("--input", help="image file (.png/.jpg), .pt tensor or .npy array")
+    p.add_argument("--text", action="append", metavar="SENTENCE",
+                   help="explain a text model on this sentence instead of --input (repeatable); "
+                        "--model text-demo, minilm or package.module:factory with --tokenizer DIR")
+    p.add_argument("--tokenizer", help="folder of a Hugging Face tokenizer (for --text with a "
+                                       "package.module:factory model)")
     p.add_argument("--method", default="integrated_gradients")
     p.add_argument("--target", default=None, help="class index, comma list, or 'predicted'")
     p.add_argument("--at", default=None, help="layer (dotted module name) for layer methods")
@@ -26,6 +38,10 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..core.io import parse_target
 
+    if args.text:
+        return run_text(args)
+    if args.input is None:
+        raise ValueError("--input FILE (an image or a saved tensor) or --text SENTENCE is required")
     # Everything the user typed is checked before torch and the methods are imported.
     check_model_files(args)
     target = parse_target(args.target)
@@ -59,4 +75,74 @@ def run(args) -> int:
     info["meta"] = {k: v for k, v in expl.meta.items() if isinstance(v, (int, float, str))}
     print(json.dumps(info, indent=2))
     print(f"wrote {saved} and {picture}")
+    return 0
+
+
+def _text_model(args):
+    """(model, tokenizer) for ``--model`` with ``--text``."""
+    from ..core.io import check_file
+
+    if args.model in TEXT_MODELS:
+        if args.weights or args.tokenizer:
+            raise ValueError(f"--model {args.model} is a shipped model with its own weights and "
+                             "tokenizer; --weights/--tokenizer go with package.module:factory")
+        from ..data import text_models
+
+        return getattr(text_models, TEXT_MODELS[args.model])()
+    if args.model is None or ":" not in args.model:
+        raise ValueError(f"--model with --text: one of {sorted(TEXT_MODELS)} or "
+                         f"'package.module:factory'; got {args.model!r}")
+    if not args.tokenizer:
+        raise ValueError("--tokenizer DIR (a Hugging Face tokenizer folder) is required with --text "
+                         "and a package.module:factory model")
+    if args.weights:
+        check_file(args.weights, "--weights")
+    if not Path(args.tokenizer).is_dir():
+        raise FileNotFoundError(f"--tokenizer: no such folder: {args.tokenizer}")
+    from transformers import AutoTokenizer
+
+    from ..core.io import load_user_model
+
+    tok = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
+    return load_user_model(args.model, args.weights, None), tok
+
+
+def run_text(args) -> int:
+    """``--text``: token attributions of a text model, printed, saved (.npz) and highlighted (.html)."""
+    from ..core.io import parse_target
+
+    if args.input is not None:
+        raise ValueError("give --input (an image or tensor) or --text (sentences), not both")
+    if getattr(args, "torchscript", None) or args.at or args.size:
+        raise ValueError("--torchscript, --at and --size are for image/tensor inputs, not --text")
+    target = parse_target(args.target)
+    params = parse_params(args.param)
+    model, tok = _text_model(args)
+
+    import numpy as np
+
+    from ..core.registry import explain
+    from ..display.text import TextDisplay
+
+    expl = explain(model, list(args.text), method=args.method, target=target, tokenizer=tok, **params)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = expl.save(out / f"{args.method}.npz")
+    page = out / f"{args.method}.html"
+    tokens = expl.meta["tokens"]
+    blocks = []
+    for i in range(len(expl)):
+        n = int(expl.meta["attention_mask"][i].sum())
+        blocks.append(TextDisplay([str(t) for t in tokens[i][:n]], np.asarray(expl.values[i][:n]),
+                                  f"{expl.method}, text {i}").to_html())
+        names = getattr(model, "class_names", None)
+        head = f"text {i}: target {expl.meta.get('target', '')}"
+        if expl.target is not None and names is not None and 0 <= int(expl.target[i]) < len(names):
+            head += f" ({names[int(expl.target[i])]})"
+        print(head)
+        for tok_, v in zip(tokens[i][:n], expl.values[i][:n]):
+            print(f"  {tok_:<20} {v:+.4f}")
+    page.write_text("<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>lumos explain --text"
+                    "</title></head><body>\n" + "\n".join(blocks) + "\n</body></html>\n", encoding="utf-8")
+    print(f"wrote {saved} and {page}")
     return 0
