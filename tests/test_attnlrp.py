@@ -389,3 +389,93 @@ def test_plain_lrp_through_a_sum_over_tokens():
     x = _tokens(2, 5, 4, seed=1)
     e = lrp(model, x, target=1, composite="epsilon", epsilon=0.0)
     np.testing.assert_allclose(e.values, (x * lin.weight[1]).detach().numpy(), rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------ GPT-2 and Llama operations
+def naive_linear(x, W, b, R, eps):
+    """ε-LRP of ``z = x W + b`` (W: (d_in, d_out)) written out: ``R_j = Σ_k x_j W_jk R_k / z_k``."""
+    out = np.zeros_like(x)
+    for idx in itertools.product(*[range(m) for m in x.shape[:-1]]):
+        z = x[idx] @ W + b
+        for j, k in itertools.product(range(W.shape[0]), range(W.shape[1])):
+            out[idx + (j,)] += x[idx + (j,)] * W[j, k] * R[idx + (k,)] / _stab(z[k], eps)
+    return out
+
+
+def test_addmm_of_gpt2_conv1d_is_the_linear_rule():
+    transformers = pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+
+    g = _gen(21)
+    conv = Conv1D(5, 4).double()  # nf=5 outputs, nx=4 inputs: weight (4, 5)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(4, 5, generator=g, dtype=D))
+        conv.bias.copy_(torch.randn(5, generator=g, dtype=D) * 0.3)
+    x = torch.randn(2, 3, 4, generator=g, dtype=D)
+    R = torch.randn(2, 3, 5, generator=g, dtype=D)
+    W, b = conv.weight.detach(), conv.bias.detach()
+    (Rx,), out, session = _run(attnlrp(EPS), conv, x, R=R)
+    assert session.counts.get("addmm") == 1  # Conv1D is torch.addmm
+    ref = naive_linear(x.numpy(), W.numpy(), b.numpy(), R.numpy(), EPS)
+    np.testing.assert_allclose(Rx.numpy(), ref, rtol=0, atol=1e-10)
+    # alpha / beta scale the product and the bias
+    (Rx2,), _, _ = _run(attnlrp(EPS), lambda t: torch.addmm(b, t, W, beta=0.5, alpha=2.0),
+                        x[0], R=R[0])
+    ref2 = naive_linear(x[0].numpy(), 2 * W.numpy(), 0.5 * b.numpy(), R[0].numpy(), EPS)
+    np.testing.assert_allclose(Rx2.numpy(), ref2, rtol=0, atol=1e-10)
+    # plain LRP composites name it instead of passing a plain gradient
+    with pytest.raises(UnsupportedOperationError, match="addmm"):
+        _run(lumos.rules.composites.PRESETS["epsilon"](), conv, x, R=R)
+    # a weight that depends on the input is a bilinear product plus a bias: refused
+    with pytest.raises(UnsupportedOperationError, match="addmm"):
+        _run(attnlrp(EPS), lambda t, w: torch.addmm(b, t, w), x[0], W, R=R[0])
+
+
+def test_rotary_embedding_is_the_linear_rule_with_fixed_cos_sin():
+    """Llama's rotary embedding ``q cos + rotate_half(q) sin`` is linear in q: the rules give the
+    ε rule of its explicit rotation matrix."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    g = _gen(22)
+    b, h, t, d = 1, 2, 3, 4
+    q = torch.randn(b, h, t, d, generator=g, dtype=D)
+    k = torch.randn(b, h, t, d, generator=g, dtype=D)
+    theta = torch.rand(b, t, d // 2, generator=g, dtype=D) * 3
+    cos = torch.cat([theta.cos(), theta.cos()], -1)
+    sin = torch.cat([theta.sin(), theta.sin()], -1)
+    R = torch.randn(b, h, t, d, generator=g, dtype=D)
+    (Rq,), _, _ = _run(attnlrp(EPS), lambda x: apply_rotary_pos_emb(x, k, cos, sin)[0], q, R=R)
+    ref = np.zeros((b, h, t, d))
+    for i, hh, p in itertools.product(range(b), range(h), range(t)):
+        c, s = cos[i, p].numpy(), sin[i, p].numpy()
+        M = np.diag(c)  # out = M q: out_k = c_k q_k ∓ s_k q_partner
+        for kk in range(d // 2):
+            M[kk, kk + d // 2] = -s[kk]
+            M[kk + d // 2, kk] = s[kk + d // 2]
+        ref[i, hh, p] = naive_linear(q[i, hh, p].numpy()[None], M.T, np.zeros(d),
+                                     R[i, hh, p].numpy()[None], EPS)[0]
+    np.testing.assert_allclose(Rq.numpy(), ref, rtol=0, atol=1e-10)
+
+
+def test_silu_gated_mlp_is_the_bilinear_rule_on_gate_times_up():
+    """Llama's MLP ``down(silu(gate x) ⊙ up x)``: ε on the three projections, the product
+    split in halves (uniform rule), SiLU passing relevance unchanged."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    cfg = transformers.LlamaConfig(hidden_size=4, intermediate_size=6, num_attention_heads=1,
+                                   num_key_value_heads=1)
+    torch.manual_seed(23)
+    mlp = LlamaMLP(cfg).double()
+    x = torch.randn(2, 3, 4, generator=_gen(23), dtype=D)
+    R = torch.randn(2, 3, 4, generator=_gen(24), dtype=D)
+    (Rx,), _, _ = _run(attnlrp(EPS), mlp, x, R=R)
+    Wg, Wu, Wd = (m.weight.detach().numpy().T for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+    xn = x.numpy()
+    gate, up = xn @ Wg, xn @ Wu
+    prod = gate / (1 + np.exp(-gate)) * up
+    R_prod = naive_linear(prod, Wd, np.zeros(4), R.numpy(), EPS)
+    ref = (naive_linear(xn, Wg, np.zeros(6), R_prod / 2, EPS)
+           + naive_linear(xn, Wu, np.zeros(6), R_prod / 2, EPS))
+    np.testing.assert_allclose(Rx.numpy(), ref, rtol=0, atol=1e-10)

@@ -291,6 +291,10 @@ class Addmm(Rule):
             raise UnsupportedOperationError(
                 f"model: {call.session.method if call.session else 'lrp'} has a rule for "
                 f"torch.addmm(bias, x, weight) with a constant bias and weight only ({call.where})")
+        # constants (parameters outside a method's frozen pass too): detached, so the linear
+        # rule sees them as weights
+        b = b.detach() if isinstance(b, torch.Tensor) else b
+        W = W.detach()
         bias = b if beta == 1 else b * beta
         weight = (W if alpha == 1 else W * alpha).t()
         lin = dataclasses.replace(call, kind="linear", func=F.linear, args=(x, weight, bias),
