@@ -41,7 +41,8 @@ def run(args) -> int:
     if args.text:
         return run_text(args)
     if args.input is None:
-        raise ValueError("--input FILE (an image or a saved tensor) or --text SENTENCE is required")
+        raise ValueError("one of these arguments is required: --input FILE (an image or a saved "
+                         "tensor) or --text SENTENCE")
     # Everything the user typed is checked before torch and the methods are imported.
     check_model_files(args)
     target = parse_target(args.target)
