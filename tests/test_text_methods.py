@@ -388,3 +388,118 @@ def test_token_masker_errors(bert, gpt2, tok):
         lumos.explain(bert, TEXTS, "kernel_shap", tokenizer=tok, target=1, background=TEXTS)
     with pytest.raises(TypeError, match="lumos.explain"):
         lumos.explain(lambda t: np.zeros((len(t), 2)), TEXTS, "kernel_shap", masker=TokenMasker())
+
+
+# ------------------------------------------------------------------ a hand-written torch twin
+class TwinBert(nn.Module):
+    """BERT for sequence classification written with plain torch operations (no transformers
+    code), computing the same function as a Hugging Face ``BertForSequenceClassification``
+    whose weights it copies: embeddings + layer norm, post-norm blocks of multi-head attention
+    and a GELU MLP, tanh pooler on the first token, linear classifier."""
+
+    def __init__(self, hf):
+        super().__init__()
+        c = hf.config
+        self.h, self.eps = c.num_attention_heads, c.layer_norm_eps
+        bert = hf.bert
+        self.word = nn.Embedding.from_pretrained(bert.embeddings.word_embeddings.weight.detach().clone(),
+                                                 freeze=False)
+        self.pos = nn.Parameter(bert.embeddings.position_embeddings.weight.detach().clone())
+        self.typ = nn.Parameter(bert.embeddings.token_type_embeddings.weight.detach().clone())
+        self.ln0 = self._ln(bert.embeddings.LayerNorm)
+        self.layers = nn.ModuleList()
+        for lay in bert.encoder.layer:
+            a = lay.attention
+            m = nn.ModuleDict(dict(
+                q=self._lin(a.self.query), k=self._lin(a.self.key), v=self._lin(a.self.value),
+                o=self._lin(a.output.dense), ln1=self._ln(a.output.LayerNorm),
+                up=self._lin(lay.intermediate.dense), down=self._lin(lay.output.dense),
+                ln2=self._ln(lay.output.LayerNorm)))
+            self.layers.append(m)
+        self.pool = self._lin(bert.pooler.dense)
+        self.cls = self._lin(hf.classifier)
+
+    @staticmethod
+    def _lin(m):
+        out = nn.Linear(m.in_features, m.out_features, dtype=m.weight.dtype)
+        out.load_state_dict(m.state_dict())
+        return out
+
+    def _ln(self, m):
+        out = nn.LayerNorm(m.normalized_shape, eps=self.eps, dtype=m.weight.dtype)
+        out.load_state_dict(m.state_dict())
+        return out
+
+    def get_input_embeddings(self):
+        return self.word
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None):
+        e = self.word(input_ids) if inputs_embeds is None else inputs_embeds
+        n, t = e.shape[:2]
+        x = self.ln0(e + self.pos[:t] + self.typ[0])
+        neg = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        for m in self.layers:
+            def heads(y):
+                return y.reshape(n, t, self.h, -1).transpose(1, 2)
+
+            q, k, v = heads(m["q"](x)), heads(m["k"](x)), heads(m["v"](x))
+            a = torch.softmax(q @ k.transpose(2, 3) * q.shape[-1] ** -0.5 + neg, dim=-1)
+            ctx = (a @ v).transpose(1, 2).reshape(n, t, -1)
+            x = m["ln1"](m["o"](ctx) + x)
+            x = m["ln2"](m["down"](torch.nn.functional.gelu(m["up"](x))) + x)
+        return self.cls(torch.tanh(self.pool(x[:, 0])))
+
+
+@pytest.fixture(scope="module")
+def bert_with_biases(tok):
+    torch.manual_seed(5)
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=32, num_labels=3,
+                                  initializer_range=0.3, attn_implementation="eager")
+    return transformers.BertForSequenceClassification(cfg).double().eval()
+
+
+TWIN_METHODS = [("saliency", {"mode": "abs"}), ("integrated_gradients", {"n_steps": 16}),
+                ("lrp", {"composite": "attnlrp"}), ("lrp", {"composite": "cp_lrp"}),
+                ("gradient_x_input", {})]
+
+
+@pytest.mark.parametrize("method,params", TWIN_METHODS)
+def test_hugging_face_model_and_a_hand_written_twin_give_the_same_numbers(bert_with_biases, tok,
+                                                                          method, params):
+    hf = bert_with_biases
+    twin = TwinBert(hf).double().eval()
+    with torch.no_grad():  # the twin computes the same function (padded batch)
+        ids = torch.as_tensor([tok(TEXTS[0])["input_ids"] + [0] * 10, tok(TEXTS[1])["input_ids"]])
+        mask = (torch.arange(ids.shape[1]) < torch.as_tensor([5, ids.shape[1]])[:, None]).long()
+        ref = hf(input_ids=ids, attention_mask=mask).logits
+        assert (twin(ids, mask) - ref).abs().max() <= 1e-12
+    # string path: both models
+    s_hf = lumos.explain(hf, TEXTS, method, tokenizer=tok, target=1, **params)
+    s_tw = lumos.explain(twin, TEXTS, method, tokenizer=tok, target=1, **params)
+    np.testing.assert_allclose(s_tw.values, s_hf.values, rtol=1e-5, atol=1e-9)
+    assert np.abs(s_hf.values).max() > 1e-3
+    # tensor path: the word-embedding tensor explained, the mask as a forward argument
+    emb = hf.get_input_embeddings()
+    extra = dict(params)
+    if method == "integrated_gradients":  # the pad baseline of the string path, built by hand
+        base_ids = ids.clone()
+        base_ids[(mask == 1) & ~torch.as_tensor(s_hf.meta["special_tokens"])] = tok.pad_token_id
+        extra["baselines"] = emb(base_ids).detach()
+    for model in (hf, twin):
+        t = lumos.explain(OnEmbeddings(model), emb(ids).detach(), method, target=1,
+                          forward_args={"attention_mask": mask}, **extra)
+        vals = np.where(mask.numpy() == 1, np.asarray(t.values).sum(-1), 0)
+        np.testing.assert_allclose(vals, s_hf.values, rtol=1e-5, atol=1e-9)
+
+
+class OnEmbeddings(nn.Module):
+    """A text model seen as a function of its word embeddings (the tensor path)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, embeds, attention_mask):
+        out = self.model(inputs_embeds=embeds, attention_mask=attention_mask)
+        return getattr(out, "logits", out)
