@@ -503,3 +503,15 @@ class OnEmbeddings(nn.Module):
     def forward(self, embeds, attention_mask):
         out = self.model(inputs_embeds=embeds, attention_mask=attention_mask)
         return getattr(out, "logits", out)
+
+
+def test_text_saliency_defaults_to_the_gradient_norm(bert_with_biases, tok):
+    """Defect: signed saliency summed over the hidden dimension is exactly 0 after BERT's
+    embedding layer norm; the text default is |gradient| summed (the L1 norm per token)."""
+    e = lumos.explain(bert_with_biases, TEXTS[0], "saliency", tokenizer=tok, target=1)
+    signed = lumos.explain(bert_with_biases, TEXTS[0], "saliency", tokenizer=tok, target=1,
+                           mode="signed")
+    assert np.abs(signed.values).max() <= 1e-12  # what the old default returned
+    np.testing.assert_allclose(e.values, np.abs(signed.meta["embedding_values"]).sum(-1),
+                               rtol=1e-12, atol=1e-15)
+    assert e.values.min() > 0 and e.params["mode"] == "abs"

@@ -343,6 +343,11 @@ def explain_text(model: Any, texts: Any, method: str = "integrated_gradients", t
             if info.name in ("integrated_gradients", "deeplift"):
                 params["baselines"] = _ig_baselines(model, emb_name, tokenizer, enc,
                                                     params.get("baselines", "pad"), dev)
+            if info.name == "saliency":
+                # the signed gradient summed over the hidden dimension is exactly 0 when a layer
+                # norm follows the embeddings (its gradient is orthogonal to the ones vector):
+                # text saliency is |gradient| summed over the dimension (its L1 norm) by default
+                params.setdefault("mode", "abs")
             try:
                 expl = info.func(wrapped, ids.to(dev), target=core_target, at=emb_name,
                                  forward_args=fargs, **params)
