@@ -476,3 +476,23 @@ def test_tracin_equals_captum_tracincp(noisy):
                    sample_wise_grads_per_batch=True)
     theirs = ref.influence((x[200:205], y[200:205])).detach().double().numpy()
     assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
+
+
+# ------------------------------------------------------------------------------------------ demo
+def test_examples_demo_section_quick(tmp_path):
+    from lumos.examples._demo import examples_demo
+    from lumos.report.demo import sections
+
+    assert "examples" in [s.name for s in sections()]
+    files = {}
+    lines = examples_demo(tmp_path, quick=True, files=files)
+    text = "\n".join(lines)
+    assert "counterfactuals" in text and "prototypes and criticisms" in text and "TracIn" in text
+    # every counterfactual printed is valid and keeps the constraints (district, age fixed)
+    cf_lines = [line for line in lines if line.strip().startswith("cf ")]
+    assert cf_lines and all("valid True, constraints kept True" in line for line in cf_lines)
+    assert not any("district" in line or "age " in line for line in cf_lines)
+    # the watermark story: the proponents of the 'circle' of a watermarked square carry the mark
+    pro = next(line for line in lines if "proponents" in line)
+    assert int(pro.split("proponents: ")[1].split()[0]) >= 6
+    assert len(files) == 3 and all((tmp_path / p.split("/")[-1]).exists() for p in files)

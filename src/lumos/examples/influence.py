@@ -385,7 +385,7 @@ class Influence:
         def colour(i, base):
             return "tab:orange" if highlight is not None and bool(highlight[i]) else base
 
-        test_t = f"test {_label(self.test_labels[index], class_names)}"
+        test_t = f"test, loss at\n{_label(self.test_labels[index], class_names)}"
         rows = []
         for name, idx, base in (("proponents", self.proponents(k)[index], "tab:green"),
                                 ("opponents", self.opponents(k)[index], "tab:red")):
