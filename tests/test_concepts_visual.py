@@ -269,7 +269,7 @@ UNITS = {
 }
 
 
-@pytest.mark.parametrize("batch_size", [1, 7, 40, "loader"])
+@pytest.mark.parametrize("batch_size", [1, 7, 40, "loader", "dataloader"])
 def test_top_k_equals_a_brute_force_sort(batch_size):
     model = tiny(torch.float64)
     x = data(40, dtype=torch.float64)
@@ -277,6 +277,10 @@ def test_top_k_equals_a_brute_force_sort(batch_size):
     if batch_size == "loader":  # an iterable of (inputs, labels) batches of uneven size
         src = [(x[:13], torch.zeros(13)), (x[13:14], torch.zeros(1)), (x[14:], torch.zeros(26))]
         ex = dataset_examples(model, src, UNITS, k=k)
+    elif batch_size == "dataloader":
+        from torch.utils.data import DataLoader, TensorDataset
+
+        ex = dataset_examples(model, DataLoader(TensorDataset(x, torch.arange(40)), batch_size=9), UNITS, k=k)
     else:
         ex = dataset_examples(model, x, UNITS, k=k, batch_size=batch_size)
     assert ex.names == list(UNITS) and ex.n_seen == 40
@@ -498,3 +502,43 @@ def test_embedding_plot_has_legend_or_colour_bar_and_caveats():
     ax = emb.plot("correct")
     assert {t.get_text() for t in ax.get_legend().get_texts()} <= {"wrong", "correct"}
     plt.close(ax.figure)
+
+
+def test_html_renders_in_a_real_browser_with_labels_as_text(tmp_path):
+    import shutil
+    import subprocess
+    from html.parser import HTMLParser
+
+    browser = next((shutil.which(n) for n in ("chromium-headless-shell", "chromium", "chromium-browser")
+                    if shutil.which(n)), None)
+    if browser is None:
+        pytest.skip("no headless Chromium installed (apt-get install chromium-headless-shell)")
+    evil = "<script>alert(1)</script><b>x</b>"
+    emb = embed(tiny(), data(8), "features.4", method="pca", labels=[evil, "ok"] * 4)
+    page = tmp_path / "e.html"
+    emb.to_html(page)
+    cmd = [browser] + ([] if browser.endswith("headless-shell") else ["--headless"]) + [
+        "--no-sandbox", "--disable-gpu", "--dump-dom", page.resolve().as_uri()]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    tags, titles = [], []
+
+    class P(HTMLParser):
+        in_title = False
+
+        def handle_starttag(self, tag, attrs):
+            tags.append(tag)
+            self.in_title = tag == "title"
+            if self.in_title:
+                titles.append("")
+
+        def handle_endtag(self, tag):
+            self.in_title = False
+
+        def handle_data(self, d):
+            if self.in_title:
+                titles[-1] += d
+
+    P(convert_charrefs=True).feed(res.stdout)
+    assert tags.count("circle") == 8 and tags.count("script") == 1 and "b" not in tags
+    assert sum(evil in t for t in titles) == 4        # shown as the text it is, in each point's tooltip

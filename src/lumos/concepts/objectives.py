@@ -181,7 +181,11 @@ def _pick(t: torch.Tensor, index: int | tuple[int, ...], layer: str, what: str) 
 def _argmax_position(maps: torch.Tensor) -> torch.Tensor:
     """(batch, *spatial) -> (batch, n_spatial) long: the first arg-max of each map."""
     flat = maps.detach().flatten(1).argmax(1)
-    return torch.stack(torch.unravel_index(flat, maps.shape[1:]), 1)
+    out = []
+    for size in reversed(maps.shape[1:]):  # torch.unravel_index is slow (argument checks)
+        out.append(flat % size)
+        flat = flat // size
+    return torch.stack(out[::-1], 1)
 
 
 def _label(index: Any) -> str:
