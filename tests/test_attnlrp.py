@@ -403,7 +403,7 @@ def naive_linear(x, W, b, R, eps):
 
 
 def test_addmm_of_gpt2_conv1d_is_the_linear_rule():
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from transformers.pytorch_utils import Conv1D
 
     g = _gen(21)
@@ -434,7 +434,7 @@ def test_addmm_of_gpt2_conv1d_is_the_linear_rule():
 def test_rotary_embedding_is_the_linear_rule_with_fixed_cos_sin():
     """Llama's rotary embedding ``q cos + rotate_half(q) sin`` is linear in q: the rules give the
     ε rule of its explicit rotation matrix."""
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     g = _gen(22)

@@ -13,9 +13,14 @@ Where the attributions are taken:
   of the model's input-embedding module (``model.get_input_embeddings()``; the core's ``at=``
   splice), then summed over the hidden dimension to one value per token. The per-dimension
   values stay in ``meta["embedding_values"]`` (shape ``(n, T, H)``).
-* token-removal methods (occlusion, i.e. leave-one-out of each token) on the token ids
-  themselves: a token is replaced by the pad (or mask) token id, through the core's
-  integer-input path.
+* rules methods (lrp with ``composite="attnlrp"`` / ``"cp_lrp"``, deeplift) at the same place;
+  a text target is linearised at the explained text's output for them (LRP starts from
+  ``∂target/∂output ⊙ output``; a class index: the logit). Eager attention is forced for the call.
+* token-removal methods (occlusion, i.e. leave-one-out of each token or span) on the token ids
+  themselves: a token is hidden (the pad id with attention mask 0) or replaced by the mask
+  token id, through the core's integer-input path.
+* model-agnostic methods (lime, kernel_shap, permutation_shap, exact_shapley) with the tokens or
+  words as players, removed by :class:`lumos.text.masker.TokenMasker`.
 
 ``Explanation.values`` has shape ``(n, T)`` (``T``: the longest text's token count); positions
 after a text's last token are 0. ``Explanation.inputs`` holds the token ids. ``meta`` holds per
@@ -233,8 +238,9 @@ def explain_text(model: Any, texts: Any, method: str = "integrated_gradients", t
         or a last hidden state.
     texts : str or list of str
     method : str
-        One of :data:`GRADIENT_METHODS` (attributions at the token embeddings) or
-        :data:`TOKEN_METHODS` (tokens removed by replacing their ids).
+        One of :data:`GRADIENT_METHODS` and :data:`PROPAGATION_METHODS` (attributions at the
+        token embeddings), :data:`TOKEN_METHODS` (tokens removed by replacing their ids) or
+        :data:`MASK_METHODS` (tokens or words as players; ``masker=TokenMasker(...)``).
     target : int, "predicted", callable, :class:`~lumos.text.targets.TextTarget` or None
         A classifier: as for any model (an int class explains its logit). A causal LM: a text
         target; an int or a string is :func:`~lumos.text.targets.next_token` of that token,
@@ -249,7 +255,9 @@ def explain_text(model: Any, texts: Any, method: str = "integrated_gradients", t
         ``"mask"`` or ``"zero"``: every real, non-special token's embedding is replaced by the pad
         token's embedding, the mask token's embedding, or zeros (special tokens and padding keep
         their own, so their attribution is exactly 0); or an activation tensor ``(n, T, H)``.
-        Occlusion's ``fill`` may be ``"pad"`` (default) or ``"mask"`` (or a token id).
+        Occlusion's ``fill`` may be ``"pad"`` (default: hidden by the attention mask) or
+        ``"mask"`` (or a token id, seen by the model). DeepLIFT takes the same ``baselines`` as
+        integrated gradients. Saliency's ``mode`` defaults to ``"abs"`` on text.
 
     Returns
     -------
