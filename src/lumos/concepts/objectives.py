@@ -188,8 +188,9 @@ def _argmax_position(maps: torch.Tensor) -> torch.Tensor:
     return torch.stack(out[::-1], 1)
 
 
-def _label(index: Any) -> str:
-    return str(index) if isinstance(index, int) else "per image"
+def _label(index: Any, one: str, many: str) -> str:
+    """``"<one> 3"`` for one index, ``"<many> (one per image)"`` for a per-image list."""
+    return f"{one} {index}" if isinstance(index, int) else f"{many} (one per image)"
 
 
 # ---------------------------------------------------------------------- unit objectives
@@ -222,7 +223,7 @@ def neuron(layer: str, channel: int | Sequence[int], position: Sequence[int] | N
         return torch.tensor(p, dtype=torch.long).expand(t.shape[0], len(p))
 
     at = "centre" if pos is None else f"at {pos}"
-    return Objective(fn, [layer], f"{layer} unit {_label(channel)} {at}", locate, layer)
+    return Objective(fn, [layer], f"{layer} {_label(channel, 'unit', 'units')} {at}", locate, layer)
 
 
 def channel(layer: str, channel: int | Sequence[int], reduce: str = "mean") -> Objective:
@@ -243,8 +244,8 @@ def channel(layer: str, channel: int | Sequence[int], reduce: str = "mean") -> O
         t = _pick(_get(acts, layer), index, layer, "channel")
         return _argmax_position(t) if t.ndim > 1 else torch.zeros(len(t), 0, dtype=torch.long)
 
-    return Objective(fn, [layer], f"{layer} channel {_label(index)}" + (" (max)" if reduce == "max" else ""),
-                     locate, layer)
+    name = f"{layer} {_label(index, 'channel', 'channels')}" + (" (max)" if reduce == "max" else "")
+    return Objective(fn, [layer], name, locate, layer)
 
 
 def deepdream(layer: str) -> Objective:
@@ -258,7 +259,7 @@ def class_logit(index: int | Sequence[int]) -> Objective:
     """The model's output ``index`` (a class logit), per image if a sequence is given."""
     index = _index(index, "index")
     return Objective(lambda a: _pick(_get(a, OUTPUT), index, "the model output", "class"), [OUTPUT],
-                     f"class {_label(index)} logit")
+                     _label(index, "logit of class", "class logits"))
 
 
 def direction(layer: str, vector: Any, position: Sequence[int] | None = None,
