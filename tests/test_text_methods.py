@@ -515,3 +515,56 @@ def test_text_saliency_defaults_to_the_gradient_norm(bert_with_biases, tok):
     np.testing.assert_allclose(e.values, np.abs(signed.meta["embedding_values"]).sum(-1),
                                rtol=1e-12, atol=1e-15)
     assert e.values.min() > 0 and e.params["mode"] == "abs"
+
+
+@pytest.mark.parametrize("fill", ["pad", "mask"])
+def test_shapley_on_a_causal_lm_next_token(tok, fill):
+    """A text target (the predicted next token's log-probability) through the token masker:
+    efficiency against the hand-masked prompt (fixed token, the prompt's last position)."""
+    torch.manual_seed(1)
+    lm = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=tok.vocab_size, n_embd=16, n_layer=2, n_head=2, n_positions=64,
+        bos_token_id=0, eos_token_id=0, initializer_range=0.3)).double().eval()
+    texts = ["a good movie", "the film was long"]
+    e = lumos.explain(lm, texts, "exact_shapley", tokenizer=tok, target=T.next_token("predicted"),
+                      masker=TokenMasker(fill=fill))
+    for i, text in enumerate(texts):
+        ids = tok(text)["input_ids"]
+        L = len(ids)
+        keep = [1] + [0 if fill == "pad" else 1] * (L - 2) + [1]
+        empty = [ids[0]] + [tok.pad_token_id if fill == "pad" else tok.mask_token_id] * (L - 2) + [ids[-1]]
+        with torch.no_grad():
+            z = lm(input_ids=torch.as_tensor([ids])).logits[0, -1]
+            t = int(z.argmax())
+            z0 = lm(input_ids=torch.as_tensor([empty]), attention_mask=torch.as_tensor([keep])).logits[0, -1]
+        delta = float(torch.log_softmax(z, -1)[t] - torch.log_softmax(z0, -1)[t])
+        assert abs(delta) > 1e-3
+        assert abs(e.values[i].sum() - delta) <= 1e-10
+
+
+def test_new_text_methods_leave_the_model_as_found(tok):
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=32, num_labels=2)
+    model = transformers.BertForSequenceClassification(cfg).train()
+    model.classifier.weight.requires_grad_(False)
+    # Hugging Face's own output-capturing hooks, installed as its first forward would
+    from lumos.core.torch_model import hf_capturing_hooks
+
+    hf_capturing_hooks(model)
+
+    def hooks():
+        return [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
+
+    n_hooks = hooks()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = {k: p.requires_grad for k, p in model.named_parameters()}
+    impl = model.config._attn_implementation
+    for method, params in (("lrp", {"composite": "attnlrp"}), ("kernel_shap", {"budget": 16}),
+                           ("occlusion", {"window": 2})):
+        with pytest.warns(UserWarning):  # dropout in training mode: warned, run in eval
+            lumos.explain(model, TEXTS, method, tokenizer=tok, target=1, **params)
+        assert model.training and model.config._attn_implementation == impl
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        assert {k: p.requires_grad for k, p in model.named_parameters()} == grads
+        assert hooks() == n_hooks
