@@ -123,6 +123,25 @@ def test_objective_errors_name_what_is_wrong():
 
 
 # ----------------------------------------------------------------------------- feature visualisation
+def test_transformations_by_their_definitions():
+    from lumos.concepts import transforms as T
+
+    x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    assert torch.allclose(T.random_rotate([90])(x, g), torch.rot90(x, 1, (2, 3)), atol=1e-6)
+    assert torch.equal(T.random_rotate([0])(x, g), x)
+    p = T.pad(2, value=0.5)(x, g)
+    assert p.shape == (2, 3, 16, 16) and torch.equal(p[..., 2:-2, 2:-2], x) and (p[..., :2, :] == 0.5).all()
+    j = T.jitter(3)(x, g)
+    assert j.shape == (2, 3, 10, 10)
+    assert any(torch.equal(j, x[..., r:r + 10, c:c + 10]) for r in range(3) for c in range(3))
+    assert T.random_scale([1.5])(x, g).shape == (2, 3, 18, 18)
+    chain = T.standard(64)
+    a = chain(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)), torch.Generator().manual_seed(5))
+    b = chain(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)), torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)  # the generator is the only randomness
+
+
 @pytest.mark.parametrize("param", ["fourier", "pixel"])
 @pytest.mark.parametrize("objective", [
     obj.channel("features.3", 2), obj.neuron("features.3", 1), obj.deepdream("features.1"),

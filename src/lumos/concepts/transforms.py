@@ -82,8 +82,9 @@ def random_scale(scales: Sequence[float]) -> Transform:
 
 
 def random_rotate(angles: Sequence[float]) -> Transform:
-    """Rotate about the centre by an angle in degrees drawn from ``angles`` (bilinear, border
-    padding)."""
+    """Rotate about the centre by an angle in degrees drawn from ``angles`` (counter-clockwise as
+    the image is displayed, rows downwards: 90° is ``torch.rot90(x, 1, (-2, -1))``; bilinear,
+    border padding)."""
     angles = [float(a) for a in angles]
     if not angles:
         raise ValueError("angles must be a non-empty sequence of degrees")
