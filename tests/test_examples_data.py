@@ -341,7 +341,7 @@ def test_tracin_self_influence_ranks_mislabelled_points_first(noisy):
     assert precision >= 0.9, precision   # measured: 1.0 (docs/examples.md)
     # influence functions' self-influence finds them too
     si_if = self_influence(model, (x, y), method="exact", damping=0.1)
-    assert len(set(np.argsort(-si_if)[:10]) & set(flipped)) / 10 >= 0.8
+    assert len(set(np.argsort(-si_if)[:10]) & set(flipped)) / 10 >= 0.9   # measured: 1.0
 
 
 def test_tracin_equals_naive_sum_over_checkpoints_and_batch_size(noisy):
@@ -399,7 +399,7 @@ def test_tracin_random_projection(noisy):
     p2 = tracin(model, cps, (x[:80], y[:80]), x[200:210], projection_dim=64, seed=3, batch_size=9)
     assert np.abs(p1.scores - p2.scores).max() <= 1e-6 * np.abs(p1.scores).max()
     corr = np.corrcoef(p1.scores.ravel(), exact.ravel())[0, 1]
-    assert corr >= 0.9, corr
+    assert corr >= 0.97, corr   # measured: 0.993 (docs/examples.md)
     p3 = tracin(model, cps, (x[:80], y[:80]), x[200:210], projection_dim=64, seed=4)
     assert not np.allclose(p3.scores, p1.scores)
 
