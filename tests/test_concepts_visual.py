@@ -430,6 +430,12 @@ def test_dataset_examples_plot_and_model_left_as_found():
     assert_same(model, snap)
     with pytest.raises(TypeError, match="units must be an Objective"):
         dataset_examples(model, data(20), "features.4")
+    rf = receptive_field(model, "features.3", (3, 16, 16), method="gradient")
+    rf.box((4, 4))                                   # lazily run boxes are guarded too
+    receptive_field(model, "features.4", (3, 16, 16))
+    evaluate(model, obj.class_logit(0), data(3))
+    activations(model, data(5), "features.4")
+    assert_same(model, snap)
 
 
 # ----------------------------------------------------------------------------- embeddings
