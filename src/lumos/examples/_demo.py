@@ -56,11 +56,14 @@ def _counterfactual_part(out_dir: Path, quick: bool, files: dict, lines: list) -
     # a rejected applicant of the protected group B living in a penalised district
     rejected = np.flatnonzero((p < 0.5) & X[world.proxy].isin(["D5", "D6"]).to_numpy() & (world.protected == "B"))
     i = int(rejected[0])
+    # retirement is not a change an applicant of working age can make
+    working = [e for e in sorted(set(X["employment"])) if e != "retired"] if X["age"].iloc[i] < 63 else None
     cf = counterfactuals(model, X.iloc[[i]], desired=1, background=X, immutable=[world.proxy, "age"],
-                         monotone={"late_payments": "decrease"}, method="genetic", n=3, seed=0)
+                         monotone={"late_payments": "decrease"}, method="genetic", n=3, seed=0,
+                         ranges=None if working is None else {"employment": working})
     lines.append(f"counterfactuals (logistic-regression pipeline on {len(X)} applicants): applicant {i} of group "
                  f"B in {X[world.proxy].iloc[i]} is rejected (P(repay) {p[i]:.2f}); district and age held fixed, "
-                 "late payments may only decrease")
+                 "late payments may only decrease" + (", no retirement" if working is not None else ""))
     if not cf.found:
         lines.append(f"  none found: {cf.reason}")
         return
