@@ -90,7 +90,10 @@ class ShapesData:
     class_names : list of str
     params : dict of numpy arrays
         The per-image draws: ``center`` ``(n, 2)`` as (row, col), ``size`` (circumradius),
-        ``angle`` (radians), ``color`` ``(n, 3)``, ``base`` ``(n, 3)`` background colour.
+        ``angle`` (radians), ``color`` ``(n, 3)``, ``base`` ``(n, 3)`` background colour, and the
+        background stripes: ``stripe_angle`` (radians in ``[0, pi)``, the direction of the wave
+        vector: 0 varies along columns, i.e. vertical stripes), ``stripe_period`` (pixels),
+        ``stripe_amplitude`` ``(n, 3)`` (signed, per channel).
     backgrounds : torch.Tensor or None
         ``(n, 3, 64, 64)`` the images before shape and mark were painted (only when asked for):
         the same image with its evidence removed.
@@ -238,9 +241,10 @@ def _interp_matrix(n_in: int, n_out: int) -> np.ndarray:
     return w.astype(np.float32)
 
 
-def _backgrounds(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _backgrounds(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, dict]:
     """Smooth colour noise plus tilted stripes around a base colour; values within
-    ``base ± _TEXTURE_AMP``."""
+    ``base ± _TEXTURE_AMP``. Also returns the stripes' draws (direction, period, per-channel
+    amplitude) for the texture concepts of :mod:`lumos.data.shapes_concepts`."""
     base = rng.uniform(*_BASE_RANGE, size=(n, 3))
     # Smooth noise: a coarse 6×6 random grid per channel, upsampled bilinearly.
     coarse = rng.uniform(-1.0, 1.0, size=(n, 3, 6, 6)).astype(np.float32)
@@ -262,7 +266,9 @@ def _backgrounds(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarr
     bg = a_noise * noise
     bg += a_stripe * stripes[:, None]
     bg += base.astype(np.float32)[:, :, None, None]
-    return bg, base
+    stripes_info = {"stripe_angle": theta, "stripe_period": period,
+                    "stripe_amplitude": a_stripe[:, :, 0, 0].astype(np.float64)}
+    return bg, base, stripes_info
 
 
 def _shape_colours(rng: np.random.Generator, base: np.ndarray) -> np.ndarray:
@@ -322,7 +328,7 @@ def shapes_dataset(n: int, split: str = "train", watermark: str | float | bool |
     size = rng.uniform(*_SIZE_RANGE, n)
     angle = rng.uniform(-_MAX_ROTATION, _MAX_ROTATION, n)
     centre = _draw_centres(rng, size)
-    bg, base = _backgrounds(rng, n)
+    bg, base, stripes_info = _backgrounds(rng, n)
     colour = _shape_colours(rng, base)
     p = np.where(labels == WATERMARK_CLASS, p_wm_class, p_other)
     has_wm = rng.random(n) < p
@@ -340,7 +346,8 @@ def shapes_dataset(n: int, split: str = "train", watermark: str | float | bool |
         watermark_masks=torch.from_numpy(wm_masks),
         has_watermark=torch.from_numpy(has_wm),
         class_names=list(CLASS_NAMES),
-        params={"center": centre, "size": size, "angle": angle, "color": colour, "base": base},
+        params={"center": centre, "size": size, "angle": angle, "color": colour, "base": base,
+                **stripes_info},
         backgrounds=torch.from_numpy(bg) if backgrounds else None,
         split=split, watermark=wm_name, seed=int(seed),
     )
