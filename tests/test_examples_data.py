@@ -496,3 +496,25 @@ def test_examples_demo_section_quick(tmp_path):
     pro = next(line for line in lines if "proponents" in line)
     assert int(pro.split("proponents: ")[1].split()[0]) >= 6
     assert len(files) == 3 and all((tmp_path / p.split("/")[-1]).exists() for p in files)
+
+
+def test_neighbour_picture_table_errors_and_projected_self_influence(noisy):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    images = torch.rand(12, 3, 8, 8)
+    nb = neighbours(images[:2], images, k=3)
+    fig = nb.plot(images[:2], images, index=1, labels=list(range(12)))
+    assert len(fig.axes) == 4 and nb.indices[1, 0] == 1
+    plt.close(fig)
+    with pytest.raises(TypeError, match="not numeric"):
+        prototypes(pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": ["x", "y", "z"]}), 1)
+    frame = pd.DataFrame({"a": [0.0, 1.0, 5.0, 6.0], "b": [0.0, 0.0, 0.0, 1.0]})
+    assert (neighbours(frame.iloc[:1], frame, k=2).indices == [[0, 1]]).all()
+    x, y, _, model, cps = noisy
+    exact = self_influence(model, (x[:60], y[:60]), checkpoints=cps)
+    proj = self_influence(model, (x[:60], y[:60]), checkpoints=cps, projection_dim=64, seed=0)
+    assert np.corrcoef(exact, proj)[0, 1] >= 0.95

@@ -689,8 +689,15 @@ def self_influence(model: nn.Module, train: Any, *, method: str = "tracin", chec
     finds hard to fit, so ``argsort(-self_influence(...))`` ranks suspicious (mislabelled) points first.
 
     ``method="tracin"`` (default; needs ``checkpoints``): ``Σ_c η_c |∇ℓ(θ_c, z)|²``, streamed with
-    memory for one batch of gradients. ``"exact"``, ``"lissa"``, ``"arnoldi"``: ``∇ℓᵀ(H + λI)⁻¹∇ℓ``
-    at the model's parameters (see :func:`influence_functions` for the settings).
+    memory for one batch of gradients (``learning_rates``, ``params``, ``projection_dim``, ``seed``
+    and ``per_example`` as in :func:`tracin`). ``"exact"``, ``"lissa"``, ``"arnoldi"``:
+    ``∇ℓᵀ(H + λI)⁻¹∇ℓ`` at the model's parameters (``damping``, ``n_iter``, ``top_k``, ``scale``,
+    ``hvp_samples`` as in :func:`influence_functions`; LiSSA then solves one system per training
+    example, which costs ``n_iter`` Hessian-vector products for each).
+
+    Returns
+    -------
+    ndarray of float64, (n_train,)
     """
     from ..core.execution import torch_generator
     from ..core.validation import check_choice, check_number
