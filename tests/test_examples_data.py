@@ -518,3 +518,15 @@ def test_neighbour_picture_table_errors_and_projected_self_influence(noisy):
     exact = self_influence(model, (x[:60], y[:60]), checkpoints=cps)
     proj = self_influence(model, (x[:60], y[:60]), checkpoints=cps, projection_dim=64, seed=0)
     assert np.corrcoef(exact, proj)[0, 1] >= 0.95
+
+
+def test_exact_hessian_paths_agree(monkeypatch):
+    import lumos.examples.influence as influence
+
+    lam = 0.05
+    x, y, xt, yt = _logreg_world()
+    model = _linear(_fit_logreg(x, y, lam))
+    by_products = influence_functions(model, (x, y), (xt, yt), damping=lam, loss_fn=_bce, batch_size=16).scores
+    monkeypatch.setattr(influence, "_LOOP_HESSIAN_MAX", 0)  # torch.func.hessian, as above 256 parameters
+    by_func = influence_functions(model, (x, y), (xt, yt), damping=lam, loss_fn=_bce, batch_size=16).scores
+    assert np.abs(by_products - by_func).max() <= 1e-12 * np.abs(by_func).max()
