@@ -433,6 +433,8 @@ def test_influence_model_left_as_found_and_errors(noisy):
         tracin(model, cps, x, x[:2])
     with pytest.raises(ValueError, match="method"):
         influence_functions(model, (x, y), x[:2], method="cg")
+    with pytest.raises(ValueError, match="LiSSA diverged"):   # scale far below the largest eigenvalue
+        influence_functions(model, (x, y), x[:2], method="lissa", damping=0.1, scale=1e-3, n_iter=200)
     with pytest.raises(ValueError, match="checkpoints"):
         self_influence(model, (x, y))
     with pytest.raises(FileNotFoundError, match="checkpoints\\[0\\]"):

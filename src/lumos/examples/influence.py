@@ -590,6 +590,10 @@ def _inverse(method: str, hess: _Hessian, opts: dict, gen: torch.Generator, meta
         for _ in range(n_iter):
             rows = None if samples is None else torch.randperm(n, generator=gen)[:samples]
             h = v + h - hess.product(h, rows) / scale
+        if not torch.isfinite(h).all() or h.abs().max() > 1e12 * max(1.0, float(v.abs().max())):
+            raise ValueError(f"LiSSA diverged (scale {scale:.3g}): the recursion converges only when every "
+                             "eigenvalue of H + damping lies in (0, 2 scale); raise damping (a non-convex "
+                             "model's negative curvature) or scale")
         return h / scale
 
     return solve
