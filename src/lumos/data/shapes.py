@@ -191,24 +191,36 @@ def render_masks(labels: np.ndarray, center: np.ndarray, size: np.ndarray, angle
 
 def _resolve_watermark(watermark, split: str) -> tuple[str, float, float]:
     """``(name, p for class 0, p for other classes)``."""
-    if watermark is None:
-        watermark = "shortcut" if split == "train" else "none"
-    if watermark is True:
-        watermark = "all"
-    if watermark is False:
-        watermark = "none"
-    if isinstance(watermark, str):
-        table = {"shortcut": (SHORTCUT_RATE, LEAK_RATE), "none": (0.0, 0.0), "all": (1.0, 1.0)}
-        if watermark not in table:
+    return resolve_shortcut_choice(watermark, split, "watermark", SHORTCUT_RATE, LEAK_RATE)
+
+
+def resolve_shortcut_choice(value, split: str, what: str, rate: float, leak: float) -> tuple[str, float, float]:
+    """Which samples of a demo world carry its planted shortcut (the shapes and the text world).
+
+    ``None`` is ``"shortcut"`` for ``split="train"`` and ``"none"`` otherwise; ``True`` is ``"all"``,
+    ``False`` ``"none"``; ``"shortcut"`` gives the shortcut's class probability ``rate`` and the
+    other classes ``leak``; a float ``p`` in [0, 1] gives every class ``p``. Returns ``(name of the
+    choice, p for the shortcut's class, p for the other classes)``; anything else is a ValueError
+    naming ``what``.
+    """
+    if value is None:
+        value = "shortcut" if split == "train" else "none"
+    if value is True:
+        value = "all"
+    if value is False:
+        value = "none"
+    if isinstance(value, str):
+        table = {"shortcut": (rate, leak), "none": (0.0, 0.0), "all": (1.0, 1.0)}
+        if value not in table:
             raise ValueError(
-                f"watermark must be 'shortcut', 'none', 'all', a probability in [0, 1] or None; "
-                f"got {watermark!r}")
-        return (watermark, *table[watermark])
-    if isinstance(watermark, (float, int, np.floating, np.integer)) and 0.0 <= float(watermark) <= 1.0:
-        p = float(watermark)
+                f"{what} must be 'shortcut', 'none', 'all', a probability in [0, 1] or None; "
+                f"got {value!r}")
+        return (value, *table[value])
+    if isinstance(value, (float, int, np.floating, np.integer)) and 0.0 <= float(value) <= 1.0:
+        p = float(value)
         return (f"p={p:g}", p, p)
     raise ValueError(
-        f"watermark must be 'shortcut', 'none', 'all', a probability in [0, 1] or None; got {watermark!r}")
+        f"{what} must be 'shortcut', 'none', 'all', a probability in [0, 1] or None; got {value!r}")
 
 
 def _draw_centres(rng: np.random.Generator, size: np.ndarray) -> np.ndarray:
