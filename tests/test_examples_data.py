@@ -532,3 +532,18 @@ def test_exact_hessian_paths_agree(monkeypatch):
     monkeypatch.setattr(influence, "_LOOP_HESSIAN_MAX", 0)  # torch.func.hessian, as above 256 parameters
     by_func = influence_functions(model, (x, y), (xt, yt), damping=lam, loss_fn=_bce, batch_size=16).scores
     assert np.abs(by_products - by_func).max() <= 1e-12 * np.abs(by_func).max()
+
+
+def test_prototypes_string_labels_and_plot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = torch.rand(12, 3, 8, 8)
+    labels = np.array(["cat", "dog"] * 6)
+    p = prototypes(images, 2, 1, labels=labels)
+    assert p.classes == ["cat", "dog"] and (labels[p.prototypes["dog"]] == "dog").all()
+    fig = p.plot(images)
+    assert len(fig.axes) == 6
+    plt.close(fig)

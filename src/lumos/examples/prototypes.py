@@ -224,7 +224,8 @@ class Prototypes:
         rows = []
         for c in self.classes:
             protos, crits = self.prototypes[c], self.criticisms[c]
-            label = "all" if c is None else (class_names[c] if class_names is not None else f"class {c}")
+            label = ("all" if c is None else class_names[c] if class_names is not None and isinstance(c, int)
+                     else f"class {c}")
             ims = [images[int(i)] for i in protos] + [images[int(i)] for i in crits]
             titles = [f"P{r + 1} #{int(i)}" for r, i in enumerate(protos)]
             titles += [f"C{r + 1} #{int(i)}\nw={w:+.2g}" for r, (i, w) in enumerate(zip(crits, self.witness[c]))]
