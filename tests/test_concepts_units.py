@@ -495,3 +495,39 @@ def test_tcav_equals_captum_on_the_same_cav(tmp_path):
         out = peer.interpret(inputs, [[c_rand, c_conc]], target=target)
         theirs = float(next(iter(out.values()))["rep"]["sign_count"][1])
         assert tcav_score(model, inputs, target, cav) == pytest.approx(theirs, abs=1e-6)  # theirs in float32
+
+
+# ------------------------------------------------------------------------------ on the demo world
+def test_demo_cnn_watermark_units_carry_the_shortcut():
+    """The shipped CNN: dissection finds watermark detectors at features.4; zeroing those with
+    IoU >= 0.5 takes most of the shortcut away, as many random units do not."""
+    from lumos.data import load_demo_model
+
+    model = load_demo_model()
+    data = shapes_dataset(120, split="test", watermark=0.5, seed=3)
+    res = dissect(model, data.images, concept_masks(data, ["watermark", "shape", "background"]), at="features.4")
+    units = res.units("watermark", 0.5)
+    assert 1 <= len(units) <= 4 and res.summary()["watermark"] >= 10
+    clean = shapes_dataset(150, split="test", watermark="none", seed=11)
+    marked = shapes_dataset(150, split="test", watermark="all", seed=11)
+    others = marked.labels.numpy() != 0
+    wm = unit_ablation(model, marked.images, marked.labels, "features.4", units)
+    ctrl_units = random_units(res.n_units, len(units), seed=0, exclude=res.units("watermark", 0.04))
+    ctrl = unit_ablation(model, marked.images, marked.labels, "features.4", ctrl_units)
+    before = wm.rate(0, before=True, where=others)
+    assert before > 0.1  # the shortcut exists
+    assert wm.rate(0, where=others) < before / 3
+    assert ctrl.rate(0, where=others) > before / 2
+    assert unit_ablation(model, clean.images, clean.labels, "features.4", units).overall_after > 0.9
+
+
+def test_concepts_demo_tour_form(tmp_path):
+    from lumos.concepts._demo import concepts_demo
+
+    files = {}
+    lines = concepts_demo(tmp_path, quick=True, files=files)
+    text = "\n".join(lines)
+    assert "network dissection" in text and "ablating the watermark units" in text and "TCAV" in text
+    names = {p.split("/")[-1] for p in files}
+    assert {"concepts_dissection.png", "concepts_tcav.png", "concepts_channels.png"} <= names
+    assert all((tmp_path / n).exists() for n in names) and all(len(w) > 20 for w in files.values())
