@@ -120,3 +120,38 @@ def test_token_ig_equals_captum_layer_integrated_gradients(tok):
     ref = lig.attribute(ids, baselines=base, additional_forward_args=(mask,), target=1, n_steps=16,
                         method="gausslegendre", internal_batch_size=64).sum(-1).detach().numpy()
     assert np.abs(e.values - ref).max() <= 1e-5 and np.abs(ref).max() > 1e-2
+
+
+def _shipped_text_models():
+    try:
+        from lumos.data.text_models import load_text_classifier, load_tiny_lm
+
+        load_text_classifier(), load_tiny_lm()
+    except (ImportError, FileNotFoundError) as err:
+        pytest.skip(f"the text world's models are not built here: {err}")
+
+
+def test_text_demo_section(tmp_path):
+    """The tour form of the text section: the tables, the files it records, escaped highlights."""
+    _shipped_text_models()
+    from lumos.report.demo import sections
+    from lumos.text._demo import text_demo
+
+    assert "text" in [s.name for s in sections()]
+    files: dict = {}
+    lines = text_demo(tmp_path, quick=True, files=files)
+    text = "\n".join(lines)
+    names = ["attention (last layer)", "attention rollout", "gradient_x_input",
+             "integrated_gradients", "occlusion", "attnlrp"]
+    table = [ln for ln in lines if ln.strip().split("  ")[0] in names]
+    assert len(table) >= 6  # the faithfulness rows (the agreement table names them as columns)
+    for row in table[:6]:
+        nums = [float(v) for v in row.replace("±", " ").split()[-6:]]
+        morf, lerf, diff, _, evidence, shortcut = nums
+        assert abs((lerf - morf) - diff) <= 2e-3 and 0 <= evidence <= 1 and 0 <= shortcut <= 1
+    assert "Kendall tau" in text and "permutation test" in text and "tiny LM" in text
+    for path, what in files.items():
+        assert (tmp_path / os.path.basename(path)).exists() and what
+    html = (tmp_path / "text_world_highlights.html").read_text()
+    assert html.count('class="lumos-text"') == 3 * 6
+    assert any(p.endswith("text_generation_attribution.png") for p in files)

@@ -333,6 +333,8 @@ def sections() -> list[DemoSection]:
                     _section_from("lumos.concepts._demo", "concepts_demo")),
         DemoSection("examples", "explanations by examples: counterfactuals, prototypes, influential training images",
                     _section_from("lumos.examples._demo", "examples_demo")),
+        DemoSection("text", "transformers on the text world: token attributions measured, attention, generation",
+                    _section_from("lumos.text._demo", "text_demo")),
     ]
     return out
 
