@@ -109,7 +109,7 @@ def refine(space, scorer, outcome, pool: Pool, Z: np.ndarray, n_steps: int = 6) 
     """
     out = []
     for z in Z:
-        while True:
+        for _ in range(len(space.x)):   # each accepted revert brings one more feature back
             ch = np.flatnonzero(space.changed(z)[0])
             if len(ch) <= 1:
                 break
@@ -121,7 +121,11 @@ def refine(space, scorer, outcome, pool: Pool, Z: np.ndarray, n_steps: int = 6) 
             if not ok.any():
                 break
             cand = T[ok]
-            z = cand[np.argmin(space.distance(cand))]
+            dc = space.distance(cand)
+            # a revert the projection undoes (x's own value not allowed) gains nothing: stop there
+            if dc.min() >= space.distance(z)[0]:
+                break
+            z = cand[np.argmin(dc)]
         ts = np.arange(1, n_steps + 1) / (n_steps + 1)
         for j in np.flatnonzero(space.changed(z)[0] & space.numeric):
             T = np.repeat(z[None], len(ts), axis=0)

@@ -267,17 +267,20 @@ class Space:
         return np.stack([self.distance(Z, z) for z in Z], axis=1) if len(Z) else np.zeros((0, 0))
 
     def pinned(self, z: np.ndarray) -> list[str]:
-        """The constraints a row sits against (features at a bound that is not the data's own)."""
+        """The constraints a row sits against: immutable features, and features at (within 2 % of)
+        a bound set by ``ranges=``, a monotone direction, or the data's range."""
         out = []
         for j, name in enumerate(self.names):
             if self.immutable[j]:
                 out.append(f"{name} (immutable)")
             elif self.numeric[j] and self.lo[j] < self.hi[j]:
-                if z[j] <= self.lo[j] and (self.direction[j] > 0 or self.user_range[j] or np.isfinite(self.lo[j])):
+                # "at" a bound: within 2 % of the interval (a search rarely lands on it exactly)
+                tol = 0.02 * (self.hi[j] - self.lo[j]) if np.isfinite(self.hi[j] - self.lo[j]) else 0.0
+                if z[j] <= self.lo[j] + tol and (self.direction[j] > 0 or self.user_range[j] or np.isfinite(self.lo[j])):
                     why = "may only increase" if self.direction[j] > 0 and self.lo[j] == self.x[j] else \
                         f"lower bound {self.lo[j]:g}"
                     out.append(f"{name} ({why})")
-                elif z[j] >= self.hi[j] and (self.direction[j] < 0 or self.user_range[j] or np.isfinite(self.hi[j])):
+                elif z[j] >= self.hi[j] - tol and (self.direction[j] < 0 or self.user_range[j] or np.isfinite(self.hi[j])):
                     why = "may only decrease" if self.direction[j] < 0 and self.hi[j] == self.x[j] else \
                         f"upper bound {self.hi[j]:g}"
                     out.append(f"{name} ({why})")
@@ -313,6 +316,9 @@ class Space:
             rest = ~from_data
             if np.isfinite(lo) and np.isfinite(hi):
                 vals[rest] = gen.uniform(lo, hi, int(rest.sum()))
+                # one draw in ten at a bound: the searches reach the ends of a range
+                edge = rest & (gen.random(k) < 0.1)
+                vals[edge] = np.where(gen.random(int(edge.sum())) < 0.5, lo, hi)
             else:  # an open end: a step of a few MADs from x towards the open side
                 step = gen.normal(0.0, 2.0 * self.mad[j], int(rest.sum()))
                 vals[rest] = np.clip(self.x[j] + step, lo, hi)
