@@ -28,6 +28,14 @@ it) with the machine load. Every comparison prints the largest absolute differen
 3. **AttnLRP cost**: ``lumos.explain(model, texts, "lrp", composite="attnlrp", tokenizer=tok)``
    on the MiniLM classifier vs one plain forward + backward pass of the same batch to the input
    embeddings (the goal: at most 1.5x).
+4. **Faithfulness** (``python benchmarks/bench_text.py faithfulness``): token deletion MoRF /
+   LeRF (``lumos.text.faithfulness``) of attention (last layer, heads' mean), rollout, gradient x
+   input, integrated gradients, occlusion and AttnLRP on the text world's BERT (64 reviews) and on
+   MiniLM with the text world's head (16 reviews), with the evidence and shortcut shares, and the
+   rank agreement of attention (last, rollout, flow) with the attributions plus the permutation
+   test of Jain & Wallace.
+
+``python benchmarks/bench_text.py timing`` runs parts 1-3 only.
 """
 from __future__ import annotations
 
@@ -246,8 +254,45 @@ def bench_attnlrp(model, tok):
     print("(the ratio of AttnLRP's time to one forward+backward pass is the inverse of the x above)")
 
 
+def bench_faithfulness():
+    """The faithfulness tables (token deletion, MoRF / LeRF, pad hidden) and the agreement of
+    attention with the attributions, on the text world's BERT and on MiniLM with its head."""
+    from lumos.data.text_models import load_minilm_classifier, load_text_classifier
+    from lumos.data.text_world import SHORTCUT_CLASS, text_dataset
+    from lumos.text._demo import _agreement, _explain_all, _measure
+    from lumos.text.attention import agreement, attentions
+
+    for name, loader, n, steps in (("text world BERT (2 layers)", load_text_classifier, 64, None),
+                                   ("MiniLM-L6 + the text world head", load_minilm_classifier, 16, 10)):
+        model, tok = loader()
+        data = text_dataset(n, split="test", shortcut="all", seed=2)
+        gt = data.token_masks(tok)
+        expls = _explain_all(model, tok, data.texts, data.labels.tolist(), quick=False)
+        pos = (data.labels == SHORTCUT_CLASS).numpy()
+        masks = {"evidence share": (gt["masks"].numpy(), np.ones(n, bool)),
+                 "shortcut share": (gt["shortcut_masks"].numpy(), pos)}
+        table, _ = _measure(model, tok, expls, masks, steps)
+        print(header(f"faithfulness on {name}: {n} test reviews with the shortcut, target the true "
+                     f"class, {'one token' if steps is None else f'{steps} steps'} per deletion step"))
+        print(table)
+        print("\n".join(_agreement(model, expls, 20)))
+        like = expls["integrated_gradients"]
+        k = min(n, 16)
+        kw = {"input_ids": torch.as_tensor(like.inputs[:k]),
+              "attention_mask": torch.as_tensor(like.meta["attention_mask"][:k].astype(np.int64))}
+        attrs = {m: e[:k] for m, e in expls.items() if not m.startswith("attention")}
+        print(f"attention flow on the first {k} reviews (Kendall tau, mean ± sd):")
+        print(agreement(attentions(model, kw), attrs, kinds=("flow",)).table())
+
+
 if __name__ == "__main__":
+    import sys
+
     torch.manual_seed(0)
-    model, tok = bench_minilm()
-    bench_lm()
-    bench_attnlrp(model, tok)
+    parts = sys.argv[1:] or ["timing", "faithfulness"]
+    if "timing" in parts:
+        model, tok = bench_minilm()
+        bench_lm()
+        bench_attnlrp(model, tok)
+    if "faithfulness" in parts:
+        bench_faithfulness()
