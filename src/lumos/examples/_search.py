@@ -61,8 +61,8 @@ def genetic(space, scorer, outcome, pool: Pool, gen: np.random.Generator, *, pop
     generation keeps the best fifth (valid ones first, closest first; invalid ones by margin) and
     breeds the rest by uniform crossover of two parents drawn from the better half, then mutation
     (each feature redrawn with probability 1/#mutable, or reverted to x's value with the same
-    probability; reverting is what makes counterfactuals sparse). Random search draws a fresh
-    population each round.
+    probability; reverting is what makes counterfactuals sparse). Random search draws
+    ``n_iter * population`` rows from the same neighbourhood (evaluated in chunks of 1000).
     """
     n_mut = max(int(space.mutable.sum()), 1)
     p_mut = 1.0 / n_mut
@@ -70,13 +70,18 @@ def genetic(space, scorer, outcome, pool: Pool, gen: np.random.Generator, *, pop
     def draw(k):
         return space.sample(k, gen, gen.uniform(0.05, 0.6, k))
 
+    if not evolve:   # random search: the n_iter rounds' draws, evaluated in chunks of 1000 rows
+        total = n_iter * population
+        for start in range(0, total, 1000):
+            k = min(1000, total - start)
+            P, _ = _evaluate(scorer, outcome, pool, draw(k), "candidate counterfactuals")
+            if len(P) < k:
+                return
+        return
     P, m = _evaluate(scorer, outcome, pool, draw(population), "candidate counterfactuals")
     for _ in range(max(n_iter - 1, 0)):
         if not len(P) or scorer.room(1) == 0:
             return
-        if not evolve:
-            P, m = _evaluate(scorer, outcome, pool, draw(population), "candidate counterfactuals")
-            continue
         valid = outcome.valid(m)
         dist = space.distance(P)
         order = np.lexsort((np.where(valid, dist, -m), ~valid))
@@ -105,38 +110,65 @@ def refine(space, scorer, outcome, pool: Pool, Z: np.ndarray, n_steps: int = 6) 
        the valid one of smallest distance is kept; repeated until no revert stays valid.
     2. A line search per changed numeric feature towards x's value (``n_steps`` points
        ``x + t (z - x)``, t in (0, 1)); the smallest valid step is kept.
-    Every row tried is projected first and added to the pool. Returns the refined rows.
+    Every row tried is projected first and added to the pool; the rows of all candidates go to
+    the model together (one call per revert round and per line-search slot). Returns the refined
+    rows.
     """
-    out = []
-    for z in Z:
-        for _ in range(len(space.x)):   # each accepted revert brings one more feature back
-            ch = np.flatnonzero(space.changed(z)[0])
+    Z = np.array(Z, dtype=np.float64, copy=True).reshape(-1, space.x.shape[0])
+    c = len(Z)
+    # 1. greedy reverts, all candidates in one model call per round
+    active = np.ones(c, bool)
+    for _ in range(len(space.x)):   # each accepted revert brings one more feature back
+        rows, owner = [], []
+        for i in np.flatnonzero(active):
+            ch = np.flatnonzero(space.changed(Z[i])[0])
             if len(ch) <= 1:
-                break
-            T = np.repeat(z[None], len(ch), axis=0)
+                active[i] = False
+                continue
+            T = np.repeat(Z[i][None], len(ch), axis=0)
             T[np.arange(len(ch)), ch] = space.x[ch]
-            T = space.project(T)
-            T, m = _evaluate(scorer, outcome, pool, T, "refined counterfactuals")
-            ok = outcome.valid(m)
-            if not ok.any():
-                break
-            cand = T[ok]
-            dc = space.distance(cand)
+            rows.append(T)
+            owner += [i] * len(ch)
+        if not rows:
+            break
+        T, m = _evaluate(scorer, outcome, pool, space.project(np.concatenate(rows)), "refined counterfactuals")
+        owner = np.array(owner[:len(T)], dtype=np.int64)
+        ok = outcome.valid(m)
+        for i in np.flatnonzero(active):
+            sel = (owner == i) & ok
+            if not sel.any():
+                active[i] = False
+                continue
+            dc = space.distance(T[sel])
             # a revert the projection undoes (x's own value not allowed) gains nothing: stop there
-            if dc.min() >= space.distance(z)[0]:
-                break
-            z = cand[np.argmin(dc)]
-        ts = np.arange(1, n_steps + 1) / (n_steps + 1)
-        for j in np.flatnonzero(space.changed(z)[0] & space.numeric):
-            T = np.repeat(z[None], len(ts), axis=0)
-            T[:, j] = space.x[j] + ts * (z[j] - space.x[j])
-            T = space.project(T)
-            T, m = _evaluate(scorer, outcome, pool, T, "refined counterfactuals")
-            ok = outcome.valid(m)
-            if ok.any():
-                z = T[np.flatnonzero(ok)[0]]
-        out.append(z)
-    return np.array(out).reshape(-1, space.x.shape[0])
+            if dc.min() >= space.distance(Z[i])[0]:
+                active[i] = False
+                continue
+            Z[i] = T[sel][np.argmin(dc)]
+        if scorer.room(1) == 0:   # the budget or the time ran out
+            return Z
+    # 2. line searches: the s-th changed numeric feature of every candidate in one call
+    ts = np.arange(1, n_steps + 1) / (n_steps + 1)
+    feats = [np.flatnonzero(space.changed(z)[0] & space.numeric) for z in Z]
+    for slot in range(max((len(f) for f in feats), default=0)):
+        rows, owner = [], []
+        for i, f in enumerate(feats):
+            if slot < len(f):
+                j = f[slot]
+                T = np.repeat(Z[i][None], len(ts), axis=0)
+                T[:, j] = space.x[j] + ts * (Z[i, j] - space.x[j])
+                rows.append(T)
+                owner += [i] * len(ts)
+        T, m = _evaluate(scorer, outcome, pool, space.project(np.concatenate(rows)), "refined counterfactuals")
+        owner = np.array(owner[:len(T)], dtype=np.int64)
+        ok = outcome.valid(m)
+        for i in np.unique(owner):
+            sel = np.flatnonzero((owner == i) & ok)
+            if len(sel):
+                Z[i] = T[sel[0]]   # the smallest valid step (ts ascend)
+        if scorer.room(1) == 0:
+            break
+    return Z
 
 
 def kdtree(space, scorer, outcome, pool: Pool, candidates: np.ndarray, report: dict) -> np.ndarray:
