@@ -1,4 +1,4 @@
-"""``lumos train-demo``: reproduce the shipped demo model's weights."""
+"""``lumos train-demo``: reproduce the shipped demo model's weights (``--text``: the text models')."""
 from __future__ import annotations
 
 import json
@@ -15,10 +15,21 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (the float result depends on it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--text", action="store_true",
+                   help="retrain the text models instead: the text-world classifier, the tiny LM and the "
+                        "MiniLM head (--epochs: the classifier's)")
+    p.add_argument("--lm-steps", type=positive_int, default=None, help="with --text: the tiny LM's steps")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.text:
+        from ..data.text_train import train_text_models
+
+        reports = train_text_models(out=args.out, seed=args.seed, progress=True, threads=args.threads,
+                                    epochs=args.epochs, lm_steps=args.lm_steps)
+        print(json.dumps(reports, indent=2, default=str))
+        return 0
     from ..data.train import train_demo_model
 
     kwargs = {"epochs": args.epochs} if args.epochs is not None else {}
