@@ -234,6 +234,8 @@ def test_layer_grid_draws_every_channel_with_titles():
     np.testing.assert_allclose(own, res.final, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="has 6 channels"):
         layer_grid(model, "features.3", [9], shape=(3, 16, 16), n_iter=2)
+    with pytest.raises(TypeError, match="layer_grid: unknown parameter 'n_iters' \\(did you mean 'n_iter'"):
+        layer_grid(model, "features.3", shape=(3, 16, 16), n_iters=2)
 
 
 def test_visualise_errors_are_clear():

@@ -96,8 +96,9 @@ def fourier_image(shape: Sequence[int], generator: torch.Generator, *, sd: float
     """Images from scaled Fourier coefficients (Olah et al. 2017; Mordvintsev et al. 2018).
 
     The parameters are the real and imaginary parts of ``rfft2`` coefficients; coefficient at
-    frequency ``f`` (cycles per image, ``f = sqrt(fy² + fx²)``) is multiplied by
-    ``1 / max(f, 1/max(H, W))**decay_power`` before the inverse transform (``norm="ortho"``),
+    frequency ``f`` (cycles per pixel, ``f = sqrt(fy² + fx²)``) is multiplied by
+    ``1 / max(f, 1/max(H, W))**decay_power`` (the lowest frequencies, below one cycle per image,
+    share the weight of one cycle per image) before the inverse transform (``norm="ortho"``),
     the result divided by 4 (Lucid's constant, which keeps the start near grey) and mapped into
     ``value_range`` by :func:`to_range` (colour decorrelation, sigmoid).
     """

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..core.execution import progress_bar, torch_generator
 from ..core.torch_model import ModelGuard, as_tensor, frozen_parameters, model_device, model_dtype
-from ..core.validation import check_choice, check_number
+from ..core.validation import check_choice, check_kwargs, check_number
 from ..display._common import ShortRepr
 from . import objectives as _obj
 from . import transforms as _tf
@@ -313,6 +313,10 @@ def layer_grid(model: nn.Module, layer: str, channels: Sequence[int] | int | Non
     objective : {"channel", "neuron"}, default "channel"
         Maximise the channel's mean over positions, or the unit at the centre.
     """
+    check_kwargs(visualise, kwargs, "layer_grid", skip=("model", "objective", "shape", "batch", "titles"))
+    for fixed in ("batch", "titles"):
+        if fixed in kwargs:
+            raise TypeError(f"layer_grid: {fixed!r} is set by the channels (one image per channel)")
     s = _input_shape(shape)
     n_ch = _n_channels(model, layer, s)
     if channels is None:
