@@ -19,6 +19,7 @@ from torch import nn
 
 from ..core.modules import get_module
 from ..core.torch_model import as_tensor, check_finite, forward
+from ..core.units import _first  # the tensor of a layer's output (tuple, HF output): one place
 from .objectives import INPUT, OUTPUT
 
 __all__ = ["record", "iter_batches", "check_layers"]
@@ -31,16 +32,6 @@ class _Done(Exception):
 def check_layers(model: nn.Module, keys: Iterable[str]) -> dict[str, nn.Module]:
     """The modules of the layer names among ``keys`` (clear error with suggestions otherwise)."""
     return {k: get_module(model, k, arg="layer") for k in keys if k not in (INPUT, OUTPUT)}
-
-
-def _tensor(out: Any, name: str) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    if hasattr(out, "last_hidden_state"):
-        return out.last_hidden_state
-    raise TypeError(f"layer {name!r} returns {type(out).__name__}, not a tensor")
 
 
 def record(model: nn.Module, x: torch.Tensor, keys: Iterable[str], what: str = "the inputs",
@@ -64,7 +55,7 @@ def record(model: nn.Module, x: torch.Tensor, keys: Iterable[str], what: str = "
         def hook(mod, inp, out):
             if name in acts:  # a module called twice: the first call is the layer's activation
                 return
-            acts[name] = _tensor(out, name)
+            acts[name] = _first(out)
             pending.discard(name)
             if not pending and not need_output:
                 raise done
