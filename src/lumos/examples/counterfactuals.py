@@ -90,7 +90,7 @@ def counterfactuals(model: Any, x: Any, desired: Any = "opposite", *, method: st
                     monotone: Any = None, categorical: Any = None, integer: Any = None,
                     feature_names: Any = None, output: str = "auto", budget: int | None = None,
                     time_limit: float | None = None, n_iter: int | None = None,
-                    population: int = 40, diversity: float = 1.0, refine_found: bool = True,
+                    population: int = 100, diversity: float = 1.0, refine_found: bool = True,
                     margin: float = 0.05, distance: str = "l1", seed: int | None = 0,
                     batch_size: int | None = None) -> "Counterfactuals":
     """Find ``n`` diverse counterfactuals of the row ``x``: nearby rows with the ``desired`` outcome.
@@ -130,13 +130,14 @@ def counterfactuals(model: Any, x: Any, desired: Any = "opposite", *, method: st
     output : {"auto", "predict_proba", "decision_function", "predict"}
         Which scores of an estimator (see :mod:`lumos.core.blackbox`).
     budget : int, optional
-        Most model evaluations (rows) the search may make; it stops there and says so.
+        Most model evaluations (rows) the search may make; it stops there and says so. The
+        genetic and random searches keep a fifth of it for the refinement.
     time_limit : float, optional
         Most seconds the search may take; it stops there and says so.
     n_iter : int, optional
         Generations (genetic, default 50), rounds of ``population`` draws (random, default 50) or
         gradient steps (gradient, default 300). Not used by ``"kdtree"``.
-    population : int, default 40
+    population : int, default 100
         Individuals per generation (genetic, random).
     diversity : float, default 1.0
         Weight of the determinantal diversity against proximity in the selection; 0 gives the
@@ -208,8 +209,11 @@ def counterfactuals(model: Any, x: Any, desired: Any = "opposite", *, method: st
     report: dict = {}
     if method in ("genetic", "random"):
         iters = n_iter if n_iter is not None else 50
+        if refine_found and budget is not None:
+            scorer.budget = max(int(0.8 * budget), 1)   # a fifth of the budget kept for refining
         genetic(space, scorer, outcome, pool, gen, population=population, n_iter=iters,
                 evolve=method == "genetic")
+        scorer.budget = budget
         cands = pool.array()
         if refine_found and len(cands):
             refine(space, scorer, outcome, pool, select(space, cands, max(2 * n, 5), diversity))
