@@ -543,18 +543,25 @@ def test_html_renders_in_a_real_browser_with_labels_as_text(tmp_path):
     evil = "<script>alert(1)</script><b>x</b>"
     emb = embed(tiny(), data(8), "features.4", method="pca", labels=[evil, "ok"] * 4)
     page = tmp_path / "e.html"
-    emb.to_html(page)
+    html = emb.to_html()
+    # hover the first point (what the mouse would do), then let the browser dump the page
+    hover = ('<script>document.querySelector("circle").dispatchEvent(new MouseEvent("mouseenter"));'
+             '</script></body>')
+    page.write_text(html.replace("</body>", hover), encoding="utf-8")
     cmd = [browser] + ([] if browser.endswith("headless-shell") else ["--headless"]) + [
         "--no-sandbox", "--disable-gpu", "--dump-dom", page.resolve().as_uri()]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
-    tags, titles = [], []
+    tags, titles, attrs_of = [], [], {}
 
     class P(HTMLParser):
         in_title = False
 
         def handle_starttag(self, tag, attrs):
             tags.append(tag)
+            a = dict(attrs)
+            if a.get("id"):
+                attrs_of[a["id"]] = a
             self.in_title = tag == "title"
             if self.in_title:
                 titles.append("")
@@ -567,5 +574,14 @@ def test_html_renders_in_a_real_browser_with_labels_as_text(tmp_path):
                 titles[-1] += d
 
     P(convert_charrefs=True).feed(res.stdout)
-    assert tags.count("circle") == 8 and tags.count("script") == 1 and "b" not in tags
+    assert tags.count("circle") == 8 and tags.count("script") == 2 and "b" not in tags  # ours + the hover
     assert sum(evil in t for t in titles) == 4        # shown as the text it is, in each point's tooltip
+    # hovering showed the point's own thumbnail beside the plot
+    assert attrs_of["thumb"]["src"] == "data:image/png;base64," + _png_of(emb, 0)
+    assert f"#0 · label: {evil}" in res.stdout.replace("&lt;", "<").replace("&gt;", ">")
+
+
+def _png_of(emb, i):
+    from lumos.concepts.embeddings import _png_base64
+
+    return _png_base64(emb.thumbnails[i])
