@@ -413,6 +413,11 @@ def test_influence_results_independent_of_batch_size():
         a = influence_functions(model, (x, y), (xt, yt), method=method, damping=lam, loss_fn=_bce, batch_size=7, **kw)
         b = influence_functions(model, (x, y), (xt, yt), method=method, damping=lam, loss_fn=_bce, batch_size=60, **kw)
         assert np.abs(a.scores - b.scores).max() <= 1e-10 * np.abs(ref).max(), method
+    loop = influence_functions(model, (x, y), (xt, yt), damping=lam, loss_fn=_bce, per_example="loop").scores
+    assert np.abs(loop - ref).max() <= 1e-12 * np.abs(ref).max()
+    si = self_influence(model, (x, y), method="exact", damping=lam, loss_fn=_bce, per_example="loop")
+    full = influence_functions(model, (x, y), (x, y), damping=lam, loss_fn=_bce).scores
+    assert np.abs(si - np.diag(full)).max() <= 1e-12 * np.abs(si).max()
 
 
 def test_influence_model_left_as_found_and_errors(noisy):

@@ -599,7 +599,8 @@ def _inverse(method: str, hess: _Hessian, opts: dict, gen: torch.Generator, meta
     return solve
 
 
-def _if_scores(model, train, test, method, damping, loss_fn, params, batch_size, seed, opts, self_only):
+def _if_scores(model, train, test, method, damping, loss_fn, params, batch_size, seed, opts, self_only,
+               per_example="vmap"):
     from ..core.execution import torch_generator
     from ..core.validation import check_choice, check_number
 
@@ -609,7 +610,7 @@ def _if_scores(model, train, test, method, damping, loss_fn, params, batch_size,
     with _session(model) as m:
         names = _select_params(m, params)
         xt, yt = _data(train, m, "train")
-        f = _Functional(m, names, None, loss_fn, "the model")
+        f = _Functional(m, names, None, loss_fn, "the model", per_example)
         bs = _bs(batch_size, xt, f.p)
         gen = torch_generator(seed)
         meta = {"n_params": f.p}
@@ -630,7 +631,7 @@ def influence_functions(model: nn.Module, train: Any, test: Any, *, method: str 
                         damping: float = 0.0, loss_fn: Callable | None = None, params: Any = None,
                         n_iter: int | None = None, top_k: int = 50, scale: float | None = None,
                         hvp_samples: int | None = None, batch_size: int | None = None,
-                        seed: int = 0) -> Influence:
+                        seed: int = 0, per_example: str = "vmap") -> Influence:
     """Influence functions (Koh & Liang 2017) at the model's current (trained) parameters.
 
     ``scores[t, i] = ∇ℓ(test t)ᵀ (H + λI)⁻¹ ∇ℓ(train i)``, ``H`` the Hessian of the *mean* training
@@ -663,14 +664,17 @@ def influence_functions(model: nn.Module, train: Any, test: Any, *, method: str 
     batch_size : int, optional
     seed : int, default 0
         Seeds Arnoldi's start vector, LiSSA's power iteration and samples.
+    per_example : {"vmap", "loop"}, default "vmap"
+        How the per-example gradients are taken (see :func:`per_example_gradients`).
 
     Returns
     -------
     Influence
     """
     opts = _if_opts(n_iter, top_k, scale, hvp_samples)
+    _check_per_example(per_example)
     scores, ys, meta = _if_scores(model, train, test, method, damping, loss_fn, params, batch_size, seed, opts,
-                                  self_only=False)
+                                  self_only=False, per_example=per_example)
     return Influence(scores, method, ys, params=dict(damping=damping, params=params, seed=seed, **opts), meta=meta)
 
 
@@ -714,7 +718,7 @@ def self_influence(model: nn.Module, train: Any, *, method: str = "tracin", chec
                              "for method='tracin'")
         opts = _if_opts(n_iter, top_k, scale, hvp_samples)
         return _if_scores(model, train, None, method, damping, loss_fn, params, batch_size, seed, opts,
-                          self_only=True)[0]
+                          self_only=True, per_example=per_example)[0]
     if checkpoints is None:
         raise ValueError("checkpoints: method='tracin' needs the checkpoints saved during training")
     if projection_dim is not None:
