@@ -240,6 +240,21 @@ def test_budget_exhaustion_returns_an_explained_not_found_quickly():
     assert cf.metrics["stopped"] == "budget"
 
 
+def test_gradient_budget_and_seed():
+    """The gradient method stops at its budget and says so; its restarts are seeded."""
+    rng = np.random.default_rng(3)
+    B = rng.normal(size=(200, 4))
+    net = _linear(np.array([0.3, -0.2, 0.1, 0.4]), -50.0)   # needs a huge move: not within 40 rows
+    cf = counterfactuals(net, np.zeros(4), desired=(0.0, None), method="gradient", background=B,
+                         budget=40, ranges={j: (None, None) for j in range(4)})
+    assert not cf.found and cf.metrics["n_evals"] <= 40 and "budget of 40" in cf.reason
+    net = _linear(np.array([0.3, -0.2, 0.1, 0.4]), -1.0)
+    a, b, c = (counterfactuals(net, np.zeros(4), desired=(0.0, None), method="gradient", background=B,
+                               n=3, seed=s) for s in (0, 0, 1))
+    np.testing.assert_array_equal(a.encoded, b.encoded)
+    assert a.found and c.found and a.encoded.shape == c.encoded.shape
+
+
 def test_time_limit_ends_a_slow_search():
     B = np.random.default_rng(0).normal(size=(100, 3))
 

@@ -158,7 +158,7 @@ class Space:
 
     # ------------------------------------------------------------------ feasible sets
     def _feasible_sets(self) -> None:
-        x, d = self.x, len(self.names)
+        x = self.x
         for j in np.flatnonzero(self.integer):
             if x[j] != np.round(x[j]):
                 raise ValueError(f"integer: feature {self.names[j]!r} of x is {x[j]!r}, not an integer")
