@@ -3,9 +3,9 @@
 Kim, Wattenberg, Gilmer, Cai, Wexler, Viégas and Sayres, *Interpretability Beyond Feature
 Attribution: Quantitative Testing with Concept Activation Vectors (TCAV)* (ICML 2018).
 
-1. **CAV.** A linear classifier (scikit-learn, seeded) separates the layer-``at`` activations of
-   examples of a concept (label 1) from those of other examples (label 0: a random set, or other
-   concepts for a *relative* CAV). The CAV ``v`` is its weight vector, scaled to unit length; it
+1. **CAV.** A linear classifier (scikit-learn, seeded; or the difference of the class means)
+   separates the layer-``at`` activations of examples of a concept (label 1) from those of other
+   examples (label 0: a random set, or other concepts for a *relative* CAV). The CAV ``v`` is its weight vector, scaled to unit length; it
    points towards the concept.
 2. **Directional derivative.** ``S_k(x) = ∇_a logit_k(a) · v`` at ``a = f_at(x)``: how class ``k``'s
    logit changes when the activation moves towards the concept.
@@ -128,6 +128,11 @@ def cav_from_activations(concept_acts, negative_acts, *, layer: str = "", concep
                          test_fraction: float = 0.25) -> CAV:
     """Fit a CAV on activations ``(n, ...)`` of concept examples against other examples.
 
+    ``classifier``: ``"sgd"`` is the reference implementation's ``SGDClassifier(alpha=0.01,
+    max_iter=1000, tol=1e-3)`` (also Captum's default), ``"logistic"`` a ``LogisticRegression``
+    (liblinear), ``"mean_difference"`` the difference of the two class means (the "pattern" CAV;
+    no fit, and far less noisy than the classifiers' weights on activations of thousands of
+    dimensions with tens of examples). All are seeded by ``seed``.
     ``test_fraction`` of each side (drawn with ``seed``) is held out to measure the accuracy; the
     classifier is fitted on the rest. ``test_fraction=0`` fits on everything (accuracy NaN).
     """
@@ -394,7 +399,8 @@ def tcav(model, inputs, concepts: Mapping[str, Any], random, at: Any, *, targets
         CAVs per concept, each against another random set; at least 2.
     random_size : int, optional
         Size of each drawn random set; default the largest concept's number of examples.
-    classifier : {"sgd", "logistic"}, default "sgd"
+    classifier : {"sgd", "logistic", "mean_difference"}, default "sgd"
+        See :func:`cav_from_activations`.
     seed : int, default 0
         Draws the random sets and seeds every classifier (run ``r`` uses ``seed + r``).
     alpha : float, default 0.05
