@@ -2,6 +2,7 @@
 quantiles, unit ablation, TCAV with significance; each checked against a construction whose answer
 is known, a brute-force reference, or a peer."""
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -114,7 +115,7 @@ def test_colour_names():
 
 
 # ------------------------------------------------------------------------------- streamed quantile
-@pytest.mark.parametrize("kind", ["normal", "relu", "heavy", "constant"])
+@pytest.mark.parametrize("kind", ["normal", "relu", "heavy", "constant", "far from zero"])
 def test_streamed_quantile_is_within_one_bin_of_the_exact_one(kind):
     g = np.random.default_rng(0)
     n_units, n = 6, 40_000
@@ -124,11 +125,15 @@ def test_streamed_quantile_is_within_one_bin_of_the_exact_one(kind):
         v = np.maximum(g.normal(size=(n_units, n)) - 1.5, 0)
     elif kind == "heavy":
         v = g.standard_cauchy(size=(n_units, n))
-    else:
+    elif kind == "constant":
         v = np.full((n_units, n), 2.5)
+    else:  # a constant huge value: absolute bin indices must not overflow int64
+        v = np.full((n_units, n), 3e10)
     sq = StreamingQuantile(n_units, n_bins=512)
-    for s in range(0, n, 3333):
-        sq.update(v[:, s:s + 3333])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. an int64 overflow of bin indices
+        for s in range(0, n, 3333):
+            sq.update(v[:, s:s + 3333])
     for q in (0.5, 0.99, 0.995):
         est = sq.quantile(q)
         exact = np.quantile(v, q, axis=1, method="inverted_cdf")

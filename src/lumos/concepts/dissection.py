@@ -56,7 +56,7 @@ class StreamingQuantile:
     count reaches ``q·N``. That bin also holds the exact empirical quantile
     ``np.quantile(values, q, method="inverted_cdf")`` (the smallest value with at least ``q·N``
     values at or below it), so ``|estimate - exact| <= w`` (:attr:`tolerance`), and ``w <= 2·range
-    / (n_bins - 2)`` for the unit's value range. NumPy's default (linear) quantile differs from
+    / (n_bins - 2)`` for the unit's value range (or ``2**-50`` of its largest magnitude, if more). NumPy's default (linear) quantile differs from
     that by at most the gap between two neighbouring order statistics.
 
     Parameters
@@ -100,6 +100,12 @@ class StreamingQuantile:
         with np.errstate(divide="ignore"):
             guess = np.ceil(np.log2(np.where(span > 0, span, 1.0) / (self.n_bins - 2)))
         e = np.maximum(e, np.where(span > 0, guess, e).astype(np.int64))
+        # bins no finer than 2**-50 of the largest magnitude: absolute bin indices stay below 2**51,
+        # exact in float64 and int64 (a constant unit at 1e10 would otherwise overflow them)
+        mag = np.maximum(np.abs(low), np.abs(high))
+        with np.errstate(divide="ignore"):
+            floor_e = np.where(mag > 0, np.ceil(np.log2(np.where(mag > 0, mag, 1.0))) - 50, _E_MIN)
+        e = np.maximum(e, floor_e.astype(np.int64))
         while True:  # at most a step or two: the guess is within one of the answer
             w = np.ldexp(1.0, e)
             bad = np.floor(high / w) - np.floor(low / w) > self.n_bins - 1
