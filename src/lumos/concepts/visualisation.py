@@ -245,8 +245,10 @@ def visualise(model: nn.Module, objective: _obj.Objective, *, shape: Sequence[in
         image = _make_param(param, (batch, c, h, w), gen, vr, device, dtype, sd, decay_power)
         opt = torch.optim.Adam(image.params, lr=lr)
         curve = np.empty((n_iter, batch))
-        with torch.no_grad():
-            initial = _scores(model, objective, image(), modules, "the initial images")
+        initial = None
+        if transform is not None:  # without transformations, step 0 scores the initial images
+            with torch.no_grad():
+                initial = _scores(model, objective, image(), modules, "the initial images")
         with torch.enable_grad(), progress_bar(n_iter, "feature visualisation", progress, "step") as bar:
             for step in range(n_iter):
                 opt.zero_grad(set_to_none=True)
@@ -260,6 +262,8 @@ def visualise(model: nn.Module, objective: _obj.Objective, *, shape: Sequence[in
                     raise ValueError(f"objective {objective.name!r} gave {tuple(scores.shape)} scores for a "
                                      f"batch of {batch} images")
                 curve[step] = scores.detach().cpu().numpy()
+                if initial is None:
+                    initial = scores.detach()
                 if step == 0 and not scores.requires_grad:
                     raise ValueError(f"objective {objective.name!r} does not depend on the image (no gradient "
                                      "path: a detached or argmax layer?)")
