@@ -4,6 +4,7 @@ leave-one-out retraining."""
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -14,6 +15,9 @@ from lumos.examples.influence import (Influence, influence_functions, per_exampl
                                       tracin)
 from lumos.examples.neighbours import neighbours
 from lumos.examples.prototypes import median_bandwidth, mmd2, prototypes, witness
+
+# torch.func's forward-mode Hessian loads torch's jvp decompositions, which call torch.jit.script
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
 
 def _snapshot(model):
@@ -481,7 +485,9 @@ def test_tracin_equals_captum_tracincp(noisy):
     ref = TracInCP(twin, TensorDataset(x[:60], y[:60]), list(range(4)), checkpoints_load_func=load,
                    loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=20,
                    sample_wise_grads_per_batch=True)
-    theirs = ref.influence((x[200:205], y[200:205])).detach().double().numpy()
+    with warnings.catch_warnings():  # Captum sets requires_grad on the test inputs itself
+        warnings.simplefilter("ignore", UserWarning)
+        theirs = ref.influence((x[200:205], y[200:205])).detach().double().numpy()
     assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
 
 
