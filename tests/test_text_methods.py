@@ -568,3 +568,81 @@ def test_new_text_methods_leave_the_model_as_found(tok):
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
         assert {k: p.requires_grad for k, p in model.named_parameters()} == grads
         assert hooks() == n_hooks
+
+
+class TwinGPT2(nn.Module):
+    """GPT-2 (LM head) written with plain torch operations: ``nn.Linear`` where Hugging Face has
+    ``Conv1D`` (``torch.addmm``), ``F.gelu(approximate="tanh")`` where it writes the tanh formula
+    out with ``torch.pow``, one boolean causal-and-padding mask. The same function, other
+    operations: the rules must give the same relevances."""
+
+    def __init__(self, hf):
+        super().__init__()
+        tr, c = hf.transformer, hf.config
+        self.h = c.n_head
+        self.wte = nn.Embedding.from_pretrained(tr.wte.weight.detach().clone(), freeze=False)
+        self.wpe = nn.Parameter(tr.wpe.weight.detach().clone())
+
+        def lin(conv):  # Conv1D weight (in, out) -> Linear weight (out, in)
+            out = nn.Linear(*conv.weight.shape, dtype=conv.weight.dtype)
+            with torch.no_grad():
+                out.weight.copy_(conv.weight.T)
+                out.bias.copy_(conv.bias)
+            return out
+
+        def ln(m):
+            out = nn.LayerNorm(m.normalized_shape, eps=m.eps, dtype=m.weight.dtype)
+            out.load_state_dict(m.state_dict())
+            return out
+
+        self.blocks = nn.ModuleList(nn.ModuleDict(dict(
+            ln1=ln(b.ln_1), qkv=lin(b.attn.c_attn), proj=lin(b.attn.c_proj), ln2=ln(b.ln_2),
+            fc=lin(b.mlp.c_fc), out=lin(b.mlp.c_proj))) for b in tr.h)
+        self.ln_f = ln(tr.ln_f)
+        self.head = nn.Linear(c.n_embd, c.vocab_size, bias=False, dtype=tr.wte.weight.dtype)
+        with torch.no_grad():
+            self.head.weight.copy_(hf.lm_head.weight)
+
+    def get_input_embeddings(self):
+        return self.wte
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None):
+        e = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
+        n, t, d = e.shape
+        x = e + self.wpe[:t]
+        keys = torch.ones(n, t, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        allowed = torch.ones(t, t, dtype=torch.bool).tril()[None, None] & keys[:, None, None, :]
+        neg = (~allowed).to(x.dtype) * torch.finfo(x.dtype).min
+        for b in self.blocks:
+            q, k, v = (y.reshape(n, t, self.h, -1).transpose(1, 2)
+                       for y in b["qkv"](b["ln1"](x)).split(d, -1))
+            a = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5 + neg, dim=-1)
+            x = x + b["proj"]((a @ v).transpose(1, 2).reshape(n, t, d))
+            x = x + b["out"](torch.nn.functional.gelu(b["fc"](b["ln2"](x)), approximate="tanh"))
+        return self.head(self.ln_f(x))
+
+
+@pytest.mark.parametrize("method,params", [("saliency", {"mode": "abs"}),
+                                           ("integrated_gradients", {"n_steps": 16}),
+                                           ("lrp", {"composite": "attnlrp"}),
+                                           ("lrp", {"composite": "cp_lrp"})])
+def test_gpt2_and_a_hand_written_twin_give_the_same_numbers(tok, method, params):
+    torch.manual_seed(6)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=tok.vocab_size, n_embd=16, n_layer=2, n_head=2, n_positions=64,
+        bos_token_id=0, eos_token_id=0, initializer_range=0.3)).double().eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)  # biases kept (non-zero)
+    twin = TwinGPT2(hf).double().eval()
+    ids = torch.as_tensor([tok(TEXTS[1])["input_ids"]])
+    with torch.no_grad():
+        assert (twin(ids) - hf(input_ids=ids).logits).abs().max() <= 1e-12
+    target = T.next_token("predicted")
+    a = lumos.explain(hf, TEXTS, method, tokenizer=tok, target=target, **params)
+    b = lumos.explain(twin, TEXTS, method, tokenizer=tok, target=target, **params)
+    np.testing.assert_allclose(b.values, a.values, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(b.meta["embedding_values"], a.meta["embedding_values"], rtol=1e-5,
+                               atol=1e-9)
+    assert np.abs(a.values).max() > 1e-3

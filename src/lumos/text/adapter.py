@@ -218,12 +218,16 @@ def _token_id_fn(tokenizer: Any, vocab: int) -> Callable:
 _KINDS: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
 
 
-def _kind(raw: torch.Tensor, out: Any) -> str:
+def _kind(raw: torch.Tensor, out: Any, vocab: int | None = None) -> str:
+    """``"lm"``, ``"classifier"`` or ``"encoder"``; a plain module's 3-d output is a causal LM's
+    logits when its last axis is the vocabulary (``vocab``), else token states."""
     if getattr(out, "logits", None) is not None and raw.ndim == 3:
         return "lm"
     if getattr(out, "logits", None) is not None:
         return "classifier"
-    return "encoder" if raw.ndim == 3 else "classifier"
+    if raw.ndim == 3:  # a plain module's tensor: logits over the vocabulary, or token states
+        return "lm" if raw.shape[-1] == vocab else "encoder"
+    return "classifier"
 
 
 def explain_text(model: Any, texts: Any, method: str = "integrated_gradients", target: Any = None, *,
@@ -314,7 +318,7 @@ def explain_text(model: Any, texts: Any, method: str = "integrated_gradients", t
             with torch.no_grad():
                 out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev))
                 raw = raw_output(out).detach()
-            kind = _KINDS.setdefault(model, _kind(raw, out))
+            kind = _KINDS.setdefault(model, _kind(raw, out, vocab))
 
         def embed(other: Sequence[str]) -> torch.Tensor:
             e = encode(tokenizer, other, None, pad)
