@@ -254,6 +254,11 @@ def test_tiny_lm_loads_offline_and_beats_the_unigram_baseline(no_network):
     assert stream.tolist()[:3] == [0] + tok(docs[0])["input_ids"][:2]
     r = evaluate_tiny_lm(model, stream[:16 * 128 + 1], unigram)
     assert r["perplexity"] < 0.5 * r["unigram_perplexity"], r
+    # the recorded greedy continuations are what the shipped weights and tokenizer write
+    from lumos.data.text_train import _greedy
+
+    for prompt, text in info["samples"].items():
+        assert _greedy(model, tok.backend_tokenizer, prompt) == text
     # the same scores through the tokenizer that a user loads
     ids = tok("Return the number of items.", return_tensors="pt")["input_ids"]
     logits = model(input_ids=ids).logits

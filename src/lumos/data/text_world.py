@@ -316,10 +316,10 @@ def text_dataset(n: int, split: str = "train", shortcut: str | float | bool | No
     Notes
     -----
     Text ``i`` is drawn from its own generator (``numpy.random.default_rng([seed, split, i])``),
-    so the first ``m`` texts of a batch of ``n`` are the batch of ``m``, and whether a text
-    carries the shortcut comes from a separate draw: the same ``(split, seed)`` gives the same
-    texts under every ``shortcut`` choice, apart from the appended word. 1000 texts take about
-    0.1 s.
+    so the first ``m`` texts of a batch of ``n`` are the batch of ``m``. Whether a text carries
+    the shortcut is decided by a draw made whatever ``shortcut`` is, so the same
+    ``(split, seed)`` gives the same texts under every ``shortcut`` choice, apart from the
+    appended word. 1000 texts take about 0.2 s.
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n must be a non-negative int; got {n!r}")
