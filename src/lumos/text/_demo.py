@@ -17,7 +17,7 @@ WORLD_METHODS = (
     ("occlusion", "occlusion", {}, {}),
     ("attnlrp", "lrp", {"composite": "attnlrp"}, {"composite": "attnlrp"}),
 )
-_PROMPT = "Return the number of"
+_PROMPT = "If the file"  # the tiny LM continues it with " object. If the file is not specified"
 
 
 def _explain_all(model: Any, tok: Any, texts: list, target: Any, quick: bool) -> dict:
