@@ -215,6 +215,11 @@ def counterfactuals(model: Any, x: Any, desired: Any = "opposite", *, method: st
                 evolve=method == "genetic")
         scorer.budget = budget
         cands = pool.array()
+        if not len(cands) and refine_found and budget is not None and scorer.stopped == "budget":
+            scorer.stopped = None   # nothing to refine: the fifth kept for it searches on
+            genetic(space, scorer, outcome, pool, gen, population=population, n_iter=iters,
+                    evolve=method == "genetic")
+            cands = pool.array()
         if refine_found and len(cands):
             refine(space, scorer, outcome, pool, select(space, cands, max(2 * n, 5), diversity))
             cands = pool.array()
