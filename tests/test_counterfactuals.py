@@ -216,6 +216,18 @@ def test_kdtree_equals_brute_force(credit, constraints):
     np.testing.assert_allclose(cf.metrics["proximity"], d[order], rtol=1e-12)
 
 
+def test_plausibility_is_the_mean_distance_to_the_five_nearest_background_rows(credit):
+    model, B, X, rejected = credit
+    x = X.iloc[[rejected[1]]].reset_index(drop=True)
+    cf = counterfactuals(model, x, desired=1, method="kdtree", background=B, n=3, diversity=0)
+    for k in range(len(cf)):
+        d = np.sort(frame_distance(B, cf.counterfactuals.iloc[[k]].reset_index(drop=True), B))
+        assert d[0] == 0   # a real row of the background
+        assert abs(cf.metrics["plausibility"][k] - d[:5].mean()) < 1e-9
+    dx = np.sort(frame_distance(B, x, B))
+    assert abs(cf.metrics["plausibility_x"] - dx[:5].mean()) < 1e-9
+
+
 def test_kdtree_not_found_names_the_blocking_constraint(credit):
     model, B, X, rejected = credit
     x = X.iloc[[rejected[0]]]
