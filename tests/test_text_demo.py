@@ -86,17 +86,24 @@ def test_explain_text_errors(user_text_model, capsys):
     assert "not available on text" in capsys.readouterr().err
 
 
-def test_explain_text_demo_model(tmp_path, capsys):
-    try:
-        from lumos.data.text_models import load_text_classifier
+@pytest.mark.parametrize("name", ["text-demo", "minilm"])
+def test_explain_text_shipped_models(tmp_path, capsys, name):
+    from lumos.cli.explain import TEXT_MODELS
+    from lumos.data import text_models
 
-        load_text_classifier()
+    try:
+        model, tok = getattr(text_models, TEXT_MODELS[name])()
     except (ImportError, FileNotFoundError) as err:
-        pytest.skip(f"the text world's classifier is not built here: {err}")
-    rc = main(["explain", "--model", "text-demo", "--text", "the plot was dull", "--method",
+        pytest.skip(f"the text world's models are not built here: {err}")
+    rc = main(["explain", "--model", name, "--text", "the plot was dull", "--method",
                "gradient_x_input", "--out", str(tmp_path)])
     assert rc == 0, capsys.readouterr().err
+    direct = lumos.explain(model, ["the plot was dull"], "gradient_x_input", tokenizer=tok)
+    np.testing.assert_allclose(lumos.load(tmp_path / "gradient_x_input.npz").values, direct.values,
+                               rtol=1e-5, atol=1e-7)
     assert (tmp_path / "gradient_x_input.html").exists()
+    assert main(["explain", "--model", name, "--tokenizer", PATH, "--text", "hi"]) == 2
+    assert "shipped model" in capsys.readouterr().err
 
 
 def test_token_ig_equals_captum_layer_integrated_gradients(tok):
