@@ -380,3 +380,20 @@ def test_shipped_text_files_are_plain_small_and_recorded():
         assert record["seed"] == 0 and record["threads"] == 1
     for tok in (tw.TOKENIZER_PATH, tm.LM_TOKENIZER):
         assert json.loads(tok.read_text())["model"]["type"] in ("WordLevel", "BPE")
+
+
+def test_missing_files_and_bad_inputs_get_clear_errors(monkeypatch, tmp_path, minilm_classifier):
+    from lumos.data import text_models as tm
+
+    monkeypatch.setattr(tm, "CLASSIFIER_WEIGHTS", tmp_path / "nothing.pt")
+    with pytest.raises(FileNotFoundError, match="train-demo --text"):
+        tm.load_text_classifier()
+    monkeypatch.setattr(tw, "TOKENIZER_PATH", tmp_path / "nothing.json")
+    with pytest.raises(FileNotFoundError, match="train-demo --text"):
+        tw.load_text_tokenizer()
+    encoder, tok = minilm_classifier[0].encoder, minilm_classifier[1]
+    for bad in ([], [1, 2], None):
+        with pytest.raises(TypeError, match="texts"):
+            tm.sentence_embeddings(bad, encoder, tok)
+    with pytest.raises(ValueError, match="batch_size"):
+        tm.sentence_embeddings(["a"], encoder, tok, batch_size=0)

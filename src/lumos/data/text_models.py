@@ -213,7 +213,7 @@ def sentence_embeddings(texts: Sequence[str] | str, model: nn.Module | None = No
     """
     from ..core.validation import check_number
 
-    texts = [texts] if isinstance(texts, str) else list(texts)
+    texts = [texts] if isinstance(texts, str) else list(texts) if isinstance(texts, (list, tuple)) else None
     if not texts or not all(isinstance(s, str) for s in texts):
         raise TypeError("texts: give a string or a non-empty list of strings")
     batch_size = int(check_number(batch_size, "batch_size", low=1, integer=True))
