@@ -195,7 +195,8 @@ def unflatten_positions(rows: torch.Tensor, shape: tuple) -> torch.Tensor:
     """Inverse of :func:`flatten_positions` without a mask: rows back to the activation's ``shape``."""
     if len(shape) == 4:
         b, c, h, w = shape
-        return rows.reshape(b, h, w, c).permute(0, 3, 1, 2)
+        # contiguous: the layers after see the layout the layer itself returns (same float sums)
+        return rows.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
     return rows.reshape(shape)
 
 
@@ -257,6 +258,19 @@ def _write_manifest(folder: Path, manifest: dict) -> None:
 
 
 # ---------------------------------------------------------------------- writing
+class _on_error:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        if kind is not None:
+            self.fn()
+        return False
+
+
 def cache_activations(model: nn.Module, data: Any, at: str, path: str | Path, *,
                       batch_size: int | None = None, shard_samples: int = 1024, labels: Any = None,
                       dtype: str = "float32", overwrite: bool = False,
@@ -348,7 +362,13 @@ def cache_activations(model: nn.Module, data: Any, at: str, path: str | Path, *,
         writer = index_writer = None
         shard_start = sample
 
-    with ModelGuard(model), torch.no_grad():
+    def abort():  # an interrupted shard is dropped (its file closed now: a later flush would clobber a redo)
+        for w in (writer, index_writer):
+            if w is not None:
+                w.f.close()
+                w.path.unlink(missing_ok=True)
+
+    with ModelGuard(model), torch.no_grad(), _on_error(abort):
         for batch in model_batches(data, batch_size, dev, mdt, labels=labels, progress=progress,
                                    desc=f"cache {at}", skip=done_samples):
             act = act_model(*batch.args, **batch.kwargs)

@@ -40,7 +40,7 @@ __all__ = ["l0", "l1", "mse", "explained_variance", "cosine_similarity", "featur
 
 
 def _t(x: Any, name: str) -> torch.Tensor:
-    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.array(x, dtype=np.float64))
     if t.ndim != 2:
         raise ValueError(f"{name} must be a (rows, dims) array; got shape {tuple(t.shape)}")
     return t.detach().to(torch.float64)
@@ -55,7 +55,7 @@ def _pair(x, x_hat):
 
 def l0(codes) -> float:
     """Mean number of non-zero codes per row."""
-    return float((_t(codes, "codes") != 0).sum(1).mean())
+    return float((_t(codes, "codes") != 0).sum(1).double().mean())
 
 
 def l1(codes) -> float:

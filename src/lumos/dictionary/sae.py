@@ -439,7 +439,7 @@ def resample_dead(sae: SAE, x: torch.Tensor, dead: torch.Tensor, *, seed: int = 
     g = torch_generator(seed)
     if float(p.sum()) <= 0:
         p = torch.ones_like(p)
-    pick = torch.multinomial((p / p.sum()).cpu(), n_dead, replacement=n_dead > len(p), generator=g)
+    pick = torch.multinomial((p / p.sum()).cpu(), n_dead, replacement=True, generator=g)  # independent draws
     dirs = xs[pick.to(xs.device)] - sae.b_dec
     dirs = dirs / torch.linalg.vector_norm(dirs, dim=1, keepdim=True).clamp_min(1e-12)
     alive = ~dead
