@@ -316,9 +316,9 @@ def loss_recovered(model: nn.Module, sae, data: Any, at: str, *, labels: Any = N
             fn = loss_fn or (classification_loss if batch.labels is not None else next_token_loss)
             for key, rep in (("clean", None), ("sae", rec), ("zero", "zero")):
                 ctx = splice(model, at, rep) if rep is not None else contextlib.nullcontext()
-                with ctx:
+                with ctx, torch.no_grad():  # the guard switches inference mode off; no graph is needed
                     out = model(*batch.args, **batch.kwargs)
-                losses = fn(out, batch)
+                    losses = fn(out, batch).detach()
                 check_finite(losses, f"the losses ({key})")
                 sums[key] += float(losses.double().sum())
                 if key == "clean":
