@@ -425,7 +425,7 @@ def test_loss_recovered_on_tokens_with_padding():
     lp = F.cross_entropy(logits[:, :-1].reshape(-1, 11), ids[:, 1:].reshape(-1), reduction="none")
     keep = mask[:, 1:].reshape(-1).bool()
     assert res.n == int(keep.sum())
-    assert res.ce_clean == pytest.approx(float(lp[keep].mean()), rel=1e-6)
+    assert res.ce_clean == pytest.approx(float(lp[keep].mean().detach()), rel=1e-6)
     assert res.loss_recovered == pytest.approx(1.0, abs=1e-6)
 
 
