@@ -9,6 +9,7 @@ from typing import Any, Iterator
 import torch
 
 from ..core.execution import check_batch_size
+from ..core.layout import layout_for, run_in_layout
 from ..core.torch_model import activation, check_finite, forward, get_module
 
 __all__ = ["layer_activations", "layer_gradients"]
@@ -16,11 +17,16 @@ __all__ = ["layer_activations", "layer_gradients"]
 
 def layer_activations(model, x: torch.Tensor, at: Any, batch_size: int | None = None
                       ) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Yield ``(rows, activation)`` of layer ``at`` over ``x`` in batches; the pass stops at the layer."""
+    """Yield ``(rows, activation)`` of layer ``at`` over ``x`` in batches; the pass stops at the layer.
+
+    Batches go in :func:`~lumos.core.layout.layout_for`'s layout (channels-last for CPU conv
+    nets); activations may come back channels-last (same values, other strides).
+    """
     bs = check_batch_size(batch_size, row_bytes=x[0].numel() * x.element_size())
+    fmt = layout_for(model, x)
     for start in range(0, len(x), bs):
         sl = slice(start, min(start + bs, len(x)))
-        a = activation(model, x[sl], at)
+        a = run_in_layout(model, lambda t: activation(model, t, at), x[sl], fmt)
         check_finite(a, f"the activations of layer {at!r}")
         yield sl, a
 
@@ -44,12 +50,13 @@ def layer_gradients(model, x: torch.Tensor, at: Any, target: int, batch_size: in
         box["z"] = z
         return z
 
+    fmt = layout_for(model, x)
     for start in range(0, len(x), bs):
         sl = slice(start, min(start + bs, len(x)))
         h = layer.register_forward_hook(swap)
         try:
             with torch.enable_grad():
-                out = forward(model, x[sl])
+                out = run_in_layout(model, lambda t: forward(model, t), x[sl], fmt)
                 check_finite(out, "the inputs (model outputs)")
                 if out.ndim != 2 or not 0 <= int(target) < out.shape[1]:
                     raise ValueError(f"target: class {target!r} is not a column of the model's output "
