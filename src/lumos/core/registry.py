@@ -16,7 +16,7 @@ import numpy as np
 __all__ = ["register", "register_inputs", "get_method", "methods", "explain", "MethodInfo"]
 
 # Packages whose modules hold registered methods (walked recursively on first use).
-_METHOD_PACKAGES = ("lumos.attribution", "lumos.agnostic", "lumos.text")
+_METHOD_PACKAGES = ("lumos.attribution", "lumos.agnostic", "lumos.text", "lumos.multimodal")
 
 
 @dataclass(frozen=True)
