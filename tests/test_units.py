@@ -89,3 +89,41 @@ def test_hooks_are_removed_after_a_layer_call():
     m, x = _mlp(), torch.rand(3, 5)
     _grad(m, x, Neuron("2", 0), at="0")
     assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in m.modules())
+
+
+class _TokenModel(nn.Module):
+    """Token ids -> embedding -> masked mean -> linear; the mask is an extra forward argument."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(20, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, ids, mask=None):
+        e = self.emb(ids)
+        if mask is None:
+            mask = torch.ones(ids.shape, dtype=e.dtype)
+        pooled = (e * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        return self.head(torch.tanh(pooled))
+
+
+@pytest.mark.parametrize("with_args", [False, True])
+def test_layer_attribution_with_integer_token_ids_keeps_them_integer(with_args):
+    """``at=`` on an embedding: the ids reach the embedding as integers (they were cast to float,
+    and the embedding refused them), and the gradient at the embedding output is the hand one."""
+    import lumos
+
+    model = _TokenModel().eval()
+    ids = torch.tensor([[1, 5, 7, 2], [3, 3, 9, 0]])
+    mask = torch.tensor([[1.0, 1, 1, 1], [1, 1, 1, 0]]) if with_args else None
+    kw = {"forward_args": {"mask": mask}} if with_args else {}
+    e = lumos.explain(model, ids, "saliency", target=1, at="emb", mode="signed", **kw)
+    emb = model.emb(ids).detach().requires_grad_()
+    m = mask if with_args else torch.ones(ids.shape)
+    out = model.head(torch.tanh((emb * m[..., None]).sum(1) / m.sum(1, keepdim=True)))
+    grad, = torch.autograd.grad(out[:, 1].sum(), emb)
+    np.testing.assert_allclose(e.values, grad.numpy(), atol=1e-7)
+    ig = lumos.explain(model, ids, "integrated_gradients", target=1, at="emb", n_steps=64, **kw)
+    assert np.abs(ig.meta["completeness_gap"]).max() < 1e-4
+    assert ids.dtype == torch.int64  # the user's ids untouched

@@ -556,8 +556,11 @@ def torch_call(model: Any, inputs: Any, target: Any, *, method: str,
     with ModelGuard(model):  # also switches inference mode off for the call
         if isinstance(model, Wrapper):  # a method running another on a batch it built
             model.check_batch(len(inputs) if hasattr(inputs, "__len__") else -1)
+        # With ``at=`` the gradient is taken at a layer, never at the inputs: integer inputs (token
+        # ids into an embedding) must reach the model as integers.
         model, inputs, packing = bind(model, inputs, forward_args, dtype=model_dtype(model),
-                                      device=model_device(model), keep_integer=keep_integer)
+                                      device=model_device(model),
+                                      keep_integer=keep_integer or at is not None)
         x = as_tensor(inputs, model_device(model), dtype=model_dtype(model))
         if not x.is_floating_point():  # pragma: no cover - as_tensor casts ints to float
             raise TypeError("inputs must be floating point for gradient methods")
