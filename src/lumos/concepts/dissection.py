@@ -310,6 +310,7 @@ def dissect(model, inputs, masks: Mapping, at: Any, *, quantile: float = 0.995, 
         size = tuple(m[0].shape[-2:])
         sketch = None
         for _, a in layer_activations(model, x, at, batch_size):
+            a = a.contiguous()  # channels-last activations: one copy, then cheap reshapes
             if a.ndim != 4:
                 raise ValueError(f"at: layer {at!r} gives activations of shape {tuple(a.shape)}; "
                                  "dissection needs (batch, units, h, w) maps")
@@ -327,7 +328,7 @@ def dissect(model, inputs, masks: Mapping, at: Any, *, quantile: float = 0.995, 
             if w_h is None:
                 w_h = _interp_matrix(a.shape[2], size[0]).to(a.device, torch.float32)
                 w_w = _interp_matrix(a.shape[3], size[1]).to(a.device, torch.float32)
-            up = torch.matmul(w_h, torch.matmul(a.float(), w_w.T))  # bilinear upsampling
+            up = torch.matmul(w_h, torch.matmul(a.float().contiguous(), w_w.T))  # bilinear upsampling
             on = up.gt_(thr).flatten(2)  # (b, units, HW) 1.0 where on: one in-place pass, no bool copy
             lab = torch.stack([t[sl] for t in m], 1).to(on.device).flatten(2).float()  # (b, K, HW)
             # counts per image stay < 2**24, so float32 products are exact; summed in float64
