@@ -559,3 +559,26 @@ def test_train_from_a_cache(tmp_path):
     assert res.history["loss"][-1] < res.history["loss"][0]
     res2 = loss_recovered(model, sae.eval(), x, "features.3", labels=torch.zeros(32, dtype=torch.long))
     assert np.isfinite(res2.loss_recovered)
+
+
+def test_tiny_language_model_cache_and_splice_with_a_tokenizer_batch(tmp_path):
+    """A Hugging Face GPT-2 (the shipped tiny LM): a block's tuple output, a BatchEncoding with padding."""
+    pytest.importorskip("transformers")
+    from lumos.data.text_models import load_tiny_lm
+
+    model, tok = load_tiny_lm()
+    enc = tok(["def f(x): return x", "a longer docstring about numbers and lists", "print"],
+              return_tensors="pt", padding=True)
+    from lumos.core.torch_model import hf_capturing_hooks
+
+    hf_capturing_hooks(model)  # Hugging Face's own hooks, installed on a first call (kept, as HF would)
+    before = state_of(model)
+    cache = cache_activations(model, enc, "transformer.h.1", tmp_path / "lm", batch_size=3, progress=False)
+    with torch.no_grad():
+        hidden = model(**enc, output_hidden_states=True).hidden_states[2]  # the output of block 1
+    mask = enc["attention_mask"].bool()
+    np.testing.assert_array_equal(cache.array(), hidden[mask].numpy())
+    res = loss_recovered(model, lambda r: r.clone(), enc, "transformer.h.1")
+    assert res.loss_recovered == 1.0 and res.n == int(mask[:, 1:].sum())
+    assert res.ce_zero > res.ce_clean
+    assert_same_state(model, before)

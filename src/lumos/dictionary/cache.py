@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -76,7 +77,7 @@ def _tensor(x: Any, device, dtype, name: str) -> torch.Tensor:
     return as_tensor(x, device, name=name, dtype=dtype)
 
 
-def _from_dict(d: dict, device, dtype, name: str, labels=None) -> Batch:
+def _from_dict(d: Mapping, device, dtype, name: str, labels=None) -> Batch:
     kw = {}
     lab = labels
     for k, v in d.items():
@@ -104,13 +105,13 @@ def model_batches(data: Any, batch_size: int | None, device=None, dtype=None, *,
     DataLoader) whose items are tensors, ``(inputs, labels, ...)`` tuples or dicts. ``skip``: the
     first samples not to yield (whole batches; resuming a cache), without evaluating anything.
     """
-    if isinstance(data, (torch.Tensor, np.ndarray)) or isinstance(data, dict):
-        total = len(data) if not isinstance(data, dict) else len(next(iter(data.values())))
+    if isinstance(data, (torch.Tensor, np.ndarray, Mapping)):  # Mapping: also a tokenizer's BatchEncoding
+        total = len(data) if not isinstance(data, Mapping) else len(next(iter(data.values())))
         if total == 0:
             raise ValueError(f"{name} is empty")
         if labels is not None and len(labels) != total:
             raise ValueError(f"labels: {len(labels)} labels for {total} samples")
-        first = data if not isinstance(data, dict) else next(iter(data.values()))
+        first = data if not isinstance(data, Mapping) else next(iter(data.values()))
         row = first[0]
         row_bytes = row.numel() * row.element_size() if isinstance(row, torch.Tensor) else np.asarray(row).nbytes
         bs = check_batch_size(batch_size, row_bytes=max(1, row_bytes))
@@ -119,7 +120,7 @@ def model_batches(data: Any, batch_size: int | None, device=None, dtype=None, *,
             for s in range(skip, total, bs):
                 sl = slice(s, min(s + bs, total))
                 lab = None if labels is None else labels[sl]
-                if isinstance(data, dict):
+                if isinstance(data, Mapping):
                     yield _from_dict({k: v[sl] for k, v in data.items()}, device, dtype, name, lab)
                 else:
                     x = _tensor(data[sl], device, dtype, name)
@@ -132,19 +133,19 @@ def model_batches(data: Any, batch_size: int | None, device=None, dtype=None, *,
     seen = 0
     for item in data:
         if seen < skip:  # resuming: count samples without touching the model
-            n = (len(next(iter(item.values()))) if isinstance(item, dict)
+            n = (len(next(iter(item.values()))) if isinstance(item, Mapping)
                  else len(item[0]) if isinstance(item, (tuple, list)) else len(item))
             seen += n
             if seen > skip:
                 raise ValueError(f"{name}: cannot resume: the batches no longer end where the finished "
                                  f"shards end (sample {skip}); iterate the data in the same batches")
             continue
-        if isinstance(item, dict):
+        if isinstance(item, Mapping):
             b = _from_dict(item, device, dtype, name)
         elif isinstance(item, (tuple, list)):
             if not item:
                 raise ValueError(f"{name}: empty batch")
-            if isinstance(item[0], dict):
+            if isinstance(item[0], Mapping):
                 b = _from_dict(item[0], device, dtype, name, item[1] if len(item) > 1 else None)
             else:
                 x = _tensor(item[0], device, dtype, name)
