@@ -161,7 +161,8 @@ def load_user_model(spec: str | None = None, weights: str | Path | None = None,
         except RuntimeError as err:
             raise LoadError(f"weights {str(wpath)!r} do not fit the model of {spec!r}: "
                             f"{' '.join(str(err).split())[:400]}") from None
-    return model.eval()
+    # a torch module goes to eval mode; other models (estimators, predict functions) come as they are
+    return model.eval() if hasattr(model, "load_state_dict") else model
 
 
 def load_input(path: str | Path, size: Sequence[int] | None = None, name: str = "input"):

@@ -1,0 +1,129 @@
+"""Engines: who runs the shards' tasks. Both yield each finished shard's manifest entry.
+
+``LocalEngine`` runs the tasks one after another in this process (no Ray; small jobs, tests).
+``RayEngine`` hands them to Ray workers (``ray.init(num_cpus=workers)`` on this machine, or a
+cluster ``address=``), at most ``max_in_flight`` at once, retrying a task whose worker died or
+which raised (``max_retries``). The model is built once per worker process from the factory (a
+string or a picklable callable, with the weights' *path*: never weights shipped as tensors).
+Ray is imported only here, only when ``engine="ray"`` is asked for.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Iterator
+
+from .task import build_model, run_task
+
+__all__ = ["LocalEngine", "RayEngine", "ShardFailed", "import_ray"]
+
+
+class ShardFailed(RuntimeError):
+    """A shard's task failed (after its retries)."""
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("engine='ray' needs Ray: pip install 'lumos[batch]' (or pip install ray)") from None
+    return ray
+
+
+class LocalEngine:
+    """Tasks in this process, one at a time; the model is built once for the job."""
+
+    workers = 1
+
+    def __init__(self, job: dict, max_retries: int = 0):
+        self.job = job
+        self.max_retries = max_retries
+        self.model = None
+
+    def run(self, tasks: Iterable[tuple[int, int, Any]]) -> Iterator[dict]:
+        for index, start, rows in tasks:
+            if self.model is None:
+                self.model = build_model(self.job["factory"], self.job["weights"])
+            for attempt in range(self.max_retries + 1):
+                try:
+                    result = run_task(self.job, index, start, rows, model=self.model)
+                    break
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as err:
+                    if attempt == self.max_retries:
+                        raise ShardFailed(_failed(index, start, rows, err)) from err
+            yield result
+
+    def close(self) -> None:
+        self.model = None
+
+
+def _failed(index, start, rows, err) -> str:
+    return (f"shard {index} (rows {start}..{start + len(rows) - 1}) failed: {type(err).__name__}: {err}. "
+            "Finished shards are kept; run the same call again to resume")
+
+
+class RayEngine:
+    """Tasks on Ray workers, at most ``max_in_flight`` at once, retried ``max_retries`` times."""
+
+    def __init__(self, job: dict, workers: int | None = None, address: str | None = None,
+                 max_retries: int = 3, max_in_flight: int | None = None):
+        ray = import_ray()
+        self.ray = ray
+        self.started = False
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
+                         log_to_driver=False)
+            self.started = True
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.workers = int(workers or cpus)
+        self.max_in_flight = int(max_in_flight or self.workers)
+        self.job_ref = ray.put(job)
+        self.remote = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=True)(_ray_task)
+
+    def run(self, tasks: Iterable[tuple[int, int, Any]]) -> Iterator[dict]:
+        ray = self.ray
+        pending: dict = {}
+        it, error = iter(tasks), None
+        try:
+            while True:
+                try:
+                    index, start, rows = next(it)
+                except StopIteration:
+                    break
+                except Exception as err:  # the data failed: keep the shards already handed out
+                    error = err
+                    break
+                while len(pending) >= self.max_in_flight:
+                    yield from self._collect(pending)
+                pending[self.remote.remote(self.job_ref, index, start, rows)] = (index, start, len(rows))
+            while pending:
+                yield from self._collect(pending)
+            if error is not None:
+                raise error
+        finally:
+            # the driver stops (an error, Ctrl-C, the data iterator raising): no orphan tasks
+            for ref in pending:
+                ray.cancel(ref, force=True)
+
+    def _collect(self, pending: dict) -> Iterator[dict]:
+        ray = self.ray
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            index, start, n = pending.pop(ref)
+            try:
+                yield ray.get(ref)
+            except ray.exceptions.RayError as err:
+                cause = getattr(err, "cause", None) or err
+                raise ShardFailed(_failed(index, start, range(n), cause)) from None
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
+def _ray_task(job: dict, index: int, start: int, rows: Any) -> dict:
+    return run_task(job, index, start, rows)

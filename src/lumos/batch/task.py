@@ -1,0 +1,124 @@
+"""One shard's work: build (or reuse) the model, explain the rows, write the shard file.
+
+This is the function every engine runs, in the driver's process (``engine="local"``) or in a Ray
+worker. It depends only on the job description and the shard (its index, first row and rows),
+never on the worker or the order, so every engine writes the same bytes.
+
+Seeds. lumos's sampling methods draw per sample in one of two ways: SmoothGrad and gradient SHAP
+share their draws between the samples of a call (a row's result depends on the seed only), while
+the perturbation explainers (kernel/permutation SHAP, LIME) give the ``k``-th row of a call the
+``k``-th child of ``SeedSequence(seed)``, so a row's draws depend on its place in the call. To make
+a row's result a function of the row, its index in the data set and ``seed`` alone, a method that
+takes a ``seed`` is run one row per call by default (``per_row=True``) with the row's own seed
+:func:`row_seed` ``(seed, i)``. With ``per_row=False`` a whole shard is one call seeded with
+``row_seed(seed, start)`` (the shard's first row): faster, the same for any engine and worker
+count, but dependent on ``shard_size``.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["row_seed", "build_model", "run_task", "explain_rows"]
+
+# Models built in this process, by the job's model key: a Ray worker builds each model once and
+# reuses it for every shard it is handed.
+_MODELS: dict[str, Any] = {}
+
+
+def row_seed(seed: int, index: int) -> int:
+    """The seed of data-set row ``index``: ``SeedSequence(seed, spawn_key=(index,))``'s first word.
+
+    SmoothGrad's per-draw convention (:func:`lumos.attribution.smoothgrad.noise_draws`) applied
+    to rows: independent streams per row, whatever the shards, workers or order.
+    """
+    return int(np.random.SeedSequence(int(seed), spawn_key=(int(index),)).generate_state(1, np.uint32)[0])
+
+
+def build_model(factory: Any, weights: str | None = None):
+    """The model of a job: ``factory`` is ``"package.module:factory"`` or a callable.
+
+    ``weights`` is a state-dict file loaded with ``weights_only=True`` (as ``lumos explain``
+    does). A factory may return ``(model, tokenizer)`` for text models.
+    """
+    from ..core.io import _torch_load, load_user_model
+
+    if isinstance(factory, str):
+        return load_user_model(factory, weights)
+    model = factory()
+    if weights is not None:
+        state = _torch_load(Path(weights), "weights")
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        target = model[0] if isinstance(model, tuple) else model
+        target.load_state_dict(state)
+    target = model[0] if isinstance(model, tuple) else model
+    if callable(getattr(target, "eval", None)) and hasattr(target, "load_state_dict"):
+        target.eval()
+    return model
+
+
+def _cached_model(job: dict):
+    key = job["model_key"]
+    if key not in _MODELS:
+        _MODELS.clear()  # one model per worker at a time: a new job's model replaces the old one
+        _MODELS[key] = build_model(job["factory"], job["weights"])
+    return _MODELS[key]
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """torch's intra-op threads fixed to ``n`` for the task (the same arithmetic on every engine)."""
+    torch = sys.modules.get("torch")
+    if not n or torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _take(rows: Any, i: int) -> Any:
+    if hasattr(rows, "iloc"):
+        return rows.iloc[i:i + 1]
+    return rows[i:i + 1]
+
+
+def explain_rows(model: Any, rows: Any, start: int, job: dict):
+    """The Explanation of one shard's rows (rows ``start ..``), seeded by row index."""
+    from ..core.explanation import concatenate
+    from ..core.registry import explain
+
+    params = dict(job["params"])
+    if isinstance(model, tuple):  # (model, tokenizer)
+        model, params["tokenizer"] = model
+    method, seed = job["method"], job["seed"]
+    if not job["seeded"]:
+        return explain(model, rows, method, **params)
+    if not job["per_row"]:
+        return explain(model, rows, method, seed=row_seed(seed, start), **params)
+    parts = [explain(model, _take(rows, i), method, seed=row_seed(seed, start + i), **params)
+             for i in range(len(rows))]
+    return concatenate(parts)
+
+
+def run_task(job: dict, index: int, start: int, rows: Any, model: Any = None) -> dict:
+    """Explain one shard and write its file; returns its manifest entry (without the input digest)."""
+    from .store import write_shard
+
+    if model is None:
+        model = _cached_model(job)
+    with _threads(job.get("threads")):
+        expl = explain_rows(model, rows, start, job)
+    if len(expl) != len(rows):
+        raise RuntimeError(f"shard {index}: {job['method']} returned {len(expl)} rows for {len(rows)}")
+    name, digest = write_shard(Path(job["out"]), index, start, expl, job.get("storage"))
+    return {"index": int(index), "start": int(start), "stop": int(start + len(rows)), "file": name,
+            "sha256": digest, "status": "done"}

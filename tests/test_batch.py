@@ -1,0 +1,432 @@
+"""lumos.batch: whole data sets in shards, on the in-process engine and on Ray, resumably."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pyarrow")
+
+import lumos.batch as lb  # noqa: E402
+from lumos.batch import task as batch_task  # noqa: E402
+
+W = np.array([0.5, -1.0, 2.0, 0.25, 0.0, 1.5, -0.5, 0.75])
+X = np.random.default_rng(0).normal(size=(23, 8))
+BG = np.random.default_rng(1).normal(size=(6, 8))
+KS = dict(target=None, background=BG, budget=40)  # kernel SHAP sampling 40 of the 254 coalitions
+
+
+def linear_logistic(x):
+    """A black box with an interaction, so that kernel SHAP's sampling matters."""
+    x = np.asarray(x, dtype=np.float64)
+    return 1 / (1 + np.exp(-(x @ W + x[:, 0] * x[:, 1])))
+
+
+def make_model():
+    return linear_logistic
+
+
+def make_model4():
+    """A model of a 4-column table (DataFrame or array)."""
+    return lambda x: linear_logistic(np.pad(np.asarray(x, dtype=np.float64), ((0, 0), (0, 4))))
+
+
+def files_of(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(Path(out).iterdir()) if p.is_file()}
+
+
+def same_output(out: Path, ref: Path) -> bool:
+    """Every shard file byte for byte, and the manifests equal but for what the data was (a
+    generator or an array: the rows' checksums are compared, not their container)."""
+    a, b = files_of(out), files_of(ref)
+    ma, mb = (json.loads(x.pop("manifest.json")) for x in (a, b))
+    for m in (ma, mb):
+        m["data"].pop("kind"), m["data"].pop("name")
+    return a == b and ma == mb
+
+
+def count_shards(monkeypatch) -> list:
+    """Record every shard the (in-process) engine computes."""
+    calls = []
+    real = batch_task.explain_rows
+
+    def counting(model, rows, start, job):
+        calls.append(start)
+        return real(model, rows, start, job)
+
+    monkeypatch.setattr(batch_task, "explain_rows", counting)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "ks"
+    res = lb.explain_dataset(make_model, X, "kernel_shap", out, shard_size=5, **KS)
+    return out, res
+
+
+# ---------------------------------------------------------------------- seeds, shard sizes, reading
+def test_rows_do_not_depend_on_shards_and_equal_direct_per_row_calls(reference, tmp_path):
+    import lumos
+
+    out, res = reference
+    other = lb.explain_dataset(make_model, X, "kernel_shap", tmp_path / "k8", shard_size=8, **KS)
+    assert len(res) == len(other) == len(X) and res.complete
+    assert np.array_equal(res[:].values, other[:].values)  # bit for bit, shard size 5 vs 8
+    # row 7's value is the library's call on that row alone with the row's own seed
+    direct = lumos.explain(linear_logistic, X[7:8], "kernel_shap", seed=lb.row_seed(0, 7), **KS)
+    assert np.array_equal(res[7].values, direct.values)
+    # a sampled method: a different seed gives different values (the seed is really used)
+    again = lb.explain_dataset(make_model, X[:5], "kernel_shap", tmp_path / "s1", shard_size=5, seed=1, **KS)
+    assert not np.array_equal(again[:].values, res[:5].values)
+
+
+def test_reading_back_rows_slices_columns_and_statistics(reference):
+    import lumos
+
+    out, res = reference
+    full = np.concatenate([lumos.explain(linear_logistic, X[i:i + 1], "kernel_shap", seed=lb.row_seed(0, i),
+                                         **KS).values for i in range(len(X))])
+    r = lb.open(out, verify=True)
+    assert r[3:17].values.shape == (14, 8) and np.array_equal(r[3:17].values, full[3:17])  # across 3 shards
+    assert np.array_equal(r[-1].values, full[-1:]) and list(r[3:5].meta["rows"]) == [3, 4]
+    assert np.array_equal(r.column("x2"), full[:, 2]) and np.array_equal(r.column(0), full[:, 0])
+    assert np.allclose(r.mean_abs(), np.abs(full).mean(axis=0), rtol=1e-12, atol=0)
+    s = r.summary()
+    assert s["rows"] == 23 and s["shards"] == 5 and abs(s["mean_abs"]["x1"] - np.abs(full[:, 1]).mean()) < 1e-12
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["status"] == "complete" and man["rows"] == 23 and man["seed"] == 0 and man["per_row"] is True
+    assert [(e["start"], e["stop"]) for e in man["shards"]] == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
+    assert man["params"]["background"]["shape"] == [6, 8] and len(man["model"]["hash"]) == 64
+    with pytest.raises(ValueError, match="feature"):
+        r.column("nope")
+
+
+# ---------------------------------------------------------------------- resuming
+def test_failing_data_iterator_then_resume_recomputes_nothing_finished(reference, tmp_path, monkeypatch):
+    ref_out, _ = reference
+
+    def rows(fail_at=None):
+        for i, row in enumerate(X):
+            if i == fail_at:
+                raise OSError("disk went away")
+            yield row
+
+    out = tmp_path / "ks"
+    with pytest.raises(OSError, match="disk went away"):
+        lb.explain_dataset(make_model, rows(fail_at=12), "kernel_shap", out, shard_size=5, **KS)
+    man = json.loads((out / "manifest.json").read_text())
+    assert [e["index"] for e in man["shards"]] == [0, 1] and man["status"] == "running"
+    calls = count_shards(monkeypatch)
+    lb.explain_dataset(make_model, rows(), "kernel_shap", out, shard_size=5, **KS)
+    assert calls == [10, 15, 20]  # shards 0 and 1 kept, never recomputed
+    assert same_output(out, ref_out)  # every shard and the manifest
+
+
+def test_model_failing_at_a_row_then_resume(reference, tmp_path, monkeypatch):
+    ref_out, _ = reference
+    out = tmp_path / "ks"
+
+    def bad_model():
+        def f(x):
+            if np.any(np.all(np.asarray(x) == X[16], axis=1)):
+                raise RuntimeError("scorer down")
+            return linear_logistic(x)
+        return f
+
+    with pytest.raises(RuntimeError, match=r"shard 3 \(rows 15..19\) failed.*scorer down"):
+        lb.explain_dataset(bad_model, X, "kernel_shap", out, shard_size=5, max_retries=0, **KS)
+    calls = count_shards(monkeypatch)
+    # the scorer is mended under the same name (the job names its factory by module:qualname)
+    res = lb.explain_dataset(_renamed(make_model, bad_model), X, "kernel_shap", out, shard_size=5, **KS)
+    assert calls == [15, 20] and res.complete
+    for name in ("shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet", "shard-00003.parquet",
+                 "shard-00004.parquet"):
+        assert (out / name).read_bytes() == (ref_out / name).read_bytes()
+
+
+def _renamed(factory, like):
+    """``factory`` under the name of ``like`` (the model was mended; its name is unchanged)."""
+    def mended():
+        return factory()
+    mended.__qualname__, mended.__module__ = like.__qualname__, like.__module__
+    return mended
+
+
+def test_corrupted_shard_detected_and_redone(reference, tmp_path, monkeypatch):
+    import shutil
+
+    ref_out, _ = reference
+    out = tmp_path / "ks"
+    shutil.copytree(ref_out, out)
+    path = out / "shard-00002.parquet"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(lb.BatchFileError, match="shard-00002.parquet: checksum"):
+        lb.open(out, verify=True)
+    (out / "shard-00004.parquet").unlink()  # a shard listed but missing: redone too
+    calls = count_shards(monkeypatch)
+    res = lb.explain_dataset(make_model, X, "kernel_shap", out, shard_size=5, **KS)
+    assert calls == [10, 20] and res.redone == [2, 4]
+    assert files_of(out) == files_of(ref_out)
+
+
+def test_changed_parameters_or_method_are_refused(reference, tmp_path):
+    import shutil
+
+    ref_out, _ = reference
+    out = tmp_path / "ks"
+    shutil.copytree(ref_out, out)
+    before = files_of(out)
+    with pytest.raises(ValueError, match=r"params\.budget: 40 in the output, 30 now"):
+        lb.explain_dataset(make_model, X, "kernel_shap", out, shard_size=5, **{**KS, "budget": 30})
+    with pytest.raises(ValueError, match=r"method: \"kernel_shap\" in the output, \"permutation_shap\" now"):
+        lb.explain_dataset(make_model, X, "permutation_shap", out, shard_size=5, **KS)
+    with pytest.raises(ValueError, match=r"params\.background: .*sha256"):
+        lb.explain_dataset(make_model, X, "kernel_shap", out, shard_size=5, **{**KS, "background": BG + 1})
+    with pytest.raises(ValueError, match="shard_size: 5 in the output, 4 now"):
+        lb.explain_dataset(make_model, X, "kernel_shap", out, shard_size=4, **KS)
+    with pytest.raises(ValueError, match=r"data: rows 5..9 differ"):
+        lb.explain_dataset(make_model, X + (np.arange(23)[:, None] == 7), "kernel_shap", out, shard_size=5, **KS)
+    assert files_of(out) == before  # nothing touched
+
+
+def test_killed_driver_resumes_to_the_same_bytes(reference, tmp_path, monkeypatch):
+    """The driver process is SIGKILLed once the manifest shows a finished shard."""
+    ref_out, _ = reference
+    out = tmp_path / "ks"
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import numpy as np
+        import lumos.batch as lb
+        import test_batch as t
+
+        def slow_rows():
+            for i, row in enumerate(t.X):
+                if i and i % 5 == 0:
+                    time.sleep(0.4)  # time for the test to see a finished shard and kill us
+                yield row
+
+        lb.explain_dataset(t.make_model, slow_rows(), "kernel_shap", {str(out)!r}, shard_size=5, **t.KS)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
+    deadline = time.time() + 30
+    try:
+        while time.time() < deadline:
+            man = out / "manifest.json"
+            if man.exists() and json.loads(man.read_text())["shards"]:
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+    kept = [e["start"] for e in json.loads((out / "manifest.json").read_text())["shards"]]
+    assert 1 <= len(kept) < 5
+    calls = count_shards(monkeypatch)
+    lb.explain_dataset(make_model, X, "kernel_shap", out, shard_size=5, **KS)
+    assert sorted(calls) == [s for s in (0, 5, 10, 15, 20) if s not in kept]
+    assert same_output(out, ref_out)
+
+
+# ---------------------------------------------------------------------- streaming and sources
+def test_a_generator_larger_than_the_memory_bound_is_streamed(tmp_path):
+    n, shard = 3000, 100
+    held = {"made": 0, "done": 0, "max": 0}
+
+    def rows():
+        rng = np.random.default_rng(5)
+        for _ in range(n):
+            held["made"] += 1
+            held["max"] = max(held["max"], held["made"] - held["done"])
+            yield rng.normal(size=4)
+
+    def counting_model():
+        def f(x):
+            return np.asarray(x) @ W[:4]
+        return f
+
+    real = batch_task.explain_rows
+
+    def explain_then_release(model, r, start, job):
+        e = real(model, r, start, job)
+        held["done"] += len(r)
+        return e
+
+    batch_task.explain_rows = explain_then_release
+    try:
+        res = lb.explain_dataset(counting_model, rows(), "exact_shapley", tmp_path / "g", shard_size=shard,
+                                 background=BG[:, :4])
+    finally:
+        batch_task.explain_rows = real
+    assert len(res) == n and held["max"] <= shard  # one shard held at a time, of 30
+    # exact Shapley of a linear model: w * (x - mean background), checked on the last shard
+    xs = np.random.default_rng(5).normal(size=(n, 4))[-shard:]
+    assert np.allclose(res[n - shard:].values, W[:4] * (xs - BG[:, :4].mean(axis=0)), atol=1e-12)
+
+
+def test_tables_from_parquet_and_csv_equal_the_array(tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame(X[:, :4], columns=["a", "b", "c", "d"])
+    frame.to_parquet(tmp_path / "x.parquet")
+    frame.to_csv(tmp_path / "x.csv", index=False)
+    bg = pd.DataFrame(BG[:, :4], columns=frame.columns)
+    got = {}
+    for name in ("x.parquet", "x.csv"):
+        res = lb.explain_dataset(make_model4, tmp_path / name, "exact_shapley", tmp_path / f"o-{name}",
+                                 shard_size=7, background=bg)
+        got[name] = res[:]
+        assert res.feature_names == ["a", "b", "c", "d"] and res.manifest["data"]["kind"] == "table"
+    mem = lb.explain_dataset(make_model4, frame, "exact_shapley", tmp_path / "o-df", shard_size=7,
+                             background=bg)[:]
+    arr = lb.explain_dataset(make_model4, X[:, :4], "exact_shapley", tmp_path / "o-arr", shard_size=7,
+                             background=BG[:, :4])[:]
+    assert np.array_equal(got["x.parquet"].values, mem.values)  # streamed file = the DataFrame in memory
+    assert np.allclose(got["x.csv"].values, mem.values, atol=1e-12)  # CSV text round trip of floats
+    assert np.allclose(mem.values, arr.values, atol=1e-12)
+
+
+def _tiny_cnn():
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+
+
+def test_image_folder_with_weights_by_path_and_mask_share(tmp_path):
+    import lumos
+    import torch
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    torch.save(_tiny_cnn().state_dict(), tmp_path / "w.pt")
+    res = lb.explain_dataset(_tiny_cnn, folder, "gradient_x_input", tmp_path / "o", shard_size=2, target=1,
+                             weights=tmp_path / "w.pt")
+    assert res.shards[0]["file"].endswith(".npz") and res[:].values.shape == (5, 3, 8, 8)
+    from lumos.core.io import load_input
+
+    x = torch.cat([load_input(p) for p in sorted(folder.iterdir())])
+    direct = lumos.explain(_tiny_cnn().eval(), x, "gradient_x_input", target=1)
+    assert np.allclose(res[:].values, direct.values, atol=1e-6)
+    masks = np.zeros((5, 8, 8), dtype=bool)
+    masks[:, :4] = True
+    a = np.abs(direct.values).sum(axis=1)
+    assert np.allclose(res.mask_share(masks), a[:, :4].sum(axis=(1, 2)) / a.sum(axis=(1, 2)), atol=1e-6)
+    assert 0 < res.summary(masks=masks)["mask_share"] < 1
+
+
+def test_text_lines_are_read_lazily(tmp_path):
+    from lumos.batch.sources import as_source
+
+    (tmp_path / "t.txt").write_text("one line\n\nsecond line\nthird\n")
+    src = as_source(tmp_path / "t.txt")
+    assert [r for _, _, r in src.shards(2)] == [["one line", "second line"], ["third"]]
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="engine"):
+        lb.explain_dataset(make_model, X, "kernel_shap", tmp_path / "a", engine="dask", **KS)
+    with pytest.raises(ValueError, match="shard_size"):
+        lb.explain_dataset(make_model, X, "kernel_shap", tmp_path / "a", shard_size=0, **KS)
+    with pytest.raises(ValueError, match="target: give one target"):
+        lb.explain_dataset(make_model, X, "kernel_shap", tmp_path / "a", **{**KS, "target": [0, 1]})
+    with pytest.raises(TypeError, match="n_step"):
+        lb.explain_dataset(make_model, X, "integrated_gradients", tmp_path / "a", n_step=3)
+    with pytest.raises(FileNotFoundError, match="data"):
+        lb.explain_dataset(make_model, tmp_path / "missing.npy", "kernel_shap", tmp_path / "a", **KS)
+    with pytest.raises(FileNotFoundError, match="manifest"):
+        lb.open(tmp_path)
+
+
+def test_lumos_imports_without_ray_and_names_the_extra(tmp_path):
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["ray"] = None  # as if Ray were not installed
+        import numpy as np
+        import lumos, lumos.batch as lb
+        try:
+            lb.explain_dataset(lambda: (lambda x: x.sum(1)), np.zeros((2, 2)), "exact_shapley", sys.argv[1],
+                               engine="ray", background=np.zeros((1, 2)))
+        except ImportError as err:
+            print("ERR", err)
+    """)
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "o")], capture_output=True, text=True,
+                         timeout=60)
+    assert "ERR engine='ray' needs Ray: pip install 'lumos[batch]'" in out.stdout, out.stderr[-2000:]
+
+
+def test_cli_explain_dataset(tmp_path, monkeypatch, capsys):
+    from lumos.cli import main
+
+    np.save(tmp_path / "x.npy", X[:, :4].astype(np.float32))
+    mod = tmp_path / "mymodels.py"
+    mod.write_text("import torch\n\ndef net():\n    torch.manual_seed(0)\n"
+                   "    return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))\n")
+    monkeypatch.chdir(tmp_path)
+    rc = main(["explain-dataset", "--model", "mymodels:net", "--data", "x.npy", "--method", "saliency",
+               "--target", "1", "--out", "o", "--shard-size", "10"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert '"rows": 23' in printed and "wrote 3 shards" in printed
+    assert lb.open(tmp_path / "o")[:].values.shape == (23, 4)
+    assert main(["explain-dataset", "--model", "mymodels", "--data", "x.npy"]) == 2
+    assert main(["explain-dataset", "--model", "mymodels:net", "--data", "nope.npy"]) == 2
+    assert "nope.npy" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- Ray
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    # the test module is not importable by Ray's workers: ship its functions by value
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_equals_local_with_one_and_two_workers(reference, ray_session, tmp_path):
+    ref_out, res = reference
+    one = lb.explain_dataset(make_model, X, "kernel_shap", tmp_path / "r1", engine="ray", workers=1,
+                             shard_size=5, **KS)
+    assert files_of(tmp_path / "r1") == files_of(ref_out)  # same shards, same bytes as in-process
+    two = lb.explain_dataset(make_model, X, "kernel_shap", tmp_path / "r2", engine="ray", workers=2,
+                             shard_size=8, **KS)
+    assert np.array_equal(two[:].values, res[:].values) and np.array_equal(one[:].values, res[:].values)
+
+
+def test_ray_worker_killed_mid_task_is_retried(reference, ray_session, tmp_path):
+    ref_out, _ = reference
+    marker = tmp_path / "killed-once"
+
+    def dying_model():
+        def f(x):
+            if np.any(np.all(np.asarray(x) == X[12], axis=1)) and not marker.exists():
+                marker.write_text(str(os.getpid()))
+                os._exit(1)  # the worker process dies, as a killed one would
+            return linear_logistic(x)
+        return f
+
+    out = tmp_path / "r"
+    lb.explain_dataset(_renamed(dying_model, make_model), X, "kernel_shap", out, engine="ray", workers=2,
+                       shard_size=5, max_retries=2, **KS)
+    assert marker.exists()  # a worker really died
+    assert files_of(out) == files_of(ref_out)
