@@ -308,12 +308,13 @@ class PhaseDiagram(ShortRepr):
         ax.set_yscale("log")
         ax.set_xlabel("feature density 1 − S (both features)")
         ax.set_ylabel("relative importance of feature 1 (feature 0: 1)")
-        ax.set_title("Toy model n = 2 features, m = 1 dimension: the fate of feature 1", fontsize=10)
+        ax.set_title("n = 2 features in m = 1 dimension: the fate of feature 1", fontsize=10)
         handles = [Patch(color=c, label=lab) for c, lab in zip(colours, (
             "ignored (‖W₁‖ ≤ 0.5)", "dedicated (‖W₁‖ > 0.5, ‖W₀‖ ≤ 0.5)", "superposed (both > 0.5)"))]
         if (self.phase < 0).any():
             handles.append(Patch(facecolor="white", edgecolor="0.5", label="neither represented"))
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False,
+                  ncol=2)
         return ax
 
 
