@@ -8,6 +8,11 @@
 * Training (:mod:`~lumos.dictionary.train`): Adam with warm-ups, checkpoints, seeded.
 * Metrics (:mod:`~lumos.dictionary.metrics`): L0, L1, MSE, explained variance about the mean,
   cosine, dead/dense fraction, density histogram, downstream loss recovered by splicing.
+* Views (:mod:`~lumos.dictionary.dashboard`, :mod:`~lumos.dictionary.attribution`): feature
+  dashboards as self-contained HTML; a target reading a feature (any method explains it by the
+  input) and the output explained by the features (gradient x activation, ablation).
+* :mod:`~lumos.dictionary.solu` (Softmax Linear Units) and :mod:`~lumos.dictionary.superposition`
+  (the toy model of superposition and its phase picture).
 
 See ``docs/dictionary.md``.
 """
@@ -17,6 +22,10 @@ from .metrics import (LossRecovered, SAEMetrics, cosine_similarity, dead_fractio
                       loss_recovered, mse, splice)
 from .sae import KINDS, SAE, SAEOutput, geometric_median, resample_dead
 from .train import TrainResult, train_sae
+from .attribution import FeatureTarget, feature_attribution, feature_target
+from .dashboard import FeatureDashboards, feature_dashboards
+from .solu import SoLU, solu
+from .superposition import PhaseDiagram, ToyModel, phase_diagram, train_toy_model
 
 __all__ = [
     "ActivationCache", "CorruptShardError", "cache_activations", "flatten_positions",
@@ -25,4 +34,6 @@ __all__ = [
     "SAEMetrics", "evaluate", "l0", "l1", "mse", "explained_variance", "cosine_similarity",
     "feature_density", "dead_fraction", "dense_fraction", "density_histogram",
     "LossRecovered", "loss_recovered", "splice",
+    "FeatureTarget", "feature_target", "feature_attribution", "FeatureDashboards", "feature_dashboards",
+    "SoLU", "solu", "ToyModel", "train_toy_model", "PhaseDiagram", "phase_diagram",
 ]
