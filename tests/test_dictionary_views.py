@@ -340,3 +340,35 @@ def test_dictionary_demo_quick(tmp_path):
     assert len(pages) == 1 and (tmp_path / "dictionary_superposition.png").exists()
     assert set(files) == {str(pages[0]), str(tmp_path / "dictionary_superposition.png")}
     assert "<script" not in pages[0].read_text(encoding="utf-8").lower()
+
+
+def test_dashboard_renders_in_a_real_browser_with_tokens_as_text(tmp_path):
+    import shutil
+    from html.parser import HTMLParser
+
+    browser = next((shutil.which(n) for n in ("chromium-headless-shell", "chromium", "chromium-browser")
+                    if shutil.which(n)), None)
+    if browser is None:
+        pytest.skip("no headless Chromium installed (apt-get install chromium-headless-shell)")
+    model, sae, ids = _token_setup()
+    f = int(sae.encode(model.mid(model.emb(ids))).detach()[5, 4].argmax())
+    d = feature_dashboards(model, sae, ids, "mid", [f], k=60, tokenizer=_Tok(), unembed=model.out, window=12)
+    page = d.save(tmp_path)[0]
+    cmd = [browser] + ([] if browser.endswith("headless-shell") else ["--headless"]) + [
+        "--no-sandbox", "--disable-gpu", "--dump-dom", page.resolve().as_uri()]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    tags, texts = [], []
+
+    class P(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            tags.append(tag)
+
+        def handle_data(self, data):
+            texts.append(data)
+
+    P(convert_charrefs=True).feed(res.stdout)
+    n_xss = sum(t.count(XSS) for e in d[f].top for t in e.tokens)
+    assert n_xss > 0 and "script" not in tags
+    assert sum(t == XSS for t in texts) >= n_xss  # each shown as the text it is, in its own span
+    assert tags.count("rect") == 30  # the histogram's bars

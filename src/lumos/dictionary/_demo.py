@@ -55,7 +55,7 @@ def _run(out_dir: Path, quick: bool, files: dict) -> list[str]:
 
     lines = []
     at = "features.10"
-    n_images, n_steps = (64, 150) if quick else (512, 1500)
+    n_images, n_steps = (64, 150) if quick else (512, 1000)
     model = load_demo_model()
     data = shapes_dataset(n_images, split="test", seed=0)
     t0 = time.perf_counter()
@@ -95,12 +95,13 @@ def _run(out_dir: Path, quick: bool, files: dict) -> list[str]:
                  f"{top}): {target.name}")
     # superposition: the 5-feature toy model, dense vs sparse, and the n=2, m=1 phase picture
     t0 = time.perf_counter()
-    toy = train_toy_model(5, 2, [0.0, 0.9], 0.9, n_steps=800 if quick else 3000, seed=0)
+    toy = train_toy_model(5, 2, [0.0, 0.9], 0.9, n_steps=500 if quick else 3000, lr=3e-2 if quick else 1e-2,
+                          batch_size=256 if quick else 1024, seed=0)
     reps = toy.n_represented()
     lines.append(f"toy model, 5 features in 2 dimensions (I_i = 0.9^i): {reps[0]} represented at density 1, "
                  f"{reps[1]} at density 0.1 (‖W_i‖ > 0.5; more than 2 = superposition)")
     grid = dict(density=np.logspace(-2, 0, 5), relative_importance=np.logspace(-1, 1, 5), n_steps=500) if quick \
-        else dict(n_steps=2000)
+        else dict(n_steps=1200)
     pd = phase_diagram(seed=0, **grid)
     counts = pd.counts()
     lines.append(f"phase picture n=2, m=1 ({pd.phase.size} cells, {time.perf_counter() - t0:.1f} s with the toy "

@@ -377,7 +377,7 @@ def feature_dashboards(model: nn.Module, sae: nn.Module, data: Any, at: str,
         smax_lo, smax_hi = np.full(F, np.inf), np.zeros(F)
         top_v = np.full((F, 0), -np.inf)
         top_s = np.zeros((F, 0), np.int64)
-        top_ex: dict = {}
+        top_ex: list = [{} for _ in range(F)]  # per feature: sample -> Example of the current top-k
         n_samples = n_rows = 0
         for b, act, codes, idx in stream("dashboards (1/2)"):
             nb = b.n
@@ -396,13 +396,17 @@ def feature_dashboards(model: nn.Module, sae: nn.Module, data: Any, at: str,
             order = np.lexsort((cand_s, -cand_v), axis=1)[:, :k]
             top_v, top_s = np.take_along_axis(cand_v, order, 1), np.take_along_axis(cand_s, order, 1)
             for j in range(F):
+                kept = {}
                 for v, s in zip(top_v[j], top_s[j]):
-                    if np.isfinite(v) and s >= n_samples and (j, int(s)) not in top_ex:
-                        i = int(s - n_samples)
-                        top_ex[(j, int(s))] = make_example(b, act, codes, idx, i, j, int(spos[i, j]), v, int(s))
-                keep = {int(s) for s in top_s[j]}
-                for key in [key for key in top_ex if key[0] == j and key[1] not in keep]:
-                    del top_ex[key]
+                    if not np.isfinite(v):
+                        continue
+                    s = int(s)
+                    if s in top_ex[j]:
+                        kept[s] = top_ex[j][s]
+                    else:
+                        i = s - n_samples
+                        kept[s] = make_example(b, act, codes, idx, i, j, int(spos[i, j]), v, s)
+                top_ex[j] = kept
             n_samples += nb
             n_rows += len(codes)
         # ---- band edges (quantiles of the per-sample maxima among firing samples)
@@ -476,7 +480,7 @@ def feature_dashboards(model: nn.Module, sae: nn.Module, data: Any, at: str,
 
     out = {}
     for j, f in enumerate(feats):
-        top = [top_ex[(j, int(s))] for v, s in zip(top_v[j], top_s[j]) if np.isfinite(v) and (j, int(s)) in top_ex]
+        top = [top_ex[j][int(s)] for v, s in zip(top_v[j], top_s[j]) if np.isfinite(v)]
         band_list = []
         if edges[j] is not None:
             for t in range(len(edges[j]) - 1):
