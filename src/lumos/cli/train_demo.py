@@ -1,4 +1,4 @@
-"""``lumos train-demo``: reproduce the shipped demo model's weights (``--text``: the text models')."""
+"""``lumos train-demo``: reproduce the shipped demo model's weights (``--text``: the text models'; ``--image-text``: the image–text dual encoder's)."""
 from __future__ import annotations
 
 import json
@@ -18,11 +18,23 @@ def add_parser(sub) -> None:
     p.add_argument("--text", action="store_true",
                    help="retrain the text models instead: the text-world classifier, the tiny LM and the "
                         "MiniLM head (--epochs: the classifier's)")
+    p.add_argument("--image-text", action="store_true",
+                   help="retrain the image–text dual encoder instead (--epochs: its epochs)")
     p.add_argument("--lm-steps", type=positive_int, default=None, help="with --text: the tiny LM's steps")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.text and args.image_text:
+        raise ValueError("--text and --image-text train different models; give one of them")
+    if args.image_text:
+        from ..data.image_text import train_image_text_model
+
+        kwargs = {"epochs": args.epochs} if args.epochs is not None else {}
+        _, report = train_image_text_model(out=args.out, seed=args.seed, progress=True, threads=args.threads,
+                                           **kwargs)
+        print(json.dumps(report, indent=2, default=str))
+        return 0
     if args.text:
         from ..data.text_train import train_text_models
 

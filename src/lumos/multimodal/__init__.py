@@ -10,9 +10,12 @@
   coverage, signed relative to the whole image.
 
 The image–text demo world (captions of the shapes world and a small dual encoder trained
-contrastively) is :mod:`lumos.data.image_text`.
+contrastively) is :mod:`lumos.data.image_text`; :func:`localisation_table` scores the maps of
+several methods there against the named object's mask.
 """
 from .crop_similarity import crop_boxes, crop_similarity
+from .localisation import localisation_table, query_phrases, similarity_maps
 from .targets import similarity_target
 
-__all__ = ["similarity_target", "crop_similarity", "crop_boxes"]
+__all__ = ["similarity_target", "crop_similarity", "crop_boxes", "localisation_table", "query_phrases",
+           "similarity_maps"]
