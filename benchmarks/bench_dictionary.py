@@ -5,7 +5,8 @@ Same data (the demo CNN's last block, ``features.10``: 64 channels at 8x8 positi
 optimiser settings (Adam, lr, batch size, steps). Each library keeps its own TopK details: SAELens
 rescales codes by the decoder norm, starts decoder rows at norm 0.1 and weighs its aux-k loss 1.0;
 lumos keeps unit-norm decoder rows, starts ``b_dec`` at the geometric median and weighs aux-k 1/32
-(Gao et al. 2024). The metrics of both trained SAEs are computed by the same lumos functions on
+(Gao et al. 2024). Both count a feature dead after the same window (a quarter of the steps, at most
+100), so both run their aux-k loss. The metrics of both trained SAEs are computed by the same lumos functions on
 held-out rows (explained variance about the mean, MSE, L0, cosine, dead fraction).
 
 Without SAELens (``pip install sae-lens``; it installs on torch 2.13 CPU without pulling another
@@ -85,6 +86,8 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--matched", action="store_true",
+                    help="align the initialisations: SAELens decoder rows at norm 1 (not 0.1), lumos b_dec at 0")
     args = ap.parse_args()
     set_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="lumos-bench-dict-"))
@@ -92,11 +95,16 @@ def main():
     held = torch.as_tensor(activations_held(args))
     x_train = torch.as_tensor(cache.array())
     rows = args.steps * args.batch
+    # one dead-feature window for both (lumos's default; SAELens's default, 1000 steps, would keep
+    # its aux-k loss off for the whole run and make the comparison one of settings)
+    dead_steps = max(1, min(100, args.steps // 4))
     out = {}
 
     def run_lumos():
         sae = SAE(cache.width, args.features, "topk", k=args.k, seed=0)
-        train_sae(sae, cache, n_steps=args.steps, batch_size=args.batch, lr=args.lr, seed=0, progress=False)
+        train_sae(sae, cache, n_steps=args.steps, batch_size=args.batch, lr=args.lr, seed=0, progress=False,
+                  dead_after=dead_steps * args.batch,
+                  init_decoder_bias=None if args.matched else "geometric_median")
         out["lumos"] = sae.eval()
 
     fns = {"lumos": run_lumos}
@@ -109,10 +117,12 @@ def main():
 
         def run_peer():
             torch.manual_seed(0)  # SAELens initialises from the global RNG
-            cfg = TopKTrainingSAEConfig(d_in=cache.width, d_sae=args.features, k=args.k)
+            cfg = TopKTrainingSAEConfig(d_in=cache.width, d_sae=args.features, k=args.k,
+                                        **({"decoder_init_norm": 1.0} if args.matched else {}))
             sae = TopKTrainingSAE(cfg)
             tcfg = SAETrainerConfig(total_training_samples=rows, train_batch_size_samples=args.batch,
-                                    lr=args.lr, lr_end=args.lr, device="cpu", n_checkpoints=0)
+                                    lr=args.lr, lr_end=args.lr, device="cpu", n_checkpoints=0,
+                                    dead_feature_window=dead_steps)
             provider = cache.batches(args.batch, seed=0, epochs=10 ** 6, drop_last=True)
             import contextlib
             import io
