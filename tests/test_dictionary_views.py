@@ -372,3 +372,15 @@ def test_dashboard_renders_in_a_real_browser_with_tokens_as_text(tmp_path):
     assert n_xss > 0 and "script" not in tags
     assert sum(t == XSS for t in texts) >= n_xss  # each shown as the text it is, in its own span
     assert tags.count("rect") == 30  # the histogram's bars
+
+
+def test_feature_attribution_on_token_ids_with_a_callable_target():
+    model, sae, ids = _token_setup()
+    tgt = lambda out: out[:, -1, 5]  # noqa: E731 - the last token's logit of token 5
+    g = feature_attribution(model, ids[:4], sae, "mid", target=tgt)
+    a = feature_attribution(model, ids[:4], sae, "mid", target=tgt, method="ablation", features=[0, 1])
+    assert g.values.shape == (4, 16) and a.values.shape == (4, 2)
+    assert np.abs(g.output - model(ids[:4])[:, -1, 5].detach().numpy()).max() < 1e-6
+    # the codes are summed over the 12 token positions
+    codes = sae.encode(model.mid(model.emb(ids[:4]))).detach()
+    assert np.abs(g.inputs - codes.sum(1).numpy()).max() < 1e-5
