@@ -582,3 +582,15 @@ def test_tiny_language_model_cache_and_splice_with_a_tokenizer_batch(tmp_path):
     assert res.loss_recovered == 1.0 and res.n == int(mask[:, 1:].sum())
     assert res.ce_zero > res.ce_clean
     assert_same_state(model, before)
+
+
+def test_learning_rate_and_l1_warm_ups_are_linear():
+    _, x = sparse_world(n=1024)
+    sae = SAE(32, 48, "relu", l1_coef=0.5)
+    res = train_sae(sae, x, n_steps=8, batch_size=64, lr=0.01, lr_warmup_steps=4, l1_warmup_steps=8,
+                    log_every=1, progress=False)
+    assert res.history["lr"] == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01, 0.01, 0.01])
+    # the logged sparsity term is l1_coef * step/8 * L1 of that batch's codes
+    sae2 = SAE(32, 48, "relu", l1_coef=0.5)
+    _, parts, out = sae2.loss(x[:64], sparsity_scale=0.25)
+    assert parts["sparsity"] == pytest.approx(0.5 * 0.25 * float(out.codes.detach().abs().sum(1).mean()), rel=1e-6)
