@@ -30,6 +30,7 @@ escaped; there is no script and nothing is loaded from the network (images are `
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +163,16 @@ def unembedding(model: nn.Module, d_in: int) -> tuple[torch.Tensor | None, str]:
     return None, "no unembedding found"
 
 
+@functools.lru_cache(maxsize=1)
+def _template():
+    """The page template (compiled once; Jinja2 with autoescaping on)."""
+    from jinja2 import Environment, PackageLoader
+
+    env = Environment(loader=PackageLoader("lumos.dictionary", "templates"), autoescape=True,
+                      keep_trailing_newline=True)
+    return env.get_template("feature_dashboard.html.j2")
+
+
 def _token_ids(batch) -> torch.Tensor | None:
     ids = batch.kwargs.get("input_ids")
     if ids is None and batch.args and isinstance(batch.args[0], torch.Tensor) and not batch.args[0].is_floating_point():
@@ -208,8 +219,6 @@ class FeatureDashboards(ShortRepr):
 
     def to_html(self, feature: int) -> str:
         """One feature's page: self-contained HTML (no script, no network; every text escaped)."""
-        from jinja2 import Environment, PackageLoader
-
         from ..concepts.embeddings import _png_base64
 
         fd = self[feature]
@@ -231,9 +240,7 @@ class FeatureDashboards(ShortRepr):
                  "y": f"{height - height * c / peak:.2f}", "n": int(c),
                  "lo": f"{fd.hist_edges[i]:.3g}", "hi": f"{fd.hist_edges[i + 1]:.3g}"}
                 for i, c in enumerate(counts)]
-        env = Environment(loader=PackageLoader("lumos.dictionary", "templates"), autoescape=True,
-                          keep_trailing_newline=True)
-        return env.get_template("feature_dashboard.html.j2").render(
+        return _template().render(
             title=self.title or f"SAE features at {self.layer}", layer=self.layer, f=fd,
             top=[context(e) for e in fd.top],
             bands=[{"lo": lo, "hi": hi, "qlo": qlo, "qhi": qhi, "examples": [context(e) for e in exs]}
@@ -385,11 +392,10 @@ def feature_dashboards(model: nn.Module, sae: nn.Module, data: Any, at: str,
             fmax = np.maximum(fmax, codes.amax(0).clamp_min(0).numpy())
             smax, spos = per_sample_max(codes, idx, nb)
             pos_ = smax > 0
-            for j in range(F):
-                v = smax[pos_[:, j], j]
-                if v.size:
-                    np.add.at(logc[j], _log_bin(v), 1)
-                    smax_lo[j], smax_hi[j] = min(smax_lo[j], v.min()), max(smax_hi[j], v.max())
+            si, sj = np.nonzero(pos_)
+            np.add.at(logc, (sj, _log_bin(smax[si, sj])), 1)
+            smax_lo = np.minimum(smax_lo, np.where(pos_, smax, np.inf).min(0))
+            smax_hi = np.maximum(smax_hi, np.where(pos_, smax, 0.0).max(0))
             samples = n_samples + np.arange(nb)
             cand_v = np.concatenate([top_v, np.where(pos_, smax, -np.inf).T], 1)
             cand_s = np.concatenate([top_s, np.tile(samples, (F, 1))], 1)
@@ -413,37 +419,42 @@ def feature_dashboards(model: nn.Module, sae: nn.Module, data: Any, at: str,
         edges = [(_log_quantiles(logc[j], qs, smax_lo[j], smax_hi[j]) if qs.size and fired[j] else None)
                  for j in range(F)]
         hist = np.zeros((F, n_bins), np.int64)
-        band_keys = {}  # (j, band) -> list of (key, sample, example)
+        band_keys = {}  # (j, band) -> list of (key, sample, example), smallest keys first
+        thr = np.full((F, max(len(qs) - 1, 1)), np.iinfo(np.uint64).max, np.uint64)  # key to beat when full
         if True:  # ---- pass 2: exact histogram on (0, max], band samples
             seen = 0
             for b, act, codes, idx in stream("dashboards (2/2)"):
                 nb = b.n
                 c = codes.numpy()
-                for j in range(F):
+                for j in np.flatnonzero(fmax > 0):
                     v = c[:, j][c[:, j] > 0]
-                    if v.size and fmax[j] > 0:
-                        hb = np.minimum((v / fmax[j] * n_bins).astype(np.int64), n_bins - 1)
-                        hist[j] += np.bincount(hb, minlength=n_bins)
+                    if v.size:
+                        hist[j] += np.histogram(v, bins=np.linspace(0.0, fmax[j], n_bins + 1))[0]
                 if qs.size:
                     smax, spos = per_sample_max(codes, idx, nb)
                     samples = seen + np.arange(nb)
+                    keys = _hash_keys(seed, samples[:, None], feats[None, :])  # (nb, F)
                     for j in range(F):
                         if edges[j] is None:
                             continue
                         e = edges[j]
-                        keys = _hash_keys(seed, samples, np.full(nb, feats[j]))
-                        for t in range(len(e) - 1):
-                            last = t == len(e) - 2
-                            inb = (smax[:, j] > 0) & (smax[:, j] >= e[t]) & ((smax[:, j] <= e[t + 1]) if last
-                                                                             else (smax[:, j] < e[t + 1]))
+                        # band t holds [e[t], e[t+1]); the last band also its upper edge
+                        t_of = np.searchsorted(e, smax[:, j], side="right") - 1
+                        t_of[smax[:, j] == e[-1]] = len(e) - 2
+                        ok = (smax[:, j] > 0) & (t_of >= 0) & (t_of < len(e) - 1)
+                        ok[ok] &= keys[ok, j] < thr[j, t_of[ok]]
+                        for i in np.flatnonzero(ok):
+                            t = int(t_of[i])
                             cur = band_keys.setdefault((j, t), [])
-                            for i in np.flatnonzero(inb):
-                                if len(cur) < k_band or keys[i] < cur[-1][0]:
-                                    ex = make_example(b, act, codes, idx, int(i), j, int(spos[i, j]),
-                                                      smax[i, j], int(samples[i]))
-                                    cur.append((int(keys[i]), int(samples[i]), ex))
-                                    cur.sort(key=lambda z: z[0])
-                                    del cur[k_band:]
+                            if len(cur) == k_band and keys[i, j] >= cur[-1][0]:
+                                continue
+                            ex = make_example(b, act, codes, idx, int(i), j, int(spos[i, j]), smax[i, j],
+                                              int(samples[i]))
+                            cur.append((int(keys[i, j]), int(samples[i]), ex))
+                            cur.sort(key=lambda z: z[0])
+                            del cur[k_band:]
+                            if len(cur) == k_band:
+                                thr[j, t] = cur[-1][0]
                 seen += nb
     # ---- decoder geometry: nearest features and output effects
     with torch.no_grad():
