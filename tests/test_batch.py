@@ -430,3 +430,20 @@ def test_ray_worker_killed_mid_task_is_retried(reference, ray_session, tmp_path)
                        shard_size=5, max_retries=2, **KS)
     assert marker.exists()  # a worker really died
     assert files_of(out) == files_of(ref_out)
+
+
+def _mlp():
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+
+
+def test_unseeded_torch_method_across_shard_sizes(tmp_path):
+    """Per shard: equal up to float rounding (one row may take another matmul kernel); per row: bit for bit."""
+    x = X.astype(np.float32)
+    got = {(s, p): lb.explain_dataset(_mlp, x, "gradient_x_input", tmp_path / f"{s}-{p}", shard_size=s,
+                                      per_row=p, target=2)[:].values for s in (1, 7) for p in (False, True)}
+    assert np.array_equal(got[1, True], got[7, True]) and np.array_equal(got[1, True], got[1, False])
+    assert np.allclose(got[7, False], got[1, False], rtol=0, atol=1e-6)
+    assert lb.open(tmp_path / "7-False").manifest["per_row"] is False

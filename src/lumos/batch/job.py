@@ -113,9 +113,13 @@ def explain_dataset(model_factory: Any, data: Any, method: str = "integrated_gra
         Shards handed out at once (default: ``workers``): the driver holds at most this many
         shards' rows, plus the one being read.
     per_row : bool, optional
-        Run a seeded method one row per call with the row's own seed (default for methods that
-        take a ``seed``): a row's result then depends on the row, its index and ``seed`` only,
-        whatever ``shard_size``. ``False``: one call per shard seeded by its first row.
+        One call per row, a seeded method with the row's own seed (default for methods that take
+        a ``seed``): a row's result then depends on the row, its index and ``seed`` only, whatever
+        ``shard_size``, bit for bit. ``False``: one call per shard, a seeded method seeded by the
+        shard's first row (faster; the values then depend on ``shard_size``). Methods without a
+        seed run per shard by default; their rows are the same for any shard size up to float
+        rounding (a matrix product of one row can take another kernel than one of many), and bit
+        for bit with ``per_row=True``.
     threads : int or None, default 1
         torch intra-op threads per task (the same on every engine, so the arithmetic is the same);
         ``None`` leaves torch's setting.
@@ -157,9 +161,7 @@ def explain_dataset(model_factory: Any, data: Any, method: str = "integrated_gra
     check_kwargs(info.func, {k: v for k, v in params.items() if k not in ("target", "feature_names")},
                  f"{info.name}", skip=("model", "inputs", "target"))
     seeded = "seed" in sig
-    if per_row is None:
-        per_row = seeded
-    per_row = bool(per_row) and seeded
+    per_row = seeded if per_row is None else bool(per_row)
     factory_name = _factory_name(model_factory)
     weights_sha = None
     if weights is not None:

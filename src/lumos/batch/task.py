@@ -12,7 +12,9 @@ a row's result a function of the row, its index in the data set and ``seed`` alo
 takes a ``seed`` is run one row per call by default (``per_row=True``) with the row's own seed
 :func:`row_seed` ``(seed, i)``. With ``per_row=False`` a whole shard is one call seeded with
 ``row_seed(seed, start)`` (the shard's first row): faster, the same for any engine and worker
-count, but dependent on ``shard_size``.
+count, but dependent on ``shard_size``. Methods without a seed run one call per shard by
+default: their rows are then the same for any shard size up to float rounding (a matrix product
+of one row may take another kernel than one of many rows), and bit for bit with ``per_row=True``.
 """
 from __future__ import annotations
 
@@ -72,17 +74,24 @@ def _cached_model(job: dict):
 
 @contextlib.contextmanager
 def _threads(n: int | None):
-    """torch's intra-op threads fixed to ``n`` for the task (the same arithmetic on every engine)."""
-    torch = sys.modules.get("torch")
-    if not n or torch is None:
+    """torch's intra-op threads and the OpenMP/BLAS pools (threadpoolctl, scikit-learn's own
+    dependency) fixed to ``n`` for the task: the same arithmetic and the same share of the
+    machine on every engine (Ray starts its workers with one thread each)."""
+    if not n:
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(n))
+    from threadpoolctl import threadpool_limits
+
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(int(n))
     try:
-        yield
+        with threadpool_limits(limits=int(n)):
+            yield
     finally:
-        torch.set_num_threads(before)
+        if torch is not None:
+            torch.set_num_threads(before)
 
 
 def _take(rows: Any, i: int) -> Any:
@@ -100,13 +109,14 @@ def explain_rows(model: Any, rows: Any, start: int, job: dict):
     if isinstance(model, tuple):  # (model, tokenizer)
         model, params["tokenizer"] = model
     method, seed = job["method"], job["seed"]
-    if not job["seeded"]:
-        return explain(model, rows, method, **params)
+
+    def seeded(first: int) -> dict:
+        return {"seed": row_seed(seed, first)} if job["seeded"] else {}
+
     if not job["per_row"]:
-        return explain(model, rows, method, seed=row_seed(seed, start), **params)
-    parts = [explain(model, _take(rows, i), method, seed=row_seed(seed, start + i), **params)
-             for i in range(len(rows))]
-    return concatenate(parts)
+        return explain(model, rows, method, **seeded(start), **params)
+    return concatenate([explain(model, _take(rows, i), method, **seeded(start + i), **params)
+                        for i in range(len(rows))])
 
 
 def run_task(job: dict, index: int, start: int, rows: Any, model: Any = None) -> dict:

@@ -1,0 +1,111 @@
+"""Whole data sets (lumos.batch): throughput of the in-process engine and of Ray with 1 and 2 workers.
+
+Three jobs, each timed with ``_timing.compare`` (interleaved, order rotated, one warm-up round,
+minimum over the rounds; machine load printed):
+
+* kernel SHAP, credit world: the OneHotEncoder + HistGradientBoosting pipeline of the agnostic
+  demo, background 25 rows, explained through its decision function (rows/s);
+* tree SHAP, credit world: a 100-tree scikit-learn gradient boosting on the six numeric columns
+  (rows/s);
+* integrated gradients, the shipped demo CNN on 64x64 shapes-world test images (images/s).
+
+Each round writes into a fresh folder (a repeated folder would resume and compute nothing). Ray is
+started once (``ray.init(num_cpus=2)``, its start-up printed apart); ``workers=1`` and
+``workers=2`` then bound the tasks run at once. The speed-up is t(1 worker) / t(2 workers); Ray's
+overhead is t(Ray, 1 worker) / t(in-process) - 1. Both need an otherwise idle machine to mean
+anything: on a shared one the second worker competes with everyone else's processes.
+
+    python benchmarks/bench_batch.py            # ~3 minutes on 2 idle cores
+    python benchmarks/bench_batch.py --quick    # fewer rows, one measured round
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from _timing import compare, header, machine_load
+
+
+class Fitted:
+    """A factory returning an already fitted estimator (pickled to the workers with the job)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self):
+        return self.model
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--kernel-rows", type=int, default=48)
+    ap.add_argument("--tree-rows", type=int, default=20000)
+    ap.add_argument("--images", type=int, default=48)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    if args.quick:
+        args.kernel_rows, args.tree_rows, args.images, args.repeats = 8, 4000, 8, 1
+
+    import numpy as np
+    import ray
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    import lumos.batch as lb
+    from lumos.agnostic._demo import _fit_credit_model
+    from lumos.data.credit import credit_dataset
+    from lumos.data.shapes import shapes_dataset
+
+    world = credit_dataset(max(args.tree_rows, args.kernel_rows) + 400, seed=0)
+    X, y = world.X, world.y
+    pipe = _fit_credit_model(X.iloc[:400], y[:400])
+    numeric = X.select_dtypes("number")
+    gbm = GradientBoostingClassifier(n_estimators=100, max_depth=3, random_state=0).fit(numeric.iloc[:400], y[:400])
+    images = np.ascontiguousarray(shapes_dataset(args.images, split="test").images.numpy())
+
+    jobs = {
+        "kernel_shap": dict(factory=Fitted(pipe), data=X.iloc[400:400 + args.kernel_rows].reset_index(drop=True),
+                            params=dict(background=X.iloc[:25], output="decision_function"),
+                            shard=max(1, args.kernel_rows // 8), unit="rows"),
+        "tree_shap": dict(factory=Fitted(gbm), data=numeric.iloc[400:400 + args.tree_rows].reset_index(drop=True),
+                          params={}, shard=max(1, args.tree_rows // 8), unit="rows"),
+        "integrated_gradients": dict(factory="lumos.data.models:load_demo_model", data=images,
+                                     params=dict(target="predicted", n_steps=32), shard=max(1, args.images // 8),
+                                     unit="images"),
+    }
+    root = Path(tempfile.mkdtemp(prefix="bench_batch-"))
+    counter = itertools.count()
+    t0 = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    print(f"ray.init(num_cpus=2): {time.perf_counter() - t0:.1f} s (once per driver, not in the times below)")
+    try:
+        for method, job in jobs.items():
+            n = len(job["data"])
+
+            def run(engine, workers=None, job=job, method=method):
+                out = root / f"run{next(counter)}"
+                lb.explain_dataset(job["factory"], job["data"], method, out, engine=engine, workers=workers,
+                                   shard_size=job["shard"], progress=False, **job["params"])
+                shutil.rmtree(out)
+
+            t = compare({"in-process": lambda: run("local"), "ray, 1 worker": lambda: run("ray", 1),
+                         "ray, 2 workers": lambda: run("ray", 2)}, repeats=args.repeats)
+            print(header(f"{method}: {n} {job['unit']}, shards of {job['shard']}"))
+            for name in t.runs:
+                print(f"{name:<16} best {t.best(name):7.2f} s  median {t.median(name):7.2f} s  "
+                      f"{n / t.best(name):9.1f} {job['unit']}/s  {t.best(name) / n * 1e3:9.2f} ms per {job['unit'][:-1]}")
+            print(f"speed-up 1 -> 2 workers: {t.best('ray, 1 worker') / t.best('ray, 2 workers'):.2f}x;  "
+                  f"Ray overhead at 1 worker: {100 * (t.best('ray, 1 worker') / t.best('in-process') - 1):+.1f}%  "
+                  f"(machine load {t.load_before:.2f} -> {t.load_after:.2f} per core)")
+    finally:
+        ray.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"\nmachine load at the end: {machine_load():.2f} per core")
+
+
+if __name__ == "__main__":
+    main()
