@@ -263,12 +263,14 @@ def bench_faithfulness():
     from lumos.text._demo import _agreement, _explain_all, _measure
     from lumos.text.attention import agreement, attentions
 
-    for name, loader, n, steps in (("text world BERT (2 layers)", load_text_classifier, 64, None),
-                                   ("MiniLM-L6 + the text world head", load_minilm_classifier, 16, 10)):
+    # the world BERT classifies from [CLS]; the MiniLM head reads the mean of all tokens
+    for name, loader, n, steps, query in (
+            ("text world BERT (2 layers)", load_text_classifier, 64, None, "first"),
+            ("MiniLM-L6 + the text world head", load_minilm_classifier, 16, 10, "mean")):
         model, tok = loader()
         data = text_dataset(n, split="test", shortcut="all", seed=2)
         gt = data.token_masks(tok)
-        expls = _explain_all(model, tok, data.texts, data.labels.tolist(), quick=False)
+        expls = _explain_all(model, tok, data.texts, data.labels.tolist(), quick=False, query=query)
         pos = (data.labels == SHORTCUT_CLASS).numpy()
         masks = {"evidence share": (gt["masks"].numpy(), np.ones(n, bool)),
                  "shortcut share": (gt["shortcut_masks"].numpy(), pos)}
@@ -276,14 +278,14 @@ def bench_faithfulness():
         print(header(f"faithfulness on {name}: {n} test reviews with the shortcut, target the true "
                      f"class, {'one token per deletion step' if steps is None else f'{steps} deletion steps'}"))
         print(table)
-        print("\n".join(_agreement(model, expls, 20)))
+        print("\n".join(_agreement(model, expls, 20, query=query)))
         like = expls["integrated_gradients"]
         k = min(n, 16)
         kw = {"input_ids": torch.as_tensor(like.inputs[:k]),
               "attention_mask": torch.as_tensor(like.meta["attention_mask"][:k].astype(np.int64))}
         attrs = {m: e[:k] for m, e in expls.items() if not m.startswith("attention")}
         print(f"attention flow on the first {k} reviews (Kendall tau, mean ± sd):")
-        print(agreement(attentions(model, kw), attrs, kinds=("flow",)).table())
+        print(agreement(attentions(model, kw), attrs, kinds=("flow",), query=query).table())
 
 
 if __name__ == "__main__":

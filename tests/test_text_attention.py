@@ -297,3 +297,24 @@ def test_attentions_of_causal_lms_do_not_depend_on_the_padding_side(kind, side):
         np.testing.assert_allclose(A.example(b)[0], alone[b], atol=1e-6)
     assert np.all(A.values[:, 0][..., 0 if side == "left" else 6, :] == 0)  # padded query row
     np.testing.assert_allclose(A.values.sum(-1)[:, 0][..., cols], 1.0, atol=1e-6)
+
+
+def test_query_mean_averages_the_real_query_rows_only():
+    """``query="mean"`` (mean-pooling models): each key's weight averaged over the real query
+    rows; padded query rows do not count, and agreement uses the same scores."""
+    from lumos.text.attention import agreement, query_scores
+
+    rng = np.random.default_rng(0)
+    a = rng.random((1, 2, 1, 4, 4))  # (layers, batch, heads, T, T)
+    a /= a.sum(-1, keepdims=True)
+    mask = np.array([[1, 1, 1, 1], [1, 1, 1, 0]], bool)
+    a[:, 1, :, :, 3] = 0.0
+    a[:, 1, :, 3, :] = 0.0
+    got = query_scores(a[0, :, 0], "mean", mask)
+    np.testing.assert_allclose(got[0], a[0, 0, 0].mean(0), atol=1e-15)
+    np.testing.assert_allclose(got[1], a[0, 1, 0, :3].mean(0), atol=1e-15)
+    np.testing.assert_allclose(query_scores(a[0, :, 0], "first", mask), a[0, :, 0, 0], atol=0)
+    ag = agreement(a, {"same": got}, attention_mask=mask, kinds=("last",), query="mean")
+    np.testing.assert_allclose(ag.tau[("last", "same")], 1.0)
+    with pytest.raises(ValueError, match="query"):
+        agreement(a, {"same": got}, attention_mask=mask, kinds=("last",), query="middle")

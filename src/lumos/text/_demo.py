@@ -20,9 +20,10 @@ WORLD_METHODS = (
 _PROMPT = "If the file"  # the tiny LM continues it with " object. If the file is not specified"
 
 
-def _explain_all(model: Any, tok: Any, texts: list, target: Any, quick: bool) -> dict:
+def _explain_all(model: Any, tok: Any, texts: list, target: Any, quick: bool, query: Any = "first") -> dict:
     """Every attribution of the table, plus attention (last layer, heads' mean) and rollout read
-    as token attributions of the [CLS] query, on the same token positions."""
+    as token attributions of the ``query`` ("first": the [CLS] row of a classifier reading [CLS];
+    "mean": every token's row, for a model that mean-pools its tokens), on the same positions."""
     from ..core.registry import explain
     from .faithfulness import attention_explanation
 
@@ -30,8 +31,8 @@ def _explain_all(model: Any, tok: Any, texts: list, target: Any, quick: bool) ->
     for name, method, tour, full in WORLD_METHODS:
         out[name] = explain(model, texts, method, tokenizer=tok, target=target, **(tour if quick else full))
     like = out["integrated_gradients"]
-    out = {"attention (last layer)": attention_explanation(model, like, "last"),
-           "attention rollout": attention_explanation(model, like, "rollout"), **out}
+    out = {"attention (last layer)": attention_explanation(model, like, "last", query=query),
+           "attention rollout": attention_explanation(model, like, "rollout", query=query), **out}
     return out
 
 
@@ -48,7 +49,7 @@ def _measure(model: Any, tok: Any, expls: dict, masks: dict, n_steps: int | None
     return faithfulness_table(res, shares), res
 
 
-def _agreement(model: Any, expls: dict, n_samples: int) -> list[str]:
+def _agreement(model: Any, expls: dict, n_samples: int, query: Any = "first") -> list[str]:
     import torch
 
     from .attention import agreement, attentions, permutation_test
@@ -59,8 +60,9 @@ def _agreement(model: Any, expls: dict, n_samples: int) -> list[str]:
     att = attentions(model, kw)
     attrs = {k: e for k, e in expls.items() if not k.startswith("attention")}
     # attention flow (T² max flows per text) is in benchmarks/bench_text.py, not in the demo
-    ag = agreement(att, attrs, kinds=("last", "rollout"), query="first")
-    lines = ["rank agreement (Kendall tau, |attribution|) of the [CLS] token's attention with each "
+    ag = agreement(att, attrs, kinds=("last", "rollout"), query=query)
+    who = "the [CLS] token's attention" if query == "first" else "attention (mean over query tokens)"
+    lines = [f"rank agreement (Kendall tau, |attribution|) of {who} with each "
              "attribution, mean ± sd over texts:"]
     lines += ["  " + ln for ln in ag.table().splitlines()]
     pt = permutation_test(model, kw, layers=-1, n_samples=n_samples, seed=0)
@@ -138,7 +140,8 @@ def _minilm(out_dir: Path, files: dict, lines: list) -> None:
     # benchmarks/bench_text.py measures more reviews
     data = text_dataset(6, split="test", shortcut="all", seed=1)
     gt = data.token_masks(tok)
-    expls = _explain_all(model, tok, data.texts, data.labels.tolist(), quick=True)
+    # the MiniLM head reads the mean of all tokens: attention is read as every token's mean row
+    expls = _explain_all(model, tok, data.texts, data.labels.tolist(), quick=True, query="mean")
     pos = (data.labels == SHORTCUT_CLASS).numpy()
     masks = {"evidence share": (gt["masks"].numpy(), np.ones(len(data), bool)),
              "shortcut share": (gt["shortcut_masks"].numpy(), pos)}
@@ -146,7 +149,7 @@ def _minilm(out_dir: Path, files: dict, lines: list) -> None:
     lines.append(f"faithfulness on MiniLM-L6 with the text world's classifier head ({len(data)} "
                  "reviews, WordPiece tokens, 5 deletion steps):")
     lines += ["  " + ln for ln in table.splitlines()]
-    lines += _agreement(model, expls, 5)
+    lines += _agreement(model, expls, 5, query="mean")
 
 
 def _generation(out_dir: Path, quick: bool, files: dict, lines: list) -> None:

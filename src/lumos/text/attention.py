@@ -513,9 +513,25 @@ class Agreement:
         return "Agreement (Kendall tau, mean±sd over examples)\n" + self.table()
 
 
+def query_scores(m: np.ndarray, query: Any, mask: np.ndarray) -> np.ndarray:
+    """Each key token's weight seen from the ``query``: ``m`` (batch, T, T) maps -> (batch, T).
+
+    ``query`` is ``"first"`` (the first real token: ``[CLS]``), ``"last"`` (the last real token: a
+    causal LM's predicting position), ``"mean"`` (the mean over every real query row: models that
+    pool the mean of all tokens, such as sentence-embedding models) or a position.
+    """
+    mask = np.asarray(mask, bool)
+    if isinstance(query, str) and query == "mean":
+        w = mask.astype(np.float64)
+        return np.einsum("bi,bij->bj", w, m) / w.sum(1, keepdims=True)
+    return m[np.arange(len(m)), _query_rows(query, mask)]
+
+
 def _query_rows(query: Any, mask: np.ndarray) -> np.ndarray:
     if isinstance(query, str):
-        check_choice(query, "query", ("first", "last"))
+        check_choice(query, "query", ("first", "last", "mean"))
+        if query == "mean":
+            raise ValueError("query='mean' averages rows; use query_scores()")
         idx = [np.flatnonzero(m) for m in mask]
         return np.array([k[0] if query == "first" else k[-1] for k in idx])
     q = check_number(query, "query", integer=True)
@@ -548,10 +564,11 @@ def agreement(attention: Any, attributions: Mapping[str, Any], *, attention_mask
     attributions : dict of name -> (batch, T) array or Explanation
         Token scores of the same examples and positions as the attention.
     kinds : subset of ("last", "rollout", "flow")
-    query : "first", "last" or int, default "first"
+    query : "first", "last", "mean" or int, default "first"
         The query token whose attention is compared: the first real token (``[CLS]`` of an
-        encoder classifier), the last real token (the predicting position of a causal LM), or a
-        position.
+        encoder classifier), the last real token (the predicting position of a causal LM), the
+        mean over all real query rows (models that mean-pool their tokens, e.g. MiniLM sentence
+        embeddings), or a position.
     head_fusion, residual : as in :func:`rollout` (``residual`` is not used by ``"last"``).
     absolute : bool, default True
 
@@ -564,9 +581,9 @@ def agreement(attention: Any, attributions: Mapping[str, Any], *, attention_mask
     if not isinstance(attributions, Mapping) or not attributions:
         raise TypeError("attributions must be a non-empty dict of name -> (batch, T) token scores")
     kinds = [check_choice(k, "kinds", ATTENTION_KINDS) for k in kinds]
-    q = _query_rows(query, mask)
+    if not (isinstance(query, str) and query == "mean"):
+        _query_rows(query, mask)  # checks the query before any work
     B, T = mask.shape
-    rows = np.arange(B)
     scores = {}
     for k in kinds:
         if k == "last":
@@ -575,7 +592,7 @@ def agreement(attention: Any, attributions: Mapping[str, Any], *, attention_mask
             m = rollout(a, attention_mask=mask, head_fusion=head_fusion, residual=residual)
         else:
             m = flow(a, attention_mask=mask, head_fusion=head_fusion, residual=residual)
-        scores[k] = m[rows, q]
+        scores[k] = query_scores(m, query, mask)
     tau = {}
     for name, attr in attributions.items():
         v = _token_scores(attr, f"attributions[{name!r}]", (B, T))

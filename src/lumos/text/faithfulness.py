@@ -456,19 +456,19 @@ def attention_explanation(model: nn.Module, like: Explanation, kind: str = "last
     has ``like``'s layout (ids, masks, tokens), so it goes through :func:`token_deletion` and
     :func:`lumos.text.attention.agreement` like any token explanation.
     """
-    from .attention import _fuse_heads, _query_rows, attentions, rollout
+    from .attention import _fuse_heads, _query_rows, attentions, query_scores, rollout
 
     check_choice(kind, "kind", ("last", "rollout"))
     ids, mask, _ = _check_token_explanation(like)
+    if not (isinstance(query, str) and query == "mean"):
+        _query_rows(query, mask)  # checks the query before the model runs
     att = attentions(model, {"input_ids": torch.as_tensor(ids),
                              "attention_mask": torch.as_tensor(mask.astype(np.int64))})
-    q = _query_rows(query, mask)
-    rows = np.arange(len(ids))
     if kind == "last":
         m = _fuse_heads(att.values[-1], head_fusion)
     else:
         m = rollout(att, head_fusion=head_fusion, residual=residual)
-    values = np.where(mask, m[rows, q], 0.0)
+    values = np.where(mask, query_scores(m, query, mask), 0.0)
     meta = dict(like.meta)
     meta.pop("embedding_values", None)
     meta.pop("embeddings", None)
