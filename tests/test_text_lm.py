@@ -329,3 +329,19 @@ def test_generation_errors():
         generation_attribution(model, ids, method="integrated_gradients", baselines=99)
     with pytest.raises(TypeError, match="get_input_embeddings"):
         generation_attribution(torch.nn.Linear(2, 2), ids)
+
+
+def test_generation_heatmap_draws_dollar_tokens_as_text():
+    """A token like "$x$" is a label, not a formula (mathtext would draw an italic x)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = generation_attribution(OnePositionLM(), torch.tensor([[3, 7, 1]]), n_tokens=1)
+    g.tokens[0][0] = "$x$"
+    ax = g.plot()
+    labels = ax.get_xticklabels()
+    assert labels[0].get_text() == "$x$"
+    ax.figure.canvas.draw()
+    assert not labels[0]._preprocess_math("$x$")[1]  # drawn as plain text
+    plt.close(ax.figure)

@@ -569,9 +569,11 @@ class GenerationAttribution:
                        interpolation="nearest")
         toks = self.tokens[index]
         ax.set_xticks(range(width))
-        ax.set_xticklabels([repr(t)[1:-1] for t in toks], rotation=60, ha="right", fontsize=8)
+        # tokens as text, never as mathtext: a "$x$" token is drawn as written
+        ax.set_xticklabels([repr(t)[1:-1] for t in toks], rotation=60, ha="right", fontsize=8,
+                           parse_math=False)
         ax.set_yticks(range(k))
-        ax.set_yticklabels([repr(t)[1:-1] for t in toks[width - k:]], fontsize=8)
+        ax.set_yticklabels([repr(t)[1:-1] for t in toks[width - k:]], fontsize=8, parse_math=False)
         ax.axvline(self.prompt_lengths[index] - 0.5, color="black", linewidth=1)
         ax.set_xlabel("prompt and generated tokens")
         ax.set_ylabel("generated token")
