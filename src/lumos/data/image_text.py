@@ -324,6 +324,33 @@ def _training_captions(data: ImageTextData, idx: np.ndarray, gen: np.random.Gene
     return out
 
 
+def _crop_views(data: ImageTextData, images: torch.Tensor, idx: np.ndarray, captions: list[str],
+                gen: np.random.Generator, p: float = 0.5) -> tuple[torch.Tensor, list[str]]:
+    """Random resized crops, as CLIP is trained with: with probability ``p`` an image is replaced by
+    a square crop (side 0.4-0.8 of the image) holding one whole object, resized to 64×64, and its
+    caption by the "colour shape" phrases of the objects the crop holds whole (no position or size
+    words: a crop moves and magnifies its objects). An encoder trained so scores crops sensibly,
+    which crop-similarity saliency relies on."""
+    out = images[torch.as_tensor(idx)].clone()
+    caps = list(captions)
+    L = IMAGE_SIZE
+    for r, i in enumerate(idx):
+        if gen.random() >= p:
+            continue
+        k = int(gen.integers(0, 2))
+        rows, cols = np.nonzero(data.masks[i, k].numpy())
+        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        side = max(int(gen.integers(int(0.4 * L), int(0.8 * L) + 1)), r1 - r0, c1 - c0)
+        top = int(gen.integers(max(0, r1 - side), min(r0, L - side) + 1))
+        left = int(gen.integers(max(0, c1 - side), min(c0, L - side) + 1))
+        crop = images[int(i), :, top:top + side, left:left + side][None]
+        out[r] = nn.functional.interpolate(crop, size=(L, L), mode="bilinear", align_corners=False)[0]
+        inside = [j for j in range(2)
+                  if bool(data.masks[i, j, top:top + side, left:left + side].sum() == data.masks[i, j].sum())]
+        caps[r] = " and ".join(phrase(data.shape[i, j], data.colour[i, j]) for j in inside)
+    return out, caps
+
+
 def _contrastive_loss(logits: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP) with soft targets: each row's target spreads over the items its
     caption is true of (the partner and any other image the caption also describes). With unique
@@ -430,8 +457,10 @@ def train_image_text_model(out: str | Path | None = None, seed: int = DEFAULTS["
                 for i in range(0, int(n_train), int(batch_size)):
                     idx = order[i:i + int(batch_size)]
                     caps = _training_captions(data, idx, gen)
+                    views, caps = _crop_views(data, images, idx, caps, gen)
                     match = torch.as_tensor(caption_matches(data[idx], caps), dtype=torch.float32).T  # images × texts
-                    logits = model(images[torch.as_tensor(idx)], model.tokenize(caps))
+                    match.fill_diagonal_(1.0)
+                    logits = model(views.contiguous(memory_format=torch.channels_last), model.tokenize(caps))
                     loss = _contrastive_loss(logits, match)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
