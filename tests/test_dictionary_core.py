@@ -594,3 +594,20 @@ def test_learning_rate_and_l1_warm_ups_are_linear():
     sae2 = SAE(32, 48, "relu", l1_coef=0.5)
     _, parts, out = sae2.loss(x[:64], sparsity_scale=0.25)
     assert parts["sparsity"] == pytest.approx(0.5 * 0.25 * float(out.codes.detach().abs().sum(1).mean()), rel=1e-6)
+
+
+def test_cache_and_loss_recovered_from_a_dataloader_of_pairs(tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = ConvNet().eval()
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(10, 3, 4, 4, generator=g), torch.randint(0, 3, (10,), generator=g)
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    cache = cache_activations(model, loader, "features.3", tmp_path / "dl", shard_samples=4)
+    ref = cache_activations(model, x, "features.3", tmp_path / "ref", batch_size=4)
+    np.testing.assert_array_equal(cache.array(), ref.array())
+    np.testing.assert_array_equal(cache.index([5, 17, 159]), cache.index()[[5, 17, 159]])
+    assert cache.index([159]).tolist() == [[9, 15]]
+    a = loss_recovered(model, identity_sae(8), loader, "features.3")
+    b = loss_recovered(model, identity_sae(8), x, "features.3", labels=y, batch_size=4)
+    assert (a.ce_clean, a.ce_zero, a.n) == (b.ce_clean, b.ce_zero, b.n) and a.loss_recovered == 1.0

@@ -456,14 +456,13 @@ class ActivationCache:
                     raise CorruptShardError(f"{p}: checksum mismatch; the file was changed or damaged. "
                                             "Delete it and its manifest entry, or rebuild with overwrite=True")
 
-    def rows(self, indices: Any) -> np.ndarray:
-        """The rows at global ``indices`` (any order), as an in-memory array ``(len, width)``."""
+    def _gather(self, maps: list[np.ndarray], indices: Any, width: int, dtype) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"indices: rows must be in [0, {len(self)})")
-        maps, off = self._shards(), self.offsets
+        off = self.offsets
         shard = np.searchsorted(off, idx, side="right") - 1
-        out = np.empty((len(idx), self.width), dtype=np.dtype(self.manifest["dtype"]))
+        out = np.empty((len(idx), width), dtype=dtype)
         for k in np.unique(shard):
             sel = shard == k
             local = idx[sel] - off[k]
@@ -471,11 +470,16 @@ class ActivationCache:
             out[np.flatnonzero(sel)[order]] = maps[k][local[order]]
         return out
 
+    def rows(self, indices: Any) -> np.ndarray:
+        """The rows at global ``indices`` (any order), as an in-memory array ``(len, width)``."""
+        return self._gather(self._shards(), indices, self.width, np.dtype(self.manifest["dtype"]))
+
     def index(self, indices: Any = None) -> np.ndarray:
         """``(sample, position)`` of rows ``indices`` (all rows by default), ``(n, 2)`` int64."""
         parts = [np.load(self.path / s["index"], mmap_mode="r") for s in self.manifest["shards"]]
-        allidx = np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
-        return allidx if indices is None else allidx[np.asarray(indices)]
+        if indices is None:
+            return np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
+        return self._gather(parts, indices, 2, np.int64)
 
     def array(self) -> np.ndarray:
         """All rows in memory ``(len, width)`` (for small caches)."""
