@@ -24,13 +24,14 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from .shapes import CLASS_NAMES, IMAGE_SIZE, _backgrounds, render_masks
+from .train import save_weights
 
 __all__ = ["ImageTextData", "image_text_dataset", "ImageTextModel", "BagOfWords", "COLOURS", "POSITIONS",
            "VOCABULARY", "phrase", "caption_matches", "load_image_text_model", "image_text_model_info",
@@ -210,7 +211,8 @@ class BagOfWords(nn.Module):
 
 class ImageTower(nn.Module):
     """conv(3→16, stride 2)-relu, conv(16→32, stride 2)-relu, conv(32→64, stride 2)-relu,
-    conv(64→64)-relu (``features.6``, 8×8: the Grad-CAM layer), 4×4 average pool, linear to ``dim``."""
+    conv(64→64)-relu (its output ``features.7``, 8×8, is the Grad-CAM layer), 4×4 average pool, linear to
+    ``dim``."""
 
     cam_layer = "features.7"
 
@@ -483,14 +485,5 @@ def train_image_text_model(out: str | Path | None = None, seed: int = DEFAULTS["
                   "python": platform.python_version(), "history": history}
     finally:
         torch.set_num_threads(old)
-    if out is not None:
-        if str(out) == "package":
-            w_path, j_path = WEIGHTS_PATH, INFO_PATH
-        else:
-            folder = Path(out)
-            folder.mkdir(parents=True, exist_ok=True)
-            w_path, j_path = folder / WEIGHTS_PATH.name, folder / INFO_PATH.name
-        torch.save({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, w_path)
-        j_path.write_text(json.dumps(report, indent=2) + "\n")
-        report["weights_path"] = str(w_path)
+    save_weights(model, report, out, WEIGHTS_PATH, INFO_PATH)
     return model, report

@@ -190,14 +190,24 @@ def _train(out, seed, epochs, n_train, progress, n_test, batch_size, lr):
         "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
         "history": history,
     }
-    if out is not None:
-        if str(out) == "package":
-            w_path, j_path = WEIGHTS_PATH, INFO_PATH
-        else:
-            folder = Path(out)
-            folder.mkdir(parents=True, exist_ok=True)
-            w_path, j_path = folder / WEIGHTS_PATH.name, folder / INFO_PATH.name
-        torch.save({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, w_path)
-        j_path.write_text(json.dumps(report, indent=2) + "\n")
-        report["weights_path"] = str(w_path)
+    save_weights(model, report, out, WEIGHTS_PATH, INFO_PATH)
     return model, report
+
+
+def save_weights(model: nn.Module, report: dict, out, weights_path: Path, info_path: Path) -> None:
+    """Write a demo model's state dict (contiguous tensors) and its training ``report`` (JSON).
+
+    ``out``: ``None`` writes nothing; ``"package"`` writes ``weights_path``/``info_path`` (the
+    shipped files); a folder gets files of the same names. Adds ``report["weights_path"]``.
+    """
+    if out is None:
+        return
+    if str(out) == "package":
+        w_path, j_path = weights_path, info_path
+    else:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        w_path, j_path = folder / weights_path.name, folder / info_path.name
+    torch.save({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, w_path)
+    j_path.write_text(json.dumps(report, indent=2) + "\n")
+    report["weights_path"] = str(w_path)

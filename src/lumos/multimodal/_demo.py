@@ -34,7 +34,6 @@ def image_text_demo(out_dir: Path, quick: bool = False, files: dict | None = Non
     matplotlib.use("Agg")  # the demo only writes files
     import matplotlib.pyplot as plt
     import numpy as np
-    import torch
 
     from ..core.explanation import Explanation
     from ..data.image_text import image_text_model_info, image_text_dataset, load_image_text_model
