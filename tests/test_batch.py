@@ -405,12 +405,21 @@ def ray_session():
 
 def test_ray_equals_local_with_one_and_two_workers(reference, ray_session, tmp_path):
     ref_out, res = reference
+    builds = tmp_path / "builds"
+    builds.mkdir()
+
+    def logged_model():  # records which process built a model
+        (builds / f"{os.getpid()}-{time.monotonic_ns()}").touch()
+        return linear_logistic
+
     one = lb.explain_dataset(make_model, X, "kernel_shap", tmp_path / "r1", engine="ray", workers=1,
                              shard_size=5, **KS)
     assert files_of(tmp_path / "r1") == files_of(ref_out)  # same shards, same bytes as in-process
-    two = lb.explain_dataset(make_model, X, "kernel_shap", tmp_path / "r2", engine="ray", workers=2,
-                             shard_size=8, **KS)
+    two = lb.explain_dataset(_renamed(logged_model, make_model), X, "kernel_shap", tmp_path / "r2", engine="ray",
+                             workers=2, shard_size=8, **KS)
     assert np.array_equal(two[:].values, res[:].values) and np.array_equal(one[:].values, res[:].values)
+    pids = [p.name.split("-")[0] for p in builds.iterdir()]
+    assert len(pids) == len(set(pids)) <= 2  # the model built once per worker process, for 3 shards
 
 
 def test_ray_worker_killed_mid_task_is_retried(reference, ray_session, tmp_path):
@@ -447,3 +456,33 @@ def test_unseeded_torch_method_across_shard_sizes(tmp_path):
     assert np.array_equal(got[1, True], got[7, True]) and np.array_equal(got[1, True], got[1, False])
     assert np.allclose(got[7, False], got[1, False], rtol=0, atol=1e-6)
     assert lb.open(tmp_path / "7-False").manifest["per_row"] is False
+
+
+def test_dataloader_batches_are_recut_into_shards(tmp_path):
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(torch.from_numpy(X), torch.zeros(len(X))), batch_size=4)
+    via_loader = lb.explain_dataset(make_model, loader, "kernel_shap", tmp_path / "dl", shard_size=5, **KS)
+    assert via_loader.manifest["data"]["kind"] == "iterable" and len(via_loader.shards) == 5
+    ref = lb.explain_dataset(make_model, X, "kernel_shap", tmp_path / "arr", shard_size=5, **KS)
+    assert same_output(tmp_path / "dl", tmp_path / "arr")
+
+
+def test_text_file_with_the_shipped_text_classifier_gives_token_shards(tmp_path):
+    pytest.importorskip("transformers")
+    import lumos
+    from lumos.data.text_models import load_text_classifier
+
+    lines = ["the plot was dull", "a warm and clever film", "cheers"]
+    (tmp_path / "t.txt").write_text("\n".join(lines) + "\n")
+    res = lb.explain_dataset("lumos.data.text_models:load_text_classifier", tmp_path / "t.txt", "saliency",
+                             tmp_path / "o", shard_size=2, target=1)
+    assert res.shards[0]["file"].endswith(".parquet") and len(res) == 3
+    model, tok = load_text_classifier()
+    direct = lumos.explain(model, lines, "saliency", target=1, tokenizer=tok)
+    for i in range(3):
+        n = int(direct.meta["attention_mask"][i].sum())
+        got = res[i]
+        assert list(got.meta["tokens"][0]) == [str(t) for t in direct.meta["tokens"][i][:n]]
+        assert np.allclose(got.values[0, :n], direct.values[i, :n], atol=1e-6)

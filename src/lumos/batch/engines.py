@@ -73,7 +73,8 @@ class RayEngine:
         self.started = False
         if not ray.is_initialized():
             if address:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+                # joining a cluster: its resources and dashboard are the cluster's own settings
+                ray.init(address=address, log_to_driver=False)
             else:
                 ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
                          log_to_driver=False)

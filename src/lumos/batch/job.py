@@ -229,7 +229,7 @@ def explain_dataset(model_factory: Any, data: Any, method: str = "integrated_gra
                 continue
             yield index, start, rows
 
-    bar = progress_bar(n_shards or 0, desc=f"{info.name} shards", progress=progress, unit="shard")
+    bar = progress_bar(n_shards, desc=f"{info.name} shards", progress=progress, unit="shard")
     bar.update(len(done))
     try:
         for entry in runner.run(todo()):
