@@ -97,7 +97,8 @@ def main():
             print(header(f"{method}: {n} {job['unit']}, shards of {job['shard']}"))
             for name in t.runs:
                 print(f"{name:<16} best {t.best(name):7.2f} s  median {t.median(name):7.2f} s  "
-                      f"{n / t.best(name):9.1f} {job['unit']}/s  {t.best(name) / n * 1e3:9.2f} ms per {job['unit'][:-1]}")
+                      f"{n / t.best(name):9.1f} {job['unit']}/s  "
+                      f"{t.best(name) / n * 1e3:9.2f} ms per {job['unit'][:-1]}")
             print(f"speed-up 1 -> 2 workers: {t.best('ray, 1 worker') / t.best('ray, 2 workers'):.2f}x;  "
                   f"Ray overhead at 1 worker: {100 * (t.best('ray, 1 worker') / t.best('in-process') - 1):+.1f}%  "
                   f"(machine load {t.load_before:.2f} -> {t.load_after:.2f} per core)")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .sources import as_source, rows_digest
-from .store import FORMAT, BatchFileError, read_manifest, sha256_file, write_manifest
+from .store import FORMAT, BatchFileError, read_manifest, sha256_file, write_manifest  # noqa: F401
 
 __all__ = ["explain_dataset", "settings_differ"]
 
@@ -202,8 +202,8 @@ def explain_dataset(model_factory: Any, data: Any, method: str = "integrated_gra
         write_manifest(out, manifest)
 
     # workers cache the model per job (a later call with a mended factory of the same name rebuilds it)
-    job = {"factory": model_factory, "weights": weights, "model_key": f"{model_key}-{uuid.uuid4().hex}", "method": info.name,
-           "params": params, "seed": seed, "per_row": per_row, "seeded": seeded, "threads": threads,
+    job = {"factory": model_factory, "weights": weights, "model_key": f"{model_key}-{uuid.uuid4().hex}",
+           "method": info.name, "params": params, "seed": seed, "per_row": per_row, "seeded": seeded, "threads": threads,
            "out": str(out.resolve()), "storage": manifest.get("storage")}
     if engine == "local":
         runner = LocalEngine(job, max_retries=max_retries)

@@ -219,7 +219,8 @@ class BatchResults:
 
     def summary(self, masks: Any = None) -> dict:
         """Statistics computed shard by shard: rows, mean |attribution| per feature, mean output,
-        and with ``masks`` the mean share of attribution inside the masks."""
+        and with ``masks`` the mean share of attribution inside the masks (``mask_share``) and the
+        fraction of images with more than half of it inside (``images_mostly_inside``)."""
         out: dict[str, Any] = {"method": self.method, "rows": len(self), "shards": len(self.shards)}
         names = self.feature_names
         try:
@@ -233,4 +234,6 @@ class BatchResults:
         if masks is not None:
             share = self.mask_share(masks)
             out["mask_share"] = float(np.nanmean(share))
+            # the share of images whose attribution sits mostly on the region
+            out["images_mostly_inside"] = float(np.mean(share > 0.5))
         return out
