@@ -389,6 +389,17 @@ def test_cli_explain_dataset(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert '"rows": 23' in printed and "wrote 3 shards" in printed
     assert lb.open(tmp_path / "o")[:].values.shape == (23, 4)
+    np.save(tmp_path / "bg.npy", BG[:, :4].astype(np.float32))
+    assert main(["explain-dataset", "--model", "mymodels:net", "--data", "x.npy", "--method", "exact_shapley",
+                 "--background", "bg.npy", "--target", "0", "--out", "o2", "--shard-size", "10"]) == 0
+    import importlib
+
+    import lumos
+
+    net = importlib.import_module("mymodels").net().eval()
+    direct = lumos.explain(net, X[:, :4].astype(np.float32), "exact_shapley", target=0,
+                           background=BG[:, :4].astype(np.float32))
+    assert np.allclose(lb.open(tmp_path / "o2")[:].values, direct.values, atol=1e-6)
     assert main(["explain-dataset", "--model", "mymodels", "--data", "x.npy"]) == 2
     assert main(["explain-dataset", "--model", "mymodels:net", "--data", "nope.npy"]) == 2
     assert "nope.npy" in capsys.readouterr().err

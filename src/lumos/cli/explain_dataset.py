@@ -18,6 +18,7 @@ def add_parser(sub) -> None:
     p.add_argument("--method", default="integrated_gradients")
     p.add_argument("--target", default=None, help="class index or 'predicted' (the same for every row)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
+    p.add_argument("--background", help="reference rows for Shapley/LIME methods: .npy, .parquet or .csv")
     p.add_argument("--out", default="lumos-out/batch")
     p.add_argument("--engine", choices=("local", "ray"), default="local")
     p.add_argument("--shard-size", type=positive_int, default=256)
@@ -45,6 +46,8 @@ def run(args) -> int:
         raise ValueError("--target: one class index or 'predicted' for every row; got a list")
     if target is not None:
         params["target"] = target
+    if args.background:
+        params["background"] = _background(check_file(args.background, "--background"))
 
     from ..batch import explain_dataset
 
@@ -58,3 +61,20 @@ def run(args) -> int:
     print(json.dumps(summary, indent=2))
     print(f"wrote {len(results.shards)} shards and {results.out / 'manifest.json'}")
     return 0
+
+
+def _background(path):
+    """``--background``: a .npy array (no pickle) or a Parquet/CSV table (a DataFrame)."""
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        import numpy as np
+
+        try:
+            return np.load(path, allow_pickle=False)
+        except ValueError as err:
+            raise ValueError(f"--background {str(path)!r} is not a plain .npy array ({err})") from None
+    if suffix in (".parquet", ".pq", ".csv"):
+        import pandas as pd
+
+        return pd.read_parquet(path) if suffix != ".csv" else pd.read_csv(path)
+    raise ValueError(f"--background {str(path)!r}: expected a .npy array or a .parquet/.csv table")
