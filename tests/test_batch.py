@@ -500,3 +500,15 @@ def test_text_file_with_the_shipped_text_classifier_gives_token_shards(tmp_path)
         got = res[i]
         assert list(got.meta["tokens"][0]) == [str(t) for t in direct.meta["tokens"][i][:n]]
         assert np.allclose(got.values[0, :n], direct.values[i, :n], atol=1e-6)
+
+
+def test_temporary_files_of_a_killed_writer_are_removed(reference, tmp_path):
+    import shutil
+
+    ref_out, _ = reference
+    out = tmp_path / "ks"
+    shutil.copytree(ref_out, out)
+    (out / ".shard-00003.parquet.x1.tmp").write_bytes(b"half a shard")
+    (out / ".manifest.json.x2.tmp").write_bytes(b"{")
+    lb.explain_dataset(make_model, X, "kernel_shap", out, shard_size=5, **KS)
+    assert files_of(out) == files_of(ref_out) and not list(out.glob(".*"))

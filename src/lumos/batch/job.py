@@ -47,6 +47,12 @@ def _factory_name(factory: Any) -> str:
     return f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', type(factory).__name__)}"
 
 
+def _remove_temporaries(out: Path) -> None:
+    """Temporary files of writers killed before their rename (shards or the manifest)."""
+    for stray in list(out.glob(".shard-*.tmp")) + list(out.glob(".manifest.json.*.tmp")):
+        stray.unlink(missing_ok=True)
+
+
 def settings_differ(old: dict, new: dict) -> list[str]:
     """Names of the job settings that differ between an existing manifest and this call."""
     out = []
@@ -187,8 +193,7 @@ def explain_dataset(model_factory: Any, data: Any, method: str = "integrated_gra
     else:
         manifest = {"format": FORMAT, **settings, "data": {"kind": source.kind, "name": source.name},
                     "status": "running", "shards": []}
-    for stray in out.glob(".shard-*.tmp"):  # a killed writer's temporary file
-        stray.unlink()
+    _remove_temporaries(out)
     done: dict[int, dict] = {}
     for entry in manifest["shards"]:
         path = out / entry["file"]
@@ -252,6 +257,7 @@ def explain_dataset(model_factory: Any, data: Any, method: str = "integrated_gra
     manifest["data"]["sha256"] = hashlib.sha256("".join(digests[i] for i in sorted(digests)).encode()).hexdigest()
     manifest["status"] = "complete"
     write_manifest(out, manifest)
+    _remove_temporaries(out)  # left by a worker killed while writing (its task was retried)
     results = open_results(out)
     results.redone = redone
     return results
