@@ -346,6 +346,8 @@ def test_text_lines_are_read_lazily(tmp_path):
 def test_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="engine"):
         lb.explain_dataset(make_model, X, "kernel_shap", tmp_path / "a", engine="dask", **KS)
+    with pytest.raises(ValueError, match="workers=2: the local engine"):
+        lb.explain_dataset(make_model, X, "kernel_shap", tmp_path / "a", workers=2, **KS)
     with pytest.raises(ValueError, match="shard_size"):
         lb.explain_dataset(make_model, X, "kernel_shap", tmp_path / "a", shard_size=0, **KS)
     with pytest.raises(ValueError, match="target: give one target"):

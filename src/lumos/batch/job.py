@@ -155,6 +155,11 @@ def explain_dataset(model_factory: Any, data: Any, method: str = "integrated_gra
     max_retries = int(check_number(max_retries, "max_retries", low=0, integer=True))
     if workers is not None:
         workers = int(check_number(workers, "workers", low=1, integer=True))
+        if engine == "local" and workers > 1:
+            raise ValueError(f"workers={workers}: the local engine runs one shard at a time in this process; "
+                             "use engine='ray' for several workers")
+    if address is not None and engine != "ray":
+        raise ValueError("address: a Ray cluster address needs engine='ray'")
     if max_in_flight is not None:
         max_in_flight = int(check_number(max_in_flight, "max_in_flight", low=1, integer=True))
     if "seed" in params:
