@@ -86,8 +86,10 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="initialisation and batch-order seed of both")
     ap.add_argument("--matched", action="store_true",
-                    help="align the initialisations: SAELens decoder rows at norm 1 (not 0.1), lumos b_dec at 0")
+                    help="align the settings: SAELens decoder rows at norm 1 (not 0.1); lumos b_dec at 0 and "
+                         "the gradient norm clipped at 1 (as SAELens does)")
     args = ap.parse_args()
     set_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="lumos-bench-dict-"))
@@ -101,10 +103,11 @@ def main():
     out = {}
 
     def run_lumos():
-        sae = SAE(cache.width, args.features, "topk", k=args.k, seed=0)
-        train_sae(sae, cache, n_steps=args.steps, batch_size=args.batch, lr=args.lr, seed=0, progress=False,
+        sae = SAE(cache.width, args.features, "topk", k=args.k, seed=args.seed)
+        train_sae(sae, cache, n_steps=args.steps, batch_size=args.batch, lr=args.lr, seed=args.seed, progress=False,
                   dead_after=dead_steps * args.batch,
-                  init_decoder_bias=None if args.matched else "geometric_median")
+                  init_decoder_bias=None if args.matched else "geometric_median",
+                  max_grad_norm=1.0 if args.matched else None)
         out["lumos"] = sae.eval()
 
     fns = {"lumos": run_lumos}
@@ -116,14 +119,14 @@ def main():
         peer = f"sae_lens {sae_lens.__version__}"
 
         def run_peer():
-            torch.manual_seed(0)  # SAELens initialises from the global RNG
+            torch.manual_seed(args.seed)  # SAELens initialises from the global RNG
             cfg = TopKTrainingSAEConfig(d_in=cache.width, d_sae=args.features, k=args.k,
                                         **({"decoder_init_norm": 1.0} if args.matched else {}))
             sae = TopKTrainingSAE(cfg)
             tcfg = SAETrainerConfig(total_training_samples=rows, train_batch_size_samples=args.batch,
                                     lr=args.lr, lr_end=args.lr, device="cpu", n_checkpoints=0,
                                     dead_feature_window=dead_steps)
-            provider = cache.batches(args.batch, seed=0, epochs=10 ** 6, drop_last=True)
+            provider = cache.batches(args.batch, seed=args.seed, epochs=10 ** 6, drop_last=True)
             import contextlib
             import io
 

@@ -611,3 +611,34 @@ def test_cache_and_loss_recovered_from_a_dataloader_of_pairs(tmp_path):
     a = loss_recovered(model, identity_sae(8), loader, "features.3")
     b = loss_recovered(model, identity_sae(8), x, "features.3", labels=y, batch_size=4)
     assert (a.ce_clean, a.ce_zero, a.n) == (b.ce_clean, b.ce_zero, b.n) and a.loss_recovered == 1.0
+
+
+@pytest.mark.parametrize("max_grad_norm", [None, 1e-12])  # 1e-12: gradients far below Adam's eps
+def test_one_training_step_equals_the_textbook_step(max_grad_norm):
+    """train_sae's step written out: loss, backward, parallel part removed, clip, Adam, renormalise."""
+    from lumos.core.execution import torch_generator
+
+    _, x = sparse_world(n=256)
+    sae = SAE(32, 48, "relu", l1_coef=0.3, seed=7)
+    ref = SAE(32, 48, "relu", l1_coef=0.3, seed=7)
+    train_sae(sae, x, n_steps=1, batch_size=64, lr=0.01, init_decoder_bias=None, seed=3,
+              max_grad_norm=max_grad_norm, progress=False)
+    batch = x[torch.randperm(256, generator=torch_generator(3))[:64]]
+    ref.normalize_decoder_()
+    opt = torch.optim.Adam(ref.parameters(), lr=0.01)
+    loss = ((ref.reconstruct(batch) - batch) ** 2).sum(1).mean() + 0.3 * ref.encode(batch).abs().sum(1).mean()
+    loss.backward()
+    g = ref.W_dec.grad
+    g -= (g * ref.W_dec.detach()).sum(1, keepdim=True) * ref.W_dec.detach()
+    if max_grad_norm is not None:
+        norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in ref.parameters()))
+        for p in ref.parameters():
+            p.grad *= max_grad_norm / (norm + 1e-6)
+    opt.step()
+    with torch.no_grad():
+        ref.W_dec /= ref.W_dec.norm(dim=1, keepdim=True)
+    for k, v in ref.state_dict().items():
+        if k != "steps_since_fired":
+            assert torch.allclose(sae.state_dict()[k], v, atol=1e-6, rtol=1e-5), k
+    moved = float((sae.b_enc - SAE(32, 48, "relu", seed=7).b_enc).abs().max().detach())
+    assert (moved > 1e-3) if max_grad_norm is None else (moved < 1e-5)  # the clip acted
