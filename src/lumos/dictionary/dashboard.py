@@ -40,7 +40,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.execution import progress_bar
 from ..core.torch_model import ModelGuard, check_finite, model_device, model_dtype
 from ..core.units import ActivationModel
 from ..core.validation import check_number
