@@ -70,3 +70,16 @@ def assert_same_state(before, after):
     assert before["hooks"] == after["hooks"]
     for a, b in zip(before["grads"], after["grads"]):
         assert (a is None) == (b is None) and (a is None or torch.equal(a, b))
+
+
+def headless_browser() -> list:
+    """The command that starts a headless Chromium (Debian's, installed by ``.ci/run``), with the
+    flags every browser test uses; skips the test where none is installed."""
+    import shutil
+
+    for name in ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return ([path] + ([] if name.endswith("headless-shell") else ["--headless"])
+                    + ["--no-sandbox", "--disable-gpu"])
+    pytest.skip("no headless Chromium installed (apt-get install chromium)")

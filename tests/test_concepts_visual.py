@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import headless_browser
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -532,14 +533,9 @@ def test_embedding_plot_has_legend_or_colour_bar_and_caveats():
 
 
 def test_html_renders_in_a_real_browser_with_labels_as_text(tmp_path):
-    import shutil
     import subprocess
     from html.parser import HTMLParser
 
-    browser = next((shutil.which(n) for n in ("chromium-headless-shell", "chromium", "chromium-browser")
-                    if shutil.which(n)), None)
-    if browser is None:
-        pytest.skip("no headless Chromium installed (apt-get install chromium-headless-shell)")
     evil = "<script>alert(1)</script><b>x</b>"
     emb = embed(tiny(), data(8), "features.4", method="pca", labels=[evil, "ok"] * 4)
     page = tmp_path / "e.html"
@@ -548,8 +544,7 @@ def test_html_renders_in_a_real_browser_with_labels_as_text(tmp_path):
     hover = ('<script>document.querySelector("circle").dispatchEvent(new MouseEvent("mouseenter"));'
              '</script></body>')
     page.write_text(html.replace("</body>", hover), encoding="utf-8")
-    cmd = [browser] + ([] if browser.endswith("headless-shell") else ["--headless"]) + [
-        "--no-sandbox", "--disable-gpu", "--dump-dom", page.resolve().as_uri()]
+    cmd = headless_browser() + ["--dump-dom", page.resolve().as_uri()]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     tags, titles, attrs_of = [], [], {}

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import headless_browser
 import torch
 from torch import nn
 
@@ -343,19 +344,13 @@ def test_dictionary_demo_quick(tmp_path):
 
 
 def test_dashboard_renders_in_a_real_browser_with_tokens_as_text(tmp_path):
-    import shutil
     from html.parser import HTMLParser
 
-    browser = next((shutil.which(n) for n in ("chromium-headless-shell", "chromium", "chromium-browser")
-                    if shutil.which(n)), None)
-    if browser is None:
-        pytest.skip("no headless Chromium installed (apt-get install chromium-headless-shell)")
     model, sae, ids = _token_setup()
     f = int(sae.encode(model.mid(model.emb(ids))).detach()[5, 4].argmax())
     d = feature_dashboards(model, sae, ids, "mid", [f], k=60, tokenizer=_Tok(), unembed=model.out, window=12)
     page = d.save(tmp_path)[0]
-    cmd = [browser] + ([] if browser.endswith("headless-shell") else ["--headless"]) + [
-        "--no-sandbox", "--disable-gpu", "--dump-dom", page.resolve().as_uri()]
+    cmd = headless_browser() + ["--dump-dom", page.resolve().as_uri()]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     tags, texts = [], []

@@ -8,6 +8,7 @@ import subprocess
 import matplotlib
 import numpy as np
 import pytest
+from conftest import headless_browser
 import torch
 
 matplotlib.use("Agg")
@@ -377,17 +378,9 @@ def test_attentions_of_a_model_feed_the_views_directly():
 
 # --- in a real headless browser (skipped where none is installed) ---------------------------------
 
-def _browser():
-    for name in ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return [path] + ([] if name.endswith("headless-shell") else ["--headless"])
-    pytest.skip("no headless Chromium installed (apt-get install chromium-headless-shell)")
-
-
 def _in_browser(tmp_path, view, *args, name="page"):
     page = view.save(tmp_path / f"{name}.html")
-    cmd = _browser() + ["--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args,
+    cmd = headless_browser() + ["--hide-scrollbars", *args,
                         page.resolve().as_uri()]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
