@@ -252,7 +252,11 @@ class SAE(nn.Module):
         if not path.exists():
             raise FileNotFoundError(f"path: no SAE file at {path}")
         if path.suffix == ".safetensors":
-            from safetensors import safe_open
+            try:
+                from safetensors import safe_open
+            except ImportError as e:  # pragma: no cover - safetensors is optional
+                raise ImportError("reading a .safetensors SAE needs the safetensors package "
+                                  "(pip install safetensors)") from e
 
             with safe_open(str(path), framework="pt") as f:
                 header = json.loads((f.metadata() or {}).get("lumos", "{}"))
