@@ -318,7 +318,9 @@ def test_image_text_demo_quick(tmp_path):
     from lumos.multimodal._demo import image_text_demo
 
     files = {}
+    threads = torch.get_num_threads()
     lines = image_text_demo(tmp_path, quick=True, files=files)
+    assert torch.get_num_threads() == threads  # one thread inside the section, restored after
     assert (tmp_path / "image_text_maps.png").stat().st_size > 10_000
     assert list(files) == [str(tmp_path / "image_text_maps.png")]
     text = "\n".join(lines)
@@ -334,3 +336,20 @@ def test_train_demo_command_takes_image_text(tmp_path):
     args = build_parser().parse_args(["train-demo", "--image-text", "--text"])
     with pytest.raises(ValueError, match="--image-text"):
         args.func(args)
+
+
+def test_crop_similarity_of_a_predict_function_equals_the_torch_module():
+    """Registered for any model: a NumPy predict function gets the same map as the module."""
+    tower = _smooth_tower()
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    t = similarity_target(torch.arange(5.0) - 1)
+
+    def predict(a):
+        assert isinstance(a, np.ndarray)
+        with torch.no_grad():
+            return tower(torch.as_tensor(a)).numpy()
+
+    ref = crop_similarity(tower, x, target=t, n_crops=25, input_size=12)
+    got = crop_similarity(predict, x.numpy(), target=t, n_crops=25, input_size=12)
+    assert np.abs(np.asarray(got.values) - np.asarray(ref.values)).max() <= 1e-13
+    assert np.allclose(got.meta["crop_scores"], ref.meta["crop_scores"], atol=1e-13, rtol=0)

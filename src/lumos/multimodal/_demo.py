@@ -29,6 +29,17 @@ def image_text_demo(out_dir: Path, quick: bool = False, files: dict | None = Non
     list of str
         The printed lines.
     """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model on shared cores: one thread is faster and steadier
+    try:
+        return _run(Path(out_dir), quick, {} if files is None else files)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(out_dir: Path, quick: bool, files: dict) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")  # the demo only writes files
@@ -40,8 +51,6 @@ def image_text_demo(out_dir: Path, quick: bool = False, files: dict | None = Non
     from ..display.heatmap import plot_grid
     from .localisation import DEFAULT_METHODS, localisation_table, query_phrases
 
-    files = {} if files is None else files
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = load_image_text_model()
     info = image_text_model_info()
