@@ -353,3 +353,27 @@ def test_crop_similarity_of_a_predict_function_equals_the_torch_module():
     got = crop_similarity(predict, x.numpy(), target=t, n_crops=25, input_size=12)
     assert np.abs(np.asarray(got.values) - np.asarray(ref.values)).max() <= 1e-13
     assert np.allclose(got.meta["crop_scores"], ref.meta["crop_scores"], atol=1e-13, rtol=0)
+
+
+def test_crop_similarity_gives_each_crop_its_images_forward_args():
+    """Per-sample forward arguments follow the crops of their image, with and without resizing."""
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tower = _smooth_tower(4)
+
+        def forward(self, x, w):
+            return self.tower(x) * w
+
+    m = Scaled()
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    w = torch.rand(3, 4, generator=torch.Generator().manual_seed(8), dtype=torch.float64) + 0.5
+    t = similarity_target(torch.tensor([1.0, -1.0, 0.5, 2.0]))
+    for size in (None, 12):
+        e = crop_similarity(m, x, target=t, n_crops=20, forward_args=(w,), input_size=size, batch_size=7)
+        for i in range(3):
+            alone = crop_similarity(m, x[i:i + 1], target=t, n_crops=20, forward_args=(w[i:i + 1],), input_size=size)
+            assert np.abs(np.asarray(e.values)[i] - np.asarray(alone.values)[0]).max() <= 1e-13
+        other = crop_similarity(m, x, target=t, n_crops=20, forward_args=(w.flip(0),), input_size=size)
+        assert not np.allclose(np.asarray(other.values)[0], np.asarray(e.values)[0])

@@ -134,7 +134,9 @@ def crop_similarity(model: Any, inputs: Any, target: Any = None, *, n_crops: int
     batch_size : int, optional
         Resized crops per model call; the result does not depend on it.
     progress : bool or None
-    forward_args : extra model arguments, expanded per crop as in :func:`lumos.attribution.occlusion`.
+    forward_args : extra model arguments, expanded per crop as in
+        :func:`lumos.attribution.perturbation.occlusion.occlusion` (each crop of image ``i`` gets the
+        arguments of image ``i``).
 
     Returns
     -------
