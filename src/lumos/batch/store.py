@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..core.io import atomic_write, sha256_file
 
 __all__ = ["FORMAT", "MANIFEST", "atomic_write", "sha256_file", "write_shard", "read_shard",
            "read_manifest", "write_manifest", "shard_name", "BatchFileError"]
@@ -34,32 +34,6 @@ _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 class BatchFileError(ValueError):
     """An output folder whose manifest or shard files are malformed."""
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def shard_name(index: int, storage: str) -> str:

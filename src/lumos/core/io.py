@@ -28,6 +28,40 @@ class LoadError(ValueError):
     """A model or input file that cannot be loaded safely (wrong format, corrupt, or pickled code)."""
 
 
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, synced, then renamed:
+    a crash at any point leaves either the old file or the new one, never half a file."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def sha256_file(path: str | Path, offset: int = 0) -> str:
+    """SHA-256 (hex) of a file's bytes from ``offset`` on, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def check_file(path: str | Path, name: str) -> Path:
     """``path`` as a :class:`~pathlib.Path` to an existing regular file.
 

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..core.execution import check_batch_size, progress_bar, rng
+from ..core.io import atomic_write, sha256_file
 from ..core.torch_model import ModelGuard, as_tensor, check_finite, model_device, model_dtype
 from ..core.units import ActivationModel
 from ..core.validation import check_number
@@ -244,18 +245,12 @@ class _ShardWriter:
 
 
 def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        f.seek(_HEADER)
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path, offset=_HEADER)  # the rows; the header is rewritten at close
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:
-    tmp = folder / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, folder / "manifest.json")  # atomic: a crash never leaves half a manifest
+    # atomic: a crash never leaves half a manifest
+    atomic_write(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
 
 
 # ---------------------------------------------------------------------- writing
