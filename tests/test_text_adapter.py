@@ -274,3 +274,28 @@ def test_a_predict_function_on_strings_stays_model_agnostic():
 
     e = lumos.explain(f, ["a great film"], "lime", n_samples=200)
     assert e.meta["tokens"][0].tolist() == ["a", "great", "film"]
+
+
+@pytest.mark.parametrize("method", ["gradient_x_input", "integrated_gradients", "lrp", "occlusion"])
+def test_second_call_without_the_adapters_guard_leaves_the_model_as_found(bert, tok, method):
+    """Once a model's output kind is known the adapter does not guard the model a second time
+    (the method's own guard covers it): the model must still be left as found, also when the
+    method raises, and inside the caller's inference mode the result is the same."""
+    from conftest import assert_same_state, model_state
+
+    from lumos.core.torch_model import hf_capturing_hooks
+
+    params = {"n_steps": 4} if method == "integrated_gradients" else (
+        {"composite": "attnlrp"} if method == "lrp" else {})
+    first = lumos.explain(bert, TEXTS, method, tokenizer=tok, target=1, **params)  # caches the kind
+    hf_capturing_hooks(bert)
+    before = model_state(bert)
+    again = lumos.explain(bert, TEXTS, method, tokenizer=tok, target=1, **params)
+    assert_same_state(before, model_state(bert))
+    with torch.inference_mode():
+        inside = lumos.explain(bert, TEXTS, method, tokenizer=tok, target=1, **params)
+    np.testing.assert_allclose(inside.values, again.values, atol=1e-6)
+    np.testing.assert_allclose(again.values, first.values, atol=1e-6)
+    with pytest.raises((TypeError, ValueError)):
+        lumos.explain(bert, TEXTS, method, tokenizer=tok, target=1, batch_size=0, **params)
+    assert_same_state(before, model_state(bert))

@@ -310,11 +310,22 @@ def explain_text(model: Any, texts: Any, method: str = "integrated_gradients", t
     # the rules methods need the attention's operations: fused kernels (sdpa) are swapped for
     # eager attention for the call, and restored
     eager = eager_attention(model) if info.name in PROPAGATION_METHODS else contextlib.nullcontext()
-    with ModelGuard(model), eager:
+    # The user's model is guarded here whenever this function runs it itself (the probing forward,
+    # text targets, the masked predict function of the model-agnostic methods). A gradient,
+    # propagation or occlusion method on a class target only runs the model inside its own
+    # torch_call, whose ModelGuard covers the wrapper and the model in it (and takes the same
+    # lock): a second guard around it would snapshot and restore the whole model twice (5 ms a
+    # call on MiniLM, the difference to Captum's time).
+    kind = _KINDS.get(model)
+    probe = kind is None or kind == "lm" or isinstance(target, TextTarget)
+    # (without the guard, inference mode is still switched off: the baselines built here must be
+    # ordinary tensors when the caller is inside torch.inference_mode())
+    outer = ModelGuard(model) if probe or info.name in MASK_METHODS else torch.inference_mode(False)
+    with outer, eager:
         # the output kind of a model never changes: one probing forward per model, not per call
         # (it was a third of gradient x input's time); text targets still need the raw output
-        kind, raw = _KINDS.get(model), None
-        if kind is None or kind == "lm" or isinstance(target, TextTarget):
+        raw = None
+        if probe:
             with torch.no_grad():
                 out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev))
                 raw = raw_output(out).detach()
