@@ -1,0 +1,66 @@
+"""``lumos report``: one self-contained HTML report (inputs and predictions, the maps of several
+methods side by side, the metric table with its ranking, a card per method, a reproducibility
+block). Without ``--model``: the demo world's report on the shipped DemoCNN; with ``--model
+package.module:factory --weights W --input FILE`` (as ``lumos explain``): the user's model. The work
+is :func:`lumos.report.build.build`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._args import add_model_args, check_model_files, positive_int
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("report", help="write one self-contained HTML report comparing methods")
+    add_model_args(p)
+    p.add_argument("--input", help="image file or tensor (default: the demo world)")
+    p.add_argument("--methods", default=None, help="comma list of methods (default: a standard set)")
+    p.add_argument("--metrics", default=None, help="comma list of metrics (default: a standard set)")
+    p.add_argument("--n", type=positive_int, default=4, help="images from the demo world")
+    p.add_argument("--target", default=None, help="class index, comma list, or 'predicted'")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="lumos-out/report", help="folder of report.html")
+    p.set_defaults(func=run)
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    from ..core.io import parse_target
+
+    check_model_files(args, need_model=False)
+    if (args.model or args.torchscript) and not args.input:
+        raise ValueError("--input is required with --model")
+    if args.input and not (args.model or args.torchscript):
+        raise ValueError("--input goes with --model package.module:factory (or --torchscript FILE)")
+    target = parse_target(args.target) if args.target else "predicted"
+    out = Path(args.out) / "report.html"
+    t0 = time.perf_counter()
+    timings: dict = {}
+    if args.model or args.torchscript:
+        from ..core.io import load_input, load_user_model
+        from ..report.build import build
+
+        model = load_user_model(args.model, args.weights, args.torchscript)
+        x = load_input(args.input, args.size, name="--input")
+        path = build(model, x, _split(args.methods), _split(args.metrics), target=target, out=out,
+                     seed=args.seed, title=f"lumos report: {args.model or args.torchscript} on {args.input}",
+                     log=print, timings=timings)
+    else:
+        if args.methods or args.metrics or args.size or args.weights:
+            raise ValueError("--methods/--metrics/--weights/--size go with --model; the demo report "
+                             "has its own set")
+        from ..report.build import demo_report
+
+        path = demo_report(out, n=args.n, seed=args.seed, log=print, timings=timings)
+    for k, v in timings.items():
+        print(f"  {k:<30}{v:7.2f} s")
+    print(f"wrote {path} in {time.perf_counter() - t0:.1f} s")
+    return 0
