@@ -212,3 +212,17 @@ def test_cli_report_with_a_user_model(tmp_path, monkeypatch, capsys):
     assert _parse(html).tags.count("img") == 4 and "card-gradient_x_input" in html
     assert main(["report", "--model", "r1_user_model:make"]) == 2
     assert "--input is required" in capsys.readouterr().err
+
+
+def test_the_demo_has_a_report_section(tmp_path):
+    from lumos.report.build import report_section
+    from lumos.report.demo import sections
+
+    assert "report" in [s.name for s in sections()]
+    files: dict = {}
+    lines = report_section(tmp_path, True, files)
+    path = tmp_path / "report.html"
+    assert list(files) == [str(path)] and path.exists()
+    p = _parse(path.read_text(encoding="utf-8"))
+    assert all(sid in p.ids for sid, _ in SECTIONS) and p.tags.count("img") == 2 * 4
+    assert any("total" in line for line in lines)

@@ -329,6 +329,8 @@ def sections() -> list[DemoSection]:
                     _section_from("lumos.effects._demo", "effects_demo")),
         DemoSection("metrics", "which explanation to trust? faithfulness, sanity and localisation metrics",
                     _section_from("lumos.metrics._demo", "compare_demo")),
+        DemoSection("report", "one self-contained HTML report: maps side by side, metric ranking, method cards",
+                    _section_from("lumos.report.build", "report_section")),
         DemoSection("concepts", "what the network learned: dissection, unit ablation, TCAV, feature visualisation",
                     _section_from("lumos.concepts._demo", "concepts_demo")),
         DemoSection("examples", "explanations by examples: counterfactuals, prototypes, influential training images",
