@@ -220,7 +220,9 @@ def test_the_demo_has_a_report_section(tmp_path):
 
     assert "report" in [s.name for s in sections()]
     files: dict = {}
+    threads = torch.get_num_threads()
     lines = report_section(tmp_path, True, files)
+    assert torch.get_num_threads() == threads  # one thread while it builds, restored after
     path = tmp_path / "report.html"
     assert list(files) == [str(path)] and path.exists()
     p = _parse(path.read_text(encoding="utf-8"))
