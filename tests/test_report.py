@@ -228,3 +228,18 @@ def test_the_demo_has_a_report_section(tmp_path):
     p = _parse(path.read_text(encoding="utf-8"))
     assert all(sid in p.ids for sid, _ in SECTIONS) and p.tags.count("img") == 2 * 4
     assert any("total" in line for line in lines)
+
+
+def test_table_inputs_get_their_values_and_a_bar_chart_per_method():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    x = torch.rand(3, 4, generator=torch.Generator().manual_seed(2))
+    names = ["age", XSS, ATTR, "income"]
+    html = render(model, x, ["saliency", "gradient_x_input"], ["sparseness"], feature_names=names)
+    p = _parse(html)
+    assert p.tags.count("img") == 3 and "script" not in p.tags  # one picture of bars per row
+    assert XSS not in html and html.count("&lt;script&gt;alert(1)&lt;/script&gt;=") == 3
+    text = " ".join(p.texts)
+    assert f"age={x[0, 0].item():.4g}" in text and f"{ATTR}={x[2, 2].item():.4g}" in text
+    with pytest.raises(ValueError, match="feature_names"):
+        render(model, x, ["saliency"], ["sparseness"], feature_names=["a", "b"])

@@ -146,8 +146,13 @@ def _maps(explanations: dict, inputs: Any, labels: list[str], dpi: int) -> list[
         else:
             before = set(plt.get_fignums())
             try:
-                images = inputs if np.ndim(inputs) == 4 else None
-                fig = plot_grid(explanations, images, indices=[i], row_labels=[labels[i]], colorbar="relative")
+                first = next(iter(explanations.values()))
+                if np.ndim(first.values) == 2:  # a table: one bar chart of the row per method
+                    fig = _table_row_figure(explanations, i)
+                else:
+                    images = inputs if np.ndim(inputs) == 4 else None
+                    fig = plot_grid(explanations, images, indices=[i], row_labels=[labels[i]],
+                                    colorbar="relative")
                 item["png"] = _figure_png(fig, dpi)
             except (ValueError, TypeError, IndexError) as err:
                 item["note"] = f"no picture of these maps: {err}"
@@ -158,12 +163,28 @@ def _maps(explanations: dict, inputs: Any, labels: list[str], dpi: int) -> list[
     return out
 
 
+def _table_row_figure(explanations: dict, i: int):
+    """Row ``i`` of table explanations: one signed bar chart per method, side by side."""
+    import matplotlib.pyplot as plt
+
+    from ..display.explanation import plot_explanation
+
+    k = len(explanations)
+    n_feat = np.shape(next(iter(explanations.values())).values)[1]
+    fig, axes = plt.subplots(1, k, figsize=(4.2 * k, 1.0 + 0.3 * min(n_feat, 10)), squeeze=False,
+                             layout="constrained")
+    for ax, (name, e) in zip(axes[0], explanations.items()):
+        plot_explanation(e, "bar", index=i, ax=ax)
+        ax.set_title(name, fontsize=9)
+    return fig
+
+
 def render(model: Any, inputs: Any, methods: Sequence[str] | None = None, metrics: Sequence[str] | None = None,
            *, target: Any = "predicted", masks: Any = None, labels: Sequence[int] | None = None,
            class_names: Sequence[str] | None = None, input_names: Sequence[str] | None = None,
-           method_params: dict | None = None, metric_params: dict | None = None, seed: int = 0,
-           title: str = "lumos report", dpi: int = 80, log: Callable[[str], None] | None = None,
-           timings: dict | None = None) -> str:
+           feature_names: Sequence[str] | None = None, method_params: dict | None = None,
+           metric_params: dict | None = None, seed: int = 0, title: str = "lumos report", dpi: int = 80,
+           log: Callable[[str], None] | None = None, timings: dict | None = None) -> str:
     """The report's HTML as a string; see :func:`build` for the parameters.
 
     ``timings``, when a dict, receives the seconds spent per section.
@@ -186,6 +207,12 @@ def render(model: Any, inputs: Any, methods: Sequence[str] | None = None, metric
         raise ValueError(f"labels has {len(labels)} entries for {n} inputs")
     if input_names is not None and len(input_names) != n:
         raise ValueError(f"input_names has {len(input_names)} entries for {n} inputs")
+    x_shape = tuple(np.shape(inputs))
+    if feature_names is not None:
+        feature_names = [str(f) for f in feature_names]
+        if len(x_shape) != 2 or len(feature_names) != x_shape[1]:
+            raise ValueError(f"feature_names: one name per column of table inputs (n, features); got "
+                             f"{len(feature_names)} names for inputs of shape {x_shape}")
     names = [str(c) for c in class_names] if class_names is not None else class_names_of(model)
     methods = list(methods) if methods is not None else default_methods(model, inputs)
     if RANDOM not in methods:
@@ -210,7 +237,10 @@ def render(model: Any, inputs: Any, methods: Sequence[str] | None = None, metric
         if input_names is not None:
             label = f"{input_names[i]}: {label}" if labels is not None else str(input_names[i])
         exp = _name(names, int(explained[i])) if explained is not None and explained.size == n else str(target)
+        values = "" if pictures or x.ndim != 2 else ", ".join(
+            f"{f}={v:.4g}" for f, v in zip(feature_names or [f"x{j}" for j in range(x.shape[1])], x[i]))
         rows.append({"index": i, "label": label, "png": _png(image_for_display(x[i])) if pictures else "",
+                     "features": values,
                      "predicted": _name(names, pred) if pred is not None else "—",
                      "probability": f"{probs[i, pred]:.3f}" if pred is not None else "—", "explained": exp})
         true = f"true {label}" if labels is not None and input_names is None else label
@@ -220,6 +250,10 @@ def render(model: Any, inputs: Any, methods: Sequence[str] | None = None, metric
 
     t0 = time.perf_counter()
     drawn = {m: e for m, e in comp.explanations.items() if m != RANDOM}
+    if feature_names is not None:
+        for e in drawn.values():
+            if not e.several and np.shape(e.values)[-1:] == (len(feature_names),):
+                e.feature_names = list(feature_names)
     maps = _maps(drawn, x if pictures else inputs, row_labels, dpi)
     timings["maps"] = time.perf_counter() - t0
 
@@ -262,8 +296,9 @@ def render(model: Any, inputs: Any, methods: Sequence[str] | None = None, metric
 def build(model: Any, inputs: Any, methods: Sequence[str] | None = None, metrics: Sequence[str] | None = None,
           *, target: Any = "predicted", out: str | Path = "report.html", masks: Any = None,
           labels: Sequence[int] | None = None, class_names: Sequence[str] | None = None,
-          input_names: Sequence[str] | None = None, method_params: dict | None = None,
-          metric_params: dict | None = None, seed: int = 0, title: str = "lumos report", dpi: int = 80,
+          input_names: Sequence[str] | None = None, feature_names: Sequence[str] | None = None,
+          method_params: dict | None = None, metric_params: dict | None = None, seed: int = 0,
+          title: str = "lumos report", dpi: int = 80,
           log: Callable[[str], None] | None = None, timings: dict | None = None) -> Path:
     """Write one self-contained HTML report comparing explanation methods on ``inputs``.
 
@@ -272,7 +307,8 @@ def build(model: Any, inputs: Any, methods: Sequence[str] | None = None, metrics
     model : torch.nn.Module or callable
         The model explained (a torch module for gradient and propagation methods).
     inputs : Tensor or array, shape (n, ...)
-        The samples; images ``(n, C, H, W)`` get thumbnails and map grids.
+        The samples; images ``(n, C, H, W)`` get thumbnails and map grids, tables ``(n, features)``
+        their values and one bar chart per method.
     methods : sequence of str, optional
         Registered method names (:func:`lumos.methods`); default
         :func:`lumos.metrics.compare.default_methods`. The ``"random"`` chance baseline is always
@@ -291,6 +327,9 @@ def build(model: Any, inputs: Any, methods: Sequence[str] | None = None, metrics
         Names of the classes (default: the model's ``class_names`` where it has them).
     input_names : sequence of str, optional
         One name per input.
+    feature_names : sequence of str, optional
+        For table inputs ``(n, features)``: one name per column, shown with each row's values and
+        on the bar charts that stand for the maps.
     method_params, metric_params : dict of str to dict, optional
         Per-method and per-metric parameters, as for :func:`lumos.metrics.compare.compare`.
     seed : int, default 0
@@ -309,7 +348,8 @@ def build(model: Any, inputs: Any, methods: Sequence[str] | None = None, metrics
         The report written.
     """
     html = render(model, inputs, methods, metrics, target=target, masks=masks, labels=labels,
-                  class_names=class_names, input_names=input_names, method_params=method_params,
+                  class_names=class_names, input_names=input_names, feature_names=feature_names,
+                  method_params=method_params,
                   metric_params=metric_params, seed=seed, title=title, dpi=dpi, log=log, timings=timings)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
