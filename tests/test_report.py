@@ -148,13 +148,32 @@ def test_bad_arguments_are_named(tmp_path):
         build(model, x, ["salincy"], ["sparseness"], out=tmp_path / "r.html")
 
 
+def _browse(tmp_path, path):
+    """Chromium's DOM dump of ``path``, its console lines and every URL it asked the network for."""
+    net = tmp_path / f"{path.stem}.netlog.json"
+    cmd = headless_browser() + ["--enable-logging=stderr", "--v=0", f"--log-net-log={net}", "--dump-dom",
+                                path.resolve().as_uri()]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    console = [line for line in res.stderr.splitlines() if ":CONSOLE" in line]
+    urls = re.findall(r'"url":"([^"]*)"', net.read_text(errors="replace")) if net.exists() else None
+    return res.stdout, console, urls
+
+
+def test_browser_checks_can_fail(tmp_path):
+    bad = tmp_path / "bad.html"
+    bad.write_text('<html><body><script>console.error("boom")</script>'
+                   '<img src="http://example.invalid/x.png"></body></html>')
+    _, console, urls = _browse(tmp_path, bad)
+    assert any("boom" in line for line in console) and "http://example.invalid/x.png" in urls
+
+
 def test_report_in_a_real_browser(tmp_path, page):
     path = tmp_path / "report.html"
     path.write_text(page, encoding="utf-8")
-    cmd = headless_browser() + ["--dump-dom", path.resolve().as_uri()]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-2000:]
-    dom = _parse(res.stdout)
+    out, console, urls = _browse(tmp_path, path)
+    assert console == [] and urls == []  # no console message, no network request
+    dom = _parse(out)
     for sid, title in SECTIONS:
         assert sid in dom.ids and title in dom.texts
     assert dom.tags.count("img") == 6 and "script" not in dom.tags
