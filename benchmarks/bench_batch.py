@@ -10,13 +10,21 @@ minimum over the rounds; machine load printed):
 * integrated gradients, the shipped demo CNN on 64x64 shapes-world test images (images/s).
 
 Each round writes into a fresh folder (a repeated folder would resume and compute nothing). Ray is
-started once (``ray.init(num_cpus=2)``, its start-up printed apart); ``workers=1`` and
+started once, as the engine starts it (``lumos.batch.engines.start_ray(2)``: ``num_cpus=2``,
+workers at this process's priority; its start-up printed apart); ``workers=1`` and
 ``workers=2`` then bound the tasks run at once. The speed-up is t(1 worker) / t(2 workers); Ray's
 overhead is t(Ray, 1 worker) / t(in-process) - 1. Both need an otherwise idle machine to mean
 anything: on a shared one the second worker competes with everyone else's processes.
 
+Beside each time the script prints the CPU seconds that this process and its children (Ray's
+GCS, raylet and workers) spent in the best round, and the cores that makes on average
+(CPU / wall). Two workers doing the same work as one spend the same CPU seconds; if they then
+get fewer than ~2 cores, the missing speed-up was taken by other processes on the machine, not
+lost in lumos or Ray (that is how the kernel-SHAP 0.96x of docs/scale.md was traced).
+
     python benchmarks/bench_batch.py            # ~3 minutes on 2 idle cores
     python benchmarks/bench_batch.py --quick    # fewer rows, one measured round
+    python benchmarks/bench_batch.py --jobs kernel_shap --repeats 5   # one job, more rounds
 """
 from __future__ import annotations
 
@@ -28,6 +36,40 @@ import time
 from pathlib import Path
 
 from _timing import compare, header, machine_load
+
+
+class CpuClock:
+    """CPU seconds (user + system) of this process and all its descendants (Ray's processes).
+
+    Counted per process id between two readings, so a worker that lived through both counts its
+    difference and a worker started in between counts whole. ``None`` without psutil.
+    """
+
+    def __init__(self):
+        try:
+            import psutil
+        except ImportError:  # pragma: no cover - psutil comes with Ray's dependencies here
+            psutil = None
+        self.psutil = psutil
+
+    def read(self) -> dict | None:
+        if self.psutil is None:
+            return None
+        me = self.psutil.Process()
+        out = {}
+        for proc in [me] + me.children(recursive=True):
+            try:
+                t = proc.cpu_times()
+                out[proc.pid] = t.user + t.system
+            except self.psutil.Error:  # exited meanwhile
+                pass
+        return out
+
+    @staticmethod
+    def spent(before: dict | None, after: dict | None) -> float:
+        if before is None or after is None:
+            return float("nan")
+        return sum(t - before.get(pid, 0.0) for pid, t in after.items())
 
 
 class Fitted:
@@ -47,6 +89,8 @@ def main():
     ap.add_argument("--tree-rows", type=int, default=20000)
     ap.add_argument("--images", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--jobs", nargs="+", default=["kernel_shap", "tree_shap", "integrated_gradients"],
+                    choices=["kernel_shap", "tree_shap", "integrated_gradients"])
     args = ap.parse_args()
     if args.quick:
         args.kernel_rows, args.tree_rows, args.images, args.repeats = 8, 4000, 8, 1
@@ -56,6 +100,7 @@ def main():
     from sklearn.ensemble import GradientBoostingClassifier
 
     import lumos.batch as lb
+    from lumos.batch.engines import start_ray
     from lumos.agnostic._demo import _fit_credit_model
     from lumos.data.credit import credit_dataset
     from lumos.data.shapes import shapes_dataset
@@ -77,28 +122,38 @@ def main():
                                      params=dict(target="predicted", n_steps=32), shard=max(1, args.images // 8),
                                      unit="images"),
     }
+    jobs = {k: v for k, v in jobs.items() if k in args.jobs}
+    clock = CpuClock()
     root = Path(tempfile.mkdtemp(prefix="bench_batch-"))
     counter = itertools.count()
     t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_ray(2)  # as engine="ray" starts it: workers at this process's priority
     print(f"ray.init(num_cpus=2): {time.perf_counter() - t0:.1f} s (once per driver, not in the times below)")
     try:
         for method, job in jobs.items():
             n = len(job["data"])
 
-            def run(engine, workers=None, job=job, method=method):
+            cpu: dict[str, list[tuple[float, float]]] = {}  # per setting: (wall, CPU seconds) per round
+
+            def run(name, engine, workers=None, job=job, method=method):
                 out = root / f"run{next(counter)}"
+                c0, t0 = clock.read(), time.perf_counter()
                 lb.explain_dataset(job["factory"], job["data"], method, out, engine=engine, workers=workers,
                                    shard_size=job["shard"], progress=False, **job["params"])
+                cpu.setdefault(name, []).append((time.perf_counter() - t0, CpuClock.spent(c0, clock.read())))
                 shutil.rmtree(out)
 
-            t = compare({"in-process": lambda: run("local"), "ray, 1 worker": lambda: run("ray", 1),
-                         "ray, 2 workers": lambda: run("ray", 2)}, repeats=args.repeats)
+            t = compare({"in-process": lambda: run("in-process", "local"),
+                         "ray, 1 worker": lambda: run("ray, 1 worker", "ray", 1),
+                         "ray, 2 workers": lambda: run("ray, 2 workers", "ray", 2)}, repeats=args.repeats)
             print(header(f"{method}: {n} {job['unit']}, shards of {job['shard']}"))
             for name in t.runs:
+                # the CPU of the best measured round (the warm-up round is cpu[name][0])
+                wall, used = min(cpu[name][1:] or cpu[name])
                 print(f"{name:<16} best {t.best(name):7.2f} s  median {t.median(name):7.2f} s  "
                       f"{n / t.best(name):9.1f} {job['unit']}/s  "
-                      f"{t.best(name) / n * 1e3:9.2f} ms per {job['unit'][:-1]}")
+                      f"{t.best(name) / n * 1e3:9.2f} ms per {job['unit'][:-1]}  "
+                      f"CPU {used:6.2f} s ({used / wall:.2f} cores)")
             print(f"speed-up 1 -> 2 workers: {t.best('ray, 1 worker') / t.best('ray, 2 workers'):.2f}x;  "
                   f"Ray overhead at 1 worker: {100 * (t.best('ray, 1 worker') / t.best('in-process') - 1):+.1f}%  "
                   f"(machine load {t.load_before:.2f} -> {t.load_after:.2f} per core)")

@@ -6,6 +6,13 @@ cluster ``address=``), at most ``max_in_flight`` at once, retrying a task whose 
 which raised (``max_retries``). The model is built once per worker process from the factory (a
 string or a picklable callable, with the weights' *path*: never weights shipped as tensors).
 Ray is imported only here, only when ``engine="ray"`` is asked for.
+
+Priority. Ray starts its worker processes 15 nice levels below the driver (its default
+``worker_niceness``), so they yield to the driver and every ordinary process they compete
+with, while the in-process engine runs at the caller's priority. The local Ray instance lumos starts sets
+``worker_niceness`` to 0: workers run at the caller's priority (``nice lumos explain-dataset``
+lowers the whole job), and the engines compete for the cores on equal terms. A cluster
+(``address=``) or a Ray already started by the caller keeps its own setting.
 """
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ from typing import Any, Iterable, Iterator
 
 from .task import build_model, run_task
 
-__all__ = ["LocalEngine", "RayEngine", "ShardFailed", "import_ray"]
+__all__ = ["LocalEngine", "RayEngine", "ShardFailed", "import_ray", "start_ray"]
 
 
 class ShardFailed(RuntimeError):
@@ -63,6 +70,37 @@ def _failed(index, start, rows, err) -> str:
             "Finished shards are kept; run the same call again to resume")
 
 
+def start_ray(workers: int | None = None, address: str | None = None) -> bool:
+    """Start Ray as the Ray engine does, unless it is already running.
+
+    Benchmarks call it too, so that they time the engine's own Ray.
+
+    Parameters
+    ----------
+    workers : int, optional
+        On this machine: ``num_cpus`` (default: every core); no dashboard; the workers at the
+        caller's priority (``worker_niceness=0``).
+    address : str, optional
+        A cluster to join, with the cluster's own settings.
+
+    Returns
+    -------
+    bool
+        ``True`` if this call started Ray (the caller then shuts it down).
+    """
+    ray = import_ray()
+    if ray.is_initialized():
+        return False
+    if address:
+        # joining a cluster: its resources, dashboard and priorities are the cluster's own settings
+        ray.init(address=address, log_to_driver=False)
+    else:
+        # workers at the caller's priority, not Ray's default 15 levels below (see the module notes)
+        ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
+                 log_to_driver=False, _system_config={"worker_niceness": 0})
+    return True
+
+
 class RayEngine:
     """Tasks on Ray workers, at most ``max_in_flight`` at once, retried ``max_retries`` times."""
 
@@ -70,15 +108,7 @@ class RayEngine:
                  max_retries: int = 3, max_in_flight: int | None = None):
         ray = import_ray()
         self.ray = ray
-        self.started = False
-        if not ray.is_initialized():
-            if address:
-                # joining a cluster: its resources and dashboard are the cluster's own settings
-                ray.init(address=address, log_to_driver=False)
-            else:
-                ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
-                         log_to_driver=False)
-            self.started = True
+        self.started = start_ray(workers, address)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.workers = int(workers or cpus)
         self.max_in_flight = int(max_in_flight or self.workers)
