@@ -232,7 +232,7 @@ def render(model: Any, inputs: Any, methods: Sequence[str] | None = None, metric
     pictures = x.ndim == 4 and x.shape[1] in (1, 3)
     rows, row_labels = [], []
     for i in range(n):
-        pred = int(np.argmax(probs[i])) if probs is not None and probs.ndim == 2 else None
+        pred = int(np.argmax(probs[i])) if probs is not None and probs.ndim == 2 and probs.shape[1] > 1 else None
         label = _name(names, int(labels[i])) if labels is not None else "—"
         if input_names is not None:
             label = f"{input_names[i]}: {label}" if labels is not None else str(input_names[i])

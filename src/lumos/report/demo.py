@@ -323,14 +323,15 @@ def sections() -> list[DemoSection]:
     out += [DemoSection(f, IMAGE_FAMILY_TITLES.get(f, f"{f} methods on images"), image_family_section(f))
             for f in order]
     out += [
+        # the report early in the tour (a few seconds), so the tour's time budget does not skip it
+        DemoSection("report", "one self-contained HTML report: maps side by side, metric ranking, method cards",
+                    _section_from("lumos.report.build", "report_section")),
         DemoSection("tabular", "black-box explanations of the credit world (Shapley values, LIME)",
                     _section_from("lumos.agnostic._demo", "tabular_demo")),
         DemoSection("effects", "global effects of the credit model (PD/ICE, ALE, importance, interactions)",
                     _section_from("lumos.effects._demo", "effects_demo")),
         DemoSection("metrics", "which explanation to trust? faithfulness, sanity and localisation metrics",
                     _section_from("lumos.metrics._demo", "compare_demo")),
-        DemoSection("report", "one self-contained HTML report: maps side by side, metric ranking, method cards",
-                    _section_from("lumos.report.build", "report_section")),
         DemoSection("concepts", "what the network learned: dissection, unit ablation, TCAV, feature visualisation",
                     _section_from("lumos.concepts._demo", "concepts_demo")),
         DemoSection("examples", "explanations by examples: counterfactuals, prototypes, influential training images",
