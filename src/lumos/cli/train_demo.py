@@ -1,4 +1,4 @@
-"""``lumos train-demo``: reproduce the shipped demo model's weights (``--text``: the text models'; ``--image-text``: the image–text dual encoder's)."""
+"""``lumos train-demo``: reproduce the shipped demo model's weights (``--text``: the text models'; ``--image-text``: the image–text dual encoder's; ``--vae``: the shapes-world conditional VAE's)."""
 from __future__ import annotations
 
 import json
@@ -20,13 +20,23 @@ def add_parser(sub) -> None:
                         "MiniLM head (--epochs: the classifier's)")
     p.add_argument("--image-text", action="store_true",
                    help="retrain the image–text dual encoder instead (--epochs: its epochs)")
+    p.add_argument("--vae", action="store_true",
+                   help="retrain the conditional VAE of the shapes world instead (--vae-steps: its steps)")
+    p.add_argument("--vae-steps", type=positive_int, default=None, help="with --vae: optimiser steps")
     p.add_argument("--lm-steps", type=positive_int, default=None, help="with --text: the tiny LM's steps")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    if args.text and args.image_text:
-        raise ValueError("--text and --image-text train different models; give one of them")
+    if sum(bool(getattr(args, k, False)) for k in ("text", "image_text", "vae")) > 1:
+        raise ValueError("--text, --image-text and --vae train different models; give one of them")
+    if getattr(args, "vae", False):
+        from ..data.generative import train_shapes_vae
+
+        kwargs = {"steps": args.vae_steps} if args.vae_steps is not None else {}
+        _, report = train_shapes_vae(out=args.out, seed=args.seed, progress=True, threads=args.threads, **kwargs)
+        print(json.dumps(report, indent=2, default=str))
+        return 0
     if args.image_text:
         from ..data.image_text import train_image_text_model
 
