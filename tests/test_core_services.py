@@ -214,3 +214,23 @@ def test_load_round_trip_still_works(saved):
     path, _ = saved
     e = lumos.load(path)
     assert e.feature_names == list("abcdef") and e.method == "integrated_gradients"
+
+
+def test_torch_threads_sets_and_restores_also_on_error():
+    import torch
+
+    from lumos.core.execution import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with torch_threads(1):
+            raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="threads must be a positive int"):
+            torch_threads(bad)

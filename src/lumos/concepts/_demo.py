@@ -80,7 +80,6 @@ def concepts_demo(out_dir: Path, quick: bool = False, files: dict | None = None)
     import matplotlib
 
     matplotlib.use("Agg")
-    import torch
 
     from ..data import load_demo_model, shapes_dataset
     from ..data.shapes import CLASS_NAMES, WATERMARK_CLASS
@@ -94,9 +93,9 @@ def concepts_demo(out_dir: Path, quick: bool = False, files: dict | None = None)
     files = {} if files is None else files
     lines: list[str] = []
     model = load_demo_model()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the demo's small batches run faster on one thread of a shared machine
-    try:
+    from ..core.execution import torch_threads
+
+    with torch_threads(1):  # the demo's small batches run faster on one thread of a shared machine
         lines += _visual_part(model, out_dir, quick, files)
         # 1. dissection
         data = shapes_dataset(150 if quick else 500, split="test", watermark=0.5, seed=3)
@@ -157,8 +156,6 @@ def concepts_demo(out_dir: Path, quick: bool = False, files: dict | None = None)
         _savefig(fig, out_dir / "concepts_tcav.png", files,
                  f"TCAV scores of the watermark concept per class at {TCAV_LAYER} beside random concepts "
                  "(error bars: sd over runs; * significant after Holm correction)")
-    finally:
-        torch.set_num_threads(threads)
     return lines
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.execution import torch_threads
 from . import text_models as tm
 from .text_world import (SHORTCUT_CLASS, TOKENIZER_PATH, VOCABULARY, build_text_tokenizer,
                          text_dataset)
@@ -49,17 +50,7 @@ def _check_int(name: str, val: Any, low: int) -> int:
     return int(val)
 
 
-@contextmanager
-def _threads(threads: int | None):
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be a positive int or None; got {threads!r}")
-    old = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+_threads = torch_threads  # one place for it: lumos.core.execution
 
 
 @contextmanager

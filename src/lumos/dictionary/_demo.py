@@ -28,17 +28,14 @@ def dictionary_demo(out_dir: Path, quick: bool = False, files: dict | None = Non
     list of str
         Summary lines.
     """
-    import torch
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {} if files is None else files
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small batches on shared cores: one thread is faster and steadier
-    try:
+    from ..core.execution import torch_threads
+
+    with torch_threads(1):  # small batches on shared cores: one thread is faster and steadier
         return _run(out_dir, quick, files)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(out_dir: Path, quick: bool, files: dict) -> list[str]:

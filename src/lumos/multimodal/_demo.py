@@ -29,14 +29,11 @@ def image_text_demo(out_dir: Path, quick: bool = False, files: dict | None = Non
     list of str
         The printed lines.
     """
-    import torch
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model on shared cores: one thread is faster and steadier
-    try:
+    from ..core.execution import torch_threads
+
+    with torch_threads(1):  # a tiny model on shared cores: one thread is faster and steadier
         return _run(Path(out_dir), quick, {} if files is None else files)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(out_dir: Path, quick: bool, files: dict) -> list[str]:

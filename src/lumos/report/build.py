@@ -372,18 +372,15 @@ def demo_report(out: str | Path = "lumos-out/report/report.html", n: int = 4, se
     Torch runs on one thread while it builds (restored after): the tiny model's small batches run
     several times faster on a shared machine (3.8 s instead of 22 s on two loaded cores).
     """
-    import torch
 
     from ..data import load_demo_model, shapes_dataset
 
     model = load_demo_model()
     data = shapes_dataset(n, split="test", seed=7)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    from ..core.execution import torch_threads
+
+    with torch_threads(1):
         return _build_demo(model, data, out, seed, log, timings)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _build_demo(model, data, out, seed, log, timings) -> Path:

@@ -194,21 +194,18 @@ def text_demo(out_dir: Path, quick: bool = False, files: dict | None = None) -> 
         attention, rollout, gradient x input, integrated gradients, occlusion and AttnLRP; the
         attention-vs-attribution agreement table and the permutation test; the generation.
     """
-    import torch
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {} if files is None else files
     lines: list[str] = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on shared cores: one thread is faster and steadier
-    try:
+    from ..core.execution import torch_threads
+
+    with torch_threads(1):  # tiny models on shared cores: one thread is faster and steadier
         _world(out_dir, quick, files, lines)
         _generation(out_dir, quick, files, lines)
         if quick:
             lines.append("(the MiniLM part runs with `lumos demo text`)")
         else:
             _minilm(out_dir, files, lines)
-    finally:
-        torch.set_num_threads(threads)
     return ["  " + ln for ln in lines]
