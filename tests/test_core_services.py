@@ -234,3 +234,21 @@ def test_torch_threads_sets_and_restores_also_on_error():
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="threads must be a positive int"):
             torch_threads(bad)
+
+
+def test_seeded_global_rng_seeds_the_block_and_restores_the_callers_stream():
+    import torch
+
+    from lumos.core.execution import seeded_global_rng
+
+    torch.manual_seed(11)
+    expected_after = torch.rand(3)
+    torch.manual_seed(11)
+    with seeded_global_rng(4):
+        a = torch.rand(3)
+    assert torch.equal(torch.rand(3), expected_after)  # the caller's stream continues untouched
+    with seeded_global_rng(4):
+        assert torch.equal(torch.rand(3), a)            # same seed, same draws
+    with pytest.raises(RuntimeError, match="boom"):
+        with seeded_global_rng(4):
+            raise RuntimeError("boom")

@@ -13,7 +13,8 @@ from typing import Iterator
 
 import numpy as np
 
-__all__ = ["chunks", "progress_bar", "rng", "torch_generator", "check_batch_size", "torch_threads", "DEFAULT_BATCH_SIZE",
+__all__ = ["chunks", "progress_bar", "rng", "torch_generator", "check_batch_size", "torch_threads",
+           "seeded_global_rng", "DEFAULT_BATCH_SIZE",
            "BATCH_BYTES"]
 
 DEFAULT_BATCH_SIZE = 64
@@ -123,3 +124,29 @@ class torch_threads:
         import torch
 
         torch.set_num_threads(self._before)
+
+
+class seeded_global_rng:
+    """Run a block with torch's *global* CPU generator seeded with ``seed``; the caller's generator
+    state is restored afterwards (``torch.random.fork_rng``), also on error.
+
+    The one place lumos touches the global generator. It exists for code that cannot take an
+    explicit generator: constructing ``nn`` modules (their default initialisation draws from the
+    global generator) and Hugging Face's ``_init_weights``. The trainers of the shipped models build
+    their models inside it, so a model is the same for a seed and the caller's random stream is left
+    as it was. Everything else takes a ``torch.Generator`` (:func:`torch_generator`).
+    """
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def __enter__(self) -> "seeded_global_rng":
+        import torch
+
+        self._fork = torch.random.fork_rng(devices=[])
+        self._fork.__enter__()
+        torch.random.default_generator.manual_seed(self.seed)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._fork.__exit__(*exc)

@@ -316,18 +316,16 @@ def train_shapes_vae(out: str | Path | None = None, seed: int = DEFAULTS["seed"]
 
 
 def _train(out, seed, steps, progress, n_train, batch_size, lr, latent_dim, beta):
-    from ..core.execution import progress_bar
+    from ..core.execution import progress_bar, seeded_global_rng
 
     t0, cpu0 = time.perf_counter(), time.process_time()
     data = shapes_dataset(n_train, split="train", watermark="none", seed=seed)
     x_all = vae_images(data.masks)
     y_all = data.labels
-    state = torch.random.get_rng_state()  # nn's default initialisation draws from the global generator:
-    torch.manual_seed(seed)               # seed it for the model, then restore the caller's state
-    try:
+    # nn's default initialisation draws from the global generator: seeded for the model, the
+    # caller's state restored after
+    with seeded_global_rng(seed):
         model = ShapesVAE(latent_dim=latent_dim)
-    finally:
-        torch.random.set_rng_state(state)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)

@@ -20,7 +20,6 @@ import math
 import platform
 import sysconfig
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.execution import torch_threads
+from ..core.execution import seeded_global_rng, torch_threads
 from . import text_models as tm
 from .text_world import (SHORTCUT_CLASS, TOKENIZER_PATH, VOCABULARY, build_text_tokenizer,
                          text_dataset)
@@ -53,12 +52,8 @@ def _check_int(name: str, val: Any, low: int) -> int:
 _threads = torch_threads  # one place for it: lumos.core.execution
 
 
-@contextmanager
-def _seeded(seed: int):
-    """Hugging Face initialises weights from the global RNG: seed it inside a fork, restored after."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        yield
+# Hugging Face initialises weights from the global generator: seeded for the block, restored after
+_seeded = seeded_global_rng
 
 
 def _out_paths(out: Any, *names: Path) -> list[Path] | None:
