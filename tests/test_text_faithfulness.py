@@ -21,6 +21,7 @@ from lumos.text import targets as T  # noqa: E402
 from lumos.text.faithfulness import (attention_explanation, faithfulness_table,  # noqa: E402
                                      removable_tokens, token_deletion, token_faithfulness,
                                      token_share)
+from tiny_transformers import minilm_tokenizer, tiny_bert, tiny_gpt2  # noqa: E402
 
 PATH = os.path.join(os.path.dirname(minilm.__file__), "model")
 TEXTS = ["a good movie", "the film was long and rather boring", "it was fine"]
@@ -28,16 +29,12 @@ TEXTS = ["a good movie", "the film was long and rather boring", "it was fine"]
 
 @pytest.fixture(scope="module")
 def tok():
-    return transformers.AutoTokenizer.from_pretrained(PATH, local_files_only=True)
+    return minilm_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def bert(tok):
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=32, num_labels=3,
-                                  initializer_range=0.3)
-    return transformers.BertForSequenceClassification(cfg).eval()
+    return tiny_bert(tok.vocab_size)
 
 
 class OneToken(nn.Module):
@@ -171,10 +168,7 @@ def test_fixed_grid_and_special_tokens_never_removed(tok):
 
 
 def test_text_targets_causal_lm_and_cosine(tok):
-    torch.manual_seed(1)
-    cfg = transformers.GPT2Config(vocab_size=tok.vocab_size, n_embd=16, n_layer=2, n_head=2,
-                                  n_positions=64, bos_token_id=0, eos_token_id=0, initializer_range=0.3)
-    gpt2 = transformers.GPT2LMHeadModel(cfg).eval()
+    gpt2 = tiny_gpt2(tok.vocab_size)
     target = T.next_token("movie")
     expl = lumos.explain(gpt2, TEXTS[:2], "gradient_x_input", tokenizer=tok, target=target)
     with pytest.raises(ValueError, match="same target object"):

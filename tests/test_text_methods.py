@@ -22,6 +22,7 @@ import lumos  # noqa: E402
 from lumos.rules import UnsupportedOperationError  # noqa: E402
 from lumos.text import targets as T  # noqa: E402
 from lumos.text.attention import eager_attention  # noqa: E402
+from tiny_transformers import minilm_tokenizer, tiny_bert, tiny_gpt2  # noqa: E402
 
 PATH = os.path.join(os.path.dirname(minilm.__file__), "model")
 TEXTS = ["a good movie", "the film was unbelievably long and rather boring overall"]
@@ -29,33 +30,17 @@ TEXTS = ["a good movie", "the film was unbelievably long and rather boring overa
 
 @pytest.fixture(scope="module")
 def tok():
-    return transformers.AutoTokenizer.from_pretrained(PATH, local_files_only=True)
-
-
-def _zero_biases(model):
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.zero_()
-    return model
+    return minilm_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def bert(tok):
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=32, num_labels=3,
-                                  initializer_range=0.3)
-    return _zero_biases(transformers.BertForSequenceClassification(cfg).double().eval())
+    return tiny_bert(tok.vocab_size, dtype=torch.float64, biases=False)
 
 
 @pytest.fixture(scope="module")
 def gpt2(tok):
-    torch.manual_seed(1)
-    cfg = transformers.GPT2Config(vocab_size=tok.vocab_size, n_embd=16, n_layer=2, n_head=2,
-                                  n_positions=64, bos_token_id=0, eos_token_id=0,
-                                  initializer_range=0.3)
-    return _zero_biases(transformers.GPT2LMHeadModel(cfg).double().eval())
+    return tiny_gpt2(tok.vocab_size, dtype=torch.float64, biases=False)
 
 
 @pytest.fixture(scope="module")
@@ -521,10 +506,7 @@ def test_text_saliency_defaults_to_the_gradient_norm(bert_with_biases, tok):
 def test_shapley_on_a_causal_lm_next_token(tok, fill):
     """A text target (the predicted next token's log-probability) through the token masker:
     efficiency against the hand-masked prompt (fixed token, the prompt's last position)."""
-    torch.manual_seed(1)
-    lm = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=tok.vocab_size, n_embd=16, n_layer=2, n_head=2, n_positions=64,
-        bos_token_id=0, eos_token_id=0, initializer_range=0.3)).double().eval()
+    lm = tiny_gpt2(tok.vocab_size, dtype=torch.float64)
     texts = ["a good movie", "the film was long"]
     e = lumos.explain(lm, texts, "exact_shapley", tokenizer=tok, target=T.next_token("predicted"),
                       masker=TokenMasker(fill=fill))
