@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._checks import check_world_arguments
 from .shapes import CLASS_NAMES, IMAGE_SIZE, _backgrounds, render_masks
 from .train import save_weights
 
@@ -160,12 +161,7 @@ def image_text_dataset(n: int, split: str = "train", seed: int = 0) -> ImageText
     (centre within 2 px of the quadrant's centre), so every phrase naming a colour, a shape or a
     position describes at most one object of an image. Same ``(n, split, seed)``, same data.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive int; got {n!r}")
-    if split not in _SPLITS:
-        raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int; got {seed!r}")
+    check_world_arguments(n, split, seed, _SPLITS, positive=True)
     n = int(n)
     gen = np.random.default_rng(np.random.SeedSequence([int(seed), _SPLITS[split]]))
     shape = np.stack([gen.permutation(4)[:2] for _ in range(n)])

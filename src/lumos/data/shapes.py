@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._checks import check_world_arguments
+
 __all__ = [
     "ShapesData", "shapes_dataset", "render_masks", "CLASS_NAMES", "IMAGE_SIZE", "WATERMARK_CLASS",
     "WATERMARK_BOX", "EXCLUSION_BOX", "SHORTCUT_RATE", "LEAK_RATE", "watermark_pattern",
@@ -326,12 +328,7 @@ def shapes_dataset(n: int, split: str = "train", watermark: str | float | bool |
     -------
     ShapesData
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"n must be a non-negative int; got {n!r}")
-    if split not in _SPLITS:
-        raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int; got {seed!r}")
+    check_world_arguments(n, split, seed, _SPLITS)
     n = int(n)
     wm_name, p_wm_class, p_other = _resolve_watermark(watermark, split)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), _SPLITS[split]]))

@@ -47,6 +47,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._checks import check_world_arguments
+
 __all__ = [
     "TextWorldData", "text_dataset", "load_text_tokenizer", "build_text_tokenizer", "VOCABULARY",
     "CLASS_NAMES", "EVIDENCE_WORDS", "SHORTCUT_TOKEN", "SHORTCUT_CLASS", "SHORTCUT_RATE", "LEAK_RATE",
@@ -321,12 +323,7 @@ def text_dataset(n: int, split: str = "train", shortcut: str | float | bool | No
     ``(split, seed)`` gives the same texts under every ``shortcut`` choice, apart from the
     appended word. 1000 texts take about 0.2 s.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"n must be a non-negative int; got {n!r}")
-    if split not in _SPLITS:
-        raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int; got {seed!r}")
+    check_world_arguments(n, split, seed, _SPLITS)
     name, p_class, p_other = _resolve_shortcut(shortcut, split)
     texts, words_all, labels, has = [], [], [], []
     for i in range(int(n)):
