@@ -83,3 +83,19 @@ def headless_browser() -> list:
             return ([path] + ([] if name.endswith("headless-shell") else ["--headless"])
                     + ["--no-sandbox", "--disable-gpu"])
     pytest.skip("no headless Chromium installed (apt-get install chromium)")
+
+
+def browse(tmp_path, path) -> tuple:
+    """Chromium's DOM dump of the file ``path``, its console lines and every URL it asked the network
+    for (``None`` when Chromium wrote no net log): what a browser test of a static page checks."""
+    import re
+    import subprocess
+
+    net = tmp_path / f"{path.stem}.netlog.json"
+    cmd = headless_browser() + ["--enable-logging=stderr", "--v=0", f"--log-net-log={net}", "--dump-dom",
+                                path.resolve().as_uri()]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    console = [line for line in res.stderr.splitlines() if ":CONSOLE" in line]
+    urls = re.findall(r'"url":"([^"]*)"', net.read_text(errors="replace")) if net.exists() else None
+    return res.stdout, console, urls

@@ -166,20 +166,20 @@ def plot_explanation(explanation, kind: str | None = None, index: int | None = N
 
 # ----------------------------------------------------------------------------- notebook view
 _TEMPLATE = """\
-<div class="lumos-explanation" style="display: flex; gap: 12px; align-items: flex-start; \
-font-family: sans-serif; font-size: 12px;">
-<table style="border-collapse: collapse;">
-<caption style="text-align: left; font-weight: bold;">Explanation</caption>
+<div class="lumos-explanation" style="{{ s.box }}">
+<div style="display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start;">
+<table style="{{ s.table }}">
+<caption style="{{ s.caption }}">Explanation</caption>
 {%- for key, value in rows %}
-<tr><th style="text-align: left; padding: 1px 8px 1px 0; vertical-align: top;">{{ key }}</th>\
-<td style="text-align: left; font-family: monospace;">{{ value }}</td></tr>
+<tr><th style="{{ s.th }}">{{ key }}</th><td style="{{ s.td }}"><code style="{{ s.code }}">{{ value }}</code></td></tr>
 {%- endfor %}
 </table>
 {%- if png %}
-<img src="data:image/png;base64,{{ png }}" alt="{{ alt }}" style="max-width: 640px;"/>
+<img src="data:image/png;base64,{{ png }}" alt="{{ alt }}" style="{{ s.img }}">
 {%- elif note %}
-<div style="color: #777;">{{ note }}</div>
+<p class="note" style="{{ s.note }}">{{ note }}</p>
 {%- endif %}
+</div>
 </div>"""
 
 
@@ -219,15 +219,15 @@ def _rows(explanation) -> list[tuple[str, str]]:
 
 
 def explanation_html(explanation, picture: bool = True, dpi: int = 72) -> str:
-    """A small table and a picture (inline base64 PNG) of ``explanation``, for notebooks.
+    """A small table and a picture (inline base64 PNG) of ``explanation``, for notebooks, in the
+    static report's table style (:mod:`lumos.display._html`).
 
     Every text goes through Jinja2's autoescaping, so a feature called ``<script>`` is shown,
     never run. A grid shows at most 4 samples. When nothing can draw the values, a note stands
     where the picture would be.
     """
-    from jinja2 import Environment
-
     from ._common import figure_png_base64
+    from ._html import render
 
     png, note = "", ""
     if picture:
@@ -250,8 +250,6 @@ def explanation_html(explanation, picture: bool = True, dpi: int = 72) -> str:
         finally:
             for num in set(plt.get_fignums()) - before:    # nothing left for the notebook
                 plt.close(num)
-    env = Environment(autoescape=True)
-    return env.from_string(_TEMPLATE).render(
-        rows=_rows(explanation), png=png, note=note,
-        alt=f"{explanation.method} attributions")
+    return render(_TEMPLATE, rows=_rows(explanation), png=png, note=note,
+                  alt=f"{explanation.method} attributions")
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ._common import ShortRepr
 
-__all__ = ["CurvesDisplay", "RandomisationDisplay", "metric_result_html"]
+__all__ = ["CurvesDisplay", "RandomisationDisplay", "metric_result_html", "comparison_rows", "comparison_html"]
 
 _COLOURS = ["#1f4e79", "#c0392b", "#27ae60", "#8e44ad", "#d35400", "#2c3e50", "#16a085", "#7f8c8d"]
 
@@ -184,26 +184,28 @@ class RandomisationDisplay(ShortRepr):
 
 
 _RESULT_TEMPLATE = """\
-<table class="lumos-metric" style="border-collapse: collapse; font-family: sans-serif; font-size: 12px;">
-<caption style="text-align: left; font-weight: bold;">{{ caption }}</caption>
+<div class="lumos-metric" style="{{ s.box }}">
+<table style="{{ s.table }}">
+<caption style="{{ s.caption }}">{{ caption }}</caption>
 {%- for key, value in rows %}
-<tr><th style="text-align: left; padding: 1px 8px 1px 0; vertical-align: top;">{{ key }}</th>\
-<td style="text-align: left; font-family: monospace;">{{ value }}</td></tr>
+<tr><th style="{{ s.th }}">{{ key }}</th><td style="{{ s.td }}"><code style="{{ s.code }}">{{ value }}</code></td></tr>
 {%- endfor %}
-</table>"""
+</table>
+</div>"""
 
 
 def metric_result_html(result) -> str:
-    """A small HTML table of a :class:`~lumos.metrics.results.MetricResult` (for notebooks):
-    the score (mean ± standard error), its direction and scale, the spread, the samples, the
-    parameters and the curves behind it. Every text is escaped (Jinja2 autoescape)."""
-    from jinja2 import Environment
+    """A small HTML table of a :class:`~lumos.metrics.results.MetricResult` (for notebooks), in
+    the static report's table style: the score (mean ± standard error), its direction and scale,
+    the spread, the samples, the parameters and the curves behind it. Every text is escaped
+    (Jinja2 autoescape)."""
+    from ._html import render
 
     scores = np.asarray(result.scores, dtype=np.float64)
     finite = scores[np.isfinite(scores)]
     rows = [("method", result.method or "—"),
             ("mean ± sem", f"{result.mean:.4g} ± {result.sem:.2g}"),
-            ("better", f"{result.direction} ({'↑' if result.direction == 'higher' else '↓'})")]
+            ("better", f"{result.direction} ({_arrow(result.direction)})")]
     scale = result.params.get("scale")
     if scale:
         rows.append(("scale", str(scale)))
@@ -218,5 +220,110 @@ def metric_result_html(result) -> str:
         rows.append(("params", params if len(params) <= 160 else params[:159] + "…"))
     if result.curves:
         rows.append(("curves", ", ".join(f"{k} {tuple(np.shape(v))}" for k, v in result.curves.items())))
-    return Environment(autoescape=True).from_string(_RESULT_TEMPLATE).render(
-        caption=f"{result.name}", rows=rows)
+    return render(_RESULT_TEMPLATE, caption=f"{result.name}", rows=rows)
+
+
+def _arrow(direction: str) -> str:
+    return "↑" if direction == "higher" else "↓"
+
+
+def comparison_rows(comparison, fmt) -> dict:
+    """The ranking table of a :class:`~lumos.metrics.compare.Comparison` as data for a template.
+
+    Rows in the comparison's order (best mean rank first); per metric a cell with the mean and
+    standard deviation over samples (``fmt`` writes the numbers), the rank (1 = best; ties share
+    the average rank), ``best`` for rank 1, and ``why`` where the result is missing. Also the
+    metrics' arrows (↑ higher is better, ↓ lower is better) and the notes of the text table
+    (the scale each metric was scored on).
+    """
+    ranks, mean_rank = comparison.ranks(), comparison.mean_ranks()
+    rows = []
+    for m in comparison.order():
+        cells = []
+        for k in comparison.metrics:
+            r = comparison.result(m, k)
+            if r is None:
+                why = comparison.results.get(m, {}).get(k)
+                why = why if isinstance(why, str) else "no result"
+                cells.append({"metric": k, "missing": True, "why": why, "best": False,
+                              "text": f"n/a ({why})"})
+                continue
+            rk = ranks.get(k, {}).get(m)
+            cell = {"metric": k, "missing": False, "mean": r.mean, "std": r.std, "rank": rk,
+                    "mean_text": fmt(r.mean), "std_text": fmt(r.std),
+                    "rank_text": f"{rk:g}" if rk is not None else "", "best": rk == 1}
+            cell["text"] = f"{cell['mean_text']} ± {cell['std_text']}" + (f" ({rk:g})" if rk is not None else "")
+            cells.append(cell)
+        mr = mean_rank[m]
+        rows.append({"method": m, "cells": cells, "mean_rank_value": mr,
+                     "mean_rank": f"{mr:.2f}" if np.isfinite(mr) else "n/a"})
+    notes = [line for line in comparison.table() if line.startswith("scored on")]
+    directions = {k: comparison.direction(k) for k in comparison.metrics}
+    return {"metrics": list(comparison.metrics), "rows": rows, "n_samples": comparison.n_samples,
+            "notes": notes, "directions": directions,
+            "arrows": {k: _arrow(d) for k, d in directions.items()}}
+
+
+_COMPARISON_TEMPLATE = """\
+<div class="lumos-comparison" style="{{ s.box }}">
+<div style="overflow-x: auto;">
+<table style="{{ s.table }}">
+<caption style="{{ s.caption }}">Comparison: {{ t.rows | length }} method(s) × {{ t.metrics | length }} \
+metric(s) on {{ t.n_samples }} sample(s)</caption>
+<tr><th style="{{ s.th }}">method</th>
+{%- for k in t.metrics %}<th style="{{ s.th }}" class="metric" data-direction="{{ t.directions[k] }}" \
+title="{{ t.directions[k] }} is better">{{ k }} {{ t.arrows[k] }}</th>{% endfor %}\
+<th style="{{ s.th }}">mean rank</th></tr>
+{%- for row in t.rows %}
+<tr class="method-row"><td style="{{ s.td }}" class="method">{{ row.method }}</td>
+{%- for c in row.cells %}
+{%- if c.missing %}<td style="{{ s.num }}" class="num missing" title="{{ c.why }}">n/a</td>
+{%- else %}<td style="{{ s.best if c.best else s.num }}" class="num{{ ' best' if c.best }}" \
+data-mean="{{ c.mean | string }}" data-std="{{ c.std | string }}" data-rank="{{ c.rank_text }}">\
+<span class="mean">{{ c.mean_text }}</span> ± <span class="spread">{{ c.std_text }}</span>\
+{% if c.rank_text %} (<span class="rank">{{ c.rank_text }}</span>){% endif %}</td>
+{%- endif %}
+{%- endfor %}<td style="{{ s.num }}" class="num mean-rank" data-mean-rank="{{ row.mean_rank_value | string }}">\
+{{ row.mean_rank }}</td></tr>
+{%- endfor %}
+</table>
+</div>
+<p class="note" style="{{ s.note }}">Each cell: mean ± standard deviation over {{ t.n_samples }} sample(s) and \
+(rank) on that metric, 1 = best (↑ higher is better, ↓ lower is better); methods ordered by mean rank; \
+<code style="{{ s.code }}">random</code> is the chance baseline.</p>
+{%- for line in t.notes %}
+<p class="note" style="{{ s.note }}">{{ line }}</p>
+{%- endfor %}
+{%- for row in t.rows %}{% for c in row.cells if c.missing %}
+<p class="note missing-why" style="{{ s.note }}">n/a {{ row.method }} × {{ c.metric }}: {{ c.why }}</p>
+{%- endfor %}{% endfor %}
+{%- if png %}
+<img src="data:image/png;base64,{{ png }}" alt="mean score curves per method" style="{{ s.img }}">
+{%- endif %}
+</div>"""
+
+
+def comparison_html(comparison, fmt, picture: bool = True, dpi: int = 64) -> str:
+    """The notebook view of a :class:`~lumos.metrics.compare.Comparison`: the ranking table
+    (:func:`comparison_rows`: mean ± standard deviation, rank per metric, mean rank, the direction
+    of each metric) in the static report's table style, and below it the mean deletion/insertion
+    curves (an inline PNG) when the comparison has them. ``data-mean``/``data-std``/``data-rank``
+    attributes hold each cell's numbers unrounded. Every text is escaped (Jinja2 autoescape).
+    """
+    from ._html import render
+
+    png = ""
+    if picture:
+        import matplotlib.pyplot as plt
+
+        from ._common import figure_png_base64
+
+        before = set(plt.get_fignums())
+        try:
+            fig = comparison.plot_curves()
+            if fig is not None:
+                png = figure_png_base64(fig, dpi=dpi)
+        finally:
+            for num in set(plt.get_fignums()) - before:    # nothing left for the notebook
+                plt.close(num)
+    return render(_COMPARISON_TEMPLATE, t=comparison_rows(comparison, fmt), png=png)

@@ -189,6 +189,12 @@ class Comparison:
     def __str__(self) -> str:
         return "\n".join(self.table())
 
+    def _repr_html_(self) -> str:
+        """Notebooks: the ranking table in the report's style and the mean curves (escaped)."""
+        from ..display.metrics import comparison_html
+
+        return comparison_html(self, _fmt)
+
     def to_dict(self) -> dict:
         res = {m: {k: (v.to_dict() if isinstance(v, MetricResult) else {"missing": v})
                    for k, v in self.results.get(m, {}).items()} for m in self.methods}
