@@ -5,17 +5,26 @@ masks, windows, coalitions) runs them through :func:`chunks` under a ``batch_siz
 progress bar through :func:`progress_bar` when the work is long. Randomness comes only from
 :func:`rng` / :func:`torch_generator`, built from an explicit ``seed``: never the global RNG.
 Results never depend on the batch size: random draws are made before batching.
+
+Long work can be watched and stopped from outside: inside a :func:`progress_scope`, every
+:func:`chunks` loop and every :func:`progress_bar` reports its progress to the scope's callback
+and raises :class:`Cancelled` at its next step once the scope's :class:`CancelToken` is
+cancelled. The scope lives in a :mod:`contextvars` variable, so it follows the code of one thread
+(or task); a new thread starts without it and must open its own (``lumos serve`` opens one inside
+each job's worker thread).
 """
 from __future__ import annotations
 
+import contextvars
 import sys
-from typing import Iterator
+import threading
+from typing import Callable, Iterator
 
 import numpy as np
 
 __all__ = ["chunks", "progress_bar", "rng", "torch_generator", "check_batch_size", "torch_threads",
-           "seeded_global_rng", "DEFAULT_BATCH_SIZE",
-           "BATCH_BYTES"]
+           "seeded_global_rng", "progress_scope", "CancelToken", "Cancelled", "check_cancelled",
+           "DEFAULT_BATCH_SIZE", "BATCH_BYTES"]
 
 DEFAULT_BATCH_SIZE = 64
 # Bytes of input per internal batch when the batch size is left to lumos: rows beyond this stop
@@ -43,8 +52,132 @@ def check_batch_size(batch_size: int | None, name: str = "batch_size",
     return int(batch_size)
 
 
+class Cancelled(BaseException):
+    """Raised inside a :func:`progress_scope` at the next chunk after its token was cancelled.
+
+    A ``BaseException`` (as ``asyncio.CancelledError`` and ``KeyboardInterrupt`` are), so that a
+    method's own ``except Exception`` fallback does not swallow the request to stop; context
+    managers (``ModelGuard``) still restore what they guard on the way out.
+    """
+
+
+class CancelToken:
+    """A thread-safe flag asking the work of a :func:`progress_scope` to stop."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        """Ask the work to stop (at its next chunk); may be called from any thread."""
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        """Raise :class:`Cancelled` when cancelled."""
+        if self._event.is_set():
+            raise Cancelled("cancelled")
+
+
+class progress_scope:
+    """Watch and stop the lumos work run inside this block (in this thread).
+
+    Parameters
+    ----------
+    callback : callable, optional
+        ``callback(done, total, desc)``, called after each chunk of every :func:`chunks` loop and
+        each update of every :func:`progress_bar` run inside the block (``done`` of ``total``
+        items of the loop described by ``desc``). Nested loops each report their own counts.
+    token : CancelToken, optional
+        When it is cancelled, the next chunk (or bar update) raises :class:`Cancelled`. Default:
+        a fresh token, available as ``scope.token``.
+
+    Notes
+    -----
+    The scope is held in a :mod:`contextvars` variable: threads started inside the block do not
+    see it (open a scope in the thread itself). Scopes nest; the innermost one is reported to.
+
+    >>> token = CancelToken()
+    >>> with progress_scope(lambda done, total, desc: print(desc, done, total), token):
+    ...     lumos.explain(model, x, "integrated_gradients", n_steps=256, batch_size=8)
+    """
+
+    def __init__(self, callback: Callable[[int, int, str], None] | None = None,
+                 token: CancelToken | None = None):
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable or None; got {type(callback).__name__}")
+        if token is not None and not isinstance(token, CancelToken):
+            raise TypeError(f"token must be a CancelToken or None; got {type(token).__name__}")
+        self.callback = callback
+        self.token = CancelToken() if token is None else token
+
+    def report(self, done: int, total: int, desc: str = "") -> None:
+        """Pass progress to the callback, then stop if cancelled."""
+        if self.callback is not None:
+            self.callback(int(done), int(total), desc)
+        self.token.check()
+
+    def __enter__(self) -> "progress_scope":
+        self.token.check()  # cancelled before it started: do not start
+        self._reset = _SCOPE.set(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _SCOPE.reset(self._reset)
+
+
+_SCOPE: contextvars.ContextVar[progress_scope | None] = contextvars.ContextVar("lumos_progress_scope",
+                                                                               default=None)
+
+
+def check_cancelled() -> None:
+    """Raise :class:`Cancelled` if the current :func:`progress_scope` was cancelled (else nothing).
+
+    For loops of lumos that use neither :func:`chunks` nor :func:`progress_bar`.
+    """
+    scope = _SCOPE.get()
+    if scope is not None:
+        scope.token.check()
+
+
+class _ScopedBar:
+    """A tqdm bar whose updates also go to the current :func:`progress_scope`."""
+
+    def __init__(self, bar, scope: progress_scope, total: int, desc: str):
+        self._bar, self._scope, self._total, self._desc, self._done = bar, scope, int(total or 0), desc, 0
+
+    def update(self, n: int = 1):
+        self._done += n
+        out = self._bar.update(n)
+        self._scope.report(self._done, self._total, self._desc)
+        return out
+
+    def __enter__(self) -> "_ScopedBar":
+        self._bar.__enter__()
+        self._scope.token.check()
+        return self
+
+    def __exit__(self, *exc):
+        return self._bar.__exit__(*exc)
+
+    def __getattr__(self, name):
+        return getattr(self._bar, name)
+
+
 def progress_bar(total: int, desc: str = "", progress: bool | None = None, unit: str = "it"):
-    """A tqdm bar. ``progress=None`` shows it only on a terminal; ``False`` never; ``True`` always."""
+    """A tqdm bar. ``progress=None`` shows it only on a terminal; ``False`` never; ``True`` always.
+
+    Inside a :func:`progress_scope` its updates are also reported to the scope (shown or not), and
+    an update after the scope's token was cancelled raises :class:`Cancelled`.
+    """
+    bar = _tqdm(total, desc, progress, unit)
+    scope = _SCOPE.get()
+    return bar if scope is None else _ScopedBar(bar, scope, total, desc)
+
+
+def _tqdm(total: int, desc: str, progress: bool | None, unit: str):
     from tqdm.auto import tqdm
 
     if progress is None:
@@ -58,20 +191,30 @@ def chunks(total: int, batch_size: int | None, desc: str = "", progress: bool | 
            unit: str = "it") -> Iterator[slice]:
     """Yield slices covering ``range(total)`` in pieces of at most ``batch_size``.
 
-    Shows a progress bar (see :func:`progress_bar`) when there are several chunks.
+    Shows a progress bar (see :func:`progress_bar`) when there are several chunks. Inside a
+    :func:`progress_scope`, each finished chunk is reported to the scope and a cancelled scope
+    stops the loop with :class:`Cancelled` before the next chunk.
     """
     bs = check_batch_size(batch_size)
     n_chunks = -(-total // bs) if total else 0
     show = progress if progress is not None else (None if n_chunks >= _MIN_CHUNKS_FOR_BAR else False)
+    scope = _SCOPE.get()
+    if scope is not None:
+        scope.token.check()
     if show is False:  # no bar: skip building a disabled tqdm (it costs more than a small chunk)
         for start in range(0, total, bs):
-            yield slice(start, min(start + bs, total))
+            stop = min(start + bs, total)
+            yield slice(start, stop)
+            if scope is not None:
+                scope.report(stop, total, desc)
         return
-    with progress_bar(total, desc, show, unit) as bar:
+    with _tqdm(total, desc, show, unit) as bar:  # the scope is told below, not through the bar
         for start in range(0, total, bs):
             stop = min(start + bs, total)
             yield slice(start, stop)
             bar.update(stop - start)
+            if scope is not None:
+                scope.report(stop, total, desc)
 
 
 def rng(seed: int | np.random.Generator | None) -> np.random.Generator:

@@ -1,0 +1,198 @@
+"""The background job queue of ``lumos serve``: long work off the request path, with progress and
+cancellation.
+
+A :class:`JobQueue` runs jobs on a small pool of worker threads. Each job runs inside a
+:func:`lumos.core.execution.progress_scope` opened *in its worker thread* (context variables do not
+follow a function into a new thread): every :func:`~lumos.core.execution.chunks` loop and progress
+bar of lumos reports to the job, and a cancelled job stops with
+:class:`~lumos.core.execution.Cancelled` at its next chunk. A job that raises is ``failed`` with its
+message (never a traceback); the queue and the server keep running.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from ..core.execution import CancelToken, Cancelled, progress_scope
+
+__all__ = ["Job", "JobQueue", "QueueFull", "STATES"]
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+FINISHED = ("done", "failed", "cancelled")
+
+
+class QueueFull(RuntimeError):
+    """Too many jobs are waiting."""
+
+
+class Job:
+    """One unit of work: its state, progress (0..1), current stage, error message and result."""
+
+    def __init__(self, model_id: str, label: str = ""):
+        self.id = uuid.uuid4().hex[:16]
+        self.model_id = model_id
+        self.label = label
+        self.state = "queued"
+        self.progress = 0.0
+        self.stage = ""
+        self.error: str | None = None
+        self.result: Any = None
+        self.created = time.time()
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.token = CancelToken()
+        self.files: dict[str, bytes] = {}  # map PNGs and value arrays served by the app
+        self._lock = threading.Lock()
+        self._steps = (0, 1)  # (index, count) of the stage being run
+        self.done_event = threading.Event()
+
+    # ---------------------------------------------------------------- called by the work
+    def step(self, index: int, count: int, stage: str) -> None:
+        """Start stage ``index`` of ``count`` (progress moves to ``index / count``)."""
+        with self._lock:
+            self._steps = (index, max(1, count))
+            self.stage = stage
+            self.progress = max(self.progress, min(1.0, index / max(1, count)))
+        self.token.check()
+
+    def report(self, done: int, total: int, desc: str = "") -> None:
+        """A chunk of the current stage finished (the callback of the job's progress scope)."""
+        if total <= 0:
+            return
+        with self._lock:
+            i, n = self._steps
+            value = (i + min(1.0, done / total)) / n
+            self.progress = max(self.progress, min(value, 1.0))
+
+    # ---------------------------------------------------------------- read by the app
+    @property
+    def finished_state(self) -> bool:
+        return self.state in FINISHED
+
+    def as_json(self, with_result: bool = True) -> dict:
+        return {"id": self.id, "model": self.model_id, "state": self.state, "label": self.label,
+                "progress": round(float(self.progress), 4), "stage": self.stage, "error": self.error,
+                "created": self.created, "started": self.started, "finished": self.finished,
+                "result": self.result if with_result and self.state == "done" else None}
+
+
+def _message(err: BaseException) -> str:
+    """A one-paragraph message for the page: the error's own text, its type when it has none."""
+    text = " ".join(str(err).split())
+    if not text:
+        return type(err).__name__
+    if isinstance(err, (ValueError, TypeError, KeyError, FileNotFoundError)):
+        return text[:2000]
+    return f"{type(err).__name__}: {text}"[:2000]
+
+
+class JobQueue:
+    """Worker threads running jobs in order of submission.
+
+    Parameters
+    ----------
+    workers : int, default 1
+        Jobs run at the same time (jobs on one torch model run one after another anyway: lumos
+        holds a lock per model).
+    max_queued : int, default 16
+        Jobs waiting or running at once; one more raises :class:`QueueFull`.
+    keep : int, default 64
+        Finished jobs kept for their results (the oldest are dropped first).
+    """
+
+    def __init__(self, workers: int = 1, max_queued: int = 16, keep: int = 64):
+        for name, v in (("workers", workers), ("max_queued", max_queued), ("keep", keep)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int; got {v!r}")
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lumos-serve-job")
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_queued, self.keep = max_queued, keep
+        self._closed = False
+
+    def submit(self, work: Callable[[Job], Any], model_id: str, label: str = "") -> Job:
+        """Queue ``work(job) -> result``; returns the job at once."""
+        job = Job(model_id, label)
+        with self._lock:
+            if self._closed:
+                raise QueueFull("the server is shutting down")
+            active = sum(1 for j in self._jobs.values() if not j.finished_state)
+            if active >= self.max_queued:
+                raise QueueFull(f"{active} jobs are already queued or running (limit {self.max_queued}); "
+                                "wait for one to finish or cancel one")
+            self._jobs[job.id] = job
+            self._forget_old()
+        self._pool.submit(self._run, job, work)
+        return job
+
+    def _forget_old(self) -> None:
+        finished = [k for k, j in self._jobs.items() if j.finished_state]
+        for k in finished[: max(0, len(finished) - self.keep)]:
+            del self._jobs[k]
+
+    def _run(self, job: Job, work: Callable[[Job], Any]) -> None:
+        try:
+            with job._lock:
+                if job.token.cancelled:  # cancelled while queued
+                    job.state = "cancelled"
+                    return
+                job.state, job.started = "running", time.time()
+            # the scope is opened here, in the worker thread: context variables do not follow a
+            # function into a thread pool
+            with progress_scope(job.report, job.token):
+                result = work(job)
+            with job._lock:
+                job.result, job.progress, job.state = result, 1.0, "done"
+        except Cancelled:
+            job.state = "cancelled"
+        except Exception as err:  # noqa: BLE001 - any failure of the work is the job's, not the server's
+            job.error = _message(err)
+            job.state = "failed"
+        finally:
+            if job.token.cancelled and job.state == "running":
+                job.state = "cancelled"
+            job.finished = time.time()
+            job.done_event.set()
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        """Ask a job to stop: a queued one never starts, a running one stops at its next chunk."""
+        job = self.get(job_id)
+        with job._lock:
+            if job.finished_state:
+                return job
+            job.token.cancel()
+            if job.state == "queued":
+                job.state = "cancelled"
+                job.finished = time.time()
+                job.done_event.set()
+        return job
+
+    def jobs(self) -> list[Job]:
+        with self._lock:
+            return list(self._jobs.values())
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Cancel every job and wait (at most ``timeout`` seconds) for the workers."""
+        with self._lock:
+            self._closed = True
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            try:
+                self.cancel(job.id)
+            except KeyError:
+                pass
+        deadline = time.monotonic() + timeout
+        for job in jobs:
+            job.done_event.wait(max(0.0, deadline - time.monotonic()))
+        self._pool.shutdown(wait=False, cancel_futures=True)
