@@ -1,4 +1,4 @@
-"""``lumos train-demo``: reproduce the shipped demo model's weights (``--text``: the text models'; ``--image-text``: the image–text dual encoder's; ``--vae``: the shapes-world conditional VAE's)."""
+"""``lumos train-demo``: reproduce the shipped demo model's weights (``--text``: the text models'; ``--image-text``: the image–text dual encoder's; ``--vae``: the shapes-world conditional VAE's; ``--diffusion``: the shapes-world DDPM's)."""
 from __future__ import annotations
 
 import json
@@ -23,13 +23,24 @@ def add_parser(sub) -> None:
     p.add_argument("--vae", action="store_true",
                    help="retrain the conditional VAE of the shapes world instead (--vae-steps: its steps)")
     p.add_argument("--vae-steps", type=positive_int, default=None, help="with --vae: optimiser steps")
+    p.add_argument("--diffusion", action="store_true",
+                   help="retrain the conditional DDPM of the shapes world instead (--diffusion-steps: its steps)")
+    p.add_argument("--diffusion-steps", type=positive_int, default=None, help="with --diffusion: optimiser steps")
     p.add_argument("--lm-steps", type=positive_int, default=None, help="with --text: the tiny LM's steps")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    if sum(bool(getattr(args, k, False)) for k in ("text", "image_text", "vae")) > 1:
-        raise ValueError("--text, --image-text and --vae train different models; give one of them")
+    if sum(bool(getattr(args, k, False)) for k in ("text", "image_text", "vae", "diffusion")) > 1:
+        raise ValueError("--text, --image-text, --vae and --diffusion train different models; give one of them")
+    if getattr(args, "diffusion", False):
+        from ..data.diffusion import train_shapes_ddpm
+
+        kwargs = {"steps": args.diffusion_steps} if args.diffusion_steps is not None else {}
+        _, report = train_shapes_ddpm(out=args.out, seed=args.seed, progress=True, threads=args.threads,
+                                      evaluate=100, **kwargs)
+        print(json.dumps(report, indent=2, default=str))
+        return 0
     if getattr(args, "vae", False):
         from ..data.generative import train_shapes_vae
 
