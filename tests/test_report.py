@@ -12,7 +12,8 @@ import torch
 from conftest import headless_browser
 from torch import nn
 
-from lumos.report.build import SECTIONS, build, model_sha256, render
+from lumos.report.build import (SECTIONS, TABLE_SECTIONS, TEXT_SECTIONS, build, model_sha256, render,
+                                sections_for)
 from lumos.report.cards import CARDS, method_card
 
 XSS = "<script>alert(1)</script>"
@@ -191,13 +192,17 @@ def test_report_in_a_real_browser(tmp_path, page):
 
 
 def test_images_are_valid_pngs(page):
+    _check_pngs(page, 6)
+
+
+def _check_pngs(page: str, n: int) -> None:
     import base64
     import io
 
     from PIL import Image
 
     blobs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(blobs) == 6
+    assert len(blobs) == n
     for b in blobs:
         im = Image.open(io.BytesIO(base64.b64decode(b)))
         im.load()
@@ -249,16 +254,295 @@ def test_the_demo_has_a_report_section(tmp_path):
     assert any("total" in line for line in lines)
 
 
-def test_table_inputs_get_their_values_and_a_bar_chart_per_method():
+# ------------------------------------------------------------------------------------------ tables
+def _table_world():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)).eval()
     x = torch.rand(3, 4, generator=torch.Generator().manual_seed(2))
-    names = ["age", XSS, ATTR, "income"]
-    html = render(model, x, ["saliency", "gradient_x_input"], ["sparseness"], feature_names=names)
+    bg = torch.rand(40, 4, generator=torch.Generator().manual_seed(3)).numpy()
+    y = (bg[:, 0] + 0.5 * bg[:, 3] > 0.75).astype(int)
+    return model, x, bg, y
+
+
+TABLE_NAMES = ["age", XSS, ATTR, "income"]
+TABLE_METHODS = ["kernel_shap", "gradient_x_input"]
+
+
+def _table_render(results=None, **kw):
+    model, x, bg, y = _table_world()
+    return render(model, x, TABLE_METHODS, ["sparseness", "deletion"], feature_names=TABLE_NAMES, background=bg,
+                  background_labels=y, n_effect_features=2, class_names=["no", "yes"],
+                  metric_params={"deletion": {"n_steps": 4}}, results=results, **kw)
+
+
+@pytest.fixture(scope="module")
+def table_page():
+    results: dict = {}
+    return _table_render(results), results
+
+
+def test_table_report_sections_images_and_no_external_reference(table_page):
+    html, _ = table_page
+    test_report_is_self_contained(html)
     p = _parse(html)
-    assert p.tags.count("img") == 3 and "script" not in p.tags  # one picture of bars per row
-    assert XSS not in html and html.count("&lt;script&gt;alert(1)&lt;/script&gt;=") == 3
-    text = " ".join(p.texts)
-    assert f"age={x[0, 0].item():.4g}" in text and f"{ATTR}={x[2, 2].item():.4g}" in text
+    for sid, title in TABLE_SECTIONS:
+        assert sid in p.ids and title in p.texts
+    assert "maps" not in p.ids
+    # a picture per row, a beeswarm, PD/ICE + ALE, permutation importance
+    assert p.tags.count("img") == 3 + 1 + 1 + 1
+    _check_pngs(html, 6)
+    for m in TABLE_METHODS + ["random"]:
+        assert f"card-{m}" in p.ids
+
+
+def test_table_numbers_are_those_of_direct_calls(table_page):
+    """What the pictures and tables show is what lumos.explain and lumos.effects give directly."""
+    import lumos
+    from lumos.effects import ale, partial_dependence, permutation_importance
+
+    html, results = table_page
+    model, x, bg, y = _table_world()
+    e = results["explanations"]
+    tgt = np.asarray(e["kernel_shap"].target)
+    assert tgt.tolist() == model(x).argmax(1).tolist()
+    direct = {"kernel_shap": lumos.explain(model, x, "kernel_shap", target=tgt.tolist(), background=bg),
+              "gradient_x_input": lumos.explain(model, x, "gradient_x_input", target=tgt.tolist())}
+    for m, d in direct.items():
+        assert np.abs(np.asarray(e[m].values) - np.asarray(d.values)).max() <= 1e-12, m
+    # the values table under each picture shows those numbers
+    text = " ".join(_parse(html).texts)
+    for i in range(3):
+        for j in range(4):
+            assert f"{direct['kernel_shap'].values[i, j]:.4g}" in text
+    # effects of the two features with the largest mean |kernel SHAP|, on the background
+    top = np.argsort(-np.abs(direct["kernel_shap"].values).mean(0), kind="stable")[:2]
+    eff = results["effects"]
+    assert list(eff["pdp"]) == [TABLE_NAMES[j] for j in top] == list(eff["ale"])
+    for j in top:
+        pd_direct = partial_dependence(model, bg, int(j), seed=0)
+        ale_direct = ale(model, bg, int(j), seed=0)
+        got_pd, got_ale = eff["pdp"][TABLE_NAMES[j]], eff["ale"][TABLE_NAMES[j]]
+        assert np.abs(got_pd.average - pd_direct.average).max() <= 1e-12
+        assert np.abs(got_pd.ice - pd_direct.ice).max() <= 1e-12
+        assert np.abs(got_ale.values - ale_direct.values).max() <= 1e-12
+        assert f"{pd_direct.average.min():.4g} … {pd_direct.average.max():.4g}" in text
+        assert f"{ale_direct.values.min():.4g} … {ale_direct.values.max():.4g}" in text
+    imp = permutation_importance(model, bg, y, seed=0)
+    assert np.abs(eff["importance"].importances - imp.importances).max() <= 1e-12
+    assert eff["importance"].feature_names == TABLE_NAMES
+    for j in range(4):
+        assert f"{imp.mean[j]:.4g}" in text
+
+
+def test_table_report_is_the_same_for_the_same_seed(table_page):
+    html, _ = table_page
+    assert _table_render() == html
+    assert _table_render(seed=1) != html
+
+
+def test_table_feature_names_are_escaped(table_page):
+    html, _ = table_page
+    assert XSS not in html and 'onerror="alert' not in html
+    p = _parse(html)
+    assert "script" not in p.tags and not any(k.startswith("on") for _, a in p.attrs for k in a)
+    assert sum(XSS in t for t in p.texts) >= 3 + 3  # the inputs table and each row's values table
+    assert any(ATTR in t for t in p.texts)
+
+
+def test_table_sections_only_where_they_apply():
+    model, x, bg, y = _table_world()
+    html = render(model, x, ["gradient_x_input"], ["sparseness"], feature_names=TABLE_NAMES)
+    p = _parse(html)
+    assert [s for s, _ in TABLE_SECTIONS if s in p.ids] == [s for s, _ in sections_for("table", effects=False)]
+    assert "effects" not in p.ids and p.tags.count("img") == 3 + 1
+    assert f"age={x[0, 0].item():.4g}" in " ".join(p.texts)
+    # effects without permutation importance when the background has no labels; chosen features
+    html = render(model, x, ["gradient_x_input"], ["sparseness"], background=bg, effect_features=["x1", 3])
+    p = _parse(html)
+    assert "effects" in p.ids and "importance" not in p.ids and p.tags.count("img") == 3 + 1 + 1
+    assert "background_labels" in " ".join(p.texts)
     with pytest.raises(ValueError, match="feature_names"):
         render(model, x, ["saliency"], ["sparseness"], feature_names=["a", "b"])
+    with pytest.raises(ValueError, match="background"):
+        render(model, x, ["saliency"], ["sparseness"], background=bg[:, :3])
+    with pytest.raises(ValueError, match="background_labels"):
+        render(model, x, ["saliency"], ["sparseness"], background=bg, background_labels=y[:5])
+    with pytest.raises(ValueError, match="effect_features"):
+        render(model, x, ["saliency"], ["sparseness"], background=bg, effect_features=["nope"])
+
+
+def test_table_report_in_a_real_browser(tmp_path, table_page):
+    html, _ = table_page
+    path = tmp_path / "table.html"
+    path.write_text(html, encoding="utf-8")
+    out, console, urls = _browse(tmp_path, path)
+    assert console == [] and urls == []
+    dom = _parse(out)
+    assert all(sid in dom.ids for sid, _ in TABLE_SECTIONS) and dom.tags.count("img") == 6
+    assert any(XSS in t for t in dom.texts)
+
+
+def test_cli_credit_world_report(tmp_path, capsys):
+    from lumos.cli import main
+
+    assert main(["report", "--world", "credit", "--n", "2", "--out", str(tmp_path)]) == 0
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    p = _parse(html)
+    assert all(sid in p.ids for sid, _ in TABLE_SECTIONS) and "debt_ratio" in html
+    assert p.tags.count("img") == 2 + 1 + 1 + 1 and "card-exact_shapley" in p.ids
+    out = capsys.readouterr().out
+    assert "effects" in out and "wrote" in out
+    assert main(["report", "--world", "credit", "--model", "x:y", "--input", "x.pt"]) == 2
+
+
+# ------------------------------------------------------------------------------------------- texts
+@pytest.fixture(scope="module")
+def text_page(tmp_path_factory):
+    pytest.importorskip("transformers")
+    from lumos.cli import main
+
+    out = tmp_path_factory.mktemp("text_report")
+    assert main(["report", "--world", "text", "--n", "2", "--out", str(out)]) == 0
+    return (out / "report.html").read_text(encoding="utf-8")
+
+
+def _srcdocs(html: str) -> list[str]:
+    return [a["srcdoc"] for t, a in _parse(html).attrs if t == "iframe"]
+
+
+def test_text_report_sections_highlights_and_numbers(text_page):
+    """Every section; the highlights show lumos.explain's values of every real token."""
+    import lumos
+    from lumos.data import load_text_classifier, text_dataset
+    p = _parse(text_page)
+    for sid, title in TEXT_SECTIONS:
+        assert sid in p.ids and title in p.texts
+    assert p.tags.count("img") == 2  # one attention picture per text
+    model, tok = load_text_classifier()
+    data = text_dataset(2, split="test", shortcut="all", seed=0)
+    results: dict = {}
+    html = render(model, data.texts, tokenizer=tok, labels=data.labels.tolist(),
+                  method_params={"integrated_gradients": {"n_steps": 16}},
+                  metric_params={"token_deletion": {"n_steps": 10}}, results=results,
+                  title="lumos report: the text world")
+    assert html == text_page  # same inputs and seed, same bytes (the CLI built it in another call)
+    with torch.no_grad():
+        enc = tok(data.texts[0], return_tensors="pt")
+        pred = int(model(**enc).logits.argmax(1))
+    d = lumos.explain(model, data.texts, "gradient_x_input", tokenizer=tok, target=results["target"])
+    assert results["target"][0] == pred
+    assert np.abs(results["explanations"]["gradient_x_input"].values - d.values).max() <= 1e-12
+    titles = [a.get("title") for t, a in p.attrs if t == "span" and "title" in a]
+    keep = np.flatnonzero(d.meta["attention_mask"][0])
+    assert [f"{v:+.4g}" for v in d.values[0, keep]] == titles[:len(keep)]
+    assert results["comparison"].metrics == ["token deletion MoRF", "token deletion LeRF", "LeRF - MoRF"]
+
+
+def test_text_report_head_view_is_sandboxed_and_self_contained(text_page):
+    frames = [a for t, a in _parse(text_page).attrs if t == "iframe"]
+    assert len(frames) == 2
+    for a in frames:
+        assert a["sandbox"] == "allow-scripts"  # no allow-same-origin: an opaque origin
+        doc = a["srcdoc"]
+        assert "Content-Security-Policy" in doc and "default-src 'none'" in doc
+        assert "http" not in doc.lower().replace('http-equiv', '') and "//" not in doc
+        inner = _parse(doc)
+        assert not any(k in ("src", "href") for _, at in inner.attrs for k in at)
+        assert "script" in inner.tags  # the view's own script, inside the frame only
+    # outside the frames, the page is the same self-contained page as the others
+    test_report_is_self_contained(re.sub(r'srcdoc="[^"]*"', "", text_page).replace("<iframe", "<div"))
+
+
+def test_text_tokens_and_names_are_escaped(tmp_path):
+    pytest.importorskip("transformers")
+    from lumos.data import load_text_classifier
+
+    model, tok = load_text_classifier()
+    tok.add_tokens([XSS])
+    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    texts = [f"the food is {XSS} great", "what a lousy cafe"]
+    html = render(model, texts, ["gradient_x_input"], tokenizer=tok, class_names=[XSS, ATTR],
+                  input_names=[ATTR, "b"], metric_params={"token_deletion": {"n_steps": 4}})
+    assert XSS not in html and 'onerror="alert' not in html
+    p = _parse(html)
+    assert "script" not in p.tags and not any(k.startswith("on") for _, a in p.attrs for k in a)
+    spans = [t for t in p.texts if t == XSS]
+    assert len(spans) >= 1  # the token of the highlight, shown as text
+    assert any(XSS in t for t in p.texts) and any(ATTR in t for t in p.texts)
+    doc = _srcdocs(html)[0]  # inside the first text's frame: escaped markup, and the data as \u003c JSON
+    inner = _parse(doc)
+    assert inner.tags.count("script") == 2 and XSS not in doc  # the view's data and its code only
+    assert "\\u003cscript\\u003ealert(1)\\u003c/script\\u003e" in doc and any(XSS in t for t in inner.texts)
+    path = tmp_path / "xss.html"
+    path.write_text(html, encoding="utf-8")
+    out, console, urls = _browse(tmp_path, path)
+    assert console == [] and urls == []
+    assert any(XSS in t for t in _parse(out).texts)
+    # without the head view, no frame and no script at all
+    plain = render(model, texts, ["gradient_x_input"], tokenizer=tok, head_view=False,
+                   metric_params={"token_deletion": {"n_steps": 4}})
+    assert "<iframe" not in plain and "<script" not in plain
+    test_report_is_self_contained(plain)
+
+
+def test_text_report_without_attentions_has_no_attention_section():
+    pytest.importorskip("transformers")
+    from lumos.data import load_text_classifier
+
+    model, tok = load_text_classifier()
+
+    class NoAttention(nn.Module):  # a classifier that cannot return attentions
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.class_names = inner.class_names
+
+        def get_input_embeddings(self):
+            return self.inner.get_input_embeddings()
+
+        def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds).logits
+
+    html = render(NoAttention(model), ["the food is great", "a lousy cafe"], ["gradient_x_input"], tokenizer=tok,
+                  metric_params={"token_deletion": {"n_steps": 4}})
+    p = _parse(html)
+    assert [s for s, _ in TEXT_SECTIONS if s in p.ids] == [s for s, _ in sections_for("text", attention=False)]
+    assert "attention" not in p.ids and "No attention view" in html and "<iframe" not in html
+    with pytest.raises(ValueError, match="metrics"):
+        render(model, ["a"], ["gradient_x_input"], ["deletion"], tokenizer=tok)
+    with pytest.raises(ValueError, match="background"):
+        render(model, ["a"], tokenizer=tok, background=np.zeros((2, 2)))
+
+
+def test_text_report_in_a_real_browser_runs_the_head_view_in_its_sandbox(tmp_path, text_page):
+    """Chromium (Playwright): no console message, no request, and the head view drew itself inside
+    its sandboxed frame; screenshots of the report are the test's artefacts."""
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("no Chromium installed")
+    path = tmp_path / "text.html"
+    path.write_text(text_page, encoding="utf-8")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1600})
+            messages, requests = [], []
+            page.on("console", lambda m: messages.append(m.text))
+            page.on("pageerror", lambda e: messages.append(str(e)))
+            page.on("request", lambda r: None if r.url.startswith(("file:", "data:", "about:"))
+                    else requests.append(r.url))
+            page.goto(path.resolve().as_uri())
+            page.locator("details summary").first.click()
+            frame = page.frames[1]
+            frame.wait_for_selector("[data-lumos-rendered='1']", timeout=10000)
+            assert frame.locator(".lumos-att").count() == 1
+            # the frame is sandboxed: its script cannot reach the report page
+            probe = "() => { try { return window.parent.document.title; } catch (e) { return 'blocked'; } }"
+            assert frame.evaluate(probe) == "blocked"
+            page.screenshot(path=str(tmp_path / "text_report.png"), full_page=False)
+        finally:
+            browser.close()
+    assert messages == [] and requests == []

@@ -19,7 +19,12 @@ def add_parser(sub) -> None:
     p.add_argument("--input", help="image file or tensor (default: the demo world)")
     p.add_argument("--methods", default=None, help="comma list of methods (default: a standard set)")
     p.add_argument("--metrics", default=None, help="comma list of metrics (default: a standard set)")
-    p.add_argument("--n", type=positive_int, default=4, help="images from the demo world")
+    p.add_argument("--n", type=positive_int, default=None,
+                   help="inputs from the demo world (default: 4 images, 4 applicants, 3 texts)")
+    p.add_argument("--world", choices=("shapes", "credit", "text"), default="shapes",
+                   help="the demo report without --model: shapes (images, DemoCNN), credit (a table, "
+                        "gradient boosting, with global effects) or text (the text-world BERT, token "
+                        "highlights and attention)")
     p.add_argument("--target", default=None, help="class index, comma list, or 'predicted'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="lumos-out/report", help="folder of report.html")
@@ -38,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     check_model_files(args, need_model=False)
     if (args.model or args.torchscript) and not args.input:
         raise ValueError("--input is required with --model")
+    if (args.model or args.torchscript) and args.world != "shapes":
+        raise ValueError("--world chooses a demo report; it does not go with --model")
     if args.input and not (args.model or args.torchscript):
         raise ValueError("--input goes with --model package.module:factory (or --torchscript FILE)")
     target = parse_target(args.target) if args.target else "predicted"
@@ -57,9 +64,10 @@ def run(args: argparse.Namespace) -> int:
         if args.methods or args.metrics or args.size or args.weights:
             raise ValueError("--methods/--metrics/--weights/--size go with --model; the demo report "
                              "has its own set")
-        from ..report.build import demo_report
+        from ..report.build import DEMO_WORLDS
 
-        path = demo_report(out, n=args.n, seed=args.seed, log=print, timings=timings)
+        kw = {} if args.n is None else {"n": args.n}
+        path = DEMO_WORLDS[args.world](out, seed=args.seed, log=print, timings=timings, **kw)
     for k, v in timings.items():
         print(f"  {k:<30}{v:7.2f} s")
     print(f"wrote {path} in {time.perf_counter() - t0:.1f} s")
