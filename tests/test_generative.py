@@ -218,3 +218,92 @@ def test_train_demo_command_takes_vae():
     args = build_parser().parse_args(["train-demo", "--vae", "--image-text"])
     with pytest.raises(ValueError, match="--vae"):
         args.func(args)
+
+
+# ---------------------------------------------------------------- recognition and the demo section
+def test_recognition_counts_what_the_classifier_calls_each_sample_and_ignores_the_batch_size():
+    from lumos.data import load_demo_model
+    from lumos.data.generative import load_shapes_vae
+    from lumos.multimodal.generative import recognition
+
+    vae, cnn = load_shapes_vae(), load_demo_model()
+    vae.train()
+    before = _state(vae)
+    r = recognition(vae, cnn, n_samples=40, seed=5, transform=SilhouetteRGB())
+    r7 = recognition(vae, cnn, n_samples=40, seed=5, transform=SilhouetteRGB(), batch_size=7)
+    assert vae.training and all(torch.equal(v, before[k]) for k, v in vae.state_dict().items())
+    np.testing.assert_array_equal(r.confusion, r7.confusion)
+    # the naive loop: the VAE's own prior samples (same draw), read by the classifier one class at a time
+    clf = ResizedClassifier(cnn, 64, transform=SilhouetteRGB()).eval()
+    vae.eval()
+    with torch.no_grad():
+        preds = [clf(vae.sample(c, seed=5, n=40)).argmax(1).numpy() for c in range(4)]
+    for c in range(4):
+        np.testing.assert_array_equal(r.confusion[c], np.bincount(preds[c], minlength=4))
+        assert r.rates[vae.class_names[c]] == pytest.approx((preds[c] == c).mean())
+    assert r.confusion.sum() == 160
+    top = r.called(3)
+    assert top[0][1] == max(s for _, s in top) and abs(sum(s for _, s in top) - 1) < 1e-9
+    with pytest.raises(ValueError, match="n_samples"):
+        recognition(vae, cnn, n_samples=0)
+
+
+def test_traversal_effects_read_the_toy_generators_known_map():
+    """z0 moves the toy shape s/4 = 8 px right per unit, z1 grows it, z2/z3 do nothing; the right
+    half changes along z0 most, the top half (touched only by the size) along z1."""
+    from lumos.multimodal._demo_generative import region_masks, traversal_effects
+
+    t = latent_traversal(ToyShapeGenerator(), 0, z=np.zeros(4), n_values=5, span=1.0)
+    fx = traversal_effects(t.images, t.values, region_masks())
+    np.testing.assert_allclose(fx["right"][0], 8.0, atol=0.05)
+    np.testing.assert_allclose(fx["down"][:2], 0.0, atol=1e-6)
+    assert fx["log_area"][1] > 0.3 and abs(fx["log_area"][0]) < 0.02
+    np.testing.assert_allclose(fx["right"][2:], 0.0, atol=1e-6)
+    np.testing.assert_allclose(fx["right half"][2:], 0.0, atol=1e-7)
+    assert np.argmax(fx["right half"]) == 0 and np.argmax(fx["top half"]) == 1
+
+
+def test_generator_demo_tour_writes_its_pictures_and_reports_measured_numbers(tmp_path):
+    pytest.importorskip("matplotlib")
+    from lumos.data import load_demo_model
+    from lumos.data.generative import load_shapes_vae
+    from lumos.multimodal._demo_generative import generator_demo
+    from lumos.multimodal.generative import recognition
+
+    files = {}
+    threads = torch.get_num_threads()
+    lines = generator_demo(tmp_path, quick=True, files=files)
+    assert torch.get_num_threads() == threads
+    names = ["generative_traversal.png", "generative_regions.png", "generative_saliency.png"]
+    assert sorted(files) == sorted(str(tmp_path / n) for n in names)
+    for n in names:
+        assert (tmp_path / n).stat().st_size > 10_000
+    text = "\n".join(lines)
+    expected = recognition(load_shapes_vae(), load_demo_model(), n_samples=50, seed=1, transform=SilhouetteRGB())
+    assert expected.line() in text
+    assert "right half: IG ranks z" in text and "top half: IG ranks z" in text
+    assert "classifier saliency on 4 generated images" in text
+
+
+def test_multimodal_exports_the_generative_api_and_no_name_shadows_a_submodule():
+    import importlib
+    import pkgutil
+    import types
+
+    import lumos.multimodal as mm
+    from lumos.multimodal import generative
+
+    for name in ("GeneratorRegion", "explain_generator", "latent_traversal", "LatentTraversal", "ResizedClassifier",
+                 "classifier_saliency", "recognition", "Recognition"):
+        assert name in mm.__all__ and getattr(mm, name) is getattr(generative, name)
+    assert all(hasattr(mm, name) for name in mm.__all__)
+    subs = [m.name for m in pkgutil.iter_modules(mm.__path__)]
+    assert "generative" in subs and "crops" in subs
+    for sub in subs:
+        module = importlib.import_module(f"lumos.multimodal.{sub}")
+        assert sub not in mm.__all__, f"lumos.multimodal.{sub} is both a submodule and an exported name"
+        assert getattr(mm, sub) is module, f"lumos.multimodal.{sub} is shadowed by {getattr(mm, sub)!r}"
+        assert isinstance(module, types.ModuleType)
+    # `import a.b as m` reads the attribute of the package: it must be the module
+    import lumos.multimodal.crops as crops_module
+    assert isinstance(crops_module, types.ModuleType) and crops_module.crop_similarity is mm.crop_similarity

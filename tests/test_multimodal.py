@@ -6,7 +6,7 @@ from torch import nn
 
 import lumos
 from lumos.multimodal import crop_boxes, crop_similarity, similarity_target
-from lumos.multimodal.crop_similarity import resize_crop
+from lumos.multimodal.crops import resize_crop
 
 
 def _smooth_tower(dim=5, seed=0):

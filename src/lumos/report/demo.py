@@ -340,6 +340,7 @@ def sections() -> list[DemoSection]:
                     _section_from("lumos.text._demo", "text_demo")),
         DemoSection("image_text", "image–text dual encoder: which pixels match a caption, localisation per method",
                     _section_from("lumos.multimodal._demo", "image_text_demo")),
+        DemoSection("generator", "why did the generator draw this? traversals, region attributions, saliency", _section_from("lumos.multimodal._demo_generative", "generator_demo")),
         DemoSection("dictionary", "sparse dictionaries: an SAE on the CNN's last block, a feature dashboard, superposition",
                     _section_from("lumos.dictionary._demo", "dictionary_demo")),
     ]
