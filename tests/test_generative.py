@@ -296,9 +296,13 @@ def test_multimodal_exports_the_generative_api_and_no_name_shadows_a_submodule()
     for name in ("GeneratorRegion", "explain_generator", "latent_traversal", "LatentTraversal", "ResizedClassifier",
                  "classifier_saliency", "recognition", "Recognition"):
         assert name in mm.__all__ and getattr(mm, name) is getattr(generative, name)
+    from lumos.multimodal import diffusion
+
+    for name in diffusion.__all__:
+        assert name in mm.__all__ and getattr(mm, name) is getattr(diffusion, name)
     assert all(hasattr(mm, name) for name in mm.__all__)
     subs = [m.name for m in pkgutil.iter_modules(mm.__path__)]
-    assert "generative" in subs and "crops" in subs
+    assert {"generative", "diffusion", "crops"} <= set(subs)
     for sub in subs:
         module = importlib.import_module(f"lumos.multimodal.{sub}")
         assert sub not in mm.__all__, f"lumos.multimodal.{sub} is both a submodule and an exported name"

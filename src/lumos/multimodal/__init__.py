@@ -13,16 +13,20 @@
   :func:`explain_generator`), latent traversals (:func:`latent_traversal`), a classifier's
   saliency on generated images (:class:`ResizedClassifier`, :func:`classifier_saliency`) and how
   often it recognises them (:func:`recognition`).
+- Diffusion models (:mod:`lumos.multimodal.diffusion`): the classifier-free guidance direction at
+  chosen timesteps attributed to the noisy image's pixels or to the condition
+  (:func:`explain_guidance`, :class:`GuidanceRegion`, :func:`guidance_direction`).
 
 The image–text demo world (captions of the shapes world and a small dual encoder trained
 contrastively) is :mod:`lumos.data.image_text`; :func:`localisation_table` scores the maps of
 several methods there against the named object's mask. The shapes world's conditional VAE is
-:mod:`lumos.data.generative`.
+:mod:`lumos.data.generative`, its small DDPM :mod:`lumos.data.diffusion`.
 
 No public name here is also the name of a submodule (``lumos.multimodal.<name>`` always
 imports the module).
 """
 from .crops import crop_boxes, crop_similarity
+from .diffusion import GuidanceExplanation, GuidanceRegion, blank_canvas, explain_guidance, guidance_direction
 from .generative import (GeneratorRegion, LatentTraversal, Recognition, ResizedClassifier, classifier_saliency,
                          explain_generator, latent_traversal, recognition)
 from .localisation import localisation_table, query_phrases, similarity_maps
@@ -30,4 +34,5 @@ from .targets import similarity_target
 
 __all__ = ["similarity_target", "crop_similarity", "crop_boxes", "localisation_table", "query_phrases",
            "similarity_maps", "GeneratorRegion", "explain_generator", "latent_traversal", "LatentTraversal",
-           "ResizedClassifier", "classifier_saliency", "recognition", "Recognition"]
+           "ResizedClassifier", "classifier_saliency", "recognition", "Recognition", "GuidanceRegion",
+           "explain_guidance", "GuidanceExplanation", "guidance_direction", "blank_canvas"]
