@@ -361,8 +361,23 @@ def test_table_sections_only_where_they_apply():
     p = _parse(html)
     assert "effects" in p.ids and "importance" not in p.ids and p.tags.count("img") == 3 + 1 + 1
     assert "background_labels" in " ".join(p.texts)
+    # a column of category codes: its effects per level
+    from lumos.effects import ale, partial_dependence
+
+    codes = bg.copy()
+    codes[:, 3] = np.floor(codes[:, 3] * 3)
+    results: dict = {}
+    render(model, x, ["gradient_x_input"], ["sparseness"], background=codes, effect_features=[3],
+           categorical_features=["x3"], results=results, description=XSS)
+    pd_, ale_ = results["effects"]["pdp"]["x3"], results["effects"]["ale"]["x3"]
+    assert pd_.categorical == [True] and ale_.kind == "categorical" and len(ale_.values) == 3
+    direct = partial_dependence(model, codes, 3, categorical_features=[3], seed=0)
+    assert np.abs(pd_.average - direct.average).max() <= 1e-12
+    assert np.abs(ale_.values - ale(model, codes, 3, categorical_features=[3], seed=0).values).max() <= 1e-12
     with pytest.raises(ValueError, match="feature_names"):
         render(model, x, ["saliency"], ["sparseness"], feature_names=["a", "b"])
+    with pytest.raises(ValueError, match="categorical_features"):
+        render(model, x, ["saliency"], ["sparseness"], background=bg, categorical_features=["nope"])
     with pytest.raises(ValueError, match="background"):
         render(model, x, ["saliency"], ["sparseness"], background=bg[:, :3])
     with pytest.raises(ValueError, match="background_labels"):
@@ -414,6 +429,8 @@ def test_text_report_sections_highlights_and_numbers(text_page):
     """Every section; the highlights show lumos.explain's values of every real token."""
     import lumos
     from lumos.data import load_text_classifier, text_dataset
+    from lumos.report.build import TEXT_DESCRIPTION
+
     p = _parse(text_page)
     for sid, title in TEXT_SECTIONS:
         assert sid in p.ids and title in p.texts
@@ -424,7 +441,7 @@ def test_text_report_sections_highlights_and_numbers(text_page):
     html = render(model, data.texts, tokenizer=tok, labels=data.labels.tolist(),
                   method_params={"integrated_gradients": {"n_steps": 16}},
                   metric_params={"token_deletion": {"n_steps": 10}}, results=results,
-                  title="lumos report: the text world")
+                  title="lumos report: the text world", description=TEXT_DESCRIPTION)
     assert html == text_page  # same inputs and seed, same bytes (the CLI built it in another call)
     with torch.no_grad():
         enc = tok(data.texts[0], return_tensors="pt")

@@ -14,7 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["attribution_items", "summary_item", "global_effects", "effect_features_of", "EFFECT_NOTES"]
+__all__ = ["attribution_items", "summary_item", "global_effects", "effect_features_of", "column_indices",
+           "EFFECT_NOTES"]
 
 #: What each global effect shows and how it is known to mislead (shown in the report).
 EFFECT_NOTES = {
@@ -113,25 +114,31 @@ def summary_item(explanations: dict, figure_png) -> dict:
     return item
 
 
+def column_indices(features: Any, feature_names: Sequence[str], name: str) -> list[int]:
+    """Names or indices of columns -> indices; ValueError naming ``name`` for anything else."""
+    names = list(feature_names)
+    if isinstance(features, (str, int, np.integer)):
+        features = [features]
+    out = []
+    for f in features:
+        if isinstance(f, (int, np.integer)) and not isinstance(f, bool):
+            if not 0 <= int(f) < len(names):
+                raise ValueError(f"{name}: index {f} out of range for {len(names)} features")
+            out.append(int(f))
+        elif isinstance(f, str) and f in names:
+            out.append(names.index(f))
+        else:
+            raise ValueError(f"{name}: {f!r} is neither a feature name ({names}) nor a column index")
+    return out
+
+
 def effect_features_of(ranking: Any, feature_names: Sequence[str], effect_features: Any, n: int) -> list[int]:
     """Column indices of the features whose effects are drawn: ``effect_features`` (names or
     indices) when given, else the ``n`` with the largest mean |attribution| in ``ranking`` (ties:
     the first column), else the first ``n`` columns."""
     names = list(feature_names)
     if effect_features is not None:
-        if isinstance(effect_features, (str, int, np.integer)):
-            effect_features = [effect_features]
-        out = []
-        for f in effect_features:
-            if isinstance(f, (int, np.integer)) and not isinstance(f, bool):
-                if not 0 <= int(f) < len(names):
-                    raise ValueError(f"effect_features: index {f} out of range for {len(names)} features")
-                out.append(int(f))
-            elif isinstance(f, str) and f in names:
-                out.append(names.index(f))
-            else:
-                raise ValueError(f"effect_features: {f!r} is neither a feature name ({names}) nor a column index")
-        return out
+        return column_indices(effect_features, names, "effect_features")
     if ranking is None:
         return list(range(min(n, len(names))))
     score = np.abs(np.asarray(ranking.values, dtype=np.float64)).mean(0)
@@ -144,8 +151,9 @@ def _named(result: Any, names: Sequence[str]) -> Any:
 
 
 def global_effects(model: Any, background: Any, labels: Any, cols: Sequence[int], feature_names: Sequence[str],
-                   target: Any, seed: int, figure_png) -> dict:
-    """PD + ICE and ALE of each column in ``cols``, and permutation importance when ``labels``.
+                   target: Any, seed: int, figure_png, categorical: Sequence[int] | None = None) -> dict:
+    """PD + ICE and ALE of each column in ``cols``, and permutation importance when ``labels``;
+    the columns in ``categorical`` (indices) are treated as categories (their levels, not a line).
 
     Returns ``{"pdp": {name: PartialDependence}, "ale": {name: ALE}, "importance":
     PermutationImportance or None, "png": ..., "importance_png": ..., "rows": [...],
@@ -157,9 +165,12 @@ def global_effects(model: Any, background: Any, labels: Any, cols: Sequence[int]
 
     names = list(feature_names)
     pdp, ales = {}, {}
+    cat = list(categorical) if categorical else None
     for j in cols:
-        pdp[names[j]] = _named(partial_dependence(model, background, j, target=target, seed=seed), [names[j]])
-        ales[names[j]] = _named(ale(model, background, j, target=target, seed=seed), [names[j]])
+        pdp[names[j]] = _named(partial_dependence(model, background, j, target=target, seed=seed,
+                                                  categorical_features=cat), [names[j]])
+        ales[names[j]] = _named(ale(model, background, j, target=target, seed=seed, categorical_features=cat),
+                                [names[j]])
     imp = None
     if labels is not None:
         imp = _named(permutation_importance(model, background, labels, target=target, seed=seed), names)
