@@ -135,6 +135,8 @@ def test_cards_cover_the_literature_and_fall_back_to_the_registry():
     for phrase in ("Saturation", "Noisy gradients", "window", "Adebayo et al. 2018", "Attention is not explanation"):
         assert phrase in text
     assert "Adebayo" in " ".join(method_card("guided_backprop")["failures"])
+    for m in ("kernel_shap", "exact_shapley", "permutation_shap", "lime"):  # the table report's methods
+        assert not method_card(m)["generic"] and method_card(m)["family"] != "baseline"
     from lumos.core.registry import get_method
 
     card = method_card("layercam")  # no card of its own

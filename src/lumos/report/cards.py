@@ -24,6 +24,8 @@ _ATTENTION = ("Attention is not explanation: attention weights can be changed a 
 _RESOLUTION = ("Coarse resolution: the map has the resolution of the chosen layer and is upsampled, so it "
                "cannot separate nearby objects; it is class-discriminative but not pixel-precise "
                "(Selvaraju et al. 2017; Adebayo et al. 2018 found it passes the randomisation test).")
+_OFF_DATA = ("Removing features by the background breaks their dependence; values describe the model off the "
+             "data distribution, and correlated features can trade credit (Kumar et al. 2020).")
 _BASELINE = ("The baseline decides the answer: attributions explain the difference to the baseline, and a black "
              "or zero baseline gives no credit to dark evidence (Sturmfels et al. 2020).")
 
@@ -87,8 +89,18 @@ CARDS: dict[str, dict] = {
     "kernel_shap": {
         "computes": "Shapley values estimated by a weighted linear regression over coalitions "
                     "(Lundberg & Lee 2017).",
-        "failures": ["Removing features by the background breaks their dependence; values describe the model "
-                     "off the data distribution (Kumar et al. 2020).", "An estimate: the budget sets its error."],
+        "failures": [_OFF_DATA, "An estimate: the budget sets its error."],
+    },
+    "exact_shapley": {
+        "computes": "Shapley values by enumerating every coalition of features, the removed ones set to the "
+                    "background rows (interventional; Shapley 1953, Lundberg & Lee 2017); the values add up to "
+                    "f(x) - E[f(background)].",
+        "failures": [_OFF_DATA, "Cost doubles with every feature: only for a few dozen features or groups."],
+    },
+    "permutation_shap": {
+        "computes": "Shapley values estimated from random feature orderings (antithetic permutations), the "
+                    "removed features set to the background rows (Strumbelj & Kononenko 2014).",
+        "failures": [_OFF_DATA, "An estimate: the number of permutations (budget) sets its error."],
     },
     "attention": {
         "computes": "The attention weights of a transformer layer, read as importance.",
