@@ -388,6 +388,60 @@ def test_table_sections_only_where_they_apply():
         render(model, x, ["saliency"], ["sparseness"], background=bg, effect_features=["nope"])
 
 
+@pytest.mark.filterwarnings("ignore:X does not have valid feature names")
+def test_table_report_of_a_dataframe_and_an_estimator():
+    """A scikit-learn estimator on a DataFrame: the columns name the features everywhere."""
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(rng.normal(size=(120, 3)), columns=["a", XSS, "c"])
+    y = (X["a"] + X["c"] > 0).astype(int)
+    clf = LogisticRegression().fit(X, y)
+    results: dict = {}
+    html = render(clf, X.iloc[:2], ["kernel_shap"], ["sparseness"], background=X.iloc[:30], results=results,
+                  n_effect_features=1)
+    assert results["explanations"]["kernel_shap"].feature_names == ["a", XSS, "c"]
+    assert list(results["effects"]["pdp"]) in (["a"], ["c"])  # the features the model uses
+    assert XSS not in html and html.count("&lt;script&gt;alert(1)&lt;/script&gt;=") == 2
+
+
+def _fit_checker(monkeypatch) -> list:
+    """Make every report picture check, before it is encoded, that what it draws lies inside the
+    figure (no clipped tick label, title, colour bar or value label); returns the misfits."""
+    import lumos.report.build as report_build
+
+    encode, misfits = report_build._figure_png, []
+
+    def checked(fig, dpi):
+        fig.canvas.draw()
+        box = fig.get_tightbbox(fig.canvas.get_renderer())  # inches, drawn artists only
+        w, h = fig.get_size_inches()
+        if box.x0 < -0.01 or box.y0 < -0.01 or box.x1 > w + 0.01 or box.y1 > h + 0.01:
+            misfits.append(([round(v, 2) for v in (box.x0, box.y0, box.x1, box.y1)], (w, h)))
+        return encode(fig, dpi)
+
+    monkeypatch.setattr(report_build, "_figure_png", checked)
+    return misfits
+
+
+def test_table_pictures_fit_their_figures(monkeypatch):
+    misfits = _fit_checker(monkeypatch)
+    model, x, bg, y = _table_world()
+    names = ["years employed since the first job", XSS, "monthly income in euros (net)", "d"]
+    html = render(model, x * 1000, ["kernel_shap", "lime"], ["sparseness"], feature_names=names,
+                  background=bg * 1000, background_labels=y)
+    assert _parse(html).tags.count("img") == 3 + 1 + 1 + 1 and misfits == []
+    import matplotlib.pyplot as plt
+
+    import lumos.report.build as report_build
+
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.text(1.2, 0.5, "a label past the right edge", transform=ax.transAxes)
+    report_build._figure_png(fig, 80)
+    assert len(misfits) == 1  # the check catches what it looks for
+
+
 def test_table_report_in_a_real_browser(tmp_path, table_page):
     html, _ = table_page
     path = tmp_path / "table.html"
@@ -472,8 +526,9 @@ def test_text_report_head_view_is_sandboxed_and_self_contained(text_page):
     test_report_is_self_contained(re.sub(r'srcdoc="[^"]*"', "", text_page).replace("<iframe", "<div"))
 
 
-def test_text_tokens_and_names_are_escaped(tmp_path):
+def test_text_tokens_and_names_are_escaped(tmp_path, monkeypatch):
     pytest.importorskip("transformers")
+    misfits = _fit_checker(monkeypatch)  # the attention pictures, with a long token
     from lumos.data import load_text_classifier
 
     model, tok = load_text_classifier()
@@ -502,6 +557,7 @@ def test_text_tokens_and_names_are_escaped(tmp_path):
                    metric_params={"token_deletion": {"n_steps": 4}})
     assert "<iframe" not in plain and "<script" not in plain
     test_report_is_self_contained(plain)
+    assert misfits == []
 
 
 def test_text_report_without_attentions_has_no_attention_section():
