@@ -153,15 +153,19 @@ class _ResBlock(nn.Module):
 class ShapesDDPM(nn.Module):
     """Noise predictor ``eps(x_t, t, c)`` of 32×32 one-channel silhouettes: a small U-Net.
 
-    ``C`` channels at 32×32, ``2C`` at 16×16 and 8×8; residual blocks (GroupNorm, SiLU, 3×3
-    convolutions) take the sum of the time embedding and a linear embedding of the condition
-    vector (no bias: the null condition, all zeros, adds nothing). Skip connections by
-    concatenation; nearest-neighbour upsampling.
+    A stride-2 4×4 convolution takes the 32×32 image to ``C`` channels at 16×16 (four times
+    cheaper than working at full resolution, which a few minutes of one CPU thread cannot
+    afford), ``2C`` channels at 8×8 and 4×4; the output convolution makes 4 channels at 16×16,
+    rearranged to 32×32 (pixel shuffle). Residual blocks (GroupNorm, SiLU, 3×3 convolutions) take
+    the sum of a sinusoidal time embedding (through a small MLP) and a linear embedding of the
+    condition vector (no bias: the null condition, all zeros, adds nothing). Skip connections by
+    concatenation; nearest-neighbour upsampling. No dropout and no batch statistics: a row's
+    output never depends on the other rows.
 
     Parameters
     ----------
     n_classes : int, default 4
-    channels : int, default 16
+    channels : int, default 24
         ``C``.
     T : int, default 100
     schedule : {"cosine", "linear"}, default "cosine"
