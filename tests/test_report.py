@@ -256,6 +256,33 @@ def test_the_demo_has_a_report_section(tmp_path):
     assert any("total" in line for line in lines)
 
 
+def test_the_full_demo_writes_the_three_reports(tmp_path, monkeypatch):
+    """``lumos demo report`` (the full form) builds the shapes, credit and text reports (the builds
+    themselves are tested above; here each is replaced by one that records its call)."""
+    pytest.importorskip("transformers")
+    import lumos.report.build as report_build
+
+    calls = []
+
+    def fake(world):
+        def build(out, timings=None, **kw):
+            calls.append((world, out.name, kw))
+            timings["render"] = 0.0
+            out.write_text("<html></html>")
+            return out
+        return build
+
+    monkeypatch.setattr(report_build, "DEMO_WORLDS", {w: fake(w) for w in ("shapes", "credit", "text")})
+    files: dict = {}
+    report_build.report_section(tmp_path, False, files)
+    assert calls == [("shapes", "report.html", {"n": 8}), ("credit", "report_credit.html", {}),
+                     ("text", "report_text.html", {})]
+    assert sorted(files) == sorted(str(tmp_path / n) for _, n, _ in calls)
+    calls.clear()
+    report_build.report_section(tmp_path, True, {})
+    assert calls == [("shapes", "report.html", {"n": 4})]  # the tour: the image report only
+
+
 # ------------------------------------------------------------------------------------------ tables
 def _table_world():
     torch.manual_seed(0)

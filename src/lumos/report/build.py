@@ -703,15 +703,34 @@ DEMO_WORLDS = {"shapes": demo_report, "credit": tabular_demo_report, "text": tex
 
 def report_section(out_dir: Path, quick: bool, files: dict) -> list[str]:
     """The demo's report section: :func:`demo_report` into ``out_dir/report.html`` (4 images in the
-    tour, 8 in full), with the build time per part."""
-    timings: dict = {}
-    t0 = time.perf_counter()
-    path = demo_report(Path(out_dir) / "report.html", n=4 if quick else 8, timings=timings)
-    total = time.perf_counter() - t0
-    files[str(path)] = ("the HTML report: inputs and predictions, maps of 5 methods side by side, the metric "
-                        "table with its ranking, method cards, reproducibility (open it in a browser)")
-    lines = [f"  {path.name}: {len(DEMO_METHODS)} methods on {4 if quick else 8} demo images, "
-             f"{path.stat().st_size / 1e3:.0f} kB, one self-contained file (no network)"]
-    lines += [f"  {k:<30}{v:6.2f} s" for k, v in timings.items()]
-    lines.append(f"  {'total':<30}{total:6.2f} s")
+    tour, 8 in full), with the build time per section; the full form (``lumos demo report``) also
+    writes the credit world's report (``report_credit.html``) and, where transformers is
+    installed, the text world's (``report_text.html``)."""
+    lines = []
+    worlds = [("shapes", "report.html", {"n": 4 if quick else 8},
+               f"the HTML report of the shapes world: inputs and predictions, maps of {len(DEMO_METHODS)} methods "
+               "side by side, the metric table with its ranking, method cards, reproducibility (open it in a browser)")]
+    if not quick:
+        worlds.append(("credit", "report_credit.html", {},
+                       "the HTML report of the credit world: waterfalls and bar charts of exact Shapley values, "
+                       "kernel SHAP and LIME per applicant, beeswarms, global effects (PD + ICE, ALE, permutation "
+                       "importance), the metric table, method cards"))
+        import importlib.util
+
+        if importlib.util.find_spec("transformers") is None:
+            lines.append("  (the text world's report needs the text extra: pip install lumos[text])")
+        else:
+            worlds.append(("text", "report_text.html", {},
+                           "the HTML report of the text world: token highlights per method, the token-deletion "
+                           "ranking, attention pictures and interactive head views (sandboxed), method cards"))
+    for world, name, kw, what in worlds:
+        timings: dict = {}
+        t0 = time.perf_counter()
+        path = DEMO_WORLDS[world](Path(out_dir) / name, timings=timings, **kw)
+        total = time.perf_counter() - t0
+        files[str(path)] = what
+        lines.append(f"  {path.name} ({world} world): {path.stat().st_size / 1e3:.0f} kB, one self-contained file "
+                     "(no network)")
+        lines += [f"    {k:<30}{v:6.2f} s" for k, v in timings.items()]
+        lines.append(f"    {'total':<30}{total:6.2f} s")
     return lines
