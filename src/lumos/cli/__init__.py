@@ -14,11 +14,11 @@ import sys
 from typing import Sequence
 
 from .. import __version__
-from . import compare, demo, explain, explain_dataset, layers, methods, report, train_demo
+from . import compare, demo, explain, explain_dataset, layers, methods, report, serve, train_demo
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-COMMANDS = (demo, methods, layers, explain, compare, report, train_demo, explain_dataset)
+COMMANDS = (demo, methods, layers, explain, compare, report, serve, train_demo, explain_dataset)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 
 from .inputs import InputError, read_csv_row, read_image, read_text
 from .jobs import JobQueue, QueueFull
+from .jobs import error_message as _said
 from .models import DEMO_MODELS, ModelRegistry, ServedModel, demo_model, served, user_model
 from .work import Request as WorkRequest
 from .work import run_request
@@ -185,6 +186,7 @@ async def _request_from_form(state: State, m: ServedModel, form) -> WorkRequest:
     methods = list(dict.fromkeys(methods))
     target = _target(form.get("target"), m)
     params = _params(form.get("params"), methods)
+    names = None
     if m.kind == "image":
         upload = form.get("image")
         if not isinstance(upload, UploadFile) or not upload.filename:
@@ -206,12 +208,15 @@ async def _request_from_form(state: State, m: ServedModel, form) -> WorkRequest:
             name = upload.filename
         if not isinstance(text, str):
             raise InputError("CSV: paste a header line and one row of values")
-        x, _ = read_csv_row(text, feature_names=m.feature_names, numeric_only=m.is_torch, background=m.background)
+        x, names = read_csv_row(text, feature_names=m.feature_names, numeric_only=m.is_torch,
+                                background=m.background)
     else:
+        names = None
         text = form.get("text")
         x = [read_text(text if isinstance(text, str) else "")]
         name = x[0][:80]
-    return WorkRequest(inputs=x, input_name=str(name), methods=methods, target=target, params=params)
+    return WorkRequest(inputs=x, input_name=str(name), methods=methods, target=target, params=params,
+                       feature_names=names)
 
 
 def _model_or_404(state: State, model_id: str) -> ServedModel:
@@ -481,10 +486,3 @@ def _slugged(name: Any) -> str | None:
     import re
 
     return re.sub(r"[^A-Za-z0-9_-]+", "-", str(name)).strip("-")[:64] or None
-
-
-def _said(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    if isinstance(err, (ValueError, TypeError, FileNotFoundError, PermissionError)) and text:
-        return text[:2000]
-    return f"{type(err).__name__}: {text}"[:2000] if text else type(err).__name__

@@ -14,12 +14,12 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+import queue
 from typing import Any, Callable
 
 from ..core.execution import CancelToken, Cancelled, progress_scope
 
-__all__ = ["Job", "JobQueue", "QueueFull", "STATES"]
+__all__ = ["Job", "JobQueue", "QueueFull", "STATES", "error_message"]
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
@@ -80,12 +80,13 @@ class Job:
                 "result": self.result if with_result and self.state == "done" else None}
 
 
-def _message(err: BaseException) -> str:
-    """A one-paragraph message for the page: the error's own text, its type when it has none."""
+def error_message(err: BaseException) -> str:
+    """A one-paragraph message for the page: the error's own text (lumos's errors name the argument
+    and what was expected), prefixed by its type for unexpected errors; never a traceback."""
     text = " ".join(str(err).split())
     if not text:
         return type(err).__name__
-    if isinstance(err, (ValueError, TypeError, KeyError, FileNotFoundError)):
+    if isinstance(err, (ValueError, TypeError, KeyError, FileNotFoundError, PermissionError)):
         return text[:2000]
     return f"{type(err).__name__}: {text}"[:2000]
 
@@ -108,7 +109,13 @@ class JobQueue:
         for name, v in (("workers", workers), ("max_queued", max_queued), ("keep", keep)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int; got {v!r}")
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lumos-serve-job")
+        # daemon threads (not a ThreadPoolExecutor, whose threads the interpreter joins at exit): a
+        # job stuck in work that never reaches a chunk cannot keep a stopped server's process alive
+        self._todo: queue.Queue = queue.Queue()
+        self._threads = [threading.Thread(target=self._worker, name=f"lumos-serve-job-{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._threads:
+            t.start()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
         self.max_queued, self.keep = max_queued, keep
@@ -126,8 +133,15 @@ class JobQueue:
                                 "wait for one to finish or cancel one")
             self._jobs[job.id] = job
             self._forget_old()
-        self._pool.submit(self._run, job, work)
+        self._todo.put((job, work))
         return job
+
+    def _worker(self) -> None:
+        while True:
+            item = self._todo.get()
+            if item is None:  # shutdown
+                return
+            self._run(*item)
 
     def _forget_old(self) -> None:
         finished = [k for k, j in self._jobs.items() if j.finished_state]
@@ -150,7 +164,7 @@ class JobQueue:
         except Cancelled:
             job.state = "cancelled"
         except Exception as err:  # noqa: BLE001 - any failure of the work is the job's, not the server's
-            job.error = _message(err)
+            job.error = error_message(err)
             job.state = "failed"
         finally:
             if job.token.cancelled and job.state == "running":
@@ -195,4 +209,5 @@ class JobQueue:
         deadline = time.monotonic() + timeout
         for job in jobs:
             job.done_event.wait(max(0.0, deadline - time.monotonic()))
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for _ in self._threads:
+            self._todo.put(None)

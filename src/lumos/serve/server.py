@@ -87,9 +87,7 @@ def run_in_thread(app, host: str = "127.0.0.1", port: int = 0, *, allow_remote: 
             sock.close()
             raise RuntimeError("lumos serve: the server did not start")
         time.sleep(0.02)
-    bound = sock.getsockname()
-    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-    url = f"http://{shown}:{bound[1]}"
+    url = _url(sock)
 
     def stop() -> None:
         server.should_exit = True
@@ -106,10 +104,23 @@ def run_in_thread(app, host: str = "127.0.0.1", port: int = 0, *, allow_remote: 
 
 
 def serve_forever(app, host: str = "127.0.0.1", port: int = 8000, *, allow_remote: bool = False,
-                  log_level: str = "info") -> None:
-    """Serve ``app`` in this thread until Ctrl-C (what ``lumos serve`` runs)."""
+                  log_level: str = "info", warn: Callable[[str], Any] | None = None,
+                  announce: Callable[[str], Any] | None = None) -> None:
+    """Serve ``app`` in this thread until Ctrl-C (what ``lumos serve`` runs); ``announce(url)`` is
+    called once the port is bound (``port=0`` picks a free one)."""
     import uvicorn
 
-    check_host(host, allow_remote)
+    check_host(host, allow_remote, warn)
     sock = _socket(host, port)
-    uvicorn.Server(_config(app, log_level)).run(sockets=[sock])
+    if announce is not None:
+        announce(_url(sock))
+    try:
+        uvicorn.Server(_config(app, log_level)).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def _url(sock: socket.socket) -> str:
+    bound = sock.getsockname()
+    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    return f"http://{shown}:{bound[1]}"

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .jobs import error_message as _message
 from .models import ServedModel
 
 __all__ = ["Request", "run_request", "predict"]
@@ -29,6 +30,7 @@ class Request:
     methods: list[str]
     target: Any = "predicted"
     params: dict = field(default_factory=dict)  # method -> user parameters (override the defaults)
+    feature_names: list[str] | None = None     # table rows: the columns, in the model's order
 
 
 def _figure_png(fig, dpi: int = 90) -> bytes:
@@ -133,13 +135,21 @@ def run_request(job, served: ServedModel, req: Request) -> dict:
               "target": None, "target_name": None, "prediction": pred,
               "metrics": [{"name": k, "direction": get_metric(k).direction,
                            "description": get_metric(k).description} for k in metrics],
-              "methods": [], "tokens": None, "features": served.feature_names if served.kind == "table" else None,
-              "text": req.inputs[0] if served.kind == "text" else None}
+              "methods": [], "tokens": None, "features": None,
+              "text": req.inputs[0] if served.kind == "text" else None, "row": None}
+    if served.kind == "table":
+        names = req.feature_names or served.feature_names or []
+        values = req.inputs.iloc[0].tolist() if hasattr(req.inputs, "iloc") else np.asarray(req.inputs)[0].tolist()
+        result["features"] = [str(n) for n in names]
+        result["row"] = [{"name": str(n), "value": v if isinstance(v, str) else f"{float(v):.6g}"}
+                         for n, v in zip(names, values)]
     n = len(req.methods)
     for i, method in enumerate(req.methods):
         job.step(i, n, method)
         params = served.method_params(method)
         params.update(req.params.get(method, {}))
+        if served.kind == "table" and not hasattr(req.inputs, "iloc") and req.feature_names:
+            params["feature_names"] = list(req.feature_names)  # tensor rows: name the bars
         entry = {"method": method, "params": _shown(req.params.get(method, {}), params), "seconds": None,
                  "error": None, "map_url": None, "values_url": None, "shape": None, "scores": {},
                  "score_errors": {}, "tokens_html": None}
@@ -182,16 +192,15 @@ def run_request(job, served: ServedModel, req: Request) -> dict:
                 entry["scores"][k] = None
                 entry["score_errors"][k] = _message(err)
         result["methods"].append(entry)
+    if result["methods"] and all(e["values_url"] is None for e in result["methods"]):
+        # nothing to show: the job failed (the server goes on serving)
+        raise ValueError("every method failed: " + "; ".join(f"{e['method']}: {e['error']}"
+                                                             for e in result["methods"]))
     if result["target"] is None and req.target not in (None, "predicted"):
         result["target"] = req.target
     if result["target_name"] is None and served.kind == "table" and not served.is_torch:
         result["target_name"] = served.explain_params.get("output", "the model's output")
     return result
-
-
-def _message(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return (text or type(err).__name__)[:2000]
 
 
 def _shape(inputs: Any) -> list[int]:

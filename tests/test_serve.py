@@ -1,0 +1,547 @@
+"""``lumos serve`` (issue 18) through Starlette's TestClient, and the progress/cancel scope of
+``lumos.core.execution`` it runs jobs in.
+
+What must hold: the server refuses a non-loopback address without the flag; upload limits (bytes,
+pixels) hold with a readable message; malformed CSV says what is wrong; a demo image explained with
+three methods gives maps, metric scores equal to the metrics called directly, and values equal to
+``lumos.explain`` on the same pixels; a job that raises reports its message and the server keeps
+serving; cancelling a long job stops it well before it would have finished, with the model left as
+found; several models are open at once; a user's model is loaded with ``weights_only`` (a pickled
+file is refused); markup in names, CSV headers, texts and file names appears as text.
+"""
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import re
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+from starlette.testclient import TestClient  # noqa: E402
+
+from conftest import assert_same_state, model_state  # noqa: E402
+from lumos.core.execution import CancelToken, Cancelled, chunks, progress_bar, progress_scope  # noqa: E402
+from lumos.serve import check_host, create_app, run_in_thread  # noqa: E402
+from lumos.serve.models import served  # noqa: E402
+
+XSS = "<script>alert(1)</script>"
+ATTR = '" onerror=alert(2) x="'
+ESCAPED_XSS = "&lt;script&gt;alert(1)&lt;/script&gt;"
+ESCAPED_ATTR = "&#34; onerror=alert(2) x=&#34;"
+METHODS3 = ["saliency", "integrated_gradients", "gradcam"]
+
+
+# ----------------------------------------------------------------------------- models
+class TinyCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(4, 3)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+class Boom(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+
+    def forward(self, x):
+        raise RuntimeError("boom: the model broke <b>here</b>")
+
+
+def _tiny_cnn():
+    torch.manual_seed(0)
+    return TinyCNN().eval()
+
+
+def _table_model():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+
+
+def _png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _wait(client, job_id, timeout=60.0, until=("done", "failed", "cancelled")):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").json()["job"]
+        if job["state"] in until:
+            return job
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} still {job['state']} after {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def app():
+    xss_table = served(_table_model(), id="xss", name=f"model {XSS}", kind="table", class_names=[XSS, ATTR],
+                       feature_names=[XSS, ATTR, "plain"])
+    return create_app([xss_table, served(_tiny_cnn(), id="tiny", name="tiny CNN"),
+                       served(Boom(), id="boom", name="broken model", kind="table")],
+                      demo=("shapes",), max_upload_bytes=64 * 1024, max_pixels=100 * 100)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def shapes_png():
+    from lumos.data import shapes_dataset
+
+    img = shapes_dataset(1, split="test", seed=7).images[0]
+    arr = np.round(img.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    return _png(arr), arr
+
+
+# ----------------------------------------------------------------------------- the scope
+def test_scope_reports_every_chunk_and_cancel_stops_at_the_next():
+    seen = []
+    with progress_scope(lambda d, t, desc: seen.append((d, t, desc))):
+        for _ in chunks(10, 3, desc="x", progress=False):
+            pass
+    assert seen == [(3, 10, "x"), (6, 10, "x"), (9, 10, "x"), (10, 10, "x")]
+
+    token, ran = CancelToken(), []
+    with pytest.raises(Cancelled):
+        with progress_scope(None, token):
+            for sl in chunks(100, 1, progress=False):
+                ran.append(sl.start)
+                if sl.start == 4:
+                    token.cancel()
+    assert ran == [0, 1, 2, 3, 4]  # stopped before chunk 5
+
+    # progress_bar users (Shapley games, tree SHAP) report and stop too
+    seen.clear()
+    token = CancelToken()
+    with pytest.raises(Cancelled):
+        with progress_scope(lambda d, t, desc: seen.append(d), token):
+            with progress_bar(5, "bar", progress=False) as bar:
+                for i in range(5):
+                    bar.update(1)
+                    if i == 1:
+                        token.cancel()
+    assert seen == [1, 2, 3]  # the update after cancel() is reported, then raises
+
+
+def test_scope_stays_in_its_thread_and_a_method_reports_through_it(linear_model):
+    import lumos
+
+    outside = []
+    with progress_scope(lambda d, t, desc: outside.append(d)):
+        th = threading.Thread(target=lambda: list(chunks(8, 2, progress=False)))
+        th.start()
+        th.join()
+    assert outside == []  # a new thread does not inherit the scope
+
+    seen = []
+    x = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
+    with progress_scope(lambda d, t, desc: seen.append((d, t))):
+        lumos.explain(linear_model, x, "integrated_gradients", target=0, n_steps=8, batch_size=4)
+    assert seen and seen[-1][0] == seen[-1][1] and len(seen) >= 4  # 16 rows in chunks of 4
+
+
+def test_cancelled_method_leaves_the_model_as_found(linear_model):
+    import lumos
+
+    before = model_state(linear_model)
+    token = CancelToken()
+    calls = []
+
+    def cb(done, total, desc):
+        calls.append(done)
+        if len(calls) == 2:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        with progress_scope(cb, token):
+            lumos.explain(linear_model, torch.ones(1, 6), "integrated_gradients", target=0, n_steps=64,
+                          batch_size=1)
+    assert len(calls) == 2
+    assert_same_state(before, model_state(linear_model))
+
+
+# ----------------------------------------------------------------------------- binding
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.5", "::", "example.com"])
+def test_non_loopback_host_is_refused_without_the_flag(host):
+    with pytest.raises(ValueError, match="not a loopback address.*--allow-remote"):
+        check_host(host)
+    warned = []
+    assert check_host(host, allow_remote=True, warn=warned.append) == host
+    assert len(warned) == 1 and "WARNING" in warned[0] and host in warned[0]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1"])
+def test_loopback_hosts_bind_without_warning(host):
+    warned = []
+    assert check_host(host, warn=warned.append) == host and warned == []
+
+
+def test_cli_refuses_remote_host_and_run_in_thread_too(capsys):
+    from lumos.cli import main
+
+    assert main(["serve", "--host", "0.0.0.0", "--no-demo"]) == 2
+    assert "--allow-remote" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="loopback"):
+        run_in_thread(create_app(demo=False), "0.0.0.0")
+
+
+def test_run_in_thread_serves_on_a_free_port_and_stops():
+    import httpx
+
+    url, stop = run_in_thread(create_app(demo=False))
+    try:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url) and not url.endswith(":0")
+        r = httpx.get(url + "/api/models", timeout=10)
+        assert r.status_code == 200 and r.json() == {"models": []}
+        assert "default-src 'none'" in r.headers["content-security-policy"]
+        # a foreign Host header (DNS rebinding) is refused
+        assert httpx.get(url + "/", headers={"host": "evil.example"}, timeout=10).status_code == 400
+    finally:
+        t0 = time.monotonic()
+        stop()
+        assert time.monotonic() - t0 < 8
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(url + "/api/models", timeout=2)
+
+
+def test_cross_origin_post_is_refused(client):
+    r = client.post("/api/models/tiny/jobs", headers={"origin": "http://evil.example"},
+                    files={"image": ("a.png", _png(np.zeros((8, 8, 3), np.uint8)), "image/png")})
+    assert r.status_code == 403 and "cross-origin" in r.json()["error"]
+
+
+# ----------------------------------------------------------------------------- limits and bad input
+def test_upload_limits_bytes_and_pixels(client):
+    rng = np.random.default_rng(0)
+    big = _png(rng.integers(0, 256, (180, 180, 3), dtype=np.uint8))  # ~97 kB of noise > 64 kB
+    assert len(big) > 64 * 1024
+    r = client.post("/api/models/tiny/jobs", files={"image": ("big.png", big, "image/png")})
+    assert r.status_code == 413 and "upload too large" in r.json()["error"] and "64 KB" not in r.json()["error"]
+    assert "limit 0.0625 MB" in r.json()["error"]
+    # small file, too many pixels (checked from the header before decoding)
+    wide = _png(np.zeros((10, 1001, 3), np.uint8))
+    assert len(wide) < 64 * 1024
+    r = client.post("/api/models/tiny/jobs", files={"image": ("wide.png", wide, "image/png")})
+    assert r.status_code == 400
+    assert r.json()["error"] == "image too large: 1001 x 10 = 10010 pixels (limit 10000 pixels)"
+    # at the limit: accepted
+    ok = _png(np.zeros((100, 100, 3), np.uint8))
+    r = client.post("/api/models/tiny/jobs", files={"image": ("ok.png", ok, "image/png")},
+                    data={"methods": ["saliency"]})
+    assert r.status_code == 202
+    assert _wait(client, r.json()["job"]["id"])["state"] == "done"
+    # the no-JS form path shows the same message in the page's error area
+    r = client.post("/models/tiny/run", files={"image": ("big.png", big, "image/png")})
+    assert r.status_code == 413
+    assert re.search(r'<div id="error"[^>]*role="alert"\s*>upload too large', r.text)
+    # not an image
+    r = client.post("/api/models/tiny/jobs", files={"image": ("notes.png", b"hello", "image/png")})
+    assert r.status_code == 400 and "'notes.png' is not an image" in r.json()["error"]
+
+
+@pytest.mark.parametrize("csv_text, message", [
+    ("", "CSV: empty"),
+    ("plain\n1", "CSV: missing columns"),
+    (f'"{XSS}","{ATTR.replace(chr(34), chr(34) * 2)}",plain\n1,2', "CSV: row 2 has 2 values but the header has 3 columns"),
+    (f'"{XSS}","{ATTR.replace(chr(34), chr(34) * 2)}",plain\n1,abc,3', "CSV: row 2, column '\" onerror=alert(2) x=\"': expected a number; got 'abc'"),
+    (f'"{XSS}","{ATTR.replace(chr(34), chr(34) * 2)}",plain\n1,2,3\n4,5,6', "one row of values under the header"),
+    (f'"{XSS}","{ATTR.replace(chr(34), chr(34) * 2)}",plain,extra\n1,2,3,4', "unknown column ['extra']"),
+    ('a,"b\n1,2', "CSV: cannot be parsed"),
+])
+def test_malformed_csv_gets_a_readable_message(client, csv_text, message):
+    r = client.post("/api/models/xss/jobs", data={"csv": csv_text})
+    assert r.status_code == 400, r.text
+    assert message in r.json()["error"]
+    page = client.post("/models/xss/run", data={"csv": csv_text})  # the page shows it, escaped
+    assert page.status_code == 400 and 'id="error"' in page.text
+    assert XSS not in page.text and ATTR not in page.text
+
+
+def test_bad_methods_target_and_params_are_messages(client, shapes_png):
+    png, _ = shapes_png
+    files = {"image": ("s.png", png, "image/png")}
+    r = client.post("/api/models/shapes/jobs", files=files, data={"methods": ["salincy"]})
+    assert r.status_code == 400 and "methods: ['salincy'] not offered" in r.json()["error"]
+    r = client.post("/api/models/shapes/jobs", files=files, data={"methods": ["saliency"], "target": "7"})
+    assert r.status_code == 400 and "class index 7 is out of range (0..3)" in r.json()["error"]
+    r = client.post("/api/models/shapes/jobs", files=files, data={"methods": ["saliency"], "params": "{oops"})
+    assert r.status_code == 400 and r.json()["error"].startswith("params: not valid JSON")
+    assert client.post("/api/models/nope/jobs", files=files).status_code == 404
+    # a parameter the method does not take: the method's own message, in the result
+    r = client.post("/api/models/shapes/jobs", files=files,
+                    data={"methods": ["saliency", "integrated_gradients"],
+                          "params": json.dumps({"integrated_gradients": {"nsteps": 4}})})
+    job = _wait(client, r.json()["job"]["id"])
+    assert job["state"] == "done"
+    ig = job["result"]["methods"][1]
+    assert ig["error"] and "did you mean 'n_steps'" in ig["error"] and ig["map_url"] is None
+    assert job["result"]["methods"][0]["error"] is None
+
+
+# ----------------------------------------------------------------------------- jobs
+def test_demo_image_three_methods_end_to_end_equals_direct_calls(client, shapes_png):
+    import lumos
+    from lumos.data import load_demo_model
+    from lumos.metrics.registry import evaluate
+    from PIL import Image
+
+    png, arr = shapes_png
+    params = {"integrated_gradients": {"n_steps": 8}}
+    r = client.post("/api/models/shapes/jobs", files={"image": ("shape.png", png, "image/png")},
+                    data={"methods": METHODS3, "target": "predicted", "params": json.dumps(params)})
+    assert r.status_code == 202
+    job = _wait(client, r.json()["job"]["id"])
+    assert job["state"] == "done" and job["progress"] == 1.0 and job["error"] is None
+    res = job["result"]
+    assert [m["method"] for m in res["methods"]] == METHODS3
+    assert [k["name"] for k in res["metrics"]] == ["deletion", "insertion", "sparseness"]
+
+    model = load_demo_model()
+    x = torch.from_numpy(arr.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+    pred = int(model(x).argmax(1))
+    assert res["prediction"]["class"] == pred and res["target"] == pred
+    assert res["target_name"] == model.class_names[pred]
+    for m in res["methods"]:
+        assert m["error"] is None, m
+        pic = client.get(m["map_url"])
+        assert pic.status_code == 200 and pic.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(pic.content)).size[0] > 100
+        got = np.load(io.BytesIO(client.get(m["values_url"]).content), allow_pickle=False)
+        kw = {"integrated_gradients": {"n_steps": 8}}.get(m["method"], {})
+        want = lumos.explain(model, x, m["method"], target="predicted", **kw)
+        np.testing.assert_allclose(got, want.values, rtol=0, atol=1e-6)
+        for k, kkw in (("deletion", {"n_steps": 16}), ("insertion", {"n_steps": 16}), ("sparseness", {})):
+            direct = float(evaluate(k, model, want, **kkw).mean)
+            assert m["scores"][k] == pytest.approx(direct, abs=1e-6), (m["method"], k)
+    assert res["methods"][1]["params"]["n_steps"] == 8
+    # the page of the job shows the maps with the method names and the metric table
+    page = client.get(f"/jobs/{job['id']}").text
+    for name in METHODS3:
+        assert f'data-method="{name}"' in page and f'src="/api/jobs/{job["id"]}/maps/{name}.png"' in page
+    assert 'id="metrics-table"' in page and 'id="progress-bar"' in page
+
+
+def test_failing_job_reports_and_the_server_keeps_serving(client):
+    r = client.post("/api/models/boom/jobs", data={"csv": "x0,x1,x2\n1,2,3", "methods": ["saliency"]})
+    assert r.status_code == 202
+    job = _wait(client, r.json()["job"]["id"])
+    assert job["state"] == "failed"
+    assert "boom: the model broke <b>here</b>" in job["error"] and "Traceback" not in job["error"]
+    page = client.get(f"/jobs/{job['id']}").text
+    assert "boom: the model broke &lt;b&gt;here&lt;/b&gt;" in page and "<b>here</b>" not in page
+    # the server goes on: another model's job runs
+    assert client.get("/").status_code == 200
+    r = client.post("/api/models/xss/jobs", data={"csv": f'"{XSS}","{ATTR.replace(chr(34), chr(34) * 2)}",plain\n1,2,3',
+                                                 "methods": ["saliency"]})
+    assert _wait(client, r.json()["job"]["id"])["state"] == "done"
+
+
+def test_cancel_stops_a_long_job_and_leaves_the_model_as_found(app, client):
+    tiny = app.state.registry.get("tiny").model
+    before = model_state(tiny)
+    n_steps = 200_000  # one model call per step: minutes of work
+    tiny.calls = 0
+    r = client.post("/api/models/tiny/jobs", files={"image": ("a.png", _png(np.full((8, 8, 3), 90, np.uint8)),
+                                                              "image/png")},
+                    data={"methods": ["integrated_gradients"],
+                          "params": json.dumps({"integrated_gradients": {"n_steps": n_steps, "batch_size": 1,
+                                                                            "integration": "riemann_middle"}})})
+    job_id = r.json()["job"]["id"]
+    deadline = time.monotonic() + 30
+    while tiny.calls < 50:  # running
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    running = client.get(f"/api/jobs/{job_id}").json()["job"]
+    assert running["state"] == "running" and 0 < running["progress"] < 0.5
+    assert running["stage"] == "integrated_gradients"
+    t0 = time.monotonic()
+    assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 200
+    job = _wait(client, job_id, timeout=10)
+    stopped_after = time.monotonic() - t0
+    assert job["state"] == "cancelled" and job["result"] is None
+    assert stopped_after < 2.0
+    calls = tiny.calls
+    time.sleep(0.2)
+    assert tiny.calls == calls < n_steps / 4  # it stopped, far from the end
+    assert_same_state(before, model_state(tiny))
+    # the worker is free again at once
+    r = client.post("/api/models/tiny/jobs", files={"image": ("a.png", _png(np.zeros((8, 8, 3), np.uint8)), "image/png")},
+                    data={"methods": ["saliency"]})
+    assert _wait(client, r.json()["job"]["id"], timeout=20)["state"] == "done"
+
+
+def test_several_models_at_once(client, shapes_png):
+    models = {m["id"]: m for m in client.get("/api/models").json()["models"]}
+    assert {"shapes", "tiny", "xss", "boom"} <= set(models)
+    assert models["tiny"]["kind"] == "image" and models["xss"]["kind"] == "table"
+    assert "gradcam" in models["tiny"]["methods"] and "gradcam" not in models["xss"]["methods"]
+    png, _ = shapes_png
+    a = client.post("/api/models/shapes/jobs", files={"image": ("s.png", png, "image/png")},
+                    data={"methods": ["saliency"]}).json()["job"]["id"]
+    b = client.post("/api/models/tiny/jobs", files={"image": ("t.png", png, "image/png")},
+                    data={"methods": ["saliency"]}).json()["job"]["id"]
+    ja, jb = _wait(client, a), _wait(client, b)
+    assert ja["state"] == jb["state"] == "done"
+    assert ja["model"] == "shapes" and jb["model"] == "tiny"
+    va = np.load(io.BytesIO(client.get(ja["result"]["methods"][0]["values_url"]).content))
+    vb = np.load(io.BytesIO(client.get(jb["result"]["methods"][0]["values_url"]).content))
+    assert va.shape == (1, 3, 64, 64) and vb.shape == (1, 3, 64, 64)
+    assert not np.allclose(va, vb)
+    index = client.get("/").text
+    for mid in ("shapes", "tiny", "xss", "boom"):
+        assert f'data-testid="open-model-{mid}"' in index
+
+
+# ----------------------------------------------------------------------------- user models
+MODULE = '''
+import torch
+from torch import nn
+
+def make():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+'''
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the junk file below
+def test_user_model_loaded_weights_only_and_pickles_refused(tmp_path, monkeypatch, capsys):
+    (tmp_path / "serve_usermodel.py").write_text(MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("serve_usermodel", None)
+    import serve_usermodel
+
+    model = serve_usermodel.make()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.25)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    app = create_app(demo=False)
+    with TestClient(app) as c:
+        r = c.post("/api/models", data={"factory": "serve_usermodel:make", "kind": "auto"},
+                   files={"weights": ("w.pt", buf.getvalue(), "application/octet-stream")})
+        assert r.status_code == 201, r.text
+        m = r.json()["model"]
+        assert m["id"] == "user1" and m["kind"] == "table" and m["feature_names"] == ["x0", "x1", "x2", "x3"]
+        loaded = app.state.registry.get("user1").model
+        for k, v in model.state_dict().items():
+            assert torch.equal(loaded.state_dict()[k], v)  # the uploaded weights, not the factory's
+        r = c.post("/api/models/user1/jobs", data={"csv": "x0,x1,x2,x3\n1,2,3,4", "methods": ["gradient_x_input"]})
+        assert _wait(c, r.json()["job"]["id"])["state"] == "done"
+
+        evil = io.BytesIO()
+        torch.save({"w": Evil()}, evil)
+        r = c.post("/api/models", data={"factory": "serve_usermodel:make"},
+                   files={"weights": ("evil.pt", evil.getvalue(), "application/octet-stream")})
+        assert r.status_code == 400
+        assert "pickled Python objects" in r.json()["error"] and "weights_only=False" not in r.json()["error"]
+        r = c.post("/api/models", data={"factory": "serve_usermodel:make"},
+                   files={"weights": ("junk.pt", pickle.dumps([1, 2]) + b"junk", "application/octet-stream")})
+        assert r.status_code == 400 and "not a readable torch file" in r.json()["error"]
+        assert "pwned" not in capsys.readouterr().out
+        page = c.post("/models/load", data={"factory": "nosuchmodule_xyz:make"})
+        assert page.status_code == 400 and "cannot load model" in page.text
+        assert [x["id"] for x in c.get("/api/models").json()["models"]] == ["user1"]
+    locked = create_app(demo=False, allow_model_loading=False)
+    with TestClient(locked) as c:
+        r = c.post("/api/models", data={"factory": "serve_usermodel:make"})
+        assert r.status_code == 403
+        assert 'id="load-model-form"' not in c.get("/").text
+
+
+def test_create_app_opens_user_models_from_factory_specs(tmp_path, monkeypatch):
+    (tmp_path / "serve_usermodel2.py").write_text(MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    evil = tmp_path / "evil.pt"
+    torch.save({"w": Evil()}, evil)
+    from lumos.core.io import LoadError
+
+    with pytest.raises(LoadError, match="pickled Python objects"):
+        create_app([{"factory": "serve_usermodel2:make", "weights": str(evil)}], demo=False)
+    app = create_app([{"factory": "serve_usermodel2:make", "name": "my model", "kind": "table"}], demo=False)
+    assert [m.id for m in app.state.registry] == ["my-model"]
+
+
+# ----------------------------------------------------------------------------- XSS
+def test_markup_in_names_headers_and_file_names_is_text(client):
+    page = client.get("/models/xss").text  # class names in the target options, feature names in the CSV
+    assert XSS not in page and ATTR not in page
+    assert ESCAPED_XSS in page and ESCAPED_ATTR in page
+    index = client.get("/").text
+    assert XSS not in index and ESCAPED_XSS in index
+    csv_text = f'"{XSS}","{ATTR.replace(chr(34), chr(34) * 2)}",plain\n1,2,3'
+    r = client.post("/api/models/xss/jobs", data={"csv": csv_text, "methods": ["saliency", "integrated_gradients"],
+                                                 "target": "1"})
+    job = _wait(client, r.json()["job"]["id"])
+    assert job["state"] == "done" and job["result"]["target_name"] == ATTR
+    assert [f["name"] for f in job["result"]["row"]] == [XSS, ATTR, "plain"]
+    for html in (client.get(f"/jobs/{job['id']}").text, client.get(f"/jobs/{job['id']}/fragment").text):
+        assert XSS not in html and ATTR not in html
+        assert ESCAPED_XSS in html and ESCAPED_ATTR in html
+    # a file name, in the result and in an error message
+    # (httpx writes a double quote in a multipart file name as %22: a single quote tests the attribute case)
+    name = f"{XSS}' onerror=alert(3) x='.png"
+    r = client.post("/api/models/tiny/jobs", files={"image": (name, _png(np.zeros((8, 8, 3), np.uint8)), "image/png")},
+                    data={"methods": ["saliency"]})
+    job = _wait(client, r.json()["job"]["id"])
+    assert job["result"]["input"]["name"] == name
+    html = client.get(f"/jobs/{job['id']}/fragment").text
+    assert XSS not in html and "' onerror" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&#39; onerror=alert(3) x=&#39;.png" in html
+    page = client.post("/models/tiny/run", files={"image": (f"{XSS}.png", b"not an image", "image/png")})
+    assert page.status_code == 400 and XSS not in page.text and ESCAPED_XSS in page.text
+    # the script tags of the page are only the app's own file
+    assert re.findall(r"<script[^>]*>", page.text) == ['<script src="/static/app.js" defer>']
+
+
+def test_markup_in_a_text_is_text(client):
+    from lumos.serve.models import ServedModel
+
+    pytest.importorskip("transformers")
+    app_text = create_app(demo=("text",))
+    with TestClient(app_text) as c:
+        r = c.post("/api/models/text/jobs", data={"text": f"a fine film {XSS} {ATTR}", "methods": ["saliency"]})
+        job = _wait(c, r.json()["job"]["id"], timeout=120)
+        assert job["state"] == "done", job["error"]
+        assert job["result"]["tokens"][0] == "[CLS]"
+        html = c.get(f"/jobs/{job['id']}").text
+        assert XSS not in html and ATTR not in html and ESCAPED_XSS in html
+        assert 'class="tokens"' in html
+    assert ServedModel  # imported for its use as the text model's type
+
+
+def test_static_assets_and_templates_ship_in_the_package():
+    from importlib.resources import files
+
+    root = files("lumos.serve")
+    for name in ("templates/base.html.j2", "templates/index.html.j2", "templates/model.html.j2",
+                 "templates/_result.html.j2", "static/app.js", "static/app.css"):
+        text = (root / name).read_text()
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text, name
