@@ -438,6 +438,16 @@ def test_ray_equals_local_with_one_and_two_workers(reference, ray_session, tmp_p
     assert len(pids) == len(set(pids)) <= 2  # the model built once per worker process, for 3 shards
 
 
+def test_ray_scores_metrics_as_the_local_engine(ray_session, tmp_path):
+    """Per-row metric scores (a seeded one included) are the same bytes from two Ray workers."""
+    kw = dict(metrics=["sparseness", "deletion"], metric_params={"deletion": {"n_steps": 4, "fill": 0.0}}, **KS)
+    local = lb.explain_dataset(make_model, X[:10], "kernel_shap", tmp_path / "l", shard_size=5, **kw)
+    ray_two = lb.explain_dataset(make_model, X[:10], "kernel_shap", tmp_path / "r", engine="ray", workers=2,
+                                 shard_size=5, **kw)
+    assert files_of(tmp_path / "r") == files_of(tmp_path / "l")
+    assert ray_two.metric_distribution("deletion").quantiles == local.metric_distribution("deletion").quantiles
+
+
 def test_ray_worker_killed_mid_task_is_retried(reference, ray_session, tmp_path):
     ref_out, _ = reference
     marker = tmp_path / "killed-once"

@@ -59,6 +59,16 @@ def settings_differ(old: dict, new: dict) -> list[str]:
     for key in ("method", "seed", "per_row", "shard_size", "model"):
         if old.get(key) != new.get(key):
             out.append(f"{key}: {json.dumps(old.get(key))} in the output, {json.dumps(new.get(key))} now")
+    mo, mn = old.get("metrics") or {}, new.get("metrics") or {}
+    for name in sorted(set(mo) | set(mn)):
+        if name not in mo or name not in mn:
+            out.append(f"metrics.{name}: {'absent' if name not in mo else 'scored'} in the output, "
+                       f"{'absent' if name not in mn else 'asked'} now")
+            continue
+        for key in sorted(set(mo[name]) | set(mn[name])):
+            if mo[name].get(key, "<unset>") != mn[name].get(key, "<unset>"):
+                out.append(f"metrics.{name}.{key}: {json.dumps(mo[name].get(key, '<unset>'))} in the output, "
+                           f"{json.dumps(mn[name].get(key, '<unset>'))} now")
     po, pn = old.get("params", {}), new.get("params", {})
     for key in sorted(set(po) | set(pn)):
         if po.get(key, "<unset>") != pn.get(key, "<unset>"):
@@ -67,12 +77,64 @@ def settings_differ(old: dict, new: dict) -> list[str]:
     return out
 
 
+def _metrics(metrics: Any, metric_params: Any) -> dict[str, dict]:
+    """The job's metrics as ``{registry name: parameters}``, checked against the registry."""
+    from ..metrics.registry import get_metric
+    from ..core.validation import check_kwargs
+
+    if metrics is None:
+        if metric_params:
+            raise ValueError("metric_params: given without metrics=[...]")
+        return {}
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if isinstance(metrics, dict):
+        pairs = list(metrics.items())
+    elif isinstance(metrics, (list, tuple)):
+        pairs = [(m, {}) for m in metrics]
+    else:
+        raise TypeError(f"metrics must be a list of metric names or a dict name -> parameters; "
+                        f"got {type(metrics).__name__}")
+    if metric_params is not None and not isinstance(metric_params, dict):
+        raise TypeError(f"metric_params must be a dict name -> parameters; got {type(metric_params).__name__}")
+    out: dict[str, dict] = {}
+    for name, params in pairs:
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise TypeError(f"metrics[{name!r}]: parameters must be a dict; got {type(params).__name__}")
+        info = get_metric(name)
+        if info.name in out:
+            raise ValueError(f"metrics: {info.name!r} is given twice")
+        out[info.name] = dict(params)
+    for name, params in (metric_params or {}).items():
+        key = get_metric(name).name
+        if key not in out:
+            raise ValueError(f"metric_params: {name!r} is not among metrics {sorted(out)}")
+        if not isinstance(params, dict):
+            raise TypeError(f"metric_params[{name!r}] must be a dict; got {type(params).__name__}")
+        out[key].update(params)
+    for name, params in out.items():
+        info = get_metric(name)
+        if "seed" in params:
+            raise TypeError(f"metrics[{name!r}]: seed is explain_dataset's own argument (each row's metric "
+                            "seed derives from it); pass seed=...")
+        check_kwargs(info.parameters, params, f"metrics[{name!r}]")
+        if "masks" in info.needs and params.get("masks") is None:
+            raise ValueError(f"metrics[{name!r}]: needs ground-truth masks, one per data-set row "
+                             f"(metric_params={{{name!r}: {{'masks': ...}}}}; a memory-mapped .npy works)")
+        if params.get("masks") is not None and not hasattr(params["masks"], "__getitem__"):
+            raise TypeError(f"metrics[{name!r}]: masks must be an array with one mask per data-set row")
+    return out
+
+
 def explain_dataset(model_factory: Any, data: Any, method: str = "integrated_gradients",
                     out: str | Path = "lumos-out/batch", *, engine: str = "local", shard_size: int = 256,
                     seed: int = 0, weights: str | Path | None = None, workers: int | None = None,
                     address: str | None = None, max_retries: int = 3, max_in_flight: int | None = None,
                     per_row: bool | None = None, threads: int | None = 1, progress: bool | None = None,
-                    image_size: Any = None, **params: Any):
+                    image_size: Any = None, metrics: Any = None, metric_params: dict | None = None,
+                    **params: Any):
     """Explain every row of a data set with one method, in shards, resumably.
 
     Each shard of ``shard_size`` rows is explained by one task calling :func:`lumos.explain` and
@@ -133,6 +195,18 @@ def explain_dataset(model_factory: Any, data: Any, method: str = "integrated_gra
         A progress bar of finished shards (default: on a terminal).
     image_size : (H, W), optional
         Resize the images of a folder.
+    metrics : list of str or dict, optional
+        Metrics of :func:`lumos.metrics.available` scored on every row's explanation in the task
+        that explains it (``["sparseness", "deletion"]``, or ``{"deletion": {"n_steps": 10}}``),
+        stored per row beside the attributions (``metric:<name>`` columns, ``metric__<name>``
+        arrays) and summarised by :meth:`BatchResults.metric_distribution`. A metric that takes a
+        ``seed`` is scored one row per call with :func:`lumos.batch.task.metric_seed` of the
+        row's index. Metrics that re-run the explanation (robustness, randomisation) re-run the
+        job's method with its parameters. Localisation metrics need ``masks``: one per data-set
+        row (sliced per shard; a memory-mapped ``.npy`` works). Part of the job's settings: a
+        resumed run with other metrics or metric parameters is refused.
+    metric_params : dict, optional
+        ``{metric name: parameters}`` added to ``metrics`` given as a list.
     **params
         The method's own parameters (``target=``, ``background=``, ``n_steps=`` ...); ``target``
         must be the same for every row (an int, ``"predicted"`` or a callable).
@@ -183,10 +257,17 @@ def explain_dataset(model_factory: Any, data: Any, method: str = "integrated_gra
     model_doc = {"factory": factory_name, "weights_sha256": weights_sha}
     model_key = hashlib.sha256(json.dumps(model_doc, sort_keys=True).encode()).hexdigest()
     model_doc["hash"] = model_key
+    metrics = _metrics(metrics, metric_params)
     settings = {"method": info.name, "params": _describe(params), "seed": seed, "per_row": per_row,
                 "shard_size": shard_size, "model": model_doc}
+    if metrics:  # absent without metrics: outputs written before metrics existed still resume
+        settings["metrics"] = {name: _describe(p) for name, p in metrics.items()}
 
     source = as_source(data, image_size)
+    for name, p in metrics.items():
+        if p.get("masks") is not None and source.n_rows is not None and len(p["masks"]) != source.n_rows:
+            raise ValueError(f"metrics[{name!r}]: masks has {len(p['masks'])} rows; the data has {source.n_rows} "
+                             "(one mask per data-set row)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(out)
@@ -214,6 +295,7 @@ def explain_dataset(model_factory: Any, data: Any, method: str = "integrated_gra
     # workers cache the model per job (a later call with a mended factory of the same name rebuilds it)
     job = {"factory": model_factory, "weights": weights, "model_key": f"{model_key}-{uuid.uuid4().hex}",
            "method": info.name, "params": params, "seed": seed, "per_row": per_row, "seeded": seeded, "threads": threads,
+           "metrics": metrics,
            "out": str(out.resolve()), "storage": manifest.get("storage")}
     if engine == "local":
         runner = LocalEngine(job, max_retries=max_retries)

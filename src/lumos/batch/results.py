@@ -2,8 +2,9 @@
 
 :func:`open` reads only the manifest; a row or a slice reads the shards that hold it (the last
 one read is kept), a column of a Parquet output reads that column only, and the statistics
-(:meth:`BatchResults.mean_abs`, :meth:`BatchResults.mask_share`, :meth:`BatchResults.summary`)
-stream over the shards, holding one at a time.
+(:meth:`BatchResults.mean_abs`, :meth:`BatchResults.mask_share`,
+:meth:`BatchResults.metric_distribution`, :meth:`BatchResults.summary`) stream over the shards,
+holding one at a time.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .store import BatchFileError, read_manifest, read_shard, sha256_file
+from .stats import DEFAULT_QUANTILES, Distribution, distribution
+from .store import BatchFileError, read_manifest, read_metric, read_shard, sha256_file
 
 __all__ = ["open", "BatchResults"]
 
@@ -217,10 +219,64 @@ class BatchResults:
                 shares.append(np.where(whole > 0, inside / whole, np.nan))
         return np.concatenate(shares) if shares else np.zeros(0)
 
+    # ------------------------------------------------------------------ metrics
+    @property
+    def metric_names(self) -> list[str]:
+        """The metrics the job scored on every row (``explain_dataset(metrics=...)``)."""
+        return sorted(self.manifest.get("metrics") or {})
+
+    def _check_metric(self, name: str) -> str:
+        if name not in self.metric_names:
+            if not self.metric_names:
+                raise ValueError(f"metric: {name!r} was not scored; this job scored no metrics "
+                                 "(explain_dataset(..., metrics=[...]))")
+            from ..core.validation import check_choice
+
+            check_choice(name, "metric", self.metric_names)
+        return name
+
+    def _metric_chunks(self, name: str) -> Iterator[np.ndarray]:
+        for s in self.shards:
+            yield read_metric(self.out / s["file"], name)
+
+    def metric(self, name: str) -> np.ndarray:
+        """One metric's score for every row (n,), read column by column from the shards."""
+        self._check_metric(name)
+        parts = list(self._metric_chunks(name))
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def metric_distribution(self, name: str, *, bins: int = 20,
+                            quantiles: tuple[float, ...] = DEFAULT_QUANTILES) -> Distribution:
+        """The distribution of one metric over every row, streamed shard by shard.
+
+        Reads only that metric's column, one shard at a time, a few times
+        (:func:`lumos.batch.stats.distribution`): count, mean and std (the population std, as
+        :attr:`MetricResult.std`; NaN scores counted apart and left out), quantiles equal to
+        ``np.quantile`` of all rows bit for bit, and a histogram of ``bins`` equal-width bins
+        equal to ``np.histogram`` of all rows.
+
+        Parameters
+        ----------
+        name : str
+            A metric in :attr:`metric_names`.
+        bins : int, default 20
+        quantiles : tuple of float, default (0, 0.05, 0.25, 0.5, 0.75, 0.95, 1)
+
+        Returns
+        -------
+        Distribution
+        """
+        from ..metrics.registry import get_metric
+
+        self._check_metric(name)
+        return distribution(lambda: self._metric_chunks(name), name=name, bins=bins, quantiles=quantiles,
+                            direction=get_metric(name).direction)
+
     def summary(self, masks: Any = None) -> dict:
         """Statistics computed shard by shard: rows, mean |attribution| per feature, mean output,
-        and with ``masks`` the mean share of attribution inside the masks (``mask_share``) and the
-        fraction of images with more than half of it inside (``images_mostly_inside``)."""
+        the distribution of every scored metric (``metrics``: :meth:`metric_distribution` as a
+        dict), and with ``masks`` the mean share of attribution inside the masks (``mask_share``)
+        and the fraction of images with more than half of it inside (``images_mostly_inside``)."""
         out: dict[str, Any] = {"method": self.method, "rows": len(self), "shards": len(self.shards)}
         names = self.feature_names
         try:
@@ -236,4 +292,6 @@ class BatchResults:
             out["mask_share"] = float(np.nanmean(share))
             # the share of images whose attribution sits mostly on the region
             out["images_mostly_inside"] = float(np.mean(share > 0.5))
+        if self.metric_names:
+            out["metrics"] = {m: self.metric_distribution(m).to_dict() for m in self.metric_names}
         return out

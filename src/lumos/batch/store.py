@@ -25,7 +25,7 @@ import numpy as np
 from ..core.io import atomic_write, sha256_file
 
 __all__ = ["FORMAT", "MANIFEST", "atomic_write", "sha256_file", "write_shard", "read_shard",
-           "read_manifest", "write_manifest", "shard_name", "BatchFileError"]
+           "read_manifest", "write_manifest", "shard_name", "read_metric", "BatchFileError"]
 
 FORMAT = "lumos.batch/1"
 MANIFEST = "manifest.json"
@@ -68,9 +68,12 @@ def _columns(expl) -> list[str]:
     return [str(n) for n in names]
 
 
-def shard_bytes(expl, start: int, storage: str) -> bytes:
-    """The file content of one shard: the explanation of rows ``start .. start + len(expl)``."""
+def shard_bytes(expl, start: int, storage: str, metrics: dict | None = None) -> bytes:
+    """The file content of one shard: the explanation of rows ``start .. start + len(expl)``, and
+    the per-row scores of ``metrics`` (``{name: (n,)}``: ``metric:<name>`` columns in Parquet,
+    ``metric__<name>`` arrays in ``.npz``)."""
     n = len(expl)
+    metrics = {k: np.asarray(v, dtype=np.float64) for k, v in sorted((metrics or {}).items())}
     rows = np.arange(start, start + n, dtype=np.int64)
     extras = {k: getattr(expl, k) for k in ("output", "baseline_output", "target")}
     extras = {k: np.asarray(v) for k, v in extras.items() if v is not None and np.ndim(v) == 1 and len(v) == n}
@@ -82,6 +85,8 @@ def shard_bytes(expl, start: int, storage: str) -> bytes:
                 arrays[f"values__{name}"] = np.asarray(part)
         else:
             arrays["values"] = np.asarray(expl.values)
+        for k, v in metrics.items():
+            arrays[f"metric__{k}"] = v
         return _npz_bytes(arrays)
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -106,16 +111,19 @@ def shard_bytes(expl, start: int, storage: str) -> bytes:
         meta["features"] = json.dumps(names)
     for k, v in extras.items():
         cols[k] = pa.array(v)
+    for k, v in metrics.items():
+        cols["metric:" + k] = pa.array(v)
     table = pa.table(cols).replace_schema_metadata(meta)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
 
 
-def write_shard(folder: Path, index: int, start: int, expl, storage: str | None = None) -> tuple[str, str]:
+def write_shard(folder: Path, index: int, start: int, expl, storage: str | None = None,
+                metrics: dict | None = None) -> tuple[str, str]:
     """Write the shard file atomically; returns ``(file name, sha256)``."""
     storage = storage or storage_for(expl)
-    data = shard_bytes(expl, start, storage)
+    data = shard_bytes(expl, start, storage, metrics)
     name = shard_name(index, storage)
     atomic_write(Path(folder) / name, data)
     return name, hashlib.sha256(data).hexdigest()
@@ -130,6 +138,9 @@ def read_shard(path: Path) -> dict[str, Any]:
         parts = sorted(k for k in out if k.startswith("values__"))
         if parts:
             out["values"] = {k[len("values__"):]: out.pop(k) for k in parts}
+        scored = sorted(k for k in out if k.startswith("metric__"))
+        if scored:
+            out["metrics"] = {k[len("metric__"):]: out.pop(k) for k in scored}
         return out
     import pyarrow.parquet as pq
 
@@ -147,7 +158,24 @@ def read_shard(path: Path) -> dict[str, Any]:
     for k in ("output", "baseline_output", "target"):
         if k in table.column_names:
             out[k] = table.column(k).to_numpy()
+    scored = [c for c in table.column_names if c.startswith("metric:")]
+    if scored:
+        out["metrics"] = {c[len("metric:"):]: table.column(c).to_numpy() for c in scored}
     return out
+
+
+def read_metric(path: Path, name: str) -> np.ndarray:
+    """One metric's scores in a shard file, reading that column (Parquet) or member (``.npz``) only."""
+    path = Path(path)
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                return data[f"metric__{name}"]
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path, columns=["metric:" + name]).column(0).to_numpy()
+    except (KeyError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+        raise BatchFileError(f"{path}: holds no scores of metric {name!r}") from None
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:

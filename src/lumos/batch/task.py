@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["row_seed", "build_model", "run_task", "explain_rows"]
+__all__ = ["row_seed", "metric_seed", "build_model", "run_task", "explain_rows", "metric_scores"]
 
 # Models built in this process, by the job's model key: a Ray worker builds each model once and
 # reuses it for every shard it is handed.
@@ -39,6 +40,17 @@ def row_seed(seed: int, index: int) -> int:
     to rows: independent streams per row, whatever the shards, workers or order.
     """
     return int(np.random.SeedSequence(int(seed), spawn_key=(int(index),)).generate_state(1, np.uint32)[0])
+
+
+def metric_seed(seed: int, index: int, metric: str) -> int:
+    """The seed of metric ``metric`` on data-set row ``index``.
+
+    ``SeedSequence(seed, spawn_key=(index, crc32(metric)))``'s first word: a stream per row and
+    metric, apart from the row's explanation seed (:func:`row_seed`) and from the other metrics,
+    whatever the shards, workers, order or the other metrics of the job.
+    """
+    key = zlib.crc32(str(metric).encode("utf-8"))
+    return int(np.random.SeedSequence(int(seed), spawn_key=(int(index), key)).generate_state(1, np.uint32)[0])
 
 
 def build_model(factory: Any, weights: str | None = None):
@@ -119,16 +131,74 @@ def explain_rows(model: Any, rows: Any, start: int, job: dict):
                         for i in range(len(rows))])
 
 
+def _metric_params(name: str, params: dict, job: dict, start: int, stop: int) -> dict:
+    """A metric's parameters for rows ``start .. stop`` of the data set."""
+    from ..metrics.registry import get_metric
+
+    info = get_metric(name)
+    params = dict(params)
+    if params.get("masks") is not None:  # one mask per data-set row: this shard's rows
+        masks = np.asarray(params["masks"][start:stop])
+        if len(masks) != stop - start:
+            raise ValueError(f"metrics[{name!r}]: masks has no rows {start}..{stop - 1} (it has {len(params['masks'])} "
+                             "rows; give one mask per data-set row)")
+        params["masks"] = masks
+    if "explainer" in info.needs and "explainer" not in params:
+        # re-run the job's own method with its parameters (arrays included, not their summaries)
+        params["explainer"] = job["method"]
+        params.setdefault("method_params", {k: v for k, v in job["params"].items() if k != "target"})
+    if "progress" in info.parameters:
+        params.setdefault("progress", False)
+    return params
+
+
+def metric_scores(model: Any, expl, start: int, job: dict) -> dict[str, np.ndarray]:
+    """Each of the job's metrics scored on the shard's explanation: ``{name: scores (n,)}``.
+
+    A metric that takes a ``seed`` is scored one row per call with the row's :func:`metric_seed`
+    (its draws then depend on the row, its index and the job's ``seed`` only, as the
+    explanations' do); the others per shard, or per row with ``per_row=True``.
+    """
+    from ..metrics.registry import evaluate, get_metric
+
+    if isinstance(model, tuple):  # (model, tokenizer)
+        model = model[0]
+    n = len(expl)
+    out = {}
+    for name, given in sorted(job.get("metrics", {}).items()):
+        info = get_metric(name)
+        params = _metric_params(name, given, job, start, start + n)
+        if "seed" in info.parameters or job["per_row"]:
+            scores = []
+            for i in range(n):
+                p = dict(params)
+                if p.get("masks") is not None:
+                    p["masks"] = p["masks"][i:i + 1]
+                if "seed" in info.parameters:
+                    p["seed"] = metric_seed(job["seed"], start + i, name)
+                scores.append(evaluate(name, model, expl[i:i + 1], **p).scores)
+            got = np.concatenate(scores) if scores else np.zeros(0)
+        else:
+            got = evaluate(name, model, expl, **params).scores
+        got = np.asarray(got, dtype=np.float64).reshape(-1)
+        if len(got) != n:
+            raise RuntimeError(f"metrics[{name!r}]: {len(got)} scores for {n} rows")
+        out[name] = got
+    return out
+
+
 def run_task(job: dict, index: int, start: int, rows: Any, model: Any = None) -> dict:
-    """Explain one shard and write its file; returns its manifest entry (without the input digest)."""
+    """Explain one shard (and score it with the job's metrics) and write its file; returns its
+    manifest entry (without the input digest)."""
     from .store import write_shard
 
     if model is None:
         model = _cached_model(job)
     with _threads(job.get("threads")):
         expl = explain_rows(model, rows, start, job)
-    if len(expl) != len(rows):
-        raise RuntimeError(f"shard {index}: {job['method']} returned {len(expl)} rows for {len(rows)}")
-    name, digest = write_shard(Path(job["out"]), index, start, expl, job.get("storage"))
+        if len(expl) != len(rows):
+            raise RuntimeError(f"shard {index}: {job['method']} returned {len(expl)} rows for {len(rows)}")
+        scores = metric_scores(model, expl, start, job) if job.get("metrics") else None
+    name, digest = write_shard(Path(job["out"]), index, start, expl, job.get("storage"), metrics=scores)
     return {"index": int(index), "start": int(start), "stop": int(start + len(rows)), "file": name,
             "sha256": digest, "status": "done"}
