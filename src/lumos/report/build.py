@@ -441,14 +441,16 @@ def _render_array(model, inputs, methods, metrics, *, kind, target, masks, label
             ranking = next(iter(drawn.values()), None)
             cols = tabular.effect_features_of(ranking, fnames, effect_features, n_effect_features)
             eff_target = None
-            if probs is not None and probs.ndim == 2 and probs.shape[1] > 2:
-                # several classes: the effects of the class the explained rows are explained for most
-                eff_target = int(np.bincount(explained.astype(int)).argmax()) if explained is not None else 0
+            if probs is not None and probs.ndim == 2 and probs.shape[1] > 1 and explained is not None:
+                # a classifier: the effects of the class most explained rows are explained for (ties: the first)
+                eff_target = int(np.bincount(explained.astype(int)).argmax())
             cat = (tabular.column_indices(categorical_features, fnames, "categorical_features")
                    if categorical_features is not None else None)
             context["effects"] = tabular.global_effects(model, background, background_labels, cols, fnames,
                                                         eff_target, seed, figure_png, cat)
             context["effects"]["n_rows"] = len(background)
+            context["effects"]["target"] = eff_target
+            context["effects"]["class_name"] = _name(names, eff_target) if eff_target is not None else ""
             context["effect_notes"] = tabular.EFFECT_NOTES
             results["effects"] = context["effects"]
             timings["effects"] = time.perf_counter() - t0

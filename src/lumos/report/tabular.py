@@ -173,7 +173,8 @@ def global_effects(model: Any, background: Any, labels: Any, cols: Sequence[int]
                                 [names[j]])
     imp = None
     if labels is not None:
-        imp = _named(permutation_importance(model, background, labels, target=target, seed=seed), names)
+        # its default metric (accuracy of the arg-max class, or R²) reads the whole output: no target
+        imp = _named(permutation_importance(model, background, labels, seed=seed), names)
     out = {"pdp": pdp, "ale": ales, "importance": imp, "png": "", "importance_png": "", "note": "",
            "output": next(iter(pdp.values())).target if pdp else ""}
     before = set(plt.get_fignums())
