@@ -239,7 +239,10 @@ def _only_the_apps_script(page, app_url: str) -> None:
 
 # ----------------------------------------------------------------------------- tests
 def test_the_app_loads_clean(page, app_url, artefacts):
-    page.goto(app_url + "/")
+    response = page.goto(app_url + "/")
+    # the browser itself refuses anything but the app's origin (and inline images)
+    csp = response.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp and "connect-src 'self'" in csp
     ids = page.locator("#models li.model").evaluate_all("els => els.map(e => e.dataset.modelId)")
     assert {"shapes", "credit", "xss"} <= set(ids)
     kinds = dict(page.locator("#models li.model").evaluate_all(
