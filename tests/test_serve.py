@@ -216,8 +216,11 @@ def test_run_in_thread_serves_on_a_free_port_and_stops():
         r = httpx.get(url + "/api/models", timeout=10)
         assert r.status_code == 200 and r.json() == {"models": []}
         assert "default-src 'none'" in r.headers["content-security-policy"]
-        # a foreign Host header (DNS rebinding) is refused
+        # a foreign Host header (DNS rebinding) is refused; loopback names with any port pass
         assert httpx.get(url + "/", headers={"host": "evil.example"}, timeout=10).status_code == 400
+        assert httpx.get(url + "/", headers={"host": "evil.example:8000"}, timeout=10).status_code == 400
+        for host in ("localhost:1234", "[::1]:80", "127.0.0.1"):
+            assert httpx.get(url + "/", headers={"host": host}, timeout=10).status_code == 200, host
     finally:
         t0 = time.monotonic()
         stop()
@@ -476,7 +479,7 @@ def test_user_model_loaded_weights_only_and_pickles_refused(tmp_path, monkeypatc
         assert 'id="load-model-form"' not in c.get("/").text
 
 
-def test_create_app_opens_user_models_from_factory_specs(tmp_path, monkeypatch):
+def test_create_app_opens_user_models_from_factory_specs(tmp_path, monkeypatch, capsys):
     (tmp_path / "serve_usermodel2.py").write_text(MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
     evil = tmp_path / "evil.pt"
@@ -485,6 +488,10 @@ def test_create_app_opens_user_models_from_factory_specs(tmp_path, monkeypatch):
 
     with pytest.raises(LoadError, match="pickled Python objects"):
         create_app([{"factory": "serve_usermodel2:make", "weights": str(evil)}], demo=False)
+    from lumos.cli import main  # the command line says the same before it serves anything
+
+    assert main(["serve", "--no-demo", "--port", "0", "--model", "serve_usermodel2:make", "--weights", str(evil)]) == 2
+    assert "pickled Python objects" in capsys.readouterr().err
     app = create_app([{"factory": "serve_usermodel2:make", "name": "my model", "kind": "table"}], demo=False)
     assert [m.id for m in app.state.registry] == ["my-model"]
 
@@ -521,20 +528,44 @@ def test_markup_in_names_headers_and_file_names_is_text(client):
     assert re.findall(r"<script[^>]*>", page.text) == ['<script src="/static/app.js" defer>']
 
 
-def test_markup_in_a_text_is_text(client):
-    from lumos.serve.models import ServedModel
-
+def _markup_text_model():
+    """A tiny BERT whose word-level vocabulary holds tokens with markup (white-space split)."""
     pytest.importorskip("transformers")
-    app_text = create_app(demo=("text",))
-    with TestClient(app_text) as c:
-        r = c.post("/api/models/text/jobs", data={"text": f"a fine film {XSS} {ATTR}", "methods": ["saliency"]})
-        job = _wait(c, r.json()["job"]["id"], timeout=120)
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from tiny_transformers import tiny_bert
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "fine", "film", XSS, '"', "onerror=alert(2)"]
+    ids = {w: i for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordLevel(vocab=ids, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+    return served(tiny_bert(len(words), num_labels=2), id="words", name=f"words {XSS}", kind="text",
+                  tokenizer=fast, class_names=["no", ATTR])
+
+
+def test_markup_in_a_text_token_is_text():
+    app = create_app([_markup_text_model()], demo=False)
+    text = f'a fine film {XSS} " onerror=alert(2)'
+    with TestClient(app) as c:
+        r = c.post("/api/models/words/jobs", data={"text": text, "methods": ["saliency", "occlusion"]})
+        job = _wait(c, r.json()["job"]["id"], timeout=60)
         assert job["state"] == "done", job["error"]
-        assert job["result"]["tokens"][0] == "[CLS]"
-        html = c.get(f"/jobs/{job['id']}").text
-        assert XSS not in html and ATTR not in html and ESCAPED_XSS in html
-        assert 'class="tokens"' in html
-    assert ServedModel  # imported for its use as the text model's type
+        res = job["result"]
+        assert res["tokens"] == ["[CLS]", "a", "fine", "film", XSS, '"', "onerror=alert(2)", "[SEP]"]
+        assert res["text"] == text
+        assert all(m["tokens_html"] for m in res["methods"])
+        for html in (c.get(f"/jobs/{job['id']}").text, c.get(f"/jobs/{job['id']}/fragment").text):
+            assert XSS not in html and '" onerror' not in html
+            assert html.count(ESCAPED_XSS) >= 3  # the input text and the token in both highlights
+            assert 'class="tokens"' in html
+            assert re.findall(r"<script[^>]*>", html) in ([], ['<script src="/static/app.js" defer>'])
+        page = c.get("/models/words").text
+        assert XSS not in page and ATTR not in page and ESCAPED_ATTR in page
 
 
 def test_static_assets_and_templates_ship_in_the_package():
@@ -545,3 +576,39 @@ def test_static_assets_and_templates_ship_in_the_package():
                  "templates/_result.html.j2", "static/app.js", "static/app.css"):
         text = (root / name).read_text()
         assert "http://" not in text and "https://" not in text and "//cdn" not in text, name
+
+
+def test_lumos_serve_command_serves_a_user_model_and_stops_on_ctrl_c(tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    import httpx
+
+    (tmp_path / "serve_cli_model.py").write_text(MODULE)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), LUMOS_TEST_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "lumos", "serve", "--no-demo", "--port", "0",
+                             "--model", "serve_cli_model:make", "--name", "cli model", "--max-upload-mb", "0.5"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        m = re.fullmatch(r"lumos serve: (http://127\.0\.0\.1:\d+) \(Ctrl-C to stop\)\n", line)
+        assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
+        url = m.group(1)
+        for _ in range(100):
+            try:
+                models = httpx.get(url + "/api/models", timeout=5).json()["models"]
+                break
+            except httpx.ConnectError:
+                time.sleep(0.05)
+        assert [(x["id"], x["name"], x["kind"]) for x in models] == [("cli-model", "cli model", "table")]
+        page = httpx.get(url + "/", timeout=5).text
+        assert "Upload limit 0.5 MB" in page
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert rc == 0

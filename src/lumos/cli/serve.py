@@ -92,6 +92,10 @@ def run(args) -> int:
                      allow_model_loading=not args.allow_remote,
                      allowed_hosts=None if args.allow_remote else
                      ("127.0.0.1", "localhost", "::1", "[::1]"))
-    serve_forever(app, args.host, args.port, allow_remote=args.allow_remote, warn=lambda message: None,
-                  announce=lambda url: print(f"lumos serve: {url} (Ctrl-C to stop)", flush=True))
+    try:
+        serve_forever(app, args.host, args.port, allow_remote=args.allow_remote, warn=lambda message: None,
+                      announce=lambda url: print(f"lumos serve: {url} (Ctrl-C to stop)", flush=True))
+    except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then re-raises it: the normal way to stop
+        pass
+    print("lumos serve: stopped", flush=True)
     return 0

@@ -18,7 +18,6 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -55,16 +54,32 @@ def _env():
     return env
 
 
-class _Headers:
-    """ASGI middleware: security headers on every response, cross-origin POSTs refused."""
+def _host_name(netloc: str) -> str:
+    """The host of a Host header or an Origin's netloc, without port or brackets (``[::1]:80`` -> ``::1``)."""
+    from urllib.parse import urlsplit
 
-    def __init__(self, app):
+    try:
+        return (urlsplit("//" + netloc).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+class _Headers:
+    """ASGI middleware: security headers on every response; a Host header outside ``allowed_hosts``
+    (DNS rebinding: a foreign name resolving to 127.0.0.1) and cross-origin POSTs are refused."""
+
+    def __init__(self, app, allowed_hosts: Sequence[str] | None = None):
         self.app = app
+        self.allowed = None if allowed_hosts is None or "*" in allowed_hosts else \
+            {h.strip("[]").lower() for h in allowed_hosts}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if self.allowed is not None and _host_name(headers.get("host", "")) not in self.allowed:
+            resp = JSONResponse({"error": "invalid host header"}, status_code=400)
+            return await resp(scope, receive, send)
         if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
             origin = headers.get("origin")
             if origin and origin != "null":
@@ -470,12 +485,7 @@ def build_app(models: Sequence[Any] | None = None, *, demo: bool | Sequence[str]
         Route("/api/jobs/{job_id}/{folder:str}/{name:str}", api_file),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    middleware = [Middleware(_Headers)]
-    if allowed_hosts is not None and "*" not in allowed_hosts:
-        # DNS rebinding: a page elsewhere whose name resolves to 127.0.0.1 must not reach the app
-        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=[h.strip("[]") for h in allowed_hosts]
-                                        + list(allowed_hosts)))
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=[Middleware(_Headers, allowed_hosts=allowed_hosts)], lifespan=lifespan)
     app.state.registry = registry
     return app
 

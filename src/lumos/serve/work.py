@@ -96,8 +96,6 @@ def predict(served: ServedModel, inputs: Any) -> dict | None:
             p = np.asarray(f(inputs), dtype=np.float64)[0]
             k = int(np.argmax(p))
             names = served.class_names or [str(c) for c in getattr(model, "classes_", [])] or None
-            if served.single_output and served.class_names is None:
-                names = None
             return {"class": k, "name": names[k] if names and k < len(names) else f"class {k}",
                     "probability": float(p[k])}
         out = out.detach().double()
@@ -145,12 +143,12 @@ def run_request(job, served: ServedModel, req: Request) -> dict:
                          for n, v in zip(names, values)]
     n = len(req.methods)
     for i, method in enumerate(req.methods):
-        job.step(i, n, method)
+        job.step(2 * i, 2 * n, method)  # each method: two equal stages, the explanation then its scores
         params = served.method_params(method)
         params.update(req.params.get(method, {}))
         if served.kind == "table" and not hasattr(req.inputs, "iloc") and req.feature_names:
             params["feature_names"] = list(req.feature_names)  # tensor rows: name the bars
-        entry = {"method": method, "params": _shown(req.params.get(method, {}), params), "seconds": None,
+        entry = {"method": method, "params": _shown(params), "seconds": None,
                  "error": None, "map_url": None, "values_url": None, "shape": None, "scores": {},
                  "score_errors": {}, "tokens_html": None}
         t0 = time.perf_counter()
@@ -185,6 +183,7 @@ def run_request(job, served: ServedModel, req: Request) -> dict:
         if png is not None:
             job.files[f"maps/{method}.png"] = png
             entry["map_url"] = f"/api/jobs/{job.id}/maps/{method}.png"
+        job.step(2 * i + 1, 2 * n, f"{method}: metrics")
         for k, kw in metrics.items():
             try:
                 entry["scores"][k] = _score(k, kw, served, expl)
@@ -209,7 +208,7 @@ def _shape(inputs: Any) -> list[int]:
     return [int(s) for s in np.shape(inputs)]
 
 
-def _shown(user: dict, params: dict) -> dict:
+def _shown(params: dict) -> dict:
     """The parameters as shown: numbers, strings and short lists (arrays and tokenizers by name)."""
     out = {}
     for k, v in params.items():
