@@ -244,9 +244,9 @@ def comparison_rows(comparison, fmt) -> dict:
             r = comparison.result(m, k)
             if r is None:
                 why = comparison.results.get(m, {}).get(k)
-                why = why if isinstance(why, str) else "no result"
+                why = why if isinstance(why, str) else ""
                 cells.append({"metric": k, "missing": True, "why": why, "best": False,
-                              "text": f"n/a ({why})"})
+                              "text": "n/a" + (f" ({why})" if why else "")})
                 continue
             rk = ranks.get(k, {}).get(m)
             cell = {"metric": k, "missing": False, "mean": r.mean, "std": r.std, "rank": rk,
@@ -294,7 +294,7 @@ data-mean="{{ c.mean | string }}" data-std="{{ c.std | string }}" data-rank="{{ 
 {%- for line in t.notes %}
 <p class="note" style="{{ s.note }}">{{ line }}</p>
 {%- endfor %}
-{%- for row in t.rows %}{% for c in row.cells if c.missing %}
+{%- for row in t.rows %}{% for c in row.cells if c.missing and c.why %}
 <p class="note missing-why" style="{{ s.note }}">n/a {{ row.method }} × {{ c.metric }}: {{ c.why }}</p>
 {%- endfor %}{% endfor %}
 {%- if png %}

@@ -124,27 +124,10 @@ def _params_text(params: dict) -> str:
 
 
 def _comparison_rows(comp) -> dict:
+    from ..display.metrics import comparison_rows
     from ..metrics.compare import _fmt
 
-    ranks, mean_rank = comp.ranks(), comp.mean_ranks()
-    rows = []
-    for m in comp.order():
-        cells = []
-        for k in comp.metrics:
-            r = comp.result(m, k)
-            if r is None:
-                why = comp.results.get(m, {}).get(k)
-                cells.append({"text": "n/a" + (f" ({why})" if isinstance(why, str) else ""), "best": False})
-                continue
-            rk = ranks.get(k, {}).get(m)
-            cells.append({"text": f"{_fmt(r.mean)} ± {_fmt(r.std)}" + (f" ({rk:g})" if rk is not None else ""),
-                          "best": rk == 1})
-        mr = mean_rank[m]
-        rows.append({"method": m, "cells": cells, "mean_rank": f"{mr:.2f}" if np.isfinite(mr) else "n/a"})
-    table = comp.table()
-    notes = [line for line in table if line.startswith("scored on")]
-    return {"metrics": list(comp.metrics), "rows": rows, "n_samples": comp.n_samples, "notes": notes,
-            "arrows": {k: "↑" if comp.direction(k) == "higher" else "↓" for k in comp.metrics}}
+    return comparison_rows(comp, _fmt)  # the notebook view of a Comparison shows the same table
 
 
 def _maps(explanations: dict, inputs: Any, labels: list[str], dpi: int) -> list[dict]:
