@@ -28,6 +28,10 @@ def add_parser(sub) -> None:
     p.add_argument("--target", default=None, help="class index, comma list, or 'predicted'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="lumos-out/report", help="folder of report.html")
+    p.add_argument("--batch", default=None, metavar="DIR",
+                   help="the page of an explain-dataset output folder instead (written to --out: a .html "
+                        "file, or a folder's batch.html; lumos.report.batch)")
+    p.add_argument("--masks", default=None, help="with --batch: a .npy of one boolean region per image")
     p.set_defaults(func=run)
 
 
@@ -39,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from ..core.io import parse_target
+
+    if args.batch is not None or args.masks is not None:
+        return _run_batch(args)
 
     check_model_files(args, need_model=False)
     if (args.model or args.torchscript) and not args.input:
@@ -71,4 +78,23 @@ def run(args: argparse.Namespace) -> int:
     for k, v in timings.items():
         print(f"  {k:<30}{v:7.2f} s")
     print(f"wrote {path} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    if args.batch is None:
+        raise ValueError("--masks goes with --batch DIR")
+    if args.model or args.torchscript or args.input or args.methods or args.metrics:
+        raise ValueError("--batch reports an explain-dataset output folder; --model/--input/--methods/--metrics "
+                         "do not go with it")
+    import numpy as np
+
+    from ..core.io import check_file
+    from ..report.batch import build_batch
+
+    masks = np.load(check_file(args.masks, "--masks"), mmap_mode="r", allow_pickle=False) if args.masks else None
+    out = Path(args.out)
+    path = build_batch(args.batch, out if out.suffix.lower() in (".html", ".htm") else out / "batch.html",
+                       masks=masks)
+    print(f"wrote {path}")
     return 0
