@@ -197,15 +197,19 @@ def _start(page) -> tuple[str | None, int]:
     return (job or {}).get("id"), response.status
 
 
-def _wait(page, timeout: float = 30.0) -> list[tuple[str, float]]:
-    """Poll the job's state and progress bar until it finishes: the trace [(state, value), ...]."""
+def _wait(page, job_id: str, timeout: float = 30.0) -> list[tuple[str, float]]:
+    """Poll the page's job panel until it shows job ``job_id`` finished: the trace [(state, value), ...]
+    (the panel may still show the previous job for a moment after the POST was answered)."""
     trace, t0 = [], time.monotonic()
     while time.monotonic() - t0 < timeout:
-        state, value = page.evaluate("() => [document.querySelector('#job').dataset.state || '',"
-                                     " Number(document.querySelector('#progress-bar').value)]")
-        trace.append((state, value))
-        if state in ("done", "failed", "cancelled"):
-            return trace
+        shown, state, value = page.evaluate(
+            "() => { const j = document.querySelector('#job');"
+            " return [j.dataset.jobId || '', j.dataset.state || '',"
+            " Number(document.querySelector('#progress-bar').value)]; }")
+        if shown == job_id:
+            trace.append((state, value))
+            if state in ("done", "failed", "cancelled"):
+                return trace
         page.wait_for_timeout(40)
     raise AssertionError(f"the job did not finish in {timeout} s: {trace[-5:]}")
 
@@ -213,7 +217,7 @@ def _wait(page, timeout: float = 30.0) -> list[tuple[str, float]]:
 def _run_and_wait(page, timeout: float = 30.0) -> tuple[str, list[tuple[str, float]]]:
     job_id, status = _start(page)
     assert status == 202 and job_id, status
-    return job_id, _wait(page, timeout)
+    return job_id, _wait(page, job_id, timeout)
 
 
 def _api(url: str, data: bytes | None = None) -> dict:
@@ -312,6 +316,23 @@ def test_a_demo_image_explained_end_to_end(page, app_url, artefacts, tmp_path):
         assert np.abs(served_values - ref).max() <= tol, entry["method"]
         assert set(entry["scores"]) == {m["name"] for m in result["metrics"]}
         assert all(v is None or np.isfinite(v) for v in entry["scores"].values())
+    page.watch.check()
+
+
+def test_a_failing_method_is_reported_beside_the_others(page, app_url, tmp_path):
+    png, _ = _demo_png(tmp_path)
+    page.goto(app_url + "/models/shapes")
+    page.set_input_files("#image-input", str(png))
+    _choose_methods(page, ["saliency", "integrated_gradients"])
+    page.locator("#params-input").evaluate("e => e.closest('details').open = true")
+    page.fill("#params-input", json.dumps({"integrated_gradients": {"n_steps": 0}}))
+    _, trace = _run_and_wait(page)
+    assert trace[-1][0] == "done", trace[-3:]
+    page.wait_for_selector("#result figure.map")
+    error = page.locator('#result figure.map[data-method="integrated_gradients"] p.method-error').inner_text()
+    assert "n_steps" in error and "0" in error, error
+    assert page.locator('#result figure.map[data-method="saliency"] img.map-image').count() == 1
+    assert page.locator('#result figure.map[data-method="saliency"] p.method-error').count() == 0
     page.watch.check()
 
 
@@ -423,7 +444,8 @@ def test_cancel_stops_a_running_job(page, app_url, artefacts, tmp_path):
     page.fill("#params-input", json.dumps(slow))
     job_id, status = _start(page)
     assert status == 202
-    page.wait_for_function("() => document.querySelector('#job').dataset.state === 'running'"
+    page.wait_for_function(f"() => document.querySelector('#job').dataset.jobId === '{job_id}'"
+                           " && document.querySelector('#job').dataset.state === 'running'"
                            " && Number(document.querySelector('#progress-bar').value) > 0")
     before = page.evaluate("() => Number(document.querySelector('#progress-bar').value)")
     page.wait_for_function(f"() => Number(document.querySelector('#progress-bar').value) > {before}", timeout=5_000)
