@@ -182,6 +182,35 @@ def test_cancelled_method_leaves_the_model_as_found(linear_model):
     assert_same_state(before, model_state(linear_model))
 
 
+CHUNKED = {"saliency": {}, "integrated_gradients": {"n_steps": 4}, "smoothgrad": {"n_samples": 4}, "deeplift": {},
+           "lrp": {}, "guided_backprop": {}, "gradcam": {}, "occlusion": {"window": 4, "stride": 4},
+           "rise": {"n_masks": 8}, "kernel_shap": {"budget": 16}, "lime": {"n_samples": 16}}
+
+
+@pytest.mark.parametrize("method", list(CHUNKED))
+def test_batched_methods_report_as_they_go_and_stop_at_the_next_chunk(method):
+    """Progress arrives while the model is being called (not all at once before the work: DeepLIFT and
+    the rules methods listed their chunks first), and a cancel stops the method after its first chunk."""
+    import lumos
+
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    model = _tiny_cnn()
+    before = model_state(model)
+    calls_at = []
+    with progress_scope(lambda d, t, desc: calls_at.append(model.calls)):
+        lumos.explain(model, x, method, target=0, batch_size=1, **CHUNKED[method])
+    full = model.calls
+    assert len(calls_at) >= 4 and calls_at[0] >= 1, calls_at
+    assert calls_at == sorted(calls_at) and len(set(calls_at)) >= 4, calls_at
+    model.calls = 0
+    token = CancelToken()
+    with pytest.raises(Cancelled):
+        with progress_scope(lambda d, t, desc: token.cancel(), token):
+            lumos.explain(model, x, method, target=0, batch_size=1, **CHUNKED[method])
+    assert 1 <= model.calls <= max(2, full // 4), (model.calls, full)
+    assert_same_state(before, model_state(model))
+
+
 # ----------------------------------------------------------------------------- binding
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.5", "::", "example.com"])
 def test_non_loopback_host_is_refused_without_the_flag(host):

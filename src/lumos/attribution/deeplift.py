@@ -109,8 +109,8 @@ def _run(model, inputs, target, make_refs, *, method: str, eps: float, batch_siz
         refs, k, shared = make_refs(p)
         total = n * k
         bs = check_batch_size(batch_size, row_bytes=row_bytes(x))
-        slices = list(chunks(total, bs, desc=method, progress=progress))
-        tgt = (target_on_batch(net, x, p.target_spec, bs) if len(slices) > 1 or k > 1
+        n_chunks = -(-total // bs)  # chunks() is iterated in the loop: it reports progress as it goes
+        tgt = (target_on_batch(net, x, p.target_spec, bs) if n_chunks > 1 or k > 1
                else None)
         fmt = layout_for(net, x)  # channels-last batches where the model takes them
         once = shared and not _per_sample(net)
@@ -125,7 +125,7 @@ def _run(model, inputs, target, make_refs, *, method: str, eps: float, batch_siz
         f_x = torch.empty(total, dtype=x.dtype, device=x.device)
         f_b = torch.empty(total, dtype=x.dtype, device=x.device)
         outputs = []
-        for sl in slices:
+        for sl in chunks(total, bs, desc=method, progress=progress):
             r = torch.arange(sl.start, sl.stop, device=x.device)
             rows = r // k
             if once:

@@ -617,9 +617,9 @@ def propagate(model: Any, inputs: Any, target: Any, composite: Composite, *, met
         what = grad_path_name(p)
         n = len(x)
         bs = check_batch_size(batch_size, row_bytes=row_bytes(x))
-        slices = list(chunks(n, bs, desc=method, progress=progress))
+        n_chunks = -(-n // bs)  # chunks() is iterated in the loop: it reports progress as it goes
         # several chunks: resolve the target on the whole batch first ("predicted", ranges)
-        tgt = target_on_batch(net, x, p.target_spec, bs) if len(slices) > 1 else None
+        tgt = target_on_batch(net, x, p.target_spec, bs) if n_chunks > 1 else None
         values = torch.empty_like(x, memory_format=torch.contiguous_format)
         outputs, sessions = [], []
         fmt = layout_for(net, x)
@@ -645,7 +645,7 @@ def propagate(model: Any, inputs: Any, target: Any, composite: Composite, *, met
                 require_grad_path(None, what)
             return v.detach(), out.detach(), tgt, session
 
-        for sl in slices:
+        for sl in chunks(n, bs, desc=method, progress=progress):
             # channels-last batches where the model takes them (faster CPU convolutions)
             v, out, tgt, session = run_in_layout(
                 net, lambda xs, sl=sl, t=tgt: one_pass(xs, sl, t), x[sl], fmt)

@@ -87,6 +87,8 @@ class ServedModel:
         Passed to every method (e.g. ``{"output": "decision_function"}`` for a scikit-learn model).
     single_output : bool
         The explained output is one score (no class to choose): the page offers no target.
+    output_name : str, optional
+        What that one score is, as the result names it ("log-odds of repaying").
     example : str
         A sample input shown in the form (a CSV header and row, or a sentence).
     source : {"demo", "user"}
@@ -106,6 +108,7 @@ class ServedModel:
     channels: int = 3
     explain_params: dict = field(default_factory=dict)
     single_output: bool = False
+    output_name: str | None = None
     example: str = ""
     source: str = "user"
     description: str = ""
@@ -248,6 +251,7 @@ DEMO_MODELS: dict[str, tuple[Callable[[], ServedModel], Callable[[], bool]]] = {
     "credit": (lambda: ServedModel(
         "credit", "Credit world scorer (demo)", "table", source="demo",
         explain_params={"output": "decision_function"}, single_output=True,
+        output_name="the log-odds of repaying (decision_function)",
         description="A gradient-boosting pipeline fitted on the synthetic credit world (1000 applicants); "
                     "explains the log-odds of repaying against 25 background applicants.",
         loader=_load_credit), lambda: True),

@@ -198,7 +198,7 @@ def run_request(job, served: ServedModel, req: Request) -> dict:
     if result["target"] is None and req.target not in (None, "predicted"):
         result["target"] = req.target
     if result["target_name"] is None and served.kind == "table" and not served.is_torch:
-        result["target_name"] = served.explain_params.get("output", "the model's output")
+        result["target_name"] = served.output_name or served.explain_params.get("output", "the model's output")
     return result
 
 

@@ -24,7 +24,10 @@
     panel.dataset.jobId = job.id;
     $("progress-bar").value = job.progress;
     const pct = Math.round(100 * job.progress);
-    $("progress-text").textContent = (job.stage ? job.stage + ": " : "") + pct + "%";
+    const finished = job.state === "done" || job.state === "failed" || job.state === "cancelled";
+    $("progress-text").textContent = finished
+      ? job.state + (job.started && job.finished ? " in " + (job.finished - job.started).toFixed(1) + " s" : "")
+      : (job.stage ? job.stage + ": " : "") + pct + "%";
     $("job-state").textContent = job.state;
     const cancel = $("cancel-button");
     cancel.hidden = !(job.state === "queued" || job.state === "running");
