@@ -187,6 +187,7 @@ CHUNKED = {"saliency": {}, "integrated_gradients": {"n_steps": 4}, "smoothgrad":
            "rise": {"n_masks": 8}, "kernel_shap": {"budget": 16}, "lime": {"n_samples": 16}}
 
 
+@pytest.mark.filterwarnings("ignore:budget=16 is below")  # kernel SHAP on 64 pixels with 16 coalitions
 @pytest.mark.parametrize("method", list(CHUNKED))
 def test_batched_methods_report_as_they_go_and_stop_at_the_next_chunk(method):
     """Progress arrives while the model is being called (not all at once before the work: DeepLIFT and
@@ -375,11 +376,15 @@ def test_demo_image_three_methods_end_to_end_equals_direct_calls(client, shapes_
     assert 'id="metrics-table"' in page and 'id="progress-bar"' in page
 
 
-def test_failing_job_reports_and_the_server_keeps_serving(client):
-    r = client.post("/api/models/boom/jobs", data={"csv": "x0,x1,x2\n1,2,3", "methods": ["saliency"]})
+def test_failing_job_reports_and_the_server_keeps_serving(app, client):
+    boom = app.state.registry.get("boom").model
+    before = model_state(boom)
+    r = client.post("/api/models/boom/jobs", data={"csv": "x0,x1,x2\n1,2,3", "methods": ["saliency", "integrated_gradients"]})
     assert r.status_code == 202
     job = _wait(client, r.json()["job"]["id"])
     assert job["state"] == "failed"
+    assert job["error"].startswith("every method failed: saliency: ") and "integrated_gradients: " in job["error"]
+    assert_same_state(before, model_state(boom))
     assert "boom: the model broke <b>here</b>" in job["error"] and "Traceback" not in job["error"]
     page = client.get(f"/jobs/{job['id']}").text
     assert "boom: the model broke &lt;b&gt;here&lt;/b&gt;" in page and "<b>here</b>" not in page
@@ -422,6 +427,21 @@ def test_cancel_stops_a_long_job_and_leaves_the_model_as_found(app, client):
     r = client.post("/api/models/tiny/jobs", files={"image": ("a.png", _png(np.zeros((8, 8, 3), np.uint8)), "image/png")},
                     data={"methods": ["saliency"]})
     assert _wait(client, r.json()["job"]["id"], timeout=20)["state"] == "done"
+
+
+def test_a_job_over_its_time_limit_stops_and_fails_with_a_message():
+    tiny = _tiny_cnn()
+    app = create_app([served(tiny, id="tiny", name="tiny")], demo=False, job_time_limit=0.3)
+    with TestClient(app) as c:
+        r = c.post("/api/models/tiny/jobs", files={"image": ("a.png", _png(np.zeros((8, 8, 3), np.uint8)), "image/png")},
+                   data={"methods": ["integrated_gradients"],
+                         "params": json.dumps({"integrated_gradients": {"n_steps": 200_000, "batch_size": 1,
+                                                                        "integration": "riemann_middle"}})})
+        job = _wait(c, r.json()["job"]["id"], timeout=20)
+        assert job["state"] == "failed"
+        assert job["error"].startswith("time limit reached: the job ran for more than 0.3 s and was stopped "
+                                       "during integrated_gradients")
+        assert job["finished"] - job["started"] < 2.0 and tiny.calls < 100_000
 
 
 def test_several_models_at_once(client, shapes_png):

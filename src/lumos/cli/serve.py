@@ -39,6 +39,16 @@ def _megabytes(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds; got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0; got {text!r}")
+    return value
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="a local web app: explain the demo models or yours in a browser",
                        description="Serve a web app on this machine: choose a model, upload an image, a "
@@ -60,6 +70,8 @@ def add_parser(sub) -> None:
     p.add_argument("--max-pixels", type=positive_int, default=4_000_000,
                    help="largest image in pixels, width x height (default 4000000)")
     p.add_argument("--workers", type=positive_int, default=1, help="jobs run at the same time (default 1)")
+    p.add_argument("--job-time-limit", type=_seconds, default=600.0, metavar="SECONDS",
+                   help="a job running longer stops and fails with a message (default 600; 0: no limit)")
     p.set_defaults(func=run, models=[])
 
 
@@ -88,6 +100,7 @@ def run(args) -> int:
 
     app = create_app(args.models, demo=not args.no_demo, max_upload_bytes=int(args.max_upload_mb * 2**20),
                      max_pixels=args.max_pixels, workers=args.workers,
+                     job_time_limit=args.job_time_limit or None,
                      # a reachable server must not import modules named by whoever reaches it
                      allow_model_loading=not args.allow_remote,
                      allowed_hosts=None if args.allow_remote else

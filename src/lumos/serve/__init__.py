@@ -62,7 +62,7 @@ def require_serve_extra() -> None:
 def create_app(models: Sequence[Any] | None = None, *, demo: bool | Sequence[str] = True,
                max_upload_bytes: int = 10 * 2**20, max_pixels: int = 4_000_000, workers: int = 1,
                allow_model_loading: bool = True, max_queued: int = 16, keep_jobs: int = 64,
-               allowed_hosts: Sequence[str] | None = ("127.0.0.1", "localhost", "::1", "[::1]", "testserver")):
+               job_time_limit: float | None = 600.0, allowed_hosts: Sequence[str] | None = ("127.0.0.1", "localhost", "::1", "[::1]", "testserver")):
     """The ``lumos serve`` ASGI application (Starlette).
 
     Parameters
@@ -86,6 +86,9 @@ def create_app(models: Sequence[Any] | None = None, *, demo: bool | Sequence[str
         Whether the index page may load a user's model (imports ``package.module``).
     max_queued, keep_jobs : int
         Jobs waiting or running at once (one more is refused with 429), finished jobs kept.
+    job_time_limit : float or None, default 600
+        Seconds a job may run before it stops at its next chunk and fails with a message that says
+        so (a huge ``n_steps`` typed in the page cannot hold the queue forever); None: no limit.
     allowed_hosts : sequence of str or None
         Host header values accepted (loopback names by default); None or ``"*"``: any.
 
@@ -98,7 +101,7 @@ def create_app(models: Sequence[Any] | None = None, *, demo: bool | Sequence[str
 
     return build_app(models, demo=demo, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
                      workers=workers, allow_model_loading=allow_model_loading, max_queued=max_queued,
-                     keep_jobs=keep_jobs, allowed_hosts=allowed_hosts)
+                     keep_jobs=keep_jobs, job_time_limit=job_time_limit, allowed_hosts=allowed_hosts)
 
 
 def run_in_thread(app, host: str = "127.0.0.1", port: int = 0, *, allow_remote: bool = False,

@@ -307,6 +307,7 @@ async def _load_user_model(state: State, request: Request) -> ServedModel:
 def build_app(models: Sequence[Any] | None = None, *, demo: bool | Sequence[str] = True,
               max_upload_bytes: int = 10 * 2**20, max_pixels: int = 4_000_000, workers: int = 1,
               allow_model_loading: bool = True, max_queued: int = 16, keep_jobs: int = 64,
+              job_time_limit: float | None = 600.0,
               allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS) -> Starlette:
     """The app; see :func:`lumos.serve.create_app`."""
     from ..core.validation import check_number
@@ -461,7 +462,8 @@ def build_app(models: Sequence[Any] | None = None, *, demo: bool | Sequence[str]
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        app.state.lumos = State(registry, JobQueue(workers=workers, max_queued=max_queued, keep=keep_jobs),
+        app.state.lumos = State(registry, JobQueue(workers=workers, max_queued=max_queued, keep=keep_jobs,
+                                                 time_limit=job_time_limit),
                                 max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
                                 allow_model_loading=allow_model_loading)
         jobs_holder["queue"] = app.state.lumos.jobs

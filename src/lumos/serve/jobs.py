@@ -32,7 +32,7 @@ class QueueFull(RuntimeError):
 class Job:
     """One unit of work: its state, progress (0..1), current stage, error message and result."""
 
-    def __init__(self, model_id: str, label: str = ""):
+    def __init__(self, model_id: str, label: str = "", time_limit: float | None = None):
         self.id = uuid.uuid4().hex[:16]
         self.model_id = model_id
         self.label = label
@@ -45,6 +45,8 @@ class Job:
         self.started: float | None = None
         self.finished: float | None = None
         self.token = CancelToken()
+        self.time_limit = time_limit
+        self.timed_out = False
         self.files: dict[str, bytes] = {}  # map PNGs and value arrays served by the app
         self._lock = threading.Lock()
         self._steps = (0, 1)  # (index, count) of the stage being run
@@ -57,10 +59,19 @@ class Job:
             self._steps = (index, max(1, count))
             self.stage = stage
             self.progress = max(self.progress, min(1.0, index / max(1, count)))
+        self._check_time()
         self.token.check()
+
+    def _check_time(self) -> None:
+        """Past its time limit, the job cancels itself (it fails with a message saying so)."""
+        if self.time_limit is not None and self.started is not None and \
+                time.time() - self.started > self.time_limit and not self.token.cancelled:
+            self.timed_out = True
+            self.token.cancel()
 
     def report(self, done: int, total: int, desc: str = "") -> None:
         """A chunk of the current stage finished (the callback of the job's progress scope)."""
+        self._check_time()
         if total <= 0:
             return
         with self._lock:
@@ -103,9 +114,16 @@ class JobQueue:
         Jobs waiting or running at once; one more raises :class:`QueueFull`.
     keep : int, default 64
         Finished jobs kept for their results (the oldest are dropped first).
+    time_limit : float or None, default None
+        Seconds a job may run; past them it stops at its next chunk and fails with a message that
+        says so (None: no limit).
     """
 
-    def __init__(self, workers: int = 1, max_queued: int = 16, keep: int = 64):
+    def __init__(self, workers: int = 1, max_queued: int = 16, keep: int = 64, time_limit: float | None = None):
+        if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
+                                       or not time_limit > 0):
+            raise ValueError(f"time_limit must be a positive number of seconds or None; got {time_limit!r}")
+        self.time_limit = time_limit
         for name, v in (("workers", workers), ("max_queued", max_queued), ("keep", keep)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int; got {v!r}")
@@ -123,7 +141,7 @@ class JobQueue:
 
     def submit(self, work: Callable[[Job], Any], model_id: str, label: str = "") -> Job:
         """Queue ``work(job) -> result``; returns the job at once."""
-        job = Job(model_id, label)
+        job = Job(model_id, label, self.time_limit)
         with self._lock:
             if self._closed:
                 raise QueueFull("the server is shutting down")
@@ -162,7 +180,13 @@ class JobQueue:
             with job._lock:
                 job.result, job.progress, job.state = result, 1.0, "done"
         except Cancelled:
-            job.state = "cancelled"
+            if job.timed_out:
+                job.error = (f"time limit reached: the job ran for more than {job.time_limit:g} s and was "
+                             f"stopped during {job.stage or 'its first stage'} (fewer steps or samples, or a "
+                             "longer limit: lumos serve --job-time-limit)")
+                job.state = "failed"
+            else:
+                job.state = "cancelled"
         except Exception as err:  # noqa: BLE001 - any failure of the work is the job's, not the server's
             job.error = error_message(err)
             job.state = "failed"
