@@ -5,7 +5,8 @@ package, installed by ``.ci/run``; nothing downloads a browser of its own) again
 What a user does, checked through the page: the app loads with no console error and asks nothing but its
 own origin; a demo image explained with three methods end to end (progress, maps, scores; the values the
 app serves are those of a direct ``lumos.explain`` call on the uploaded pixels); an oversized upload, an
-image with too many pixels and malformed CSV give a readable message in the page; ``<script>`` and
+image with too many pixels and malformed CSV give a readable message in the page, a failing method says
+why beside the others; ``<script>`` and
 ``" onerror=`` in a model, class or feature name, a CSV header, a text token or a file name render as
 text (no dialog fires, no script element appears); cancel stops a running job (the worker is free for
 the next one at once). Screenshots of the pages are written to ``$LUMOS_TEST_ARTEFACTS`` (or a folder
@@ -26,10 +27,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
+from playwright import sync_api  # the test extra: a missing Playwright is an error, not a skip
 
-pytest.importorskip("starlette")
+pytest.importorskip("starlette")  # the serve extra
 pytest.importorskip("uvicorn")
-sync_api = pytest.importorskip("playwright.sync_api")
 
 XSS = "<script>alert(1)</script>"
 ATTR = '" onerror="alert(2)'
@@ -49,13 +50,13 @@ def _chromium() -> str:
 # ----------------------------------------------------------------------------- fixtures
 def _xss_model():
     """A user table model whose own name, class names and feature names carry markup."""
-    import torch
     from torch import nn
 
+    from lumos.core.execution import seeded_global_rng
     from lumos.serve.models import served
 
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    with seeded_global_rng(0):  # the layers' initial weights
+        net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
     return served(net, id="xss", name=f"model {XSS}", kind="table", class_names=[XSS, ATTR],
                   feature_names=[XSS, ATTR, "plain"])
 
