@@ -11,7 +11,9 @@ The conditional VAE of the shapes world's silhouettes (:mod:`lumos.data.generati
   samples, and the finding over more samples: the dimension the attribution ranks first for a
   region against the dimension whose traversal moves the shape into that region most;
 - the demo classifier's saliency on generated images (IG and the gradient), with the share of the
-  positive IG on the generated shape.
+  positive IG on the generated shape;
+- the shipped DDPM's classifier-free guidance (:mod:`lumos.multimodal.diffusion`) at three
+  timesteps, attributed to the noisy image's pixels (skipped while its weights are missing).
 """
 from __future__ import annotations
 
@@ -138,7 +140,7 @@ def _run(out_dir: Path, quick: bool, files: dict) -> list[str]:
     fx = {key: np.nanmean([e[key] for e in effects], 0) for key in effects[0]}
     path = out_dir / "generative_traversal.png"
     _save(travs[TRAVERSAL_CLASS].plot(title=f"latent traversal of the VAE, condition "
-                                             f"{names[TRAVERSAL_CLASS]} (others held at a seeded draw)"), path)
+                                             f"{names[TRAVERSAL_CLASS]} (others held at a seeded draw)"), path, quick)
     files[str(path)] = (f"latent traversal of the shipped VAE for a {names[TRAVERSAL_CLASS]}: one row per latent "
                         f"dimension moved from {travs[0].values[0]:+.1f} to {travs[0].values[-1]:+.1f}")
     lines.append(f"latent traversals ({travs[0].values[0]:+.1f} to {travs[0].values[-1]:+.1f}, seed 0, mean over the "
@@ -148,20 +150,21 @@ def _run(out_dir: Path, quick: bool, files: dict) -> list[str]:
                                       f"area x{np.exp(fx['log_area'][d]):.2f}"
                                       for d in range(d0, min(d0 + 2, vae.latent_dim))))
 
-    lines += _regions(vae, names, out_dir, files, n_find, n_steps, fx, regions)
+    lines += _regions(vae, names, out_dir, files, n_find, n_steps, fx, regions, quick)
     # the classifier's saliency on generated images
     lines += _saliency(vae, cnn, names, out_dir, files, n_steps, quick)
+    lines += _guidance(names, out_dir, files, quick)
     return lines
 
 
-def _save(fig, path: Path, dpi: int = 100) -> None:
+def _save(fig, path: Path, quick: bool = False) -> None:
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=80 if quick else 100)  # the tour: smaller files, a faster save
     plt.close(fig)
 
 
-def _regions(vae, names, out_dir, files, n_find, n_steps, fx, regions) -> list[str]:
+def _regions(vae, names, out_dir, files, n_find, n_steps, fx, regions, quick) -> list[str]:
     """IG of the right/top half over [z, c] for a few drawn samples (bars) and over more (finding)."""
     import matplotlib.pyplot as plt
     import torch
@@ -188,8 +191,8 @@ def _regions(vae, names, out_dir, files, n_find, n_steps, fx, regions) -> list[s
                      f"{share[d:].sum():.0%}); the traversals rank {', '.join(f'z{j}' for j in by_trav)} by how much "
                      f"they change the region: {verdict}; completeness gap <= {gap:.1e}")
 
-    # the picture: one sample per class, the region outlined beside its bars
-    show = [i * n_find for i in range(k)]
+    # the picture: one sample per class (the tour: the first and the last class), the region beside its bars
+    show = [i * n_find for i in ((0, k - 1) if quick else range(k))]
     with torch.no_grad():
         images = vae.decode(z[show], c[show]).numpy()
     fig, axes = plt.subplots(len(show), 4, figsize=(11, 2.3 * len(show)),
@@ -210,15 +213,14 @@ def _regions(vae, names, out_dir, files, n_find, n_steps, fx, regions) -> list[s
                  "(integrated gradients; bars labelled with the sample's value)", fontsize=9)
     ensure_layout(fig)
     path = out_dir / "generative_regions.png"
-    _save(fig, path)
+    _save(fig, path, quick)
     files[str(path)] = ("region attributions of generated images: IG of the mass in the right half and in the top "
-                        "half over the latent dimensions and the class, one sample per class")
+                        f"half over the latent dimensions and the class, for {len(show)} samples of different classes")
     return lines
 
 
 def _saliency(vae, cnn, names, out_dir, files, n_steps, quick) -> list[str]:
     """Which generated pixels make the demo classifier name the sample's class."""
-    import matplotlib.pyplot as plt
     import torch
 
     from ..core.registry import explain
@@ -239,9 +241,7 @@ def _saliency(vae, cnn, names, out_dir, files, n_steps, quick) -> list[str]:
     pred = prob.argmax(1).numpy()
     labels = [f"{names[t]}\ncalled {names[p]} ({prob[i, p]:.0%})" for i, (t, p) in enumerate(zip(classes, pred))]
     path = out_dir / "generative_saliency.png"
-    fig = plot_grid(maps, images=images.numpy(), row_labels=labels, colorbar="relative")
-    _save(fig, path)
-    plt.close(fig)
+    _save(plot_grid(maps, images=images.numpy(), row_labels=labels, colorbar="relative"), path, quick)
     files[str(path)] = ("the demo classifier's saliency on VAE samples: which generated pixels make it name the "
                         "sample's class (IG and the gradient; rows: the condition and what the classifier calls it)")
     ig = np.asarray(maps["integrated_gradients"].values)[:, 0]
@@ -252,3 +252,39 @@ def _saliency(vae, cnn, names, out_dir, files, n_steps, quick) -> list[str]:
             f"{n_steps} steps): {np.nanmean(on):.0%} of the positive attribution lies on the generated shape "
             f"({shape.mean():.0%} of the pixels); the classifier names {int((pred == classes).sum())} of "
             f"{len(images)} by their class"]
+
+
+GUIDANCE_CLASS = 3  # the cross, beside the VAE's crosses
+GUIDANCE_STEPS = (80, 50, 20)
+
+
+def _guidance(names, out_dir, files, quick) -> list[str]:
+    """The shipped DDPM's classifier-free guidance at three timesteps, attributed to the noisy image."""
+    import torch
+
+    from ..data.diffusion import load_shapes_ddpm, to_unit
+    from .diffusion import explain_guidance
+
+    try:
+        model = load_shapes_ddpm()
+    except FileNotFoundError as err:
+        return [f"diffusion guidance: skipped, {err}"]
+    n_steps = 8 if quick else 32
+    g = explain_guidance(model, [GUIDANCE_CLASS], seed=0, timesteps=GUIDANCE_STEPS, method="integrated_gradients",
+                         n_steps=n_steps, w=2.0)
+    path = out_dir / "generative_guidance.png"
+    _save(g.plot(), path, quick)
+    files[str(path)] = (f"the shipped DDPM's classifier-free guidance towards a {names[GUIDANCE_CLASS]} at timesteps "
+                        f"{', '.join(map(str, g.timesteps))}: noisy image, predicted clean image, the guidance's "
+                        "change to it, and the IG of that change over the noisy image's pixels")
+    shape = (to_unit(torch.as_tensor(g.images[0])).numpy() > 0.5).any(0)
+    parts = []
+    for t, e in zip(g.timesteps, g.explanations):
+        pos = np.clip(np.asarray(e.values)[0].sum(0), 0, None)
+        share = float(pos[shape].sum() / pos.sum()) if pos.sum() > 0 else float("nan")
+        gap = float(np.abs(np.asarray(e.meta.get("completeness_gap", [np.nan]), dtype=float)).max())
+        parts.append(f"t={t}: push {float(g.region[g.timesteps.index(t), 0]):+.3f}, {share:.0%} of the positive IG "
+                     f"on the final shape (gap {gap:.0e})")
+    return [f"diffusion guidance towards a {names[GUIDANCE_CLASS]} (shipped DDPM, w = {g.w:g}, IG {n_steps} steps "
+            f"from the empty canvas noised to t; the final shape covers {shape.mean():.0%} of the image):",
+            "  " + "; ".join(parts)]

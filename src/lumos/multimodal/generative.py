@@ -13,9 +13,9 @@
 - :class:`ResizedClassifier` and :func:`classifier_saliency`: a classifier trained at another size
   (the shipped ``DemoCNN`` at 64×64) read on generated images (32×32 silhouettes) through a
   differentiable transform and resize, so any image method says which pixels of the *generated* image make the classifier call it
-  a circle.
+  a circle; :func:`recognition` counts how often it names each class's samples by their class.
 
-Diffusion models (and the attribution of their guidance) are not covered here.
+The guidance of diffusion models is explained in :mod:`lumos.multimodal.diffusion`.
 """
 from __future__ import annotations
 
