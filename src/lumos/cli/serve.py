@@ -29,24 +29,19 @@ class _ModelOption(argparse.Action):
         namespace.models = models
 
 
-def _megabytes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of megabytes; got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of megabytes; got {text!r}")
-    return value
+def _number(what: str, zero: bool = False):
+    """argparse type: a finite number > 0 (>= 0 with ``zero``) of ``what``."""
 
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of {what}; got {text!r}") from None
+        if not (value >= 0 if zero else value > 0) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a number of {what} {'>= 0' if zero else '> 0'}; got {text!r}")
+        return value
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds; got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0; got {text!r}")
-    return value
+    return parse
 
 
 def add_parser(sub) -> None:
@@ -66,11 +61,11 @@ def add_parser(sub) -> None:
                    help="its inputs: image or table (default: inferred from its first layer)")
     p.add_argument("--name", dest="name", action=_ModelOption, metavar="NAME", help="its name on the pages")
     p.add_argument("--no-demo", action="store_true", help="do not offer the demo models")
-    p.add_argument("--max-upload-mb", type=_megabytes, default=10.0, help="largest upload in MB (default 10)")
+    p.add_argument("--max-upload-mb", type=_number("megabytes"), default=10.0, help="largest upload in MB (default 10)")
     p.add_argument("--max-pixels", type=positive_int, default=4_000_000,
                    help="largest image in pixels, width x height (default 4000000)")
     p.add_argument("--workers", type=positive_int, default=1, help="jobs run at the same time (default 1)")
-    p.add_argument("--job-time-limit", type=_seconds, default=600.0, metavar="SECONDS",
+    p.add_argument("--job-time-limit", type=_number("seconds", zero=True), default=600.0, metavar="SECONDS",
                    help="a job running longer stops and fails with a message (default 600; 0: no limit)")
     p.set_defaults(func=run, models=[])
 

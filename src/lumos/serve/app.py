@@ -431,28 +431,26 @@ def build_app(models: Sequence[Any] | None = None, *, demo: bool | Sequence[str]
             return _json_error(*err)
         return JSONResponse({"job": job.as_json()}, status_code=202)
 
-    async def api_job(request: Request):
-        st = state_of(request)
+    def job_or_404(request: Request, cancel: bool = False):
+        """(job, None), or (None, the 404 response)."""
+        jobs = state_of(request).jobs
         try:
-            job = st.jobs.get(request.path_params["job_id"])
+            return (jobs.cancel if cancel else jobs.get)(request.path_params["job_id"]), None
         except KeyError:
-            return _json_error("no such job", 404)
-        return JSONResponse({"job": job.as_json()})
+            return None, _json_error("no such job", 404)
+
+    async def api_job(request: Request):
+        job, missing = job_or_404(request)
+        return missing or JSONResponse({"job": job.as_json()})
 
     async def api_cancel(request: Request):
-        st = state_of(request)
-        try:
-            job = st.jobs.cancel(request.path_params["job_id"])
-        except KeyError:
-            return _json_error("no such job", 404)
-        return JSONResponse({"job": job.as_json()})
+        job, missing = job_or_404(request, cancel=True)
+        return missing or JSONResponse({"job": job.as_json()})
 
     async def api_file(request: Request):
-        st = state_of(request)
-        try:
-            job = st.jobs.get(request.path_params["job_id"])
-        except KeyError:
-            return _json_error("no such job", 404)
+        job, missing = job_or_404(request)
+        if missing:
+            return missing
         folder, name = request.path_params["folder"], request.path_params["name"]
         data = job.files.get(f"{folder}/{name}")
         if data is None:

@@ -32,19 +32,23 @@ TABLE_BLACKBOX_METHODS = ("kernel_shap", "permutation_shap", "exact_shapley", "l
 NEEDS_BACKGROUND = {"deep_shap", "gradient_shap", "kernel_shap", "permutation_shap", "exact_shapley", "lime"}
 IMAGE_NEEDS_BACKGROUND = {"deep_shap", "gradient_shap"}  # the others mask images with their own fill
 
-# Cheap defaults for an interactive page (the methods' own defaults are for single careful use).
+# Cheap defaults for an interactive page (the methods' own defaults are for single careful use):
+# lumos.metrics.compare's affordable settings, with these changes (seeds fixed, fewer RISE masks).
 METHOD_PARAMS: dict[str, dict] = {
-    "integrated_gradients": {"n_steps": 16},
-    "smoothgrad": {"n_samples": 16, "seed": 0},
-    "smoothgrad_sq": {"n_samples": 16, "seed": 0},
-    "vargrad": {"n_samples": 16, "seed": 0},
-    "occlusion": {"window": 8, "stride": 4},
     "rise": {"n_masks": 500, "seed": 0},
     "kernel_shap": {"seed": 0},
     "permutation_shap": {"seed": 0},
     "lime": {"seed": 0},
     "gradient_shap": {"seed": 0},
 }
+
+
+def default_params(method: str) -> dict:
+    """The app's default parameters of ``method`` (see :data:`METHOD_PARAMS`)."""
+    from ..metrics.compare import COMPARE_METHOD_PARAMS
+
+    return {**COMPARE_METHOD_PARAMS.get(method, {}), **METHOD_PARAMS.get(method, {})}
+
 
 # Metric name -> parameters, per kind of input (fast ones: a few model calls per map).
 METRICS: dict[str, dict[str, dict]] = {
@@ -177,7 +181,7 @@ class ServedModel:
 
     def method_params(self, method: str) -> dict:
         """The parameters the app passes to ``method`` unless the user overrides them."""
-        params = dict(METHOD_PARAMS.get(method, {}))
+        params = default_params(method)
         if method in NEEDS_BACKGROUND and self.background is not None:
             params["background"] = self.background
         if self.kind == "table" and not self.is_torch:
