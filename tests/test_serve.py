@@ -498,10 +498,13 @@ def test_user_model_loaded_weights_only_and_pickles_refused(tmp_path, monkeypatc
     app = create_app(demo=False)
     with TestClient(app) as c:
         r = c.post("/api/models", data={"factory": "serve_usermodel:make", "kind": "auto"},
-                   files={"weights": ("w.pt", buf.getvalue(), "application/octet-stream")})
+                   files={"weights": (f"{XSS}.pt", buf.getvalue(), "application/octet-stream")})
         assert r.status_code == 201, r.text
         m = r.json()["model"]
         assert m["id"] == "user1" and m["kind"] == "table" and m["feature_names"] == ["x0", "x1", "x2", "x3"]
+        assert m["name"] == f"serve_usermodel:make + {XSS}.pt"
+        index = c.get("/").text
+        assert XSS not in index and f"serve_usermodel:make + {ESCAPED_XSS}.pt" in index
         loaded = app.state.registry.get("user1").model
         for k, v in model.state_dict().items():
             assert torch.equal(loaded.state_dict()[k], v)  # the uploaded weights, not the factory's
@@ -520,7 +523,9 @@ def test_user_model_loaded_weights_only_and_pickles_refused(tmp_path, monkeypatc
         assert "pwned" not in capsys.readouterr().out
         page = c.post("/models/load", data={"factory": "nosuchmodule_xyz:make"})
         assert page.status_code == 400 and "cannot load model" in page.text
-        assert [x["id"] for x in c.get("/api/models").json()["models"]] == ["user1"]
+        r = c.post("/api/models", data={"factory": "serve_usermodel:make", "name": "second one", "kind": "table"})
+        assert r.status_code == 201 and r.json()["model"]["name"] == "second one"
+        assert [x["id"] for x in c.get("/api/models").json()["models"]] == ["user1", "user2"]
     locked = create_app(demo=False, allow_model_loading=False)
     with TestClient(locked) as c:
         r = c.post("/api/models", data={"factory": "serve_usermodel:make"})

@@ -291,11 +291,12 @@ async def _load_user_model(state: State, request: Request) -> ServedModel:
             fd, path = tempfile.mkstemp(prefix="lumos-serve-", suffix=".pt")
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
-        model_id = state.registry.next_user_id()
-        label = factory + (f" + {upload.filename}" if path else "")
+        name = str(form.get("name") or "").strip()[:200]
+        label = name or factory + (f" + {upload.filename}" if path else "")
 
         def load():
-            m = user_model(factory, path, kind=None if kind == "auto" else kind, id=model_id, name=label)
+            m = user_model(factory, path, kind=None if kind == "auto" else kind, id="loading", name=label)
+            m.id = state.registry.next_user_id()  # only a model that loaded takes an id
             return state.registry.add(m)
 
         return await run_in_threadpool(load)
