@@ -184,14 +184,12 @@ class RandomisationDisplay(ShortRepr):
 
 
 _RESULT_TEMPLATE = """\
-<div class="lumos-metric" style="{{ s.box }}">
-<table style="{{ s.table }}">
+<table class="lumos-metric" style="{{ s.box }} {{ s.table }}">
 <caption style="{{ s.caption }}">{{ caption }}</caption>
 {%- for key, value in rows %}
 <tr><th style="{{ s.th }}">{{ key }}</th><td style="{{ s.td }}"><code style="{{ s.code }}">{{ value }}</code></td></tr>
 {%- endfor %}
-</table>
-</div>"""
+</table>"""
 
 
 def metric_result_html(result) -> str:
