@@ -13,8 +13,8 @@ them into the classifier's input (white shape on grey). The condition is the sha
 one-hot vector; the latent has ``latent_dim`` dimensions (8 shipped). Its generator is
 ``vae.decode(z, c)``: ``z`` of shape ``(batch, latent_dim)``, ``c`` class indices or a float
 ``(batch, 4)`` condition (a float condition can be attributed to, like the latent).
-:func:`train_shapes_vae` trains it reproducibly (``lumos train-demo --vae``, about a minute on one
-CPU thread); :func:`load_shapes_vae` reads the shipped weights with ``weights_only=True``.
+:func:`train_shapes_vae` trains it reproducibly (``lumos train-demo --vae``, about 100 CPU
+seconds on one thread); :func:`load_shapes_vae` reads the shipped weights with ``weights_only=True``.
 
 :class:`ToyShapeGenerator` is a generator with a known latent→property map, written by hand for
 tests: latent dimension 0 moves the shape horizontally, dimension 1 sets its size, further dimensions
