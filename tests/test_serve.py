@@ -312,6 +312,17 @@ def test_malformed_csv_gets_a_readable_message(client, csv_text, message):
     assert XSS not in page.text and ATTR not in page.text
 
 
+def test_csv_file_upload_is_read_like_the_text(client):
+    good = f'"{XSS}","{ATTR.replace(chr(34), chr(34) * 2)}",plain\n1,2,3\n'.encode("utf-8-sig")
+    r = client.post("/api/models/xss/jobs", files={"csv_file": ("row.csv", good, "text/csv")},
+                    data={"methods": ["saliency"]})
+    job = _wait(client, r.json()["job"]["id"])
+    assert job["state"] == "done" and job["result"]["input"]["name"] == "row.csv"
+    assert [f["value"] for f in job["result"]["row"]] == ["1", "2", "3"]
+    r = client.post("/api/models/xss/jobs", files={"csv_file": ("row.csv", b"\xff\xfe\x00bad", "text/csv")})
+    assert r.status_code == 400 and r.json()["error"] == "CSV: 'row.csv' is not UTF-8 text"
+
+
 def test_bad_methods_target_and_params_are_messages(client, shapes_png):
     png, _ = shapes_png
     files = {"image": ("s.png", png, "image/png")}

@@ -245,7 +245,7 @@ async def _loaded(m: ServedModel) -> ServedModel:
 
 
 async def _submit(state: State, model_id: str, request: Request):
-    """(job, None) or (None, (message, status))."""
+    """(job, None, model) or (None, (message, HTTP status), model or None)."""
     try:
         m = _model_or_404(state, model_id)
     except KeyError:
