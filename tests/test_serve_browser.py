@@ -375,6 +375,17 @@ def test_malformed_csv_gets_a_readable_message(page, app_url, csv, expected):
     page.watch.check(allow_http_errors=True)
 
 
+def test_a_malformed_csv_file_gets_a_readable_message(page, app_url, tmp_path):
+    bad = tmp_path / "rows.csv"
+    bad.write_text("age,income\n41,50000,7\n")
+    page.goto(app_url + "/models/credit")
+    page.set_input_files("#csv-file-input", str(bad))
+    page.click("#run-button")
+    text = _error_text(page)
+    assert text.startswith("CSV") and "row 2 has 3 values but the header has 2 columns" in text, text
+    page.watch.check(allow_http_errors=True)
+
+
 def test_markup_in_names_and_csv_headers_renders_as_text(page, app_url, artefacts):
     # a CSV header the model does not know: the message names it, as text
     page.goto(app_url + "/models/credit")
