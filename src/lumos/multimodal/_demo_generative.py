@@ -126,12 +126,12 @@ def _run(out_dir: Path, quick: bool, files: dict) -> list[str]:
 
     rec = recognition(vae, cnn, n_samples=n_rec, seed=1, transform=SilhouetteRGB())
     worst = int(np.argmin(list(rec.rates.values())))
-    called = ", ".join(f"{n} {s:.0%}" for n, s in rec.called(worst)[:3])
+    called = ", ".join(f"{n} {s:.0%}" for n, s in rec.called(worst) if n != names[worst]) or "nothing else"
     lines = [f"conditional VAE of the silhouettes ({vae.latent_dim} latent dimensions, "
              f"{sum(p.numel() for p in vae.parameters()) / 1e3:.0f} k parameters, {info['steps']} training steps)",
              f"samples recognised as their class by the demo classifier ({n_rec} per class, seed 1; chance 25%):",
              f"  {rec.line()}",
-             f"  worst: {names[worst]}, called {called}"]
+             f"  the worst, {names[worst]}, is otherwise called: {called}"]
 
     # traversals of every class: what each latent dimension does to the shape and to each region
     regions = region_masks()
