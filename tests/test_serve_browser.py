@@ -287,8 +287,10 @@ def test_a_demo_image_explained_end_to_end(page, app_url, artefacts, tmp_path):
     figures = page.locator("#result figure.map")
     assert figures.evaluate_all("els => els.map(e => e.dataset.method)") == IMAGE_METHODS
     # every map decoded (a real picture, not a broken image) and captioned with its method
+    page.wait_for_function("() => [...document.querySelectorAll('#result img.map-image')].every(i => i.complete)")
     sizes = page.locator("#result img.map-image").evaluate_all(
         "els => els.map(e => [e.complete, e.naturalWidth, e.naturalHeight, e.alt])")
+    assert len(sizes) == len(IMAGE_METHODS), sizes
     assert all(s[0] and s[1] > 50 and s[2] > 50 and s[3].startswith(m) for s, m in zip(sizes, IMAGE_METHODS)), sizes
     captions = page.locator("#result figure.map figcaption").all_inner_texts()
     assert [c.split()[0] for c in captions] == IMAGE_METHODS
