@@ -164,7 +164,7 @@ def test_explanations_leave_the_vae_as_found():
     with torch.no_grad():
         delta = (region(z) - region(torch.zeros_like(z))).numpy()
     vae.train()
-    np.testing.assert_allclose(np.asarray(e.values).sum(1), delta, rtol=5e-3)  # ReLU kinks: measured 0.23%
+    np.testing.assert_allclose(np.asarray(e.values).sum(1), delta, rtol=2e-3)  # ReLU kinks: measured 0.04-0.07%
     latent_traversal(vae, 0, dims=[0], n_values=3)
     assert vae.training
     assert all(p.grad is None and p.requires_grad for p in vae.parameters())
