@@ -418,6 +418,29 @@ def test_table_sections_only_where_they_apply():
         render(model, x, ["saliency"], ["sparseness"], background=bg, effect_features=["nope"])
 
 
+def test_table_report_of_a_linear_predict_function_has_the_closed_forms():
+    """A plain predict function f(X) = X w: the report's Shapley values are w (x - mean(background))
+    and its partial dependence and ALE are lines of slope w (closed forms, DESIGN.md)."""
+    w = np.array([1.0, -2.0, 0.5])
+
+    def predict(X):
+        return np.asarray(X, dtype=np.float64) @ w
+
+    X = np.random.default_rng(0).normal(size=(60, 3))
+    results: dict = {}
+    html = render(predict, X[:3], ["kernel_shap"], ["sparseness"], background=X[10:], results=results)
+    phi = results["explanations"]["kernel_shap"].values
+    assert np.abs(phi - w * (X[:3] - X[10:].mean(0))).max() <= 1e-10
+    eff = results["effects"]
+    assert list(eff["pdp"]) == ["x1", "x0", "x2"] and eff["target"] is None  # by mean |phi|
+    for f, pd_ in eff["pdp"].items():
+        j = int(f[1:])
+        assert abs(np.polyfit(pd_.grid[0], pd_.average, 1)[0] - w[j]) <= 1e-9
+        a = eff["ale"][f]
+        assert abs(np.polyfit(a.grid[0], a.values, 1)[0] - w[j]) <= 1e-9
+    assert "n/a (not a torch module)" in html and "<img" in html
+
+
 @pytest.mark.filterwarnings("ignore:X does not have valid feature names")
 def test_table_report_of_a_dataframe_and_an_estimator():
     """A scikit-learn estimator on a DataFrame: the columns name the features everywhere."""
