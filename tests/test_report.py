@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 import torch
+from conftest import browse as _browse
 from conftest import headless_browser
 from torch import nn
 
@@ -149,18 +150,6 @@ def test_bad_arguments_are_named(tmp_path):
         build(model, x, ["saliency"], ["sparseness"], labels=[0], out=tmp_path / "r.html")
     with pytest.raises(ValueError, match="method"):
         build(model, x, ["salincy"], ["sparseness"], out=tmp_path / "r.html")
-
-
-def _browse(tmp_path, path):
-    """Chromium's DOM dump of ``path``, its console lines and every URL it asked the network for."""
-    net = tmp_path / f"{path.stem}.netlog.json"
-    cmd = headless_browser() + ["--enable-logging=stderr", "--v=0", f"--log-net-log={net}", "--dump-dom",
-                                path.resolve().as_uri()]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-2000:]
-    console = [line for line in res.stderr.splitlines() if ":CONSOLE" in line]
-    urls = re.findall(r'"url":"([^"]*)"', net.read_text(errors="replace")) if net.exists() else None
-    return res.stdout, console, urls
 
 
 def test_browser_checks_can_fail(tmp_path):
