@@ -448,6 +448,40 @@ def test_ray_scores_metrics_as_the_local_engine(ray_session, tmp_path):
     assert ray_two.metric_distribution("deletion").quantiles == local.metric_distribution("deletion").quantiles
 
 
+class CountedFactory:
+    """A model factory that notes every time it is unpickled (the job is shipped with it)."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def __call__(self):
+        log = self.log
+
+        def f(x):
+            with open(log / "calls", "a") as fh:
+                fh.write(f"{os.getpid()}\n")
+            return linear_logistic(x)
+        return f
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        with open(self.log / "unpickled", "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+
+
+def test_ray_job_is_resolved_once_per_worker_and_workers_bound_the_tasks(ray_session, tmp_path):
+    """Shards are queued in Ray ahead of the workers (two per worker), yet one worker means one
+    process at a time; the job (factory, background) is deserialised once per worker process, not
+    once per shard (it was 5 times for 5 shards)."""
+    log = tmp_path / "log"
+    log.mkdir()
+    res = lb.explain_dataset(CountedFactory(log), X, "kernel_shap", tmp_path / "o", engine="ray", workers=1,
+                             shard_size=5, **KS)
+    assert len(res) == 23
+    assert len(set((log / "calls").read_text().split())) == 1  # every model call in one worker process
+    assert len((log / "unpickled").read_text().split()) == 1
+
+
 def test_ray_worker_killed_mid_task_is_retried(reference, ray_session, tmp_path):
     ref_out, _ = reference
     marker = tmp_path / "killed-once"
