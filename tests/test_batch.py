@@ -402,6 +402,11 @@ def test_cli_explain_dataset(tmp_path, monkeypatch, capsys):
     direct = lumos.explain(net, X[:, :4].astype(np.float32), "exact_shapley", target=0,
                            background=BG[:, :4].astype(np.float32))
     assert np.allclose(lb.open(tmp_path / "o2")[:].values, direct.values, atol=1e-6)
+    assert main(["explain-dataset", "--model", "mymodels:net", "--data", "x.npy", "--method", "saliency",
+                 "--target", "1", "--out", "o3", "--metric", "sparseness", "--metric", "entropy"]) == 0
+    scored = lb.open(tmp_path / "o3")
+    assert scored.metric_names == ["entropy", "sparseness"] and scored.shards[0]["stop"] == 23  # one shard of 256
+    assert '"sparseness"' in capsys.readouterr().out
     assert main(["explain-dataset", "--model", "mymodels", "--data", "x.npy"]) == 2
     assert main(["explain-dataset", "--model", "mymodels:net", "--data", "nope.npy"]) == 2
     assert "nope.npy" in capsys.readouterr().err
@@ -575,3 +580,15 @@ def test_temporary_files_of_a_killed_writer_are_removed(reference, tmp_path):
     (out / ".manifest.json.x2.tmp").write_bytes(b"{")
     lb.explain_dataset(make_model, X, "kernel_shap", out, shard_size=5, **KS)
     assert files_of(out) == files_of(ref_out) and not list(out.glob(".*"))
+
+
+def test_tree_shap_defaults_to_large_shards(tmp_path):
+    """Tree SHAP's per-row work is as cheap as handing the row out: 16,384 rows per shard by default."""
+    from sklearn.tree import DecisionTreeRegressor
+
+    tree = DecisionTreeRegressor(max_depth=3, random_state=0).fit(X, X @ W)
+    res = lb.explain_dataset(lambda: tree, X, "tree_shap", tmp_path / "t")
+    assert res.manifest["shard_size"] == 16384 and len(res.shards) == 1
+    assert np.allclose(res[:].values.sum(axis=1) + res[:].baseline_output, tree.predict(X), atol=1e-9)
+    small = lb.explain_dataset(make_model4, X[:, :4], "exact_shapley", tmp_path / "e", background=BG[:, :4])
+    assert small.manifest["shard_size"] == 256

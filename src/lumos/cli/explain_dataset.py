@@ -21,11 +21,14 @@ def add_parser(sub) -> None:
     p.add_argument("--background", help="reference rows for Shapley/LIME methods: .npy, .parquet or .csv")
     p.add_argument("--out", default="lumos-out/batch")
     p.add_argument("--engine", choices=("local", "ray"), default="local")
-    p.add_argument("--shard-size", type=positive_int, default=256)
+    p.add_argument("--shard-size", type=positive_int, default=None,
+                   help="rows per shard (default 256; 16384 for tree_shap)")
     p.add_argument("--workers", type=positive_int, default=None, help="Ray workers (default: every CPU)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start Ray on this machine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), help="resize images of a folder")
+    p.add_argument("--metric", action="append", default=None, metavar="NAME",
+                   help="a metric scored on every row (repeatable; lumos.metrics.available())")
     p.set_defaults(func=run)
 
 
@@ -53,7 +56,8 @@ def run(args) -> int:
 
     results = explain_dataset(args.model, args.data, args.method, args.out, engine=args.engine,
                               shard_size=args.shard_size, seed=args.seed, weights=args.weights,
-                              workers=args.workers, address=args.address, image_size=args.size, **params)
+                              workers=args.workers, address=args.address, image_size=args.size,
+                              metrics=args.metric, **params)
     summary = results.summary()
     summary = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in summary.items()}
     if isinstance(summary.get("mean_abs"), list) and len(summary["mean_abs"]) > 20:
