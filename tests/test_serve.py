@@ -424,6 +424,9 @@ def test_cancel_stops_a_long_job_and_leaves_the_model_as_found(app, client):
     running = client.get(f"/api/jobs/{job_id}").json()["job"]
     assert running["state"] == "running" and 0 < running["progress"] < 0.5
     assert running["stage"] == "integrated_gradients"
+    page = client.get(f"/jobs/{job_id}").text  # the job's own page follows it (JS, or a refresh without)
+    assert 'data-state="running"' in page and '<noscript><meta http-equiv="refresh" content="1"></noscript>' in page
+    assert re.search(r'<button id="cancel-button"[^>]*type="submit">Cancel', page)  # shown (no hidden attribute)
     t0 = time.monotonic()
     assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 200
     job = _wait(client, job_id, timeout=10)
@@ -453,6 +456,20 @@ def test_a_job_over_its_time_limit_stops_and_fails_with_a_message():
         assert job["error"].startswith("time limit reached: the job ran for more than 0.3 s and was stopped "
                                        "during integrated_gradients")
         assert job["finished"] - job["started"] < 2.0 and tiny.calls < 100_000
+
+
+def test_the_pages_work_without_javascript(client):
+    r = client.post("/models/tiny/run", files={"image": ("a.png", _png(np.zeros((8, 8, 3), np.uint8)), "image/png")},
+                    data={"methods": ["saliency", "gradcam"]}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/jobs/")
+    job_id = r.headers["location"].rsplit("/", 1)[1]
+    job = _wait(client, job_id)
+    page = client.get(f"/jobs/{job_id}").text
+    assert job["state"] == "done" and 'data-state="done"' in page and '<noscript><meta http-equiv="refresh"' not in page
+    assert 'data-method="saliency"' in page and 'data-method="gradcam"' in page
+    r = client.post(f"/jobs/{job_id}/cancel", follow_redirects=False)  # a finished job stays as it is
+    assert r.status_code == 303 and client.get(f"/api/jobs/{job_id}").json()["job"]["state"] == "done"
+    assert client.get("/jobs/nope").status_code == 404 and client.get("/models/nope").status_code == 404
 
 
 def test_several_models_at_once(client, shapes_png):
