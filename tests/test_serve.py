@@ -576,6 +576,15 @@ def test_create_app_opens_user_models_from_factory_specs(tmp_path, monkeypatch, 
     assert "pickled Python objects" in capsys.readouterr().err
     app = create_app([{"factory": "serve_usermodel2:make", "name": "my model", "kind": "table"}], demo=False)
     assert [m.id for m in app.state.registry] == ["my-model"]
+    (tmp_path / "serve_cnn.py").write_text("import torch\nfrom torch import nn\n\ndef make():\n"
+                                           "    torch.manual_seed(0)\n    return nn.Sequential(nn.Conv2d(1, 2, 3), "
+                                           "nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2))\n")
+    app = create_app([{"factory": "serve_cnn:make", "size": (16, 12)}], demo=False)
+    with TestClient(app) as c:
+        r = c.post("/api/models/user1/jobs", files={"image": ("big.png", _png(np.zeros((40, 50, 3), np.uint8)), "image/png")},
+                   data={"methods": ["saliency"]})
+        job = _wait(c, r.json()["job"]["id"])
+        assert job["result"]["input"]["shape"] == [1, 1, 16, 12]  # grey (one input channel), resized
 
 
 # ----------------------------------------------------------------------------- XSS

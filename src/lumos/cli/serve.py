@@ -2,7 +2,7 @@
 
 Binds to 127.0.0.1 by default; another address needs ``--allow-remote`` (and prints a warning).
 ``--model package.module:factory`` (repeatable) opens a user's model beside the demo models; the
-``--weights``, ``--kind`` and ``--name`` that follow a ``--model`` belong to it.
+``--weights``, ``--kind``, ``--name`` and ``--size`` that follow a ``--model`` belong to it.
 """
 from __future__ import annotations
 
@@ -60,6 +60,8 @@ def add_parser(sub) -> None:
     p.add_argument("--kind", dest="kind", action=_ModelOption, metavar="KIND",
                    help="its inputs: image or table (default: inferred from its first layer)")
     p.add_argument("--name", dest="name", action=_ModelOption, metavar="NAME", help="its name on the pages")
+    p.add_argument("--size", dest="size", action=_ModelOption, type=positive_int, nargs=2, metavar=("H", "W"),
+                   help="image models: resize uploads to H x W (default: as uploaded)")
     p.add_argument("--no-demo", action="store_true", help="do not offer the demo models")
     p.add_argument("--max-upload-mb", type=_number("megabytes"), default=10.0, help="largest upload in MB (default 10)")
     p.add_argument("--max-pixels", type=positive_int, default=4_000_000,

@@ -329,12 +329,13 @@ def build_app(models: Sequence[Any] | None = None, *, demo: bool | Sequence[str]
             registry.add(item)
         elif isinstance(item, dict):
             spec = dict(item)
-            unknown = set(spec) - {"factory", "weights", "kind", "name"}
+            unknown = set(spec) - {"factory", "weights", "kind", "name", "size"}
             if unknown or "factory" not in spec:
-                raise ValueError(f"models: a dict has 'factory' and optionally 'weights', 'kind', 'name'; got {sorted(item)}")
+                raise ValueError("models: a dict has 'factory' and optionally 'weights', 'kind', 'name', 'size'; "
+                                 f"got {sorted(item)}")
             mid = _slugged(spec.get("name")) or registry.next_user_id()
             registry.add(user_model(spec["factory"], spec.get("weights"), kind=spec.get("kind"), id=mid,
-                                    name=spec.get("name") or spec["factory"]))
+                                    name=spec.get("name") or spec["factory"], size=spec.get("size")))
         else:
             registry.add(served(item, id=registry.next_user_id(), name=type(item).__name__))
     jobs_holder: dict = {}

@@ -346,13 +346,17 @@ def served(model: Any, *, id: str, name: str | None = None, kind: str | None = N
 
 
 def user_model(factory: str, weights: str | None = None, *, kind: str | None = None, id: str,
-               name: str | None = None) -> ServedModel:
+               name: str | None = None, size: Sequence[int] | None = None) -> ServedModel:
     """A user's model from ``package.module:factory`` and a state-dict file, loaded as ``lumos explain``
-    does (:func:`lumos.core.io.load_user_model`: ``weights_only=True``, never unpickled)."""
+    does (:func:`lumos.core.io.load_user_model`: ``weights_only=True``, never unpickled). ``size``
+    (H, W): image uploads are resized to it (as ``lumos explain --size``)."""
     from ..core.io import load_user_model
 
+    if size is not None:
+        if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size):
+            raise ValueError(f"size must be two positive ints (H, W); got {size!r}")
     model = load_user_model(factory, weights, None)
-    return served(model, id=id, name=name or factory, kind=kind,
+    return served(model, id=id, name=name or factory, kind=kind, input_size=size,
                   description=f"{factory}" + (" with weights from an uploaded file" if weights else ""))
 
 
