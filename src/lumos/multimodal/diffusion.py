@@ -31,6 +31,7 @@ there".
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -423,7 +424,7 @@ def explain_guidance(model: Any, classes: Any = None, *, x_t: Any = None, seed: 
             kw = {"feature_names": [f"c:{c}" for c in names]} if names is not None and \
                 len(names) == model.n_classes and "feature_names" not in params else {}
             expl = explain(mod, cv.to(dtype), method, forward_args=(xt,), **kw, **params)
-        with (ModelGuard(model) if isinstance(model, nn.Module) else _null()), torch.no_grad():
+        with (ModelGuard(model) if isinstance(model, nn.Module) else nullcontext()), torch.no_grad():
             d = guidance_direction(model, xt, t, cv.to(dtype), w, projection)
             both = model(torch.cat([xt, xt]), torch.full((2 * n,), t, dtype=torch.long),
                          torch.cat([cv.to(dtype), torch.zeros_like(cv, dtype=dtype)]))
@@ -442,14 +443,6 @@ def explain_guidance(model: Any, classes: Any = None, *, x_t: Any = None, seed: 
                                np.stack(dirs), np.stack(regions), images, cv.numpy(),
                                mod.masks.cpu().numpy(), w, projection, wrt, method, seed,
                                list(names) if names is not None else None)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
 
 
 def _merge(parts: dict, n: int):
