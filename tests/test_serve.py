@@ -472,6 +472,36 @@ def test_the_pages_work_without_javascript(client):
     assert client.get("/jobs/nope").status_code == 404 and client.get("/models/nope").status_code == 404
 
 
+def test_every_method_offered_runs_on_its_kind_of_model():
+    """The page offers only what runs: every method offered for a torch image model and a torch table
+    model (with a background) gives a map and scores, in one job each."""
+    g = torch.Generator().manual_seed(3)
+    table = served(_table_model(), id="table", kind="table", background=torch.rand(8, 3, generator=g))
+    app = create_app([served(_tiny_cnn(), id="tiny"), table], demo=False)
+    image = _png(np.random.default_rng(0).integers(0, 256, (12, 12, 3), dtype=np.uint8))
+    with TestClient(app) as c:
+        models = {m["id"]: m for m in c.get("/api/models").json()["models"]}
+        assert len(models["tiny"]["methods"]) >= 20 and len(models["table"]["methods"]) >= 15
+        assert "occlusion" in models["table"]["methods"] and "gradcam" not in models["table"]["methods"]
+        fast = {"meaningful_perturbation": {"n_iter": 20}, "feature_ablation": {}}
+        jobs = []
+        for mid, kw in (("tiny", {"files": {"image": ("a.png", image, "image/png")}}),
+                        ("table", {"data": {"csv": "x0,x1,x2\n0.2,0.5,0.9"}})):
+            methods = models[mid]["methods"]
+            data = dict(kw.pop("data", {}), methods=methods,
+                        params=json.dumps({m: fast[m] for m in methods if m in fast and fast[m]}))
+            r = c.post(f"/api/models/{mid}/jobs", data=data, **kw)
+            assert r.status_code == 202, r.text
+            jobs.append(r.json()["job"]["id"])
+        for job_id in jobs:
+            job = _wait(c, job_id, timeout=120)
+            assert job["state"] == "done", job["error"]
+            for m in job["result"]["methods"]:
+                assert m["error"] is None and m["map_url"], (job["model"], m["method"], m["error"])
+                for k, v in m["scores"].items():  # a number, or None with the reason (never NaN in JSON)
+                    assert (v is not None and np.isfinite(v)) or m["score_errors"][k], (m["method"], k)
+
+
 def test_several_models_at_once(client, shapes_png):
     models = {m["id"]: m for m in client.get("/api/models").json()["models"]}
     assert {"shapes", "tiny", "xss", "boom"} <= set(models)

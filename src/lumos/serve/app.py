@@ -35,7 +35,7 @@ __all__ = ["build_app", "LOOPBACK_HOSTS"]
 HERE = Path(__file__).resolve().parent
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]", "testserver")
 FORM_SLACK = 256 * 1024        # bytes of form fields (CSV, text, methods, params) beside the file
-MAX_METHODS = 16
+MAX_METHODS = 32             # every method a model offers, at once
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")

@@ -17,8 +17,9 @@ __all__ = ["ServedModel", "ModelRegistry", "DEMO_MODELS", "demo_model", "user_mo
 
 KINDS = ("image", "table", "text")
 
-# Methods offered per kind of input, in the order of the page (each was run on the demo model of
-# its kind; a method that fails on a user's model reports its own error in the result).
+# Methods offered per kind of input: these first, in this order (each was run on the demo model of
+# its kind), then any other registered method that fits (a method added to lumos later shows up
+# without a change here; one that fails on a model reports its own error in the result).
 IMAGE_METHODS = ("saliency", "gradient_x_input", "integrated_gradients", "smoothgrad", "smoothgrad_sq",
                  "vargrad", "gradcam", "gradcam_pp", "layercam", "scorecam", "cam", "guided_gradcam",
                  "guided_backprop", "deconvnet", "deeplift", "lrp", "occlusion", "rise",
@@ -28,6 +29,16 @@ TABLE_TORCH_METHODS = ("saliency", "gradient_x_input", "integrated_gradients", "
                        "occlusion", "kernel_shap", "permutation_shap", "exact_shapley", "lime", "deep_shap",
                        "gradient_shap")
 TABLE_BLACKBOX_METHODS = ("kernel_shap", "permutation_shap", "exact_shapley", "lime")
+# registered methods that do not fit a kind: they need a text, a tree ensemble, a convolutional
+# layer or an image grid, return pairs instead of one value per feature, or remove features by
+# writing numbers into a DataFrame that holds strings
+_TREES = {"tree_shap", "tree_shap_interactions", "exact_shapley_interactions"}
+NOT_FOR = {
+    "image": {"crop_similarity", "exact_shapley"} | _TREES,
+    "table_torch": {"cam", "gradcam", "gradcam_pp", "guided_gradcam", "layercam", "scorecam", "crop_similarity",
+                    "meaningful_perturbation", "rise"} | _TREES,
+    "table_blackbox": {"crop_similarity", "occlusion", "rise", "feature_ablation", "meaningful_perturbation"} | _TREES,
+}
 # methods that need a reference set (``background=``): offered only when the model has one
 NEEDS_BACKGROUND = {"deep_shap", "gradient_shap", "kernel_shap", "permutation_shap", "exact_shapley", "lime"}
 IMAGE_NEEDS_BACKGROUND = {"deep_shap", "gradient_shap"}  # the others mask images with their own fill
@@ -157,20 +168,20 @@ class ServedModel:
         """The registered methods that fit this model, in page order."""
         from ..core.registry import methods as registered
 
-        names = {m.name for m in registered()}
+        rows = list(registered())
+        names = {m.name for m in rows}
         if self.kind == "text":
             from ..text.adapter import TEXT_METHODS
 
             # rules methods need a rule for every operation: BERT's layer norm has none
-            candidates = [m for m in TEXT_METHODS if m not in ("lrp", "deeplift")]
-        elif self.kind == "image":
-            candidates = [m for m in IMAGE_METHODS
-                          if m not in IMAGE_NEEDS_BACKGROUND or self.background is not None]
-        elif self.is_torch:
-            candidates = [m for m in TABLE_TORCH_METHODS if m not in NEEDS_BACKGROUND or self.background is not None]
-        else:
-            candidates = [m for m in TABLE_BLACKBOX_METHODS if self.background is not None]
-        return [m for m in candidates if m in names]
+            return [m for m in TEXT_METHODS if m not in ("lrp", "deeplift") and m in names]
+        first = {"image": IMAGE_METHODS, "table_torch": TABLE_TORCH_METHODS,
+                 "table_blackbox": TABLE_BLACKBOX_METHODS}[self.flavour]
+        fits = [m.name for m in rows if m.name not in NOT_FOR[self.flavour]
+                and (self.is_torch or m.models == "any")]
+        needs = IMAGE_NEEDS_BACKGROUND if self.kind == "image" else NEEDS_BACKGROUND
+        ordered = [m for m in first if m in fits] + sorted(m for m in fits if m not in first)
+        return [m for m in ordered if m not in needs or self.background is not None]
 
     def default_methods(self) -> list[str]:
         offered = self.methods()
@@ -184,6 +195,8 @@ class ServedModel:
         params = default_params(method)
         if method in NEEDS_BACKGROUND and self.background is not None:
             params["background"] = self.background
+        if self.kind == "table" and method == "occlusion":
+            params.update(window=1, stride=1)  # one feature at a time (the image defaults are 8 wide)
         if self.kind == "table" and not self.is_torch:
             params.update(self.explain_params)
         if self.kind == "text":

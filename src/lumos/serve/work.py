@@ -116,8 +116,11 @@ def _score(name: str, params: dict, served: ServedModel, expl) -> float:
     kw = dict(params)
     if served.kind == "text" and "tokenizer" in info.parameters:
         kw["tokenizer"] = served.tokenizer
-    value = evaluate(name, served.model, expl, **kw).mean
-    return float(value)
+    value = float(evaluate(name, served.model, expl, **kw).mean)
+    if not np.isfinite(value):  # e.g. the sparseness of an all-zero map: say so instead of a NaN
+        raise ValueError(f"{name} is undefined for this map ({value}); an all-zero or constant map has "
+                         "no ranking of features")
+    return value
 
 
 def run_request(job, served: ServedModel, req: Request) -> dict:
