@@ -25,6 +25,8 @@ lost in lumos or Ray (that is how the kernel-SHAP 0.96x of docs/scale.md was tra
     python benchmarks/bench_batch.py            # ~3 minutes on 2 idle cores
     python benchmarks/bench_batch.py --quick    # fewer rows, one measured round
     python benchmarks/bench_batch.py --jobs kernel_shap --repeats 5   # one job, more rounds
+    python benchmarks/bench_batch.py --jobs tree_shap --tree-rows 160000 --against 3e56ebb~1
+        # also Ray at 1 worker with the engine of another git revision, in the same rounds
 """
 from __future__ import annotations
 
@@ -82,6 +84,28 @@ class Fitted:
         return self.model
 
 
+def _engine_at(rev: str):
+    """``RayEngine`` of ``src/lumos/batch/engines.py`` at git revision ``rev`` (shipped to Ray's
+    workers by value)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    import ray
+
+    root = Path(__file__).resolve().parents[1]
+    code = subprocess.run(["git", "show", f"{rev}:src/lumos/batch/engines.py"], cwd=root, check=True,
+                          capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="engine-")) / "engines_at_rev.py"
+    path.write_text(code.replace("from .task import", "from lumos.batch.task import"))
+    spec = importlib.util.spec_from_file_location("engines_at_rev", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["engines_at_rev"] = module
+    spec.loader.exec_module(module)
+    ray.cloudpickle.register_pickle_by_value(module)
+    return module.RayEngine
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -91,6 +115,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--jobs", nargs="+", default=["kernel_shap", "tree_shap", "integrated_gradients"],
                     choices=["kernel_shap", "tree_shap", "integrated_gradients"])
+    ap.add_argument("--against", default=None, metavar="REV",
+                    help="add 'ray, 1 worker' with src/lumos/batch/engines.py of git revision REV (A/B under "
+                         "the same load)")
     args = ap.parse_args()
     if args.quick:
         args.kernel_rows, args.tree_rows, args.images, args.repeats = 8, 4000, 8, 1
@@ -123,6 +150,7 @@ def main():
                                      unit="images"),
     }
     jobs = {k: v for k, v in jobs.items() if k in args.jobs}
+    other_engine = _engine_at(args.against) if args.against else None
     clock = CpuClock()
     root = Path(tempfile.mkdtemp(prefix="bench_batch-"))
     counter = itertools.count()
@@ -143,20 +171,38 @@ def main():
                 cpu.setdefault(name, []).append((time.perf_counter() - t0, CpuClock.spent(c0, clock.read())))
                 shutil.rmtree(out)
 
-            t = compare({"in-process": lambda: run("in-process", "local"),
-                         "ray, 1 worker": lambda: run("ray, 1 worker", "ray", 1),
-                         "ray, 2 workers": lambda: run("ray, 2 workers", "ray", 2)}, repeats=args.repeats)
+            settings = {"in-process": lambda: run("in-process", "local"),
+                        "ray, 1 worker": lambda: run("ray, 1 worker", "ray", 1),
+                        "ray, 2 workers": lambda: run("ray, 2 workers", "ray", 2)}
+            if other_engine is not None:
+                name = f"ray, 1 worker @{args.against}"
+
+                def run_other(name=name):
+                    import lumos.batch.engines as engines
+
+                    current, engines.RayEngine = engines.RayEngine, other_engine
+                    try:
+                        run(name, "ray", 1)
+                    finally:
+                        engines.RayEngine = current
+
+                settings[name] = run_other
+            t = compare(settings, repeats=args.repeats)
             print(header(f"{method}: {n} {job['unit']}, shards of {job['shard']}"))
             for name in t.runs:
                 # the CPU of the best measured round (the warm-up round is cpu[name][0])
                 wall, used = min(cpu[name][1:] or cpu[name])
-                print(f"{name:<16} best {t.best(name):7.2f} s  median {t.median(name):7.2f} s  "
+                print(f"{name:<{max(16, len(name))}} best {t.best(name):7.2f} s  median {t.median(name):7.2f} s  "
                       f"{n / t.best(name):9.1f} {job['unit']}/s  "
                       f"{t.best(name) / n * 1e3:9.2f} ms per {job['unit'][:-1]}  "
                       f"CPU {used:6.2f} s ({used / wall:.2f} cores)")
             print(f"speed-up 1 -> 2 workers: {t.best('ray, 1 worker') / t.best('ray, 2 workers'):.2f}x;  "
                   f"Ray overhead at 1 worker: {100 * (t.best('ray, 1 worker') / t.best('in-process') - 1):+.1f}%  "
                   f"(machine load {t.load_before:.2f} -> {t.load_after:.2f} per core)")
+            for name in t.runs:
+                if "@" in name:
+                    print(f"Ray overhead at 1 worker with the engine {name.split('@')[1]}: "
+                          f"{100 * (t.best(name) / t.best('in-process') - 1):+.1f}%")
     finally:
         ray.shutdown()
         shutil.rmtree(root, ignore_errors=True)
