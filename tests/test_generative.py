@@ -144,10 +144,10 @@ def test_shipped_vae_loads_safely_and_its_samples_are_classified_as_their_condit
     clf = ResizedClassifier(cnn, 64, transform=SilhouetteRGB())
     with torch.no_grad():
         rates = [(clf(vae.sample(c, seed=11, n=100)).argmax(1) == c).float().mean().item() for c in range(4)]
-    # measured (seed 11, 100 samples each): circle 0.91, square 0.97, triangle 1.00, cross 0.77 (the
+    # measured (seed 11, 100 samples each): circle 0.95, square 0.99, triangle 1.00, cross 0.91 (the
     # first decoder, without the pose head: 0.60, 0.60, 0.99, 0.03; chance 0.25)
-    assert rates[0] >= 0.85 and rates[1] >= 0.9 and rates[2] >= 0.95 and rates[3] >= 0.7, rates
-    assert np.mean(rates) >= 0.88, rates
+    assert rates[0] >= 0.9 and rates[1] >= 0.95 and rates[2] >= 0.95 and rates[3] >= 0.85, rates
+    assert np.mean(rates) >= 0.93, rates
 
 
 def test_explanations_leave_the_vae_as_found():
@@ -164,7 +164,7 @@ def test_explanations_leave_the_vae_as_found():
     with torch.no_grad():
         delta = (region(z) - region(torch.zeros_like(z))).numpy()
     vae.train()
-    np.testing.assert_allclose(np.asarray(e.values).sum(1), delta, rtol=2e-3)  # ReLU kinks: measured 0.04-0.07%
+    np.testing.assert_allclose(np.asarray(e.values).sum(1), delta, rtol=5e-3)  # ReLU kinks: measured up to 0.26%
     latent_traversal(vae, 0, dims=[0], n_values=3)
     assert vae.training
     assert all(p.grad is None and p.requires_grad for p in vae.parameters())

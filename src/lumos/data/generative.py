@@ -13,7 +13,7 @@ them into the classifier's input (white shape on grey). The condition is the sha
 one-hot vector; the latent has ``latent_dim`` dimensions (8 shipped). Its generator is
 ``vae.decode(z, c)``: ``z`` of shape ``(batch, latent_dim)``, ``c`` class indices or a float
 ``(batch, 4)`` condition (a float condition can be attributed to, like the latent).
-:func:`train_shapes_vae` trains it reproducibly (``lumos train-demo --vae``, about 100 CPU
+:func:`train_shapes_vae` trains it reproducibly (``lumos train-demo --vae``, about 160 CPU
 seconds on one thread); :func:`load_shapes_vae` reads the shipped weights with ``weights_only=True``.
 
 :class:`ToyShapeGenerator` is a generator with a known latent→property map, written by hand for
@@ -50,7 +50,7 @@ INFO_PATH = WEIGHTS_DIR / "shapes_vae.json"
 #: Side of the VAE's images (the shapes world's 64 pooled 2×2).
 VAE_SIZE = 32
 #: The settings the shipped weights were trained with.
-DEFAULTS = dict(seed=0, steps=4000, n_train=6000, batch_size=64, lr=2e-3, latent_dim=8, beta=1.0)
+DEFAULTS = dict(seed=0, steps=6000, n_train=6000, batch_size=64, lr=2e-3, latent_dim=8, beta=1.0)
 
 
 def condition_vector(c: Any, n: int, n_classes: int = len(CLASS_NAMES), name: str = "c") -> torch.Tensor:
@@ -98,7 +98,7 @@ class ShapesVAE(nn.Module):
     the template is warped by that affine map (a spatial transformer: Jaderberg et al., *Spatial
     Transformer Networks*, NeurIPS 2015; bilinear sampling) → sigmoid. The pose head starts at
     the identity. Without it (the first shipped version) the decoder had to draw every rotation of
-    a cross's thin arms itself and drew blobs: 3.4% of its crosses were recognised, 67.6% with it
+    a cross's thin arms itself and drew blobs: 3.4% of its crosses were recognised, 85.4% with it
     (``docs/multimodal.md``).
 
     Parameters
@@ -304,7 +304,7 @@ def train_shapes_vae(out: str | Path | None = None, seed: int = DEFAULTS["seed"]
         Folder for ``shapes_vae.pt``/``.json``; ``"package"`` writes the shipped weights; ``None``
         writes nothing.
     seed : int, default 0
-    steps : int, default 4000
+    steps : int, default 6000
         Optimiser steps.
     threads : int or None, default 1
         Torch CPU threads during training (restored afterwards); ``None`` keeps the setting. The
