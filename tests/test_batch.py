@@ -475,9 +475,8 @@ class CountedFactory:
 
 
 def test_ray_job_is_resolved_once_per_worker_and_workers_bound_the_tasks(ray_session, tmp_path):
-    """Shards are queued in Ray ahead of the workers (two per worker), yet one worker means one
-    process at a time; the job (factory, background) is deserialised once per worker process, not
-    once per shard (it was 5 times for 5 shards)."""
+    """One worker means one process; the job (factory, background) is deserialised once per worker
+    process, not once per shard (it was 5 times for 5 shards)."""
     log = tmp_path / "log"
     log.mkdir()
     res = lb.explain_dataset(CountedFactory(log), X, "kernel_shap", tmp_path / "o", engine="ray", workers=1,

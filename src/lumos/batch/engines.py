@@ -16,7 +16,6 @@ lowers the whole job), and the engines compete for the cores on equal terms. A c
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Iterable, Iterator
 
@@ -112,23 +111,12 @@ class RayEngine:
         self.started = start_ray(workers, address)
         cpus = float(ray.cluster_resources().get("CPU", 1))
         self.workers = int(workers or cpus)
-        if address is None:
-            # one machine: each task reserves cpus / workers CPUs, so that exactly `workers` tasks run at
-            # once while more wait queued in Ray; a worker that finishes is handed the next queued shard
-            # by Ray directly (its arguments already in the object store), not after a round trip through
-            # this driver's loop and manifest write
-            self.task_cpus = max(math.floor(cpus / self.workers * 1e4) / 1e4, 1e-4)
-            self.max_in_flight = int(max_in_flight or 2 * self.workers)
-        else:
-            # a cluster: whole CPUs (a task must fit on one node), one shard handed out per worker
-            self.task_cpus = 1
-            self.max_in_flight = int(max_in_flight or self.workers)
+        self.max_in_flight = int(max_in_flight or self.workers)
         self.job_ref = ray.put(job)
         # in a list, so that Ray hands the task the reference instead of deserialising the job (the
         # model factory, the background...) for every shard: each worker resolves it once (_job_of)
         self.job_box = [self.job_ref]
-        self.remote = ray.remote(num_cpus=self.task_cpus, max_retries=max_retries,
-                                 retry_exceptions=True)(_ray_task)
+        self.remote = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=True)(_ray_task)
 
     def run(self, tasks: Iterable[tuple[int, int, Any]]) -> Iterator[dict]:
         ray = self.ray
