@@ -34,7 +34,6 @@ sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps`` with ``ab_t`` the cumulative product of ``
 """
 from __future__ import annotations
 
-import json
 import math
 import platform
 import time
@@ -49,6 +48,7 @@ from torch.nn import functional as F
 
 from .generative import VAE_SIZE, condition_vector, vae_images
 from .shapes import CLASS_NAMES, shapes_dataset
+from .models import read_record, read_state
 from .train import save_weights
 
 __all__ = ["ShapesDDPM", "DiffusionSchedule", "sample", "SampleTrajectory", "guided_eps", "null_condition",
@@ -421,16 +421,12 @@ def sample(model: Any, c: Any, seed: Any = 0, w: float = 2.0, *, method: str = "
 
 def shapes_ddpm_info() -> dict:
     """The training record shipped beside the DDPM's weights."""
-    if not INFO_PATH.exists():
-        raise FileNotFoundError(f"no training record at {INFO_PATH}; run `lumos train-demo --diffusion`")
-    return json.loads(INFO_PATH.read_text())
+    return read_record(INFO_PATH, "lumos train-demo --diffusion")
 
 
 def load_shapes_ddpm(device: str | torch.device = "cpu") -> ShapesDDPM:
     """The trained :class:`ShapesDDPM` shipped with lumos (eval mode), read with ``weights_only=True``."""
-    if not WEIGHTS_PATH.exists():
-        raise FileNotFoundError(f"no DDPM weights at {WEIGHTS_PATH}; run `lumos train-demo --diffusion --out package`")
-    state = torch.load(WEIGHTS_PATH, map_location=device, weights_only=True)
+    state = read_state(WEIGHTS_PATH, "DDPM", "lumos train-demo --diffusion --out package", device)
     info = shapes_ddpm_info()
     model = ShapesDDPM(channels=int(info.get("channels", DEFAULTS["channels"])), T=int(info.get("T", DEFAULTS["T"])),
                        schedule=str(info.get("schedule", DEFAULTS["schedule"])))

@@ -27,7 +27,6 @@ of "the mass in the right half" must therefore go to dimension 0, and nothing to
 """
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .shapes import CLASS_NAMES, shapes_dataset
+from .models import read_record, read_state
 from .train import save_weights
 
 __all__ = ["ShapesVAE", "ToyShapeGenerator", "train_shapes_vae", "load_shapes_vae", "shapes_vae_info",
@@ -269,16 +269,12 @@ class SilhouetteRGB(nn.Module):
 
 def shapes_vae_info() -> dict:
     """The training record shipped beside the VAE's weights."""
-    if not INFO_PATH.exists():
-        raise FileNotFoundError(f"no training record at {INFO_PATH}; run `lumos train-demo --vae`")
-    return json.loads(INFO_PATH.read_text())
+    return read_record(INFO_PATH, "lumos train-demo --vae")
 
 
 def load_shapes_vae(device: str | torch.device = "cpu") -> ShapesVAE:
     """The trained :class:`ShapesVAE` shipped with lumos (eval mode), read with ``weights_only=True``."""
-    if not WEIGHTS_PATH.exists():
-        raise FileNotFoundError(f"no VAE weights at {WEIGHTS_PATH}; run `lumos train-demo --vae --out package`")
-    state = torch.load(WEIGHTS_PATH, map_location=device, weights_only=True)
+    state = read_state(WEIGHTS_PATH, "VAE", "lumos train-demo --vae --out package", device)
     info = shapes_vae_info()
     model = ShapesVAE(latent_dim=int(info.get("latent_dim", DEFAULTS["latent_dim"])),
                       channels=int(info.get("channels", 1)))

@@ -19,7 +19,6 @@ Natural Language Supervision") by ``lumos train-demo --image-text``.
 """
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from torch import nn
 
 from ._checks import check_world_arguments
 from .shapes import CLASS_NAMES, IMAGE_SIZE, _backgrounds, render_masks
+from .models import read_record, read_state
 from .train import save_weights
 
 __all__ = ["ImageTextData", "image_text_dataset", "ImageTextModel", "BagOfWords", "COLOURS", "POSITIONS",
@@ -286,16 +286,12 @@ class ImageTextModel(nn.Module):
 
 def image_text_model_info() -> dict:
     """The training record shipped beside the weights."""
-    if not INFO_PATH.exists():
-        raise FileNotFoundError(f"no training record at {INFO_PATH}; run `lumos train-demo --image-text`")
-    return json.loads(INFO_PATH.read_text())
+    return read_record(INFO_PATH, "lumos train-demo --image-text")
 
 
 def load_image_text_model(device: str | torch.device = "cpu") -> ImageTextModel:
     """The trained :class:`ImageTextModel` shipped with lumos (eval mode), read with ``weights_only=True``."""
-    if not WEIGHTS_PATH.exists():
-        raise FileNotFoundError(f"no image–text weights at {WEIGHTS_PATH}; run `lumos train-demo --image-text`")
-    state = torch.load(WEIGHTS_PATH, map_location=device, weights_only=True)
+    state = read_state(WEIGHTS_PATH, "image–text", "lumos train-demo --image-text", device)
     model = ImageTextModel(dim=int(state["text_encoder.proj.weight"].shape[0]))
     model.load_state_dict(state)
     return model.to(device).eval()

@@ -68,11 +68,24 @@ class DemoCNN(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
+def read_record(info_path: Path, retrain: str) -> dict:
+    """A shipped model's training record (JSON); a missing file names the command that writes it."""
+    if not info_path.exists():
+        raise FileNotFoundError(f"no training record at {info_path}; run `{retrain}`")
+    return json.loads(info_path.read_text())
+
+
+def read_state(weights_path: Path, what: str, retrain: str, device: str | torch.device = "cpu") -> dict:
+    """A shipped model's state dict, read with ``torch.load(..., weights_only=True)`` (no pickle of
+    code); a missing file names the model (``what``) and the command that writes it."""
+    if not weights_path.exists():
+        raise FileNotFoundError(f"no {what} weights at {weights_path}; run `{retrain}`")
+    return torch.load(weights_path, map_location=device, weights_only=True)
+
+
 def demo_model_info() -> dict:
     """The training record shipped beside the weights (seed, epochs, data sizes, accuracies, time)."""
-    if not INFO_PATH.exists():
-        raise FileNotFoundError(f"no training record at {INFO_PATH}; run `lumos train-demo`")
-    return json.loads(INFO_PATH.read_text())
+    return read_record(INFO_PATH, "lumos train-demo")
 
 
 def load_demo_model(device: str | torch.device = "cpu") -> DemoCNN:
@@ -81,9 +94,7 @@ def load_demo_model(device: str | torch.device = "cpu") -> DemoCNN:
     The weights are a plain state dict read with ``torch.load(..., weights_only=True)`` (no pickle
     of code). ``lumos train-demo`` reproduces them (:func:`lumos.data.train.train_demo_model`).
     """
-    if not WEIGHTS_PATH.exists():
-        raise FileNotFoundError(f"no demo weights at {WEIGHTS_PATH}; run `lumos train-demo`")
-    state = torch.load(WEIGHTS_PATH, map_location=device, weights_only=True)
+    state = read_state(WEIGHTS_PATH, "demo", "lumos train-demo", device)
     n_classes = int(state["classifier.weight"].shape[0])
     model = DemoCNN(n_classes=n_classes)
     model.load_state_dict(state)
