@@ -81,6 +81,20 @@ def test_errors_are_reported_without_traceback(user_model, capsys):
     assert "package.module:factory" in capsys.readouterr().err
 
 
+def test_a_missing_optional_dependency_is_a_message_not_a_traceback(monkeypatch, capsys):
+    """A subcommand that needs an extra (e.g. `lumos report --world text` without transformers)
+    prints lumos' install hint and exits with 2."""
+    import lumos.report.build as build
+
+    def missing(*args, **kwargs):
+        raise ImportError('lumos text models need Hugging Face transformers: pip install -e ".[text]"')
+
+    monkeypatch.setitem(build.DEMO_WORLDS, "text", missing)
+    assert main(["report", "--world", "text", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lumos report: ") and 'pip install -e ".[text]"' in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["explain", "--model", "usermodel_cli:make"], "required: --input"),               # argparse
     (["explain", "--model", "usermodel_cli:make", "--input", "img.png", "--bogus"], "unrecognized"),

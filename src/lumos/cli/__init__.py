@@ -42,8 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stop.code if isinstance(stop.code, int) else 2
     try:
         return args.func(args) or 0
-    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
-        # Errors of lumos name the argument; show them without a traceback.
+    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError, ImportError) as err:
+        # Errors of lumos name the argument (a missing optional dependency names the extra that
+        # installs it); show them without a traceback.
         print(f"lumos {args.command}: {err}", file=sys.stderr)
         return 2
     except SystemExit as stop:  # a subcommand stopping with a message is a user error too
