@@ -141,3 +141,22 @@ def test_demo_section_quick(tmp_path):
     doc = json.loads((tmp_path / "metrics.json").read_text())
     # the random baseline localises at chance: its relevance mass is the evidence's area
     assert doc["ranks"]["relevance_mass_accuracy"]["random"] == len(DEMO_METHODS)
+
+
+def test_target_of_an_estimator_fitted_on_named_columns_is_resolved_with_the_names():
+    """compare resolves the explained class once on the model's output: a DataFrame's column names
+    go with the probe, so scikit-learn sees the names it was fitted on (no 'valid feature names'
+    warning, and the same classes as predicting on the DataFrame)."""
+    import warnings
+
+    pd = pytest.importorskip("pandas")
+    from sklearn.linear_model import LogisticRegression
+
+    from lumos.metrics.compare import _resolve_target
+
+    X = pd.DataFrame(np.random.default_rng(0).normal(size=(40, 3)), columns=["age", "income", "debt"])
+    model = LogisticRegression().fit(X, (X["age"] > 0).astype(int))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resolved = _resolve_target(model, X.iloc[:6], "predicted")
+    np.testing.assert_array_equal(resolved, model.predict(X.iloc[:6]))

@@ -272,7 +272,9 @@ def _resolve_target(model: Any, inputs: Any, target: Any):
     """Class indices per sample (so every method explains the same classes), or the callable."""
     if callable(target) and not isinstance(target, str):
         return target
-    probe = Explanation(values=np.zeros(len(inputs)), inputs=inputs)
+    # a DataFrame's column names go with it, so an estimator fitted on named columns sees them
+    names = [str(c) for c in inputs.columns] if hasattr(inputs, "columns") else None
+    probe = Explanation(values=np.zeros(len(inputs)), inputs=inputs, feature_names=names)
     with model_scorer(model, probe, target) as sc:
         return target if sc.target.indices is None else sc.target.indices
 
