@@ -649,24 +649,30 @@ def test_markup_in_names_headers_and_file_names_is_text(client):
     assert re.findall(r"<script[^>]*>", page.text) == ['<script src="/static/app.js" defer>']
 
 
-def _markup_text_model():
-    """A tiny BERT whose word-level vocabulary holds tokens with markup (white-space split)."""
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "fine", "film", XSS, '"', "onerror=alert(2)"]
+
+
+def _word_tokenizer():
+    """A word-level tokenizer (white-space split) of :data:`WORDS`, whose tokens hold markup."""
     pytest.importorskip("transformers")
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    from tiny_transformers import tiny_bert
-
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "fine", "film", XSS, '"', "onerror=alert(2)"]
-    ids = {w: i for i, w in enumerate(words)}
+    ids = {w: i for i, w in enumerate(WORDS)}
     tok = Tokenizer(models.WordLevel(vocab=ids, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
                                                        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]")
-    return served(tiny_bert(len(words), num_labels=2), id="words", name=f"words {XSS}", kind="text",
-                  tokenizer=fast, class_names=["no", ATTR])
+
+
+def _markup_text_model():
+    """A tiny BERT whose word-level vocabulary holds tokens with markup (white-space split)."""
+    from tiny_transformers import tiny_bert
+
+    return served(tiny_bert(len(WORDS), num_labels=2), id="words", name=f"words {XSS}", kind="text",
+                  tokenizer=_word_tokenizer(), class_names=["no", ATTR])
 
 
 def test_markup_in_a_text_token_is_text():
@@ -687,6 +693,164 @@ def test_markup_in_a_text_token_is_text():
             assert re.findall(r"<script[^>]*>", html) in ([], ['<script src="/static/app.js" defer>'])
         page = c.get("/models/words").text
         assert XSS not in page and ATTR not in page and ESCAPED_ATTR in page
+
+
+# ----------------------------------------------------------------------------- user text models
+TEXT_MODULE = '''
+from lumos.core.io import load_tokenizer
+from tiny_transformers import tiny_bert
+
+def make():
+    return tiny_bert({n}, num_labels=2)
+
+def make_pair():
+    return tiny_bert({n}, num_labels=2), load_tokenizer({folder!r})
+'''
+
+
+@pytest.fixture
+def text_files(tmp_path, monkeypatch):
+    """(module name, tokenizer folder, weights file, the model with those weights, the tokenizer):
+    a user's text model as files, the way `lumos explain --text` takes it."""
+    tok = _word_tokenizer()
+    folder = tmp_path / "tok"
+    tok.save_pretrained(folder)
+    (tmp_path / "serve_textmodel.py").write_text(TEXT_MODULE.format(n=len(WORDS), folder=str(folder)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("serve_textmodel", None)
+    import serve_textmodel
+
+    model = serve_textmodel.make()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5).add_(0.01)  # not the factory's weights
+    weights = tmp_path / "w.pt"
+    torch.save(model.state_dict(), weights)
+    yield "serve_textmodel", folder, weights, model, tok
+    sys.modules.pop("serve_textmodel", None)
+
+
+def _served_app(monkeypatch, argv):
+    """The app `lumos serve ARGV` would serve (serve_forever replaced; nothing listens)."""
+    from lumos.cli import main
+
+    apps = []
+    monkeypatch.setattr("lumos.serve.server.serve_forever", lambda app, *a, **k: apps.append(app))
+    rc = main(["serve", "--no-demo", "--port", "0"] + argv)
+    return rc, (apps[0] if apps else None)
+
+
+def test_cli_serves_a_text_model_with_its_tokenizer_folder_equal_to_a_direct_explain(text_files, monkeypatch,
+                                                                                    capsys):
+    import lumos
+
+    mod, folder, weights, model, tok = text_files
+    rc, app = _served_app(monkeypatch, ["--model", f"{mod}:make", "--weights", str(weights), "--kind", "text",
+                                        "--tokenizer", str(folder), "--name", "my words"])
+    assert rc == 0, capsys.readouterr().err
+    m = app.state.registry.get("my-words")
+    assert m.kind == "text" and m.tokenizer is not None
+    for k, v in model.state_dict().items():
+        assert torch.equal(m.model.state_dict()[k], v)  # the weights file, not the factory's
+    text = "a fine film a film"
+    methods = ["saliency", "integrated_gradients", "occlusion"]
+    with TestClient(app, base_url="http://127.0.0.1") as c:  # the command line's app takes loopback hosts only
+        assert c.get("/api/models").json()["models"][0]["kind"] == "text"
+        r = c.post("/api/models/my-words/jobs", data={"text": text, "methods": methods, "target": "1"})
+        assert r.status_code == 202, r.text
+        job = _wait(c, r.json()["job"]["id"])
+        assert job["state"] == "done", job["error"]
+        res = job["result"]
+        assert res["tokens"] == ["[CLS]", "a", "fine", "film", "a", "film", "[SEP]"] and res["target"] == 1
+        from lumos.serve.models import default_params
+
+        for entry in res["methods"]:
+            assert entry["error"] is None and entry["tokens_html"]
+            got = np.load(io.BytesIO(c.get(entry["values_url"]).content), allow_pickle=False)
+            # the app's cheap defaults; occlusion: lumos' own text default (one token at a time)
+            params = {} if entry["method"] == "occlusion" else default_params(entry["method"])
+            direct = lumos.explain(model, [text], entry["method"], tokenizer=tok, target=1, **params)
+            want = np.asarray(direct.values)
+            assert got.shape == want.shape and np.abs(want).max() > 0
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+def test_cli_text_model_errors_name_the_argument(text_files, monkeypatch, capsys, tmp_path):
+    mod, folder, weights, model, _ = text_files
+    cases = [
+        (["--model", f"{mod}:make", "--tokenizer", str(folder)], "--tokenizer goes with --kind text"),
+        (["--model", f"{mod}:make", "--kind", "image", "--tokenizer", str(folder)], "--tokenizer goes with --kind text"),
+        (["--model", f"{mod}:make", "--kind", "text", "--tokenizer", str(tmp_path / "nowhere")],
+         "--tokenizer: no such folder"),
+        (["--model", f"{mod}:make", "--kind", "text"], "needs its tokenizer"),
+        (["--model", f"{mod}:make", "--kind", "text", "--tokenizer", str(tmp_path)],
+         "is not a readable Hugging Face tokenizer folder"),
+        (["--model", f"{mod}:make", "--kind", "text", "--tokenizer", str(folder), "--size", "8", "8"],
+         "--size is for image models"),
+        (["--model", f"{mod}:make", "--kind", "words"], "--kind must be 'image', 'table' or 'text'"),
+        (["--model", f"{mod}:make_pair", "--kind", "image"], "returns (model, tokenizer)"),
+    ]
+    for argv, message in cases:
+        rc, app = _served_app(monkeypatch, argv)
+        err = capsys.readouterr().err
+        assert rc == 2 and app is None and message in err, (argv, err)
+        assert "Traceback" not in err
+    # a factory returning (model, tokenizer) is a text model with or without --kind text; the weights
+    # go into its model
+    for argv in (["--model", f"{mod}:make_pair"], ["--model", f"{mod}:make_pair", "--kind", "text",
+                                                   "--weights", str(weights)]):
+        rc, app = _served_app(monkeypatch, argv)
+        assert rc == 0, capsys.readouterr().err
+        (m,) = list(app.state.registry)
+        assert m.kind == "text" and m.tokenizer.convert_tokens_to_ids(XSS) == WORDS.index(XSS)
+        same = [torch.equal(m.model.state_dict()[k], v) for k, v in model.state_dict().items()]
+        assert all(same) if "--weights" in argv else not any(same[:1])
+
+
+def test_page_loads_a_text_model_with_a_tokenizer_folder_and_its_markup_tokens_are_text(text_files, tmp_path):
+    mod, folder, weights, model, tok = text_files
+    app = create_app(demo=False)
+    with TestClient(app) as c:
+        index = c.get("/").text
+        assert 'id="tokenizer-input"' in index and 'name="tokenizer"' in index and '<option value="text">' in index
+        # errors: in the page (form path) and as JSON
+        for data, message, status in (
+                ({"factory": f"{mod}:make", "kind": "text"}, "needs its tokenizer", 400),
+                ({"factory": f"{mod}:make", "kind": "image", "tokenizer": str(folder)},
+                 "tokenizer: a tokenizer folder goes with the inputs &#39;text&#39;", 400),
+                ({"factory": f"{mod}:make", "kind": "text", "tokenizer": str(tmp_path / "nowhere")},
+                 "tokenizer: no such folder", 400),
+                ({"factory": f"{mod}:make", "kind": "text", "tokenizer": str(tmp_path)},
+                 "is not a readable Hugging Face tokenizer folder", 400)):
+            page = c.post("/models/load", data=data)
+            assert page.status_code == status and message in page.text, (data, page.text[-2000:])
+            assert message in re.search(r'<div id="error"[^>]*>([^<]*)</div>', page.text).group(1), data
+            r = c.post("/api/models", data=data)
+            assert r.status_code == status and message.replace("&#39;", "'") in r.json()["error"]
+        assert c.get("/api/models").json()["models"] == []  # nothing half-loaded
+        # the JSON path: kind text + a tokenizer folder (and the uploaded weights)
+        r = c.post("/api/models", data={"factory": f"{mod}:make", "kind": "text", "tokenizer": str(folder)},
+                   files={"weights": ("w.pt", weights.read_bytes(), "application/octet-stream")})
+        assert r.status_code == 201, r.text
+        m = r.json()["model"]
+        assert m["id"] == "user1" and m["kind"] == "text" and "saliency" in m["methods"]
+        text = f'a fine film {XSS} " onerror=alert(2)'
+        r = c.post("/api/models/user1/jobs", data={"text": text, "methods": ["saliency"], "target": "0"})
+        job = _wait(c, r.json()["job"]["id"])
+        assert job["state"] == "done", job["error"]
+        assert job["result"]["tokens"] == ["[CLS]", "a", "fine", "film", XSS, '"', "onerror=alert(2)", "[SEP]"]
+        import lumos
+
+        got = np.load(io.BytesIO(c.get(job["result"]["methods"][0]["values_url"]).content), allow_pickle=False)
+        np.testing.assert_allclose(got, lumos.explain(model, [text], "saliency", tokenizer=tok, target=0).values,
+                                   rtol=1e-5, atol=1e-7)
+        for html in (c.get(f"/jobs/{job['id']}").text, c.get(f"/jobs/{job['id']}/fragment").text):
+            assert XSS not in html and '" onerror' not in html and html.count(ESCAPED_XSS) >= 2
+            assert re.findall(r"<script[^>]*>", html) in ([], ['<script src="/static/app.js" defer>'])
+        # the page form: a factory returning (model, tokenizer) needs no folder
+        page = c.post("/models/load", data={"factory": f"{mod}:make_pair", "kind": "auto"}, follow_redirects=False)
+        assert page.status_code == 303 and page.headers["location"] == "/models/user2"
+        assert app.state.registry.get("user2").kind == "text"
 
 
 def test_static_assets_and_templates_ship_in_the_package():

@@ -93,19 +93,12 @@ def _text_model(args):
     if args.model is None or ":" not in args.model:
         raise ValueError(f"--model with --text: one of {sorted(TEXT_MODELS)} or "
                          f"'package.module:factory'; got {args.model!r}")
-    if not args.tokenizer:
-        raise ValueError("--tokenizer DIR (a Hugging Face tokenizer folder) is required with --text "
-                         "and a package.module:factory model")
     if args.weights:
         check_file(args.weights, "--weights")
-    if not Path(args.tokenizer).is_dir():
-        raise FileNotFoundError(f"--tokenizer: no such folder: {args.tokenizer}")
-    from transformers import AutoTokenizer
+    from ..core.io import load_text_model
 
-    from ..core.io import load_user_model
-
-    tok = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
-    return load_user_model(args.model, args.weights, None), tok
+    # --tokenizer DIR, read offline; required unless the factory returns (model, tokenizer)
+    return load_text_model(args.model, args.weights, args.tokenizer, tokenizer_name="--tokenizer")
 
 
 def run_text(args) -> int:

@@ -2,11 +2,15 @@
 
 Binds to 127.0.0.1 by default; another address needs ``--allow-remote`` (and prints a warning).
 ``--model package.module:factory`` (repeatable) opens a user's model beside the demo models; the
-``--weights``, ``--kind``, ``--name`` and ``--size`` that follow a ``--model`` belong to it.
+``--weights``, ``--kind``, ``--tokenizer``, ``--name`` and ``--size`` that follow a ``--model`` belong
+to it. A text model is ``--kind text --tokenizer DIR`` (a Hugging Face tokenizer folder, read
+offline), or a factory that returns ``(model, tokenizer)``; it is loaded as ``lumos explain --text``
+loads it (:func:`lumos.core.io.load_text_model`).
 """
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ._args import positive_int
 
@@ -14,7 +18,7 @@ __all__ = ["add_parser", "run"]
 
 
 class _ModelOption(argparse.Action):
-    """``--model`` starts a new model entry; ``--weights/--kind/--name`` fill the latest one."""
+    """``--model`` starts a new model entry; ``--weights/--kind/--tokenizer/--name/--size`` fill the latest one."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         models = list(getattr(namespace, "models", None) or [])
@@ -58,7 +62,10 @@ def add_parser(sub) -> None:
     p.add_argument("--weights", dest="weights", action=_ModelOption, metavar="FILE",
                    help="its state dict (read with weights_only=True)")
     p.add_argument("--kind", dest="kind", action=_ModelOption, metavar="KIND",
-                   help="its inputs: image or table (default: inferred from its first layer)")
+                   help="its inputs: image, table or text (default: inferred from its first layer; text "
+                        "when the factory returns (model, tokenizer))")
+    p.add_argument("--tokenizer", dest="tokenizer", action=_ModelOption, metavar="DIR",
+                   help="text models (--kind text): the folder of its Hugging Face tokenizer, read offline")
     p.add_argument("--name", dest="name", action=_ModelOption, metavar="NAME", help="its name on the pages")
     p.add_argument("--size", dest="size", action=_ModelOption, type=positive_int, nargs=2, metavar=("H", "W"),
                    help="image models: resize uploads to H x W (default: as uploaded)")
@@ -82,8 +89,16 @@ def run(args) -> int:
             raise ValueError(f"--model must be 'package.module:factory'; got {spec['factory']!r}")
         if spec.get("weights"):
             check_file(spec["weights"], "--weights")
-        if spec.get("kind") not in (None, "image", "table"):
-            raise ValueError(f"--kind must be 'image' or 'table'; got {spec['kind']!r}")
+        if spec.get("kind") not in (None, "image", "table", "text"):
+            raise ValueError(f"--kind must be 'image', 'table' or 'text'; got {spec['kind']!r}")
+        if spec.get("tokenizer") is not None:
+            if spec.get("kind") != "text":
+                raise ValueError(f"--tokenizer goes with --kind text (--model {spec['factory']}); got --kind "
+                                 f"{spec.get('kind') or '(none)'}")
+            if not Path(spec["tokenizer"]).is_dir():
+                raise FileNotFoundError(f"--tokenizer: no such folder: {spec['tokenizer']}")
+        if spec.get("kind") == "text" and spec.get("size") is not None:
+            raise ValueError("--size is for image models, not --kind text")
     from ..serve import require_serve_extra
     from ..serve.server import check_host
 

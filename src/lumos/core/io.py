@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["LoadError", "check_file", "parse_target", "load_user_model", "load_input", "class_names_of"]
+__all__ = ["LoadError", "check_file", "parse_target", "load_user_model", "load_tokenizer", "load_text_model",
+           "load_input", "class_names_of"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -147,6 +148,8 @@ def load_user_model(spec: str | None = None, weights: str | Path | None = None,
     Returns
     -------
     torch.nn.Module
+        Or ``(module, tokenizer)`` when the factory returns that pair (a text model; the weights
+        go into the module).
 
     Raises
     ------
@@ -184,6 +187,13 @@ def load_user_model(spec: str | None = None, weights: str | Path | None = None,
     except (ImportError, AttributeError) as err:
         raise ValueError(f"cannot load model {spec!r}: {err}") from None
     model = factory()
+    if isinstance(model, tuple) and len(model) == 2:  # (model, tokenizer): the weights go into the model
+        return _load_weights(model[0], wpath, spec), model[1]
+    return _load_weights(model, wpath, spec)
+
+
+def _load_weights(model, wpath: Path | None, spec: str):
+    """``model`` with the state dict of ``wpath`` loaded (``weights_only=True``), in eval mode."""
     if wpath is not None:
         state = _torch_load(wpath, "weights")
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -197,6 +207,59 @@ def load_user_model(spec: str | None = None, weights: str | Path | None = None,
                             f"{' '.join(str(err).split())[:400]}") from None
     # a torch module goes to eval mode; other models (estimators, predict functions) come as they are
     return model.eval() if hasattr(model, "load_state_dict") else model
+
+
+def load_tokenizer(path: str | Path, name: str = "--tokenizer"):
+    """A Hugging Face tokenizer from a local folder, read offline (``local_files_only=True``; a name
+    that is not a folder is refused, never looked up on the Hub).
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming ``name``, when ``path`` is not a folder.
+    LoadError
+        Naming ``name``, when the folder holds no tokenizer transformers can read.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"{name}: no such folder: {path}")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError) as err:
+        first = " ".join(str(err).split())[:300] or type(err).__name__
+        raise LoadError(f"{name} {str(path)!r} is not a readable Hugging Face tokenizer folder ({first})") from None
+
+
+def load_text_model(spec: str, weights: str | Path | None = None, tokenizer: str | Path | None = None, *,
+                    tokenizer_name: str = "--tokenizer"):
+    """A user's text model and its tokenizer: ``(model, tokenizer)``.
+
+    Parameters
+    ----------
+    spec, weights
+        As :func:`load_user_model`; the factory returns a module, or ``(module, tokenizer)``.
+    tokenizer : str or Path, optional
+        A Hugging Face tokenizer folder (:func:`load_tokenizer`); required unless the factory
+        returns its tokenizer, and used instead of it when given.
+    tokenizer_name : str
+        The argument's name for messages.
+
+    Raises
+    ------
+    ValueError
+        No tokenizer: neither a folder nor a factory that returns one.
+    FileNotFoundError, LoadError
+        As :func:`load_user_model` and :func:`load_tokenizer`.
+    """
+    tok = load_tokenizer(tokenizer, tokenizer_name) if tokenizer else None  # its errors before the model is built
+    loaded = load_user_model(spec, weights, None)
+    model, own = loaded if isinstance(loaded, tuple) else (loaded, None)
+    if tok is None and own is None:
+        raise ValueError(f"{tokenizer_name}: a text model needs its tokenizer: give the folder of a Hugging Face "
+                         f"tokenizer, or let {spec} return (model, tokenizer)")
+    return model, tok if tok is not None else own
 
 
 def load_input(path: str | Path, size: Sequence[int] | None = None, name: str = "input"):

@@ -33,7 +33,7 @@ Use
 >>> stop()
 
 From the command line: ``lumos serve [--host H] [--port P] [--allow-remote] [--model pkg.mod:make
-[--weights w.pt] [--kind image|table] [--name NAME]]...``. Routes, JSON shapes and the element ids
+[--weights w.pt] [--kind image|table|text] [--tokenizer DIR] [--name NAME]]...``. Routes, JSON shapes and the element ids
 of the pages are listed in ``docs/report.md`` ("lumos serve").
 """
 from __future__ import annotations
@@ -70,8 +70,10 @@ def create_app(models: Sequence[Any] | None = None, *, demo: bool | Sequence[str
     models : sequence, optional
         User models: a ``torch.nn.Module`` (its kind inferred from its first layer), a
         :class:`ServedModel` (see :func:`served`), or a dict ``{"factory": "pkg.mod:make",
-        "weights": "w.pt", "kind": "image" | "table" | None, "name": str}`` loaded as ``lumos
-        explain`` does (``weights_only=True``). Their ids are ``user1``, ``user2``, ... (or the
+        "weights": "w.pt", "kind": "image" | "table" | "text" | None, "name": str, "size": (H, W),
+        "tokenizer": "DIR"}`` loaded as ``lumos explain`` does (``weights_only=True``; a text model
+        with the Hugging Face tokenizer of the folder ``DIR``, read offline, or the one its
+        factory returns as ``(model, tokenizer)``). Their ids are ``user1``, ``user2``, ... (or the
         slugified ``name``).
     demo : bool or sequence of str, default True
         The demo models: every available one (True), none (False), or these ids (``"shapes"``,

@@ -279,10 +279,16 @@ async def _load_user_model(state: State, request: Request) -> ServedModel:
     form = await _form(request, state.max_upload_bytes)
     factory = str(form.get("factory") or "").strip()
     kind = str(form.get("kind") or "auto")
-    if kind not in ("auto", "image", "table"):
-        raise InputError(f"kind: 'auto', 'image' or 'table'; got {kind!r}")
+    if kind not in ("auto", "image", "table", "text"):
+        raise InputError(f"kind: 'auto', 'image', 'table' or 'text'; got {kind!r}")
     if ":" not in factory or len(factory) > 300:
         raise InputError(f"factory: 'package.module:factory'; got {factory!r}")
+    # a folder on this machine (the page imports code of this machine too: off beyond the loopback)
+    tokenizer = str(form.get("tokenizer") or "").strip()
+    if len(tokenizer) > 1000:
+        raise InputError("tokenizer: a folder path of at most 1000 characters")
+    if tokenizer and kind != "text":
+        raise InputError(f"tokenizer: a tokenizer folder goes with the inputs 'text'; got {kind!r}")
     upload = form.get("weights")
     path = None
     try:
@@ -295,7 +301,8 @@ async def _load_user_model(state: State, request: Request) -> ServedModel:
         label = name or factory + (f" + {upload.filename}" if path else "")
 
         def load():
-            m = user_model(factory, path, kind=None if kind == "auto" else kind, id="loading", name=label)
+            m = user_model(factory, path, kind=None if kind == "auto" else kind, id="loading", name=label,
+                           tokenizer=tokenizer or None)
             m.id = state.registry.next_user_id()  # only a model that loaded takes an id
             return state.registry.add(m)
 
@@ -329,13 +336,14 @@ def build_app(models: Sequence[Any] | None = None, *, demo: bool | Sequence[str]
             registry.add(item)
         elif isinstance(item, dict):
             spec = dict(item)
-            unknown = set(spec) - {"factory", "weights", "kind", "name", "size"}
+            unknown = set(spec) - {"factory", "weights", "kind", "name", "size", "tokenizer"}
             if unknown or "factory" not in spec:
-                raise ValueError("models: a dict has 'factory' and optionally 'weights', 'kind', 'name', 'size'; "
-                                 f"got {sorted(item)}")
+                raise ValueError("models: a dict has 'factory' and optionally 'weights', 'kind', 'name', 'size', "
+                                 f"'tokenizer'; got {sorted(item)}")
             mid = _slugged(spec.get("name")) or registry.next_user_id()
             registry.add(user_model(spec["factory"], spec.get("weights"), kind=spec.get("kind"), id=mid,
-                                    name=spec.get("name") or spec["factory"], size=spec.get("size")))
+                                    name=spec.get("name") or spec["factory"], size=spec.get("size"),
+                                    tokenizer=spec.get("tokenizer")))
         else:
             registry.add(served(item, id=registry.next_user_id(), name=type(item).__name__))
     jobs_holder: dict = {}

@@ -56,7 +56,7 @@ METHOD_PARAMS: dict[str, dict] = {
 
 def default_params(method: str) -> dict:
     """The app's default parameters of ``method`` (see :data:`METHOD_PARAMS`)."""
-    from ..metrics.compare import COMPARE_METHOD_PARAMS
+    from ..metrics.comparison import COMPARE_METHOD_PARAMS
 
     return {**COMPARE_METHOD_PARAMS.get(method, {}), **METHOD_PARAMS.get(method, {})}
 
@@ -195,8 +195,10 @@ class ServedModel:
         params = default_params(method)
         if method in NEEDS_BACKGROUND and self.background is not None:
             params["background"] = self.background
-        if self.kind == "table" and method == "occlusion":
-            params.update(window=1, stride=1)  # one feature at a time (the image defaults are 8 wide)
+        if self.kind in ("table", "text") and method == "occlusion":
+            # one feature / token at a time, as lumos' text occlusion does by default (the image
+            # defaults are 8 wide: longer than a short text)
+            params.update(window=1, stride=1)
         if self.kind == "table" and not self.is_torch:
             params.update(self.explain_params)
         if self.kind == "text":
@@ -301,8 +303,8 @@ def _infer(model: Any) -> tuple[str, dict]:
         raise ValueError("kind: only torch modules have their kind inferred; give kind='table' for a "
                          "predict function")
     if callable(getattr(model, "get_input_embeddings", None)):
-        raise ValueError("kind: text models need their tokenizer; serve them through ServedModel(kind='text', "
-                         "tokenizer=...)")
+        raise ValueError("kind: text models need their tokenizer: give kind='text' and tokenizer=... "
+                         "(lumos serve: --kind text --tokenizer DIR)")
     for mod in model.modules():
         if isinstance(mod, nn.Conv2d):
             return "image", {"channels": int(mod.in_channels)}
@@ -359,18 +361,40 @@ def served(model: Any, *, id: str, name: str | None = None, kind: str | None = N
 
 
 def user_model(factory: str, weights: str | None = None, *, kind: str | None = None, id: str,
-               name: str | None = None, size: Sequence[int] | None = None) -> ServedModel:
+               name: str | None = None, size: Sequence[int] | None = None, tokenizer: str | None = None,
+               tokenizer_name: str = "tokenizer") -> ServedModel:
     """A user's model from ``package.module:factory`` and a state-dict file, loaded as ``lumos explain``
     does (:func:`lumos.core.io.load_user_model`: ``weights_only=True``, never unpickled). ``size``
-    (H, W): image uploads are resized to it (as ``lumos explain --size``)."""
-    from ..core.io import load_user_model
+    (H, W): image uploads are resized to it (as ``lumos explain --size``).
+
+    Text models (``kind="text"``) are loaded as ``lumos explain --text`` loads them
+    (:func:`lumos.core.io.load_text_model`): ``tokenizer`` is the folder of a Hugging Face
+    tokenizer, read offline, or the factory returns ``(model, tokenizer)`` (then ``kind`` may be
+    left out). ``tokenizer_name`` names the tokenizer in messages (``"--tokenizer"`` on the command line).
+    """
+    from ..core.io import load_text_model, load_user_model
 
     if size is not None:
         if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size):
             raise ValueError(f"size must be two positive ints (H, W); got {size!r}")
-    model = load_user_model(factory, weights, None)
-    return served(model, id=id, name=name or factory, kind=kind, input_size=size,
-                  description=f"{factory}" + (" with weights from an uploaded file" if weights else ""))
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {list(KINDS)} or None; got {kind!r}")
+    if tokenizer and kind != "text":
+        raise ValueError(f"{tokenizer_name}: a tokenizer folder goes with kind 'text'; got kind {kind or 'auto'!r}")
+    if kind == "text" and size is not None:
+        raise ValueError("size: resizing is for image models, not kind 'text'")
+    tok = None
+    if kind == "text":
+        model, tok = load_text_model(factory, weights, tokenizer or None, tokenizer_name=tokenizer_name)
+    else:
+        model = load_user_model(factory, weights, None)
+        if isinstance(model, tuple):  # the factory returned (model, tokenizer): a text model
+            if kind is not None:
+                raise ValueError(f"kind: {factory} returns (model, tokenizer), a text model; got kind {kind!r}")
+            (model, tok), kind = model, "text"
+    return served(model, id=id, name=name or factory, kind=kind, input_size=size, tokenizer=tok,
+                  description=f"{factory}" + (" with weights from an uploaded file" if weights else "")
+                  + (" and its tokenizer" if tok is not None else ""))
 
 
 class ModelRegistry:

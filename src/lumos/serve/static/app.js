@@ -102,6 +102,13 @@
     if (form) form.addEventListener("submit", submit);
     const cancelButton = $("cancel-button");
     if (cancelButton) cancelButton.addEventListener("click", cancel);
+    // the load form: the tokenizer folder is asked for only when the inputs are texts
+    const kind = $("kind-select"), tokenizerField = $("tokenizer-field");
+    if (kind && tokenizerField) {
+      const showTokenizer = function () { tokenizerField.hidden = kind.value !== "text"; };
+      kind.addEventListener("change", showTokenizer);
+      showTokenizer();
+    }
     const panel = $("job");
     // the job's own page (/jobs/ID): keep following a job that is still running
     if (panel && panel.dataset.jobId && (panel.dataset.state === "queued" || panel.dataset.state === "running")) {
