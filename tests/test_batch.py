@@ -591,3 +591,50 @@ def test_tree_shap_defaults_to_large_shards(tmp_path):
     assert np.allclose(res[:].values.sum(axis=1) + res[:].baseline_output, tree.predict(X), atol=1e-9)
     small = lb.explain_dataset(make_model4, X[:, :4], "exact_shapley", tmp_path / "e", background=BG[:, :4])
     assert small.manifest["shard_size"] == 256
+
+
+_FAULTS_JOB = """
+import resource, sys
+import numpy as np
+from sklearn.ensemble import GradientBoostingRegressor
+import lumos.batch as lb
+from lumos.batch import task
+
+if sys.argv[1] == "off":  # the allocator as it was before keep_freed_memory
+    task._MALLOC_SET.append(False)
+rng = np.random.default_rng(0)
+X = rng.normal(size=(60000, 6))
+gbm = GradientBoostingRegressor(n_estimators=30, max_depth=3, random_state=0).fit(X[:300], X[:300, 0] * X[:300, 1])
+faults, explain_rows = [], task.explain_rows
+
+def counted(*a, **k):
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    out = explain_rows(*a, **k)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return out
+
+task.explain_rows = counted
+lb.explain_dataset(lambda: gbm, X, "tree_shap", sys.argv[2], shard_size=20000, progress=False)
+print("FAULTS", *faults)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator (mallopt)")
+def test_tasks_reuse_freed_work_memory_instead_of_faulting_it_in_again(tmp_path):
+    """A fresh process (a Ray worker) gave tree SHAP's freed work arrays back to the OS and faulted
+    them in again for the next ones: ~20,000 page faults per 20,000-row shard, 15-40 % of the call
+    (Ray's overhead over the in-process engine in docs/scale.md). The process running the tasks
+    now keeps them (keep_freed_memory): a few faults per shard after the first."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's allocator (mallopt)")
+    counts = {}
+    for mode in ("off", "on"):
+        out = subprocess.run([sys.executable, "-c", _FAULTS_JOB, mode, str(tmp_path / mode)], capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        counts[mode] = [int(v) for v in out.stdout.split("FAULTS")[-1].split()]
+    assert len(counts["on"]) == 3
+    assert min(counts["off"][1:]) > 5000  # the allocator as before: the arrays are faulted in every shard
+    assert max(counts["on"][1:]) < 500, counts
