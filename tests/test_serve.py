@@ -443,6 +443,49 @@ def test_cancel_stops_a_long_job_and_leaves_the_model_as_found(app, client):
     assert _wait(client, r.json()["job"]["id"], timeout=20)["state"] == "done"
 
 
+@pytest.mark.parametrize("outcome", ["done", "failed", "cancelled"])
+def test_a_finished_state_is_seen_with_its_time_and_result(monkeypatch, outcome):
+    """A client polling a job never sees a finished state without ``finished`` (it raced: a test read
+    "failed" with ``finished`` None) or "done" without the result."""
+    from lumos.serve.jobs import Job, JobQueue
+
+    seen = []
+    plain = Job.__setattr__
+
+    def record(self, name, value):
+        if name == "state" and value in ("done", "failed", "cancelled"):
+            seen.append((value, self.finished, self.result, self.error))
+        plain(self, name, value)
+
+    monkeypatch.setattr(Job, "__setattr__", record)
+    started = threading.Event()
+
+    def work(job):
+        if outcome == "failed":
+            raise ValueError("no luck")
+        if outcome == "cancelled":
+            started.set()
+            for _ in range(500):
+                job.step(0, 1, "waiting")  # raises Cancelled once the job is cancelled
+                time.sleep(0.01)
+        return {"answer": 42}
+
+    queue = JobQueue(workers=1)
+    try:
+        job = queue.submit(work, "m")
+        if outcome == "cancelled":
+            assert started.wait(10)
+            queue.cancel(job.id)
+        assert job.done_event.wait(10)
+    finally:
+        queue.shutdown(timeout=5.0)
+    assert [s[0] for s in seen] == [outcome]
+    _, finished, result, error = seen[0]
+    assert finished is not None
+    assert (result == {"answer": 42}) if outcome == "done" else (result is None)
+    assert (error == "no luck") if outcome == "failed" else (error is None)
+
+
 def test_a_job_over_its_time_limit_stops_and_fails_with_a_message():
     tiny = _tiny_cnn()
     app = create_app([served(tiny, id="tiny", name="tiny")], demo=False, job_time_limit=0.3)

@@ -25,8 +25,9 @@ def add_parser(sub) -> None:
     p.add_argument("--text", action="append", metavar="SENTENCE",
                    help="explain a text model on this sentence instead of --input (repeatable); "
                         "--model text-demo, minilm or package.module:factory with --tokenizer DIR")
-    p.add_argument("--tokenizer", help="folder of a Hugging Face tokenizer (for --text with a "
-                                       "package.module:factory model)")
+    p.add_argument("--tokenizer", help="folder of a Hugging Face tokenizer, read offline (for --text with a "
+                                       "package.module:factory model; not needed when the factory returns "
+                                       "(model, tokenizer))")
     p.add_argument("--method", default="integrated_gradients")
     p.add_argument("--target", default=None, help="class index, comma list, or 'predicted'")
     p.add_argument("--at", default=None, help="layer (dotted module name) for layer methods")

@@ -167,33 +167,42 @@ class JobQueue:
             del self._jobs[k]
 
     def _run(self, job: Job, work: Callable[[Job], Any]) -> None:
+        # the final state is set last, after ``finished`` (and the result or error): a client that
+        # sees a finished state also sees its time and its result
+        final, error, result = None, None, None
         try:
             with job._lock:
                 if job.token.cancelled:  # cancelled while queued
-                    job.state = "cancelled"
+                    final = "cancelled"
                     return
                 job.state, job.started = "running", time.time()
             # the scope is opened here, in the worker thread: context variables do not follow a
             # function into a thread pool
             with progress_scope(job.report, job.token):
                 result = work(job)
-            with job._lock:
-                job.result, job.progress, job.state = result, 1.0, "done"
+            final = "done"
         except Cancelled:
             if job.timed_out:
-                job.error = (f"time limit reached: the job ran for more than {job.time_limit:g} s and was "
-                             f"stopped during {job.stage or 'its first stage'} (fewer steps or samples, or a "
-                             "longer limit: lumos serve --job-time-limit)")
-                job.state = "failed"
+                error = (f"time limit reached: the job ran for more than {job.time_limit:g} s and was "
+                         f"stopped during {job.stage or 'its first stage'} (fewer steps or samples, or a "
+                         "longer limit: lumos serve --job-time-limit)")
+                final = "failed"
             else:
-                job.state = "cancelled"
+                final = "cancelled"
         except Exception as err:  # noqa: BLE001 - any failure of the work is the job's, not the server's
-            job.error = error_message(err)
-            job.state = "failed"
+            error, final = error_message(err), "failed"
         finally:
-            if job.token.cancelled and job.state == "running":
-                job.state = "cancelled"
-            job.finished = time.time()
+            if final is None:  # a BaseException (the interpreter stopping) went through
+                final = "cancelled" if job.token.cancelled else "failed"
+                error = None if job.token.cancelled else "the job was interrupted"
+            with job._lock:
+                if job.finished is None:
+                    job.finished = time.time()
+                if final == "done":
+                    job.result, job.progress = result, 1.0
+                if error is not None:
+                    job.error = error
+                job.state = final
             job.done_event.set()
 
     def get(self, job_id: str) -> Job:
