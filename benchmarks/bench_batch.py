@@ -20,7 +20,10 @@ Beside each time the script prints the CPU seconds that this process and its chi
 GCS, raylet and workers) spent in the best round, and the cores that makes on average
 (CPU / wall). Two workers doing the same work as one spend the same CPU seconds; if they then
 get fewer than ~2 cores, the missing speed-up was taken by other processes on the machine, not
-lost in lumos or Ray (that is how the kernel-SHAP 0.96x of docs/scale.md was traced).
+lost in lumos or Ray (that is how the kernel-SHAP 0.96x of docs/scale.md was traced). The minor
+page faults of the same processes follow: a process that gives its freed work arrays back to the
+OS faults them in again for the next ones (how tree SHAP's Ray overhead was traced; see
+``lumos.batch.task.keep_freed_memory``).
 
     python benchmarks/bench_batch.py            # ~3 minutes on 2 idle cores
     python benchmarks/bench_batch.py --quick    # fewer rows, one measured round
@@ -41,7 +44,8 @@ from _timing import compare, header, machine_load
 
 
 class CpuClock:
-    """CPU seconds (user + system) of this process and all its descendants (Ray's processes).
+    """CPU seconds (user + system) of this process and all its descendants (Ray's processes), and
+    their minor page faults (Linux: ``/proc/<pid>/stat``; 0 elsewhere).
 
     Counted per process id between two readings, so a worker that lived through both counts its
     difference and a worker started in between counts whole. ``None`` without psutil.
@@ -62,16 +66,28 @@ class CpuClock:
         for proc in [me] + me.children(recursive=True):
             try:
                 t = proc.cpu_times()
-                out[proc.pid] = t.user + t.system
+                out[proc.pid] = (t.user + t.system, _minor_faults(proc.pid))
             except self.psutil.Error:  # exited meanwhile
                 pass
         return out
 
     @staticmethod
-    def spent(before: dict | None, after: dict | None) -> float:
+    def spent(before: dict | None, after: dict | None) -> tuple[float, int]:
+        """CPU seconds and minor page faults between two readings."""
         if before is None or after is None:
-            return float("nan")
-        return sum(t - before.get(pid, 0.0) for pid, t in after.items())
+            return float("nan"), 0
+        cpu = sum(t - before.get(pid, (0.0, 0))[0] for pid, (t, _) in after.items())
+        faults = sum(f - before.get(pid, (0.0, 0))[1] for pid, (_, f) in after.items())
+        return cpu, faults
+
+
+def _minor_faults(pid: int) -> int:
+    """Minor page faults of a process so far (``/proc/<pid>/stat`` field 10; 0 if unreadable)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[7])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class Fitted:
@@ -161,14 +177,14 @@ def main():
         for method, job in jobs.items():
             n = len(job["data"])
 
-            cpu: dict[str, list[tuple[float, float]]] = {}  # per setting: (wall, CPU seconds) per round
+            cpu: dict[str, list[tuple[float, float, int]]] = {}  # per setting: (wall, CPU s, faults) per round
 
             def run(name, engine, workers=None, job=job, method=method):
                 out = root / f"run{next(counter)}"
                 c0, t0 = clock.read(), time.perf_counter()
                 lb.explain_dataset(job["factory"], job["data"], method, out, engine=engine, workers=workers,
                                    shard_size=job["shard"], progress=False, **job["params"])
-                cpu.setdefault(name, []).append((time.perf_counter() - t0, CpuClock.spent(c0, clock.read())))
+                cpu.setdefault(name, []).append((time.perf_counter() - t0, *CpuClock.spent(c0, clock.read())))
                 shutil.rmtree(out)
 
             settings = {"in-process": lambda: run("in-process", "local"),
@@ -191,11 +207,11 @@ def main():
             print(header(f"{method}: {n} {job['unit']}, shards of {job['shard']}"))
             for name in t.runs:
                 # the CPU of the best measured round (the warm-up round is cpu[name][0])
-                wall, used = min(cpu[name][1:] or cpu[name])
+                wall, used, faults = min(cpu[name][1:] or cpu[name])
                 print(f"{name:<{max(16, len(name))}} best {t.best(name):7.2f} s  median {t.median(name):7.2f} s  "
                       f"{n / t.best(name):9.1f} {job['unit']}/s  "
                       f"{t.best(name) / n * 1e3:9.2f} ms per {job['unit'][:-1]}  "
-                      f"CPU {used:6.2f} s ({used / wall:.2f} cores)")
+                      f"CPU {used:6.2f} s ({used / wall:.2f} cores)  {faults / 1e3:6.1f}k page faults")
             print(f"speed-up 1 -> 2 workers: {t.best('ray, 1 worker') / t.best('ray, 2 workers'):.2f}x;  "
                   f"Ray overhead at 1 worker: {100 * (t.best('ray, 1 worker') / t.best('in-process') - 1):+.1f}%  "
                   f"(machine load {t.load_before:.2f} -> {t.load_after:.2f} per core)")
