@@ -852,6 +852,13 @@ def test_cli_text_model_errors_name_the_argument(text_files, monkeypatch, capsys
 
 def test_page_loads_a_text_model_with_a_tokenizer_folder_and_its_markup_tokens_are_text(text_files, tmp_path):
     mod, folder, weights, model, tok = text_files
+    custom = tmp_path / "custom_tok"  # a tokenizer class of its own: code that must never run
+    custom.mkdir()
+    (custom / "tokenizer_config.json").write_text(json.dumps(
+        {"auto_map": {"AutoTokenizer": ["evil_tok.EvilTokenizer", None]}, "tokenizer_class": "EvilTokenizer"}))
+    (custom / "evil_tok.py").write_text(f"open({str(tmp_path / 'PWNED')!r}, 'w').close()\n"
+                                        "from transformers import PreTrainedTokenizer\n"
+                                        "class EvilTokenizer(PreTrainedTokenizer):\n    pass\n")
     app = create_app(demo=False)
     with TestClient(app) as c:
         index = c.get("/").text
@@ -864,13 +871,16 @@ def test_page_loads_a_text_model_with_a_tokenizer_folder_and_its_markup_tokens_a
                 ({"factory": f"{mod}:make", "kind": "text", "tokenizer": str(tmp_path / "nowhere")},
                  "tokenizer: no such folder", 400),
                 ({"factory": f"{mod}:make", "kind": "text", "tokenizer": str(tmp_path)},
-                 "is not a readable Hugging Face tokenizer folder", 400)):
+                 "is not a readable Hugging Face tokenizer folder", 400),
+                ({"factory": f"{mod}:make", "kind": "text", "tokenizer": str(custom)},
+                 "never runs code from a tokenizer folder", 400)):
             page = c.post("/models/load", data=data)
             assert page.status_code == status and message in page.text, (data, page.text[-2000:])
             assert message in re.search(r'<div id="error"[^>]*>([^<]*)</div>', page.text).group(1), data
             r = c.post("/api/models", data=data)
             assert r.status_code == status and message.replace("&#39;", "'") in r.json()["error"]
         assert c.get("/api/models").json()["models"] == []  # nothing half-loaded
+        assert not (tmp_path / "PWNED").exists()
         # the JSON path: kind text + a tokenizer folder (and the uploaded weights)
         r = c.post("/api/models", data={"factory": f"{mod}:make", "kind": "text", "tokenizer": str(folder)},
                    files={"weights": ("w.pt", weights.read_bytes(), "application/octet-stream")})

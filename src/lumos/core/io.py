@@ -211,7 +211,7 @@ def _load_weights(model, wpath: Path | None, spec: str):
 
 def load_tokenizer(path: str | Path, name: str = "--tokenizer"):
     """A Hugging Face tokenizer from a local folder, read offline (``local_files_only=True``; a name
-    that is not a folder is refused, never looked up on the Hub).
+    that is not a folder is refused, never looked up on the Hub; ``trust_remote_code=False``).
 
     Raises
     ------
@@ -226,8 +226,13 @@ def load_tokenizer(path: str | Path, name: str = "--tokenizer"):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+        # code shipped in the folder (an ``auto_map`` tokenizer class) is never run
+        return AutoTokenizer.from_pretrained(str(p), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError) as err:
+        if "trust_remote_code" in str(err):  # its message suggests running the folder's code: never
+            raise LoadError(f"{name} {str(path)!r} holds custom tokenizer code (an auto_map class); lumos "
+                            "never runs code from a tokenizer folder: save a standard tokenizer with "
+                            "save_pretrained") from None
         first = " ".join(str(err).split())[:300] or type(err).__name__
         raise LoadError(f"{name} {str(path)!r} is not a readable Hugging Face tokenizer folder ({first})") from None
 
