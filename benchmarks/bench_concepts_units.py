@@ -8,7 +8,7 @@ LUMOS_BENCH_THREADS=n, LUMOS_BENCH_REPEATS=n to change).
   on 50 clean images of that class. Both sides do everything: activations of the concept and
   random images, the CAV fit, the gradients of the class logit at the layer, the score. The CAV
   is fitted by the *same* code on both sides (Captum gets a ``Classifier`` that calls
-  ``lumos.concepts.tcav.cav_from_activations`` on the activations it hands over), so the scores
+  ``lumos.concepts.cavs.cav_from_activations`` on the activations it hands over), so the scores
   must be equal and the times compare the TCAV machinery, with the same fit inside. Captum writes
   activations and CAVs to disk (its design); each round gets a fresh folder so nothing is reused.
   Run twice: with the reference SGD classifier (the fit dominates) and with the mean-difference
@@ -35,7 +35,7 @@ def tcav_bench(classifier: str) -> None:
     from captum.concept import TCAV, Concept
     from captum.concept._utils.classifier import Classifier
 
-    from lumos.concepts.tcav import cav_from_activations, compute_cav, tcav_score
+    from lumos.concepts.cavs import cav_from_activations, compute_cav, tcav_score
     from lumos.data import load_demo_model, shapes_dataset
 
     model = load_demo_model()

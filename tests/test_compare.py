@@ -8,7 +8,7 @@ import torch
 import lumos.metrics as lm
 from conftest import SmallCNN, assert_same_state, model_state
 from lumos.cli import main
-from lumos.metrics.compare import _fmt
+from lumos.metrics.comparison import _fmt
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_target_of_an_estimator_fitted_on_named_columns_is_resolved_with_the_nam
     pd = pytest.importorskip("pandas")
     from sklearn.linear_model import LogisticRegression
 
-    from lumos.metrics.compare import _resolve_target
+    from lumos.metrics.comparison import _resolve_target
 
     X = pd.DataFrame(np.random.default_rng(0).normal(size=(40, 3)), columns=["age", "income", "debt"])
     model = LogisticRegression().fit(X, (X["age"] > 0).astype(int))

@@ -11,7 +11,7 @@ from torch import nn
 
 from lumos.concepts.ablation import ablated, class_units, mean_activation, random_units, unit_ablation
 from lumos.concepts.dissection import StreamingQuantile, dissect
-from lumos.concepts.tcav import (CAV, bonferroni, cav_from_activations, compute_cav, directional_derivatives,
+from lumos.concepts.cavs import (CAV, bonferroni, cav_from_activations, compute_cav, directional_derivatives,
                                  holm, relative_cavs, tcav, tcav_score)
 from lumos.data import shapes_dataset
 from lumos.data.shapes_concepts import TEXTURE_NAMES, colour_name, concept_masks, concept_names

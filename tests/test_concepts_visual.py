@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lumos.concepts import objectives as obj
-from lumos.concepts.dataset_examples import dataset_examples, receptive_field
+from lumos.concepts.exemplars import dataset_examples, receptive_field
 from lumos.concepts.embeddings import activations, embed
 from lumos.concepts.param import fourier_image, pixel_image
 from lumos.concepts.visualisation import evaluate, layer_grid, visualise

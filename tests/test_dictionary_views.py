@@ -15,7 +15,7 @@ import lumos
 from lumos.dictionary import SAE
 from lumos.dictionary.attribution import feature_attribution, feature_target
 from lumos.dictionary.dashboard import _OCTAVE_BINS, feature_dashboards
-from lumos.dictionary.solu import SoLU, solu
+from lumos.dictionary.softmax_linear import SoLU, solu
 from lumos.dictionary.superposition import (PHASES, feature_norms, phase_diagram, superposition_measure,
                                             train_toy_model)
 
@@ -110,7 +110,7 @@ def test_phase_diagram_corners():
 
 def test_view_modules_do_not_import_matplotlib():
     code = ("import sys, lumos.dictionary.superposition, lumos.dictionary.dashboard, "
-            "lumos.dictionary.attribution, lumos.dictionary.solu; print('matplotlib' in sys.modules)")
+            "lumos.dictionary.attribution, lumos.dictionary.softmax_linear; print('matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

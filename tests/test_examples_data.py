@@ -13,8 +13,8 @@ from torch import nn
 
 from lumos.examples.influence import (Influence, influence_functions, per_example_gradients, self_influence,
                                       tracin)
-from lumos.examples.neighbours import neighbours
-from lumos.examples.prototypes import median_bandwidth, mmd2, prototypes, witness
+from lumos.examples.nearest import neighbours
+from lumos.examples.mmd_critic import median_bandwidth, mmd2, prototypes, witness
 
 # torch.func's forward-mode Hessian loads torch's jvp decompositions, which call torch.jit.script
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")

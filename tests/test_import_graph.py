@@ -1,7 +1,7 @@
 """The house has no import circles, and arrows point down (DESIGN.md, "The house").
 
 The graph is read from the source with ``ast``: every ``import``/``from ... import`` of a lumos
-module, also those inside functions (a lazy import is still an arrow: ``metrics/compare.py``
+module, also those inside functions (a lazy import is still an arrow: ``metrics/comparison.py``
 importing the command line that imports ``compare`` was a circle although both imports were lazy).
 An arrow goes to the module named, not to the packages above it (importing ``lumos.core.io`` runs
 ``lumos/core/__init__.py`` too, but a package importing its own modules is not a circle).
@@ -192,3 +192,26 @@ def test_command_line_modules_load_without_torch(module):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+def test_no_exported_name_shadows_a_submodule():
+    """`import lumos.pkg.mod as m` reads the attribute `mod` of the package: when the package
+    exports a function of the same name (`from .tcav import tcav`), `m` is the function, not the
+    module. Every package of lumos keeps its submodules reachable under their own names."""
+    import types
+
+    clashes = []
+    for info in pkgutil.walk_packages(lumos.__path__, "lumos."):
+        if not info.ispkg:
+            continue
+        try:
+            package = importlib.import_module(info.name)
+        except ImportError:  # an optional extra is missing: nothing of it is exported either
+            continue
+        for sub in pkgutil.iter_modules(package.__path__):
+            value = getattr(package, sub.name, None)
+            if value is not None and not isinstance(value, types.ModuleType):
+                clashes.append(f"{info.name}.{sub.name} is {type(value).__name__} {value!r}")
+    value = getattr(lumos, "explain")
+    assert callable(value)
+    assert not clashes, "exported names shadow submodules:\n" + "\n".join(clashes)

@@ -17,7 +17,7 @@ from conftest import SmallCNN, browse, headless_browser
 import lumos
 from lumos.core.explanation import Explanation
 from lumos.display._html import REPORT_RULES
-from lumos.metrics.compare import Comparison, _fmt, compare
+from lumos.metrics.comparison import Comparison, _fmt, compare
 from lumos.metrics.results import MetricResult
 
 XSS = "<script>alert(1)</script>"

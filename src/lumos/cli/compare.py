@@ -1,5 +1,5 @@
 """``lumos compare``: rank several methods with faithfulness, sanity and localisation metrics
-(the work is :func:`lumos.metrics.compare.main`)."""
+(the work is :func:`lumos.metrics.comparison.main`)."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +29,6 @@ def run(args) -> int:
     if (args.model or args.torchscript) and not args.input:
         raise ValueError("--input is required with --model")
     parse_target(args.target)
-    from ..metrics.compare import main as compare_main
+    from ..metrics.comparison import main as compare_main
 
     return compare_main(args)

@@ -4,7 +4,7 @@
   composable objectives (:mod:`~lumos.concepts.objectives`) through pixel or decorrelated Fourier
   parametrisations (:mod:`~lumos.concepts.param`) and robustness transformations
   (:mod:`~lumos.concepts.transforms`).
-* Dataset examples (:mod:`~lumos.concepts.dataset_examples`): the top-K and bottom-K inputs of a
+* Dataset examples (:mod:`~lumos.concepts.exemplars`): the top-K and bottom-K inputs of a
   data set for classes, units, channels or directions, streamed with bounded memory, with the
   receptive-field crop that excited the unit.
 * Embeddings (:mod:`~lumos.concepts.embeddings`): PCA, t-SNE and UMAP of a layer's activations,
@@ -13,19 +13,19 @@
   concept masks (IoU), a label per unit and a count per concept; streamed quantiles.
 * Unit ablation (:mod:`~lumos.concepts.ablation`): switch units off (zero or mean) and measure
   each class's accuracy and logit drop; concept, class and random units.
-* TCAV (:mod:`~lumos.concepts.tcav`): concept activation vectors, TCAV scores, significance
+* TCAV (:mod:`~lumos.concepts.cavs`): concept activation vectors, TCAV scores, significance
   against random concepts, relative CAVs, CAVs saved as .npz + JSON.
 
 See ``docs/concepts.md``.
 """
 from . import objectives
-from .dataset_examples import DatasetExamples, dataset_examples, receptive_field
+from .exemplars import DatasetExamples, dataset_examples, receptive_field
 from .embeddings import Embedding, activations, embed
 from .objectives import Objective
 from .visualisation import FeatureVisualisation, layer_grid, visualise
 from .ablation import AblationResult, ablated, class_units, random_units, unit_ablation
 from .dissection import Dissection, StreamingQuantile, dissect
-from .tcav import CAV, TCAVResult, compute_cav, relative_cavs, tcav, tcav_score
+from .cavs import CAV, TCAVResult, compute_cav, relative_cavs, tcav, tcav_score
 
 __all__ = [
     "objectives", "Objective", "visualise", "FeatureVisualisation", "layer_grid",

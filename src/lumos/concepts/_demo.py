@@ -86,7 +86,7 @@ def concepts_demo(out_dir: Path, quick: bool = False, files: dict | None = None)
     from ..data.shapes_concepts import concept_masks
     from .ablation import random_units, unit_ablation
     from .dissection import dissect
-    from .tcav import tcav
+    from .cavs import tcav
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +164,7 @@ def _visual_part(model, out_dir: Path, quick: bool, files: dict) -> list[str]:
     from ..data import shapes_dataset
     from . import objectives as obj
     from .ablation import class_units
-    from .dataset_examples import dataset_examples
+    from .exemplars import dataset_examples
     from .embeddings import embed
     from .visualisation import layer_grid
 

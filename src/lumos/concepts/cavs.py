@@ -19,7 +19,7 @@ Attribution: Quantitative Testing with Concept Activation Vectors (TCAV)* (ICML 
 CAVs save to ``.npz`` (the arrays) plus ``.json`` (what made them), never pickle, and score new
 inputs with :func:`tcav_score`.
 
->>> from lumos.concepts.tcav import tcav
+>>> from lumos.concepts.cavs import tcav
 >>> result = tcav(model, inputs, labels=labels, concepts={"watermark": marked_examples},
 ...               random=random_pool, at="features.7", targets=[0, 1, 2, 3], n_runs=10)
 >>> print(result.table())

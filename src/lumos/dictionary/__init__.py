@@ -11,7 +11,7 @@
 * Views (:mod:`~lumos.dictionary.dashboard`, :mod:`~lumos.dictionary.attribution`): feature
   dashboards as self-contained HTML; a target reading a feature (any method explains it by the
   input) and the output explained by the features (gradient x activation, ablation).
-* :mod:`~lumos.dictionary.solu` (Softmax Linear Units) and :mod:`~lumos.dictionary.superposition`
+* :mod:`~lumos.dictionary.softmax_linear` (Softmax Linear Units) and :mod:`~lumos.dictionary.superposition`
   (the toy model of superposition and its phase picture).
 
 See ``docs/dictionary.md``.
@@ -24,7 +24,7 @@ from .sae import KINDS, SAE, SAEOutput, geometric_median, resample_dead
 from .train import TrainResult, train_sae
 from .attribution import FeatureTarget, feature_attribution, feature_target
 from .dashboard import FeatureDashboards, feature_dashboards
-from .solu import SoLU, solu
+from .softmax_linear import SoLU, solu
 from .superposition import PhaseDiagram, ToyModel, phase_diagram, train_toy_model
 
 __all__ = [

@@ -362,7 +362,7 @@ def feature_dashboards(model: nn.Module, sae: nn.Module, data: Any, at: str,
                            int(np.flatnonzero(positions[keep] == pos)[0]))
         x = b.args[0] if b.args else None
         if isinstance(x, torch.Tensor) and x.ndim == 4 and act.ndim == 4:
-            from ..concepts.dataset_examples import receptive_field
+            from ..concepts.exemplars import receptive_field
             from ..concepts.embeddings import _thumbnail
 
             if rf is None:

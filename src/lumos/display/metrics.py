@@ -226,7 +226,7 @@ def _arrow(direction: str) -> str:
 
 
 def comparison_rows(comparison, fmt) -> dict:
-    """The ranking table of a :class:`~lumos.metrics.compare.Comparison` as data for a template.
+    """The ranking table of a :class:`~lumos.metrics.comparison.Comparison` as data for a template.
 
     Rows in the comparison's order (best mean rank first); per metric a cell with the mean and
     standard deviation over samples (``fmt`` writes the numbers), the rank (1 = best; ties share
@@ -302,7 +302,7 @@ data-mean="{{ c.mean | string }}" data-std="{{ c.std | string }}" data-rank="{{ 
 
 
 def comparison_html(comparison, fmt, picture: bool = True, dpi: int = 64) -> str:
-    """The notebook view of a :class:`~lumos.metrics.compare.Comparison`: the ranking table
+    """The notebook view of a :class:`~lumos.metrics.comparison.Comparison`: the ranking table
     (:func:`comparison_rows`: mean ± standard deviation, rank per metric, mean rank, the direction
     of each metric) in the static report's table style, and below it the mean deletion/insertion
     curves (an inline PNG) when the comparison has them. ``data-mean``/``data-std``/``data-rank``

@@ -13,7 +13,7 @@ on batches of rows) and returns a result dataclass with the numbers, ``feature_n
 ``to_frame()`` and ``plot(ax=...)``. These results are global, not per-sample, so they are not
 :class:`lumos.Explanation` objects.
 """
-from .ale import ALE, ale
+from .accumulated import ALE, ale
 from .importance import PermutationImportance, permutation_importance
 from .interactions import HStatistic, h_statistic
 from .pdp_ice import PartialDependence, partial_dependence

@@ -13,10 +13,10 @@ examples, neighbours.
   Koh & Liang 2017, exact, LiSSA or Arnoldi); proponents, opponents, suspicious points.
 - :func:`neighbours`: nearest training examples in any layer's representation, with distances.
 """
-from .counterfactuals import Counterfactuals, counterfactuals
+from .counterfactual import Counterfactuals, counterfactuals
 from .influence import Influence, influence_functions, per_example_gradients, self_influence, tracin
-from .neighbours import Neighbours, neighbours
-from .prototypes import Prototypes, prototypes, witness
+from .nearest import Neighbours, neighbours
+from .mmd_critic import Prototypes, prototypes, witness
 
 __all__ = ["counterfactuals", "Counterfactuals",
            "prototypes", "Prototypes", "witness",

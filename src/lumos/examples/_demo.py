@@ -44,7 +44,7 @@ def _counterfactual_part(out_dir: Path, quick: bool, files: dict, lines: list) -
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
     from ..data.credit import credit_dataset
-    from .counterfactuals import counterfactuals
+    from .counterfactual import counterfactuals
 
     world = credit_dataset(2000 if quick else 4000, seed=0)
     X, y = world.X, world.y
@@ -124,8 +124,8 @@ def _shapes_part(out_dir: Path, quick: bool, files: dict, lines: list) -> None:
 
     from ..data import load_demo_model, shapes_dataset
     from .influence import self_influence, tracin
-    from .neighbours import neighbours
-    from .prototypes import prototypes
+    from .nearest import neighbours
+    from .mmd_critic import prototypes
 
     model = load_demo_model()
     n_train = 240 if quick else 800

@@ -15,7 +15,7 @@ several metrics and ranks them.
 """
 from ..core.superpixels import superpixels
 from .explainers import make_explainer
-from .layout import Layout, layout
+from .layouts import Layout, layout
 from .registry import MetricInfo, available, evaluate, get_metric, register_metric
 from .removal import noisy_linear_impute
 from .results import MetricResult
@@ -31,7 +31,7 @@ from .randomisation import (
 from .localisation import localisation_auc, pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
 from .complexity import entropy, sparseness
 from .axioms import completeness_gap, sensitivity_n
-from .compare import Comparison, compare, random_explanation
+from .comparison import Comparison, compare, random_explanation
 
 __all__ = [
     "MetricResult", "MetricInfo", "Layout", "available", "evaluate", "get_metric", "register_metric",

@@ -34,7 +34,7 @@ def compare_demo(out_dir: str | Path, quick: bool = False, files: dict | None = 
     import matplotlib.pyplot as plt
 
     from ..data import load_demo_model, shapes_dataset
-    from .compare import compare
+    from .comparison import compare
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

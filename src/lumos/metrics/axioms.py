@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..core.explanation import Explanation
-from .layout import check_explanation, layout
+from .layouts import check_explanation, layout
 from .registry import register_metric
 from .removal import removal_fill
 from .results import MetricResult

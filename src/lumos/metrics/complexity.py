@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..core.explanation import Explanation
-from .layout import check_explanation, layout
+from .layouts import check_explanation, layout
 from .registry import register_metric
 from .results import MetricResult
 

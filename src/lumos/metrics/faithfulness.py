@@ -25,7 +25,7 @@ import torch
 
 from ..core.explanation import Explanation
 from ..core.validation import check_number
-from .layout import Layout, check_explanation, layout
+from .layouts import Layout, check_explanation, layout
 from .registry import register_metric
 from .removal import noisy_linear_impute, removal_fill
 from .results import MetricResult

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..core.explanation import Explanation
 from ..core.validation import check_number
-from .layout import check_explanation, layout
+from .layouts import check_explanation, layout
 from .registry import register_metric
 from .results import MetricResult
 from .streams import row_rng

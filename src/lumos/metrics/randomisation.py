@@ -31,7 +31,7 @@ from ..core.explanation import Explanation
 from ..core.torch_model import ModelGuard, as_tensor, forward, model_device
 from ..core.validation import check_number
 from .explainers import make_explainer
-from .layout import check_explanation, layout
+from .layouts import check_explanation, layout
 from .registry import register_metric
 from .results import MetricResult
 from .scoring import row_target

@@ -10,7 +10,7 @@ import torch
 from ..core.images import gaussian_blur
 from ..core.torch_model import as_tensor
 from ..core.validation import check_number
-from .layout import Layout
+from .layouts import Layout
 
 __all__ = ["FILLS", "removal_fill", "noisy_linear_impute"]
 

@@ -19,7 +19,7 @@ import torch
 from ..core.explanation import Explanation
 from ..core.validation import check_number
 from .explainers import make_explainer
-from .layout import check_explanation
+from .layouts import check_explanation
 from .registry import register_metric
 from .results import MetricResult
 from .scoring import row_target

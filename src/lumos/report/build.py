@@ -125,7 +125,7 @@ def _params_text(params: dict) -> str:
 
 def _comparison_rows(comp) -> dict:
     from ..display.metrics import comparison_rows
-    from ..metrics.compare import _fmt
+    from ..metrics.comparison import _fmt
 
     return comparison_rows(comp, _fmt)  # the notebook view of a Comparison shows the same table
 
@@ -295,7 +295,7 @@ def _label_text(names, labels, input_names, i) -> str:
 def _render_text(model, texts, tokenizer, methods, metrics, *, target, labels, names, input_names, head_view,
                  method_params, metric_params, seed, title, description, figure_png, log, timings, results) -> str:
     from .. import __version__
-    from ..metrics.compare import RANDOM
+    from ..metrics.comparison import RANDOM
     from .text import TEXT_METHODS, TEXT_METRICS, text_parts
 
     if metrics is not None:
@@ -345,7 +345,7 @@ def _render_array(model, inputs, methods, metrics, *, kind, target, masks, label
 
     from .. import __version__
     from ..display.heatmap import image_for_display
-    from ..metrics.compare import RANDOM, compare, default_methods
+    from ..metrics.comparison import RANDOM, compare, default_methods
 
     n = len(inputs)
     x_shape = tuple(np.shape(inputs))
@@ -490,10 +490,10 @@ def build(model: Any, inputs: Any, methods: Sequence[str] | None = None, metrics
         where the model returns attentions, attention views (:data:`TEXT_SECTIONS`).
     methods : sequence of str, optional
         Registered method names (:func:`lumos.methods`); default
-        :func:`lumos.metrics.compare.default_methods` (texts: :data:`lumos.report.text.TEXT_METHODS`).
+        :func:`lumos.metrics.comparison.default_methods` (texts: :data:`lumos.report.text.TEXT_METHODS`).
         The ``"random"`` chance baseline is always added to the metric table (it is not drawn).
     metrics : sequence of str, optional
-        Metric names; default :func:`lumos.metrics.compare.default_metrics`. Texts are scored by
+        Metric names; default :func:`lumos.metrics.comparison.default_metrics`. Texts are scored by
         token deletion (:mod:`lumos.text.faithfulness`) and take no ``metrics``.
     target : int, sequence, "predicted" or callable, default "predicted"
         What every method explains.
@@ -531,7 +531,7 @@ def build(model: Any, inputs: Any, methods: Sequence[str] | None = None, metrics
         ``<iframe srcdoc>`` (its script runs there, with no network; the report page itself has
         no script). The attention pictures are shown either way.
     method_params, metric_params : dict of str to dict, optional
-        Per-method and per-metric parameters, as for :func:`lumos.metrics.compare.compare`; a text
+        Per-method and per-metric parameters, as for :func:`lumos.metrics.comparison.compare`; a text
         report takes ``metric_params={"token_deletion": {...}}``.
     seed : int, default 0
         The seed of the random baseline (and shown in the reproducibility block).

@@ -2,7 +2,7 @@
 and the global effects of the model on a background data set.
 
 :func:`lumos.report.build.render` calls these for inputs of shape ``(n, features)``. Every number
-drawn comes from :func:`lumos.explain` (through :func:`lumos.metrics.compare.compare`) or from
+drawn comes from :func:`lumos.explain` (through :func:`lumos.metrics.comparison.compare`) or from
 :mod:`lumos.effects` with the report's seed; the pictures come from :mod:`lumos.display`
 (:class:`~lumos.display.shap_plots.WaterfallDisplay`, ``BarDisplay``, ``BeeswarmDisplay``, the
 effect displays). Nothing here changes a number: the report shows what a direct call gives.

@@ -5,7 +5,7 @@ metric table, and attention views where the model returns attentions.
 ``tokenizer``. The attributions are :func:`lumos.explain` on the strings (the text adapter); the
 metric table scores each method by token deletion (:func:`lumos.text.faithfulness.token_faithfulness`:
 the most relevant tokens first, MoRF, lower is better; the least relevant first, LeRF, higher is
-better; and their difference), ranked as :func:`lumos.metrics.compare.compare` ranks, with the
+better; and their difference), ranked as :func:`lumos.metrics.comparison.compare` ranks, with the
 seeded random baseline. Highlights are :class:`lumos.display.text.TextDisplay` fragments (every
 token escaped by Jinja2).
 
@@ -117,7 +117,7 @@ def text_parts(model: Any, texts: list, tokenizer: Any, methods: list, *, target
 
     from ..core.registry import explain
     from ..display.text import TextDisplay
-    from ..metrics.compare import RANDOM, Comparison
+    from ..metrics.comparison import RANDOM, Comparison
 
     unknown = set(metric_params) - {"token_deletion"}
     if unknown:
