@@ -13,6 +13,11 @@ with, while the in-process engine runs at the caller's priority. The local Ray i
 ``worker_niceness`` to 0: workers run at the caller's priority (``nice lumos explain-dataset``
 lowers the whole job), and the engines compete for the cores on equal terms. A cluster
 (``address=``) or a Ray already started by the caller keeps its own setting.
+
+Allocator. Whichever engine runs a task, the process running it keeps freed work memory for the
+next task (:func:`lumos.batch.task.keep_freed_memory`, called by ``run_task``): a fresh Ray worker
+otherwise faulted tree SHAP's work arrays in again every shard, which was most of Ray's overhead
+over the in-process engine at one worker (docs/scale.md, "The cause: page faults").
 """
 from __future__ import annotations
 
