@@ -638,3 +638,25 @@ def test_tasks_reuse_freed_work_memory_instead_of_faulting_it_in_again(tmp_path)
     assert len(counts["on"]) == 3
     assert min(counts["off"][1:]) > 5000  # the allocator as before: the arrays are faulted in every shard
     assert max(counts["on"][1:]) < 500, counts
+
+
+def test_a_callable_factory_loads_weights_like_a_factory_string(tmp_path):
+    """build_model with a callable factory goes through the loader of 'package.module:factory':
+    the state dict is applied and the module comes back in eval mode; weights that do not fit are a
+    LoadError naming the factory, not torch's RuntimeError."""
+    import torch
+
+    from lumos.core.io import LoadError
+
+    def make_linear():
+        return torch.nn.Linear(3, 2).train()
+
+    state = {"weight": torch.arange(6.0).reshape(2, 3), "bias": torch.tensor([1.0, -1.0])}
+    good = tmp_path / "good.pt"
+    torch.save(state, good)
+    model = batch_task.build_model(make_linear, str(good))
+    assert not model.training and torch.equal(model.weight, state["weight"])
+    bad = tmp_path / "bad.pt"
+    torch.save({"weight": torch.zeros(4, 4), "bias": torch.zeros(4)}, bad)
+    with pytest.raises(LoadError, match="make_linear"):
+        batch_task.build_model(make_linear, str(bad))

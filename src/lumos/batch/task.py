@@ -66,20 +66,16 @@ def build_model(factory: Any, weights: str | None = None):
     ``weights`` is a state-dict file loaded with ``weights_only=True`` (as ``lumos explain``
     does). A factory may return ``(model, tokenizer)`` for text models.
     """
-    from ..core.io import _torch_load, load_user_model
+    from ..core.io import _load_weights, load_user_model
 
     if isinstance(factory, str):
         return load_user_model(factory, weights)
     model = factory()
-    if weights is not None:
-        state = _torch_load(Path(weights), "weights")
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        target = model[0] if isinstance(model, tuple) else model
-        target.load_state_dict(state)
     target = model[0] if isinstance(model, tuple) else model
-    if callable(getattr(target, "eval", None)) and hasattr(target, "load_state_dict"):
-        target.eval()
+    # the same loading as a "package.module:factory" string: weights_only, a state dict that does
+    # not fit is named, a torch module goes to eval mode
+    name = getattr(factory, "__qualname__", type(factory).__name__)
+    _load_weights(target, None if weights is None else Path(weights), name)
     return model
 
 
