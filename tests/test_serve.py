@@ -259,10 +259,18 @@ def test_run_in_thread_serves_on_a_free_port_and_stops():
         httpx.get(url + "/api/models", timeout=2)
 
 
-def test_cross_origin_post_is_refused(client):
-    r = client.post("/api/models/tiny/jobs", headers={"origin": "http://evil.example"},
+@pytest.mark.parametrize("origin", ["http://evil.example", "null"])
+def test_cross_origin_post_is_refused(client, origin):
+    """A foreign page's POST is refused; so is Origin "null" (a sandboxed frame or a file:// page of
+    any site can send it, and a form posted from there could load a model factory, i.e. import code),
+    while the app's own pages send their real origin (referrer policy same-origin)."""
+    r = client.post("/api/models/tiny/jobs", headers={"origin": origin},
                     files={"image": ("a.png", _png(np.zeros((8, 8, 3), np.uint8)), "image/png")})
     assert r.status_code == 403 and "cross-origin" in r.json()["error"]
+    r = client.post("/models/load", headers={"origin": origin}, data={"factory": "nosuchmodule_xyz:make"})
+    assert r.status_code == 403
+    ok = client.get("/")
+    assert ok.headers["referrer-policy"] == "same-origin"
 
 
 # ----------------------------------------------------------------------------- limits and bad input

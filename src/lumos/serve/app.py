@@ -81,18 +81,22 @@ class _Headers:
             resp = JSONResponse({"error": "invalid host header"}, status_code=400)
             return await resp(scope, receive, send)
         if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            # A browser names the page a POST comes from; "null" is a sandboxed frame, a file:// page
+            # or a redirect chain, never this app's own pages (their referrer policy is
+            # same-origin, so their forms send the real origin): refused like any other origin.
+            # A request with no Origin at all comes from a script or a test client, not a web page.
             origin = headers.get("origin")
-            if origin and origin != "null":
+            if origin:
                 from urllib.parse import urlsplit
 
-                if urlsplit(origin).netloc != headers.get("host", ""):
+                if origin == "null" or urlsplit(origin).netloc != headers.get("host", ""):
                     resp = JSONResponse({"error": "cross-origin request refused"}, status_code=403)
                     return await resp(scope, receive, send)
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
                 extra = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
-                         (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY")]
+                         (b"referrer-policy", b"same-origin"), (b"x-frame-options", b"DENY")]
                 message = dict(message, headers=list(message.get("headers", [])) + extra)
             await send(message)
 
