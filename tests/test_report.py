@@ -663,3 +663,24 @@ def test_text_report_in_a_real_browser_runs_the_head_view_in_its_sandbox(tmp_pat
         finally:
             browser.close()
     assert messages == [] and requests == []
+
+
+def test_a_picture_that_cannot_be_drawn_is_a_note_and_leaves_no_figure_open():
+    import matplotlib.pyplot as plt
+
+    from lumos.report._figures import drawing
+
+    mine = plt.figure()
+    item = {"note": ""}
+    with drawing(item, "no picture of these maps"):
+        plt.figure()
+        plt.subplots(1, 2)
+        raise ValueError("values of shape (3,) cannot be drawn")
+    assert item["note"] == "no picture of these maps: values of shape (3,) cannot be drawn"
+    assert plt.get_fignums() == [mine.number]  # the two figures of the block are closed, the caller's stays
+    with pytest.raises(KeyError):  # anything else is a bug: raised, and still nothing left open
+        with drawing(item, "x"):
+            plt.figure()
+            raise KeyError("bug")
+    assert plt.get_fignums() == [mine.number]
+    plt.close(mine)

@@ -32,6 +32,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ._figures import drawing
+
 __all__ = ["build", "render", "model_sha256", "report_kind", "sections_for", "SECTIONS", "TABLE_SECTIONS",
            "TEXT_SECTIONS", "SECTIONS_BY_KIND", "demo_report", "tabular_demo_report", "text_demo_report"]
 
@@ -131,8 +133,6 @@ def _comparison_rows(comp) -> dict:
 
 
 def _maps(explanations: dict, inputs: Any, labels: list[str], dpi: int) -> list[dict]:
-    import matplotlib.pyplot as plt
-
     from ..display.heatmap import plot_grid
 
     out = []
@@ -142,16 +142,10 @@ def _maps(explanations: dict, inputs: Any, labels: list[str], dpi: int) -> list[
         if not explanations:
             item["note"] = "no method to draw"
         else:
-            before = set(plt.get_fignums())
-            try:
+            with drawing(item, "no picture of these maps"):
                 images = inputs if np.ndim(inputs) == 4 else None
                 fig = plot_grid(explanations, images, indices=[i], row_labels=[labels[i]], colorbar="relative")
                 item["png"] = _figure_png(fig, dpi)
-            except (ValueError, TypeError, IndexError) as err:
-                item["note"] = f"no picture of these maps: {err}"
-            finally:
-                for num in set(plt.get_fignums()) - before:
-                    plt.close(num)
         out.append(item)
     return out
 

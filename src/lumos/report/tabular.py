@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._figures import drawing
+
 __all__ = ["attribution_items", "summary_item", "global_effects", "effect_features_of", "column_indices",
            "EFFECT_NOTES"]
 
@@ -55,8 +57,6 @@ def attribution_items(explanations: dict, x: np.ndarray, feature_names: Sequence
                       figure_png) -> list[dict]:
     """Per row: one picture (a waterfall or bar chart per method, side by side) and the table of
     the values drawn (feature, its value, each method's attribution)."""
-    import matplotlib.pyplot as plt
-
     items = []
     n_feat = len(feature_names)
     for i in range(len(x)):
@@ -66,8 +66,7 @@ def attribution_items(explanations: dict, x: np.ndarray, feature_names: Sequence
             item["note"] = "no method to draw"
             items.append(item)
             continue
-        before = set(plt.get_fignums())
-        try:
+        with drawing(item, "no picture of these attributions"):
             fig, axes = _figure(len(explanations), 4.6, 1.3 + 0.32 * min(n_feat, 11))
             for ax, (name, e) in zip(axes, explanations.items()):
                 d = _row_display(e, i)
@@ -76,11 +75,6 @@ def attribution_items(explanations: dict, x: np.ndarray, feature_names: Sequence
                 item["kinds"].append(f"{name}: {kind}")
                 ax.set_title(f"{name} ({kind})", fontsize=9)
             item["png"] = figure_png(fig)
-        except (ValueError, TypeError, IndexError) as err:
-            item["note"] = f"no picture of these attributions: {err}"
-        finally:
-            for num in set(plt.get_fignums()) - before:
-                plt.close(num)
         for j, f in enumerate(feature_names):
             item["rows"].append({"feature": f, "value": _fmt(x[i, j]),
                                  "cells": [_fmt(np.asarray(e.values)[i, j]) for e in explanations.values()]})
@@ -91,26 +85,18 @@ def attribution_items(explanations: dict, x: np.ndarray, feature_names: Sequence
 def summary_item(explanations: dict, figure_png) -> dict:
     """One beeswarm per method over every explained row (features by mean |attribution|, the
     dots coloured by the feature's value)."""
-    import matplotlib.pyplot as plt
-
     from ..display.shap_plots import BeeswarmDisplay
 
     item = {"png": "", "note": ""}
     if not explanations:
         item["note"] = "no method to draw"
         return item
-    before = set(plt.get_fignums())
-    try:
+    with drawing(item, "no beeswarm"):
         n_feat = np.shape(next(iter(explanations.values())).values)[1]
         fig, axes = _figure(len(explanations), 4.8, 1.4 + 0.32 * min(n_feat, 11))
         for ax, (name, e) in zip(axes, explanations.items()):
             BeeswarmDisplay.from_explanation(e, title=name).plot(ax=ax)
         item["png"] = figure_png(fig)
-    except (ValueError, TypeError, IndexError) as err:
-        item["note"] = f"no beeswarm: {err}"
-    finally:
-        for num in set(plt.get_fignums()) - before:
-            plt.close(num)
     return item
 
 
@@ -177,8 +163,7 @@ def global_effects(model: Any, background: Any, labels: Any, cols: Sequence[int]
         imp = _named(permutation_importance(model, background, labels, seed=seed), names)
     out = {"pdp": pdp, "ale": ales, "importance": imp, "png": "", "importance_png": "", "note": "",
            "output": next(iter(pdp.values())).target if pdp else ""}
-    before = set(plt.get_fignums())
-    try:
+    with drawing(out, "no picture of the effects"):
         if cols:
             fig, axes = plt.subplots(2, len(cols), figsize=(3.9 * len(cols), 6.4), squeeze=False,
                                      layout="constrained")
@@ -191,11 +176,6 @@ def global_effects(model: Any, background: Any, labels: Any, cols: Sequence[int]
             imp.plot(ax=ax)
             ax.set_title(f"permutation importance ({imp.metric})", fontsize=9)
             out["importance_png"] = figure_png(fig)
-    except (ValueError, TypeError, IndexError) as err:
-        out["note"] = f"no picture of the effects: {err}"
-    finally:
-        for num in set(plt.get_fignums()) - before:
-            plt.close(num)
     out["rows"] = [{"feature": f, "pd_low": _fmt(np.min(p.average)), "pd_high": _fmt(np.max(p.average)),
                     "ale_low": _fmt(np.min(ales[f].values)), "ale_high": _fmt(np.max(ales[f].values))}
                    for f, p in pdp.items()]

@@ -27,6 +27,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ._figures import drawing
+
 __all__ = ["TEXT_METHODS", "TEXT_METRICS", "text_parts", "head_view_srcdoc", "is_text_input"]
 
 #: Methods of a text report when none are named.
@@ -202,19 +204,13 @@ def _attention(model: Any, texts: list, tokenizer: Any, head_view: bool, figure_
     for i in range(len(texts)):
         a, toks = example_attention(att, index=i)
         item = {"index": i, "png": "", "note": "", "srcdoc": "", "layers": int(a.shape[0]), "heads": int(a.shape[1])}
-        before = set(plt.get_fignums())
-        try:
+        with drawing(item, "no attention picture"):
             n = len(toks)
             side = 1.4 + 0.17 * n + 0.06 * max(len(t) for t in toks)
             fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.6, side), layout="constrained")
             attention_heatmap(a, toks, kind="mean", ax=axes[0])
             attention_heatmap(a, toks, kind="rollout", ax=axes[1])
             item["png"] = figure_png(fig)
-        except (ValueError, TypeError, IndexError) as err:
-            item["note"] = f"no attention picture: {err}"
-        finally:
-            for num in set(plt.get_fignums()) - before:
-                plt.close(num)
         if head_view:
             view = HeadView(a, toks, f"Head view of text {i}", a.shape[0] - 1, list(range(a.shape[1])))
             item["srcdoc"] = head_view_srcdoc(view)
