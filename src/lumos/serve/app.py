@@ -113,6 +113,10 @@ class State:
         self.allow_model_loading = allow_model_loading
         self.env = _env()
 
+    def index_page(self, status: int = 200, error: str | None = None) -> HTMLResponse:
+        """The index (every model of the registry), with ``error`` shown in its alert."""
+        return self.page("index.html.j2", status, models=[m.describe() for m in self.registry], error=error)
+
     def page(self, name: str, status: int = 200, **context) -> HTMLResponse:
         context.setdefault("error", None)
         context.setdefault("allow_model_loading", self.allow_model_loading)
@@ -358,7 +362,7 @@ def build_app(models: Sequence[Any] | None = None, *, demo: bool | Sequence[str]
     # ------------------------------------------------------------------ pages
     async def index(request: Request):
         st = state_of(request)
-        return st.page("index.html.j2", models=[m.describe() for m in st.registry])
+        return st.index_page()
 
     async def model_page(request: Request):
         st = state_of(request)
@@ -366,13 +370,11 @@ def build_app(models: Sequence[Any] | None = None, *, demo: bool | Sequence[str]
         try:
             m = _model_or_404(st, model_id)
         except KeyError:
-            return st.page("index.html.j2", 404, models=[x.describe() for x in st.registry],
-                           error=f"no model {model_id!r}")
+            return st.index_page(404, error=f"no model {model_id!r}")
         try:
             await _loaded(m)
         except Exception as err:  # noqa: BLE001
-            return st.page("index.html.j2", 500, models=[x.describe() for x in st.registry],
-                           error=f"model {model_id!r} could not be loaded: {err}")
+            return st.index_page(500, error=f"model {model_id!r} could not be loaded: {err}")
         return st.page("model.html.j2", model=m.describe(), example=m.example, job=None)
 
     async def run_form(request: Request):
@@ -381,7 +383,7 @@ def build_app(models: Sequence[Any] | None = None, *, demo: bool | Sequence[str]
         if err is not None:
             message, status = err
             if m is None or status == 500:
-                return st.page("index.html.j2", status, models=[x.describe() for x in st.registry], error=message)
+                return st.index_page(status, error=message)
             return st.page("model.html.j2", status, model=m.describe(), example=m.example, job=None, error=message)
         return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
@@ -390,7 +392,7 @@ def build_app(models: Sequence[Any] | None = None, *, demo: bool | Sequence[str]
         try:
             job = st.jobs.get(request.path_params["job_id"])
         except KeyError:
-            return st.page("index.html.j2", 404, models=[x.describe() for x in st.registry], error="no such job")
+            return st.index_page(404, error="no such job")
         m = st.registry.get(job.model_id)
         return st.page("model.html.j2", model=m.describe(), example=m.example, job=job.as_json(),
                        error=job.error)
@@ -408,7 +410,7 @@ def build_app(models: Sequence[Any] | None = None, *, demo: bool | Sequence[str]
         try:
             job = st.jobs.cancel(request.path_params["job_id"])
         except KeyError:
-            return st.page("index.html.j2", 404, models=[x.describe() for x in st.registry], error="no such job")
+            return st.index_page(404, error="no such job")
         return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
     async def load_form(request: Request):
@@ -416,11 +418,11 @@ def build_app(models: Sequence[Any] | None = None, *, demo: bool | Sequence[str]
         try:
             m = await _load_user_model(st, request)
         except TooLarge as err:
-            return st.page("index.html.j2", 413, models=[x.describe() for x in st.registry], error=str(err))
+            return st.index_page(413, error=str(err))
         except PermissionError as err:
-            return st.page("index.html.j2", 403, models=[x.describe() for x in st.registry], error=str(err))
+            return st.index_page(403, error=str(err))
         except Exception as err:  # noqa: BLE001 - import errors, LoadError, bad kinds: the user's message
-            return st.page("index.html.j2", 400, models=[x.describe() for x in st.registry], error=_said(err))
+            return st.index_page(400, error=_said(err))
         return RedirectResponse(f"/models/{m.id}", status_code=303)
 
     # ------------------------------------------------------------------ JSON API
