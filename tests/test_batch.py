@@ -111,14 +111,16 @@ def test_reading_back_rows_slices_columns_and_statistics(reference):
 
 
 # ---------------------------------------------------------------------- resuming
+def rows(fail_at=None):
+    """The rows of X one by one, streamed; the data source fails ("disk went away") at ``fail_at``."""
+    for i, row in enumerate(X):
+        if i == fail_at:
+            raise OSError("disk went away")
+        yield row
+
+
 def test_failing_data_iterator_then_resume_recomputes_nothing_finished(reference, tmp_path, monkeypatch):
     ref_out, _ = reference
-
-    def rows(fail_at=None):
-        for i, row in enumerate(X):
-            if i == fail_at:
-                raise OSError("disk went away")
-            yield row
 
     out = tmp_path / "ks"
     with pytest.raises(OSError, match="disk went away"):

@@ -15,7 +15,8 @@ import lumos.batch as lb  # noqa: E402
 import lumos.metrics as lm  # noqa: E402
 from lumos.batch.stats import distribution  # noqa: E402
 from lumos.batch.task import metric_seed  # noqa: E402
-from test_batch import BG, KS, X, count_shards, files_of, linear_logistic, make_model, make_model4  # noqa: E402
+from test_batch import (BG, KS, X, count_shards, files_of, linear_logistic, make_model,  # noqa: E402
+                        make_model4, rows)
 
 METRICS = {"sparseness": {}, "deletion": {"n_steps": 4, "fill": 0.0}}
 
@@ -123,12 +124,6 @@ def test_distribution_narrows_instead_of_holding_more_than_the_budget():
 
 def test_resume_after_interruption_gives_the_same_bytes(scored, tmp_path, monkeypatch):
     ref_out, _ = scored
-
-    def rows(fail_at=None):
-        for i, row in enumerate(X):
-            if i == fail_at:
-                raise OSError("disk went away")
-            yield row
 
     out = tmp_path / "ks"
     kw = dict(shard_size=5, metrics=list(METRICS), metric_params={"deletion": METRICS["deletion"]}, **KS)
